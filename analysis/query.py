@@ -1,0 +1,72 @@
+"""`flagscope query`: SQL over the lake's `events` view, printed as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from collector import lake
+from collector.errors import LakeError
+
+FORMATS = ("table", "csv", "json")
+_RETRIES = 3
+
+
+def run(lake_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of `sql` over the lake.
+
+    The collector may compact or expire files between DuckDB's glob and its read of a
+    file; such a query is retried with a fresh listing.
+    """
+    for attempt in range(_RETRIES):
+        con = lake.connect(lake_dir)
+        try:
+            result = con.execute(sql)
+            columns = [d[0] for d in result.description or ()]
+            return columns, result.fetchall()
+        except duckdb.IOException as exc:
+            if attempt == _RETRIES - 1 or "No such file" not in str(exc):
+                raise LakeError(f"reading the lake at {lake_dir} failed: {exc}") from exc
+            time.sleep(0.05)
+        except duckdb.Error as exc:
+            raise LakeError(
+                f"{exc}\nhint: query the view 'events' (one row per span or log record), e.g. "
+                "SELECT service_name, count(*) FROM events GROUP BY 1"
+            ) from exc
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
+
+
+def format_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, max_width: int = 60) -> str:
+    if fmt == "json":
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        return orjson.dumps(records, default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_cell(v) for v in row] for row in rows)
+        return out.getvalue()
+    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join("-" * w for w in widths)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), line]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(line.rstrip() for line in lines) + "\n"

@@ -1,0 +1,207 @@
+"""Settings: defaults < flagscope.toml < FLAGSCOPE_* environment variables < command-line flags.
+
+Every setting has one name used everywhere: `[section] name` in the TOML file,
+`FLAGSCOPE_NAME` in the environment (lists comma-separated), `--name` (dashes) on the
+command line. `describe()` renders the table printed by `flagscope serve --help-config`
+and reproduced in README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from collector.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # [collector]
+    http_endpoint: str = "127.0.0.1:4318"
+    grpc_endpoint: str = "127.0.0.1:4317"
+    max_request_bytes: int = 64 * MiB
+    max_inflight_bytes: int = 256 * MiB
+    body_timeout_s: float = 30.0
+    auth_token: str = ""
+    data_dir: str = "flagscope-data"
+    # [lake]
+    lake_dir: str = ""  # default: <data_dir>/lake
+    writer_id: str = ""  # default: this host's name
+    flush_interval_s: float = 2.0
+    segment_bytes: int = 32 * MiB
+    wal_max_backlog_bytes: int = 2048 * MiB
+    compact_min_files: int = 8
+    compact_target_rows: int = 2_000_000
+    compact_interval_s: float = 60.0
+    retention_days: float = 30.0
+    # [tagging]
+    flag_attribute_prefixes: tuple[str, ...] = ("app.flag.",)
+    user_id_attributes: tuple[str, ...] = ("feature_flag.context.id", "enduser.id", "user.id")
+    test_attributes: tuple[str, ...] = ("test_user", "user.is_test", "app.user.is_test", "synthetic")
+    synthetic_types: tuple[str, ...] = ("test", "bot")
+    test_user_patterns: tuple[str, ...] = ("qa-*", "test-*")
+
+    @property
+    def lake_path(self) -> Path:
+        return Path(self.lake_dir) if self.lake_dir else Path(self.data_dir) / "lake"
+
+    @property
+    def wal_path(self) -> Path:
+        return Path(self.data_dir) / "wal"
+
+    @property
+    def writer(self) -> str:
+        raw = self.writer_id or socket.gethostname() or "collector"
+        return "".join(c if c.isalnum() or c in "-_" else "-" for c in raw)
+
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "collector": (
+        "http_endpoint", "grpc_endpoint", "max_request_bytes", "max_inflight_bytes",
+        "body_timeout_s", "auth_token", "data_dir",
+    ),
+    "lake": (
+        "lake_dir", "writer_id", "flush_interval_s", "segment_bytes", "wal_max_backlog_bytes",
+        "compact_min_files", "compact_target_rows", "compact_interval_s", "retention_days",
+    ),
+    "tagging": (
+        "flag_attribute_prefixes", "user_id_attributes", "test_attributes", "synthetic_types",
+        "test_user_patterns",
+    ),
+}
+
+HELP: dict[str, str] = {
+    "http_endpoint": "OTLP/HTTP listen address host:port; empty disables",
+    "grpc_endpoint": "OTLP/gRPC listen address host:port; empty disables",
+    "max_request_bytes": "largest request accepted, after decompression (413 / RESOURCE_EXHAUSTED)",
+    "max_inflight_bytes": "request bytes held in memory at once before 503 + Retry-After",
+    "body_timeout_s": "a request body must arrive within this many seconds",
+    "auth_token": "if set, require 'Authorization: Bearer <token>' (401 / UNAUTHENTICATED)",
+    "data_dir": "holds the write-ahead log (wal/) and, by default, the lake (lake/)",
+    "lake_dir": "the Parquet lake; default <data_dir>/lake",
+    "writer_id": "names this collector's files in a shared lake; default the host name",
+    "flush_interval_s": "longest time before acknowledged data is written to the lake",
+    "segment_bytes": "WAL segment size that triggers a flush to the lake",
+    "wal_max_backlog_bytes": "WAL not yet in the lake before ingest answers 503",
+    "compact_min_files": "small files in one hour partition before they are merged",
+    "compact_target_rows": "rows per file that compaction aims for",
+    "compact_interval_s": "how often compaction and retention run",
+    "retention_days": "hour partitions older than this are deleted; 0 keeps everything",
+    "flag_attribute_prefixes": "extra attribute prefixes whose suffix is a flag key (app.flag.<key>)",
+    "user_id_attributes": "attributes holding the user id, first match wins",
+    "test_attributes": "boolean attributes that mark test traffic when true",
+    "synthetic_types": "user_agent.synthetic.type values that mark test traffic",
+    "test_user_patterns": "user ids matching these glob patterns are test users",
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    default = _FIELDS[name].default
+    try:
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError("expected a list of strings")
+        if isinstance(default, bool):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            if isinstance(value, float) or isinstance(value, bool):
+                raise ValueError("expected a whole number")
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {name} = {value!r}: {exc}") from exc
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found; pass --config PATH or create it") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    values: dict[str, Any] = {}
+    for section, body in doc.items():
+        if section not in SECTIONS:
+            if section in ("report", "reports", "analysis"):
+                continue  # read by the analysis side
+            raise ConfigError(f"{path}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+        for key, value in body.items():
+            if key not in SECTIONS[section]:
+                raise ConfigError(
+                    f"{path}: unknown setting {key!r} in [{section}]; "
+                    f"known: {', '.join(SECTIONS[section])}"
+                )
+            values[key] = _coerce(key, value, str(path))
+    return values
+
+
+def load(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from the layers. Without `config_path`, ./flagscope.toml is read if present."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = Path(config_path) if config_path else Path(env.get("FLAGSCOPE_CONFIG", "flagscope.toml"))
+    if config_path or "FLAGSCOPE_CONFIG" in env or path.exists():
+        values.update(_from_toml(path))
+    for name in _FIELDS:
+        key = "FLAGSCOPE_" + name.upper()
+        if key in env:
+            values[name] = _coerce(name, env[key], f"environment {key}")
+    for name, value in (overrides or {}).items():
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    for name in ("http_endpoint", "grpc_endpoint"):
+        endpoint = getattr(s, name)
+        if endpoint:
+            split_endpoint(endpoint, name)
+    if s.max_request_bytes < 1024:
+        raise ConfigError("max_request_bytes must be at least 1024")
+    if s.max_inflight_bytes < s.max_request_bytes:
+        raise ConfigError("max_inflight_bytes must be at least max_request_bytes")
+
+
+def split_endpoint(endpoint: str, name: str = "endpoint") -> tuple[str, int]:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{name} = {endpoint!r}: expected host:port, e.g. 127.0.0.1:4318")
+    return host.strip("[]"), int(port)
+
+
+def describe() -> str:
+    """Every setting with its section, environment variable and default, as Markdown."""
+    rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    for section, names in SECTIONS.items():
+        for name in names:
+            default = _FIELDS[name].default
+            shown = ", ".join(default) if isinstance(default, tuple) else default
+            rows.append(
+                f"| `[{section}] {name}` | `FLAGSCOPE_{name.upper()}` | `{shown}` | {HELP[name]} |"
+            )
+    return "\n".join(rows)

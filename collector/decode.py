@@ -1,0 +1,239 @@
+"""Request bytes → a validated OTLP export request, ready for the write-ahead log.
+
+The ack path does only what is needed to answer truthfully: decompress within the size
+limit, parse (protobuf with upb, or OTLP/JSON with hex ids), and drop the items that can
+never be stored (bad ids), reporting them as `partial_success`. Turning items into wide
+events happens later, off the ack path (`collector.convert`).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import zlib
+from dataclasses import dataclass
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from collector.otlp import JSON, PROTOBUF, Signal
+
+ENCODINGS = ("identity", "gzip", "deflate")
+_HEX = re.compile(r"[0-9a-fA-F]*")
+_CHUNK = 256 * 1024
+# How many rejected items are described one by one in partial_success.error_message.
+_MAX_DESCRIBED = 5
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the ack path stores and answers: the normalized protobuf payload and counts."""
+
+    payload: bytes  # protobuf ExportXServiceRequest holding only valid items; b"" if none
+    accepted: int
+    rejected: int
+    error_message: str
+
+
+def media_type(content_type: str | None) -> str:
+    """The content type without parameters, or 415 if it is not one OTLP defines."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind in (PROTOBUF, JSON):
+        return kind
+    shown = content_type or "none"
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {shown!r}; send {PROTOBUF} or {JSON}"
+    )
+
+
+def check_encoding(encoding: str | None) -> str:
+    name = (encoding or "identity").strip().lower()
+    if name not in ENCODINGS:
+        raise UnsupportedMediaType(
+            f"unsupported Content-Encoding {encoding!r}; supported: gzip, deflate, identity"
+        )
+    return name
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate at most `limit` bytes; a bomb costs `limit` of memory, never its inflated size."""
+    if encoding == "identity":
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+        return body
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while True:
+            chunk = inflater.decompress(data, min(_CHUNK, limit + 1 - size))
+            size += len(chunk)
+            parts.append(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"request body inflates beyond the limit of {limit} bytes"
+                )
+            data = inflater.unconsumed_tail
+            if inflater.eof or (not data and not chunk):
+                break
+        if not inflater.eof:
+            raise BadRequest(f"{encoding} stream is truncated")
+        if inflater.unused_data:
+            raise BadRequest(f"unexpected bytes after the end of the {encoding} stream")
+    except zlib.error as exc:
+        raise BadRequest(f"corrupt {encoding} stream: {exc}") from exc
+    return b"".join(parts)
+
+
+def parse(signal: Signal, body: bytes, content_type: str) -> Message:
+    """Parse a request body; BadRequest with a message a client developer can act on."""
+    if content_type == JSON:
+        return _parse_json(signal, body)
+    try:
+        return signal.request_type.FromString(body)
+    except DecodeError as exc:
+        raise BadRequest(_describe_decode_error(signal, exc)) from exc
+
+
+def _describe_decode_error(signal: Signal, exc: Exception) -> str:
+    text = str(exc)
+    name = signal.request_type.DESCRIPTOR.name
+    if "UTF-8" in text:
+        return f"invalid protobuf {name}: a string field holds invalid UTF-8"
+    if "MaxDepth" in text:
+        return f"invalid protobuf {name}: nesting deeper than the limit of 100 messages"
+    return f"invalid protobuf {name}: {text.rsplit(': ', 1)[-1]}"
+
+
+def _parse_json(signal: Signal, body: bytes) -> Message:
+    if not body.strip():
+        return signal.request_type()
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequest("invalid OTLP/JSON: the body must be a JSON object")
+    _hex_ids_to_base64(signal, doc)
+    message = signal.request_type()
+    try:
+        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+        # Round trip through the wire format: the same limits (nesting depth, UTF-8)
+        # then apply to JSON as to protobuf, and both store identical bytes.
+        return signal.request_type.FromString(message.SerializeToString())
+    except (json_format.ParseError, ValueError, TypeError, UnicodeError) as exc:
+        raise BadRequest(f"invalid OTLP/JSON: {exc}") from exc
+    except DecodeError as exc:
+        raise BadRequest(_describe_decode_error(signal, exc)) from exc
+    except RecursionError as exc:
+        raise BadRequest("invalid OTLP/JSON: nesting too deep") from exc
+
+
+# OTLP/JSON encodes trace and span ids as hex, where protobuf's JSON mapping expects base64.
+# (protobuf's parser would accept many hex strings as base64 and store 24 bytes of garbage.)
+_ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
+_PATHS = {
+    "traces": (("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans"), ("spans",)),
+    "logs": (("resourceLogs", "resource_logs"), ("scopeLogs", "scope_logs"),
+             ("logRecords", "log_records")),
+}
+
+
+def _items(container: object, keys: tuple[str, ...]) -> list[object]:
+    if not isinstance(container, dict):
+        return []
+    for key in keys:
+        value = container.get(key)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _hex_ids_to_base64(signal: Signal, doc: dict) -> None:
+    top, middle, leaf = _PATHS[signal.name]
+    for resource in _items(doc, top):
+        for scope in _items(resource, middle):
+            for index, item in enumerate(_items(scope, leaf)):
+                if not isinstance(item, dict):
+                    continue
+                _convert_ids(item, index)
+                for link in _items(item, ("links",)):
+                    if isinstance(link, dict):
+                        _convert_ids(link, index)
+
+
+def _convert_ids(obj: dict, index: int) -> None:
+    for key in _ID_KEYS:
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) % 2 or not _HEX.fullmatch(value):
+            raise BadRequest(
+                f"invalid OTLP/JSON: item {index}: {key} {value!r} is not a hex string "
+                "(OTLP/JSON encodes trace and span ids as hex, not base64)"
+            )
+        obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+
+
+def _id_problem(value: bytes, size: int, name: str, required: bool) -> str | None:
+    if not value:
+        return f"{name} is missing" if required else None
+    if len(value) != size:
+        return f"{name} has {len(value)} bytes, expected {size}"
+    if not any(value):
+        return f"{name} is all zeros"
+    return None
+
+
+def _span_problem(span: Message) -> str | None:
+    return (
+        _id_problem(span.trace_id, 16, "trace_id", True)
+        or _id_problem(span.span_id, 8, "span_id", True)
+        or _id_problem(span.parent_span_id, 8, "parent_span_id", False)
+    )
+
+
+def _log_problem(record: Message) -> str | None:
+    return _id_problem(record.trace_id, 16, "trace_id", False) or _id_problem(
+        record.span_id, 8, "span_id", False
+    )
+
+
+def prepare(signal: Signal, body: bytes, content_type: str) -> Prepared:
+    """Parse and validate `body` (already decompressed); drop items that cannot be stored."""
+    request = parse(signal, body, content_type)
+    traces = signal.name == "traces"
+    problem_of = _span_problem if traces else _log_problem
+    accepted = rejected = 0
+    problems: list[str] = []
+    for r_index, resource in enumerate(request.resource_spans if traces else request.resource_logs):
+        for s_index, scope in enumerate(resource.scope_spans if traces else resource.scope_logs):
+            items = scope.spans if traces else scope.log_records
+            bad = []
+            for i_index, item in enumerate(items):
+                problem = problem_of(item)
+                if problem is not None:
+                    bad.append(i_index)
+                    if len(problems) < _MAX_DESCRIBED:
+                        problems.append(
+                            f"resource {r_index} scope {s_index} item {i_index}: {problem}"
+                        )
+            for i_index in reversed(bad):
+                del items[i_index]
+            accepted += len(items)
+            rejected += len(bad)
+    message = ""
+    if rejected:
+        more = f"; and {rejected - len(problems)} more" if rejected > len(problems) else ""
+        message = f"rejected {rejected} {signal.item}: " + "; ".join(problems) + more
+    if not accepted:
+        payload = b""
+    elif rejected or content_type == JSON:
+        payload = request.SerializeToString()
+    else:
+        payload = body
+    return Prepared(payload, accepted, rejected, message)

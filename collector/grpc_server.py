@@ -1,0 +1,77 @@
+"""OTLP/gRPC: the Trace and Logs services' Export, on raw bytes.
+
+Handlers take the undecoded request so that a malformed message gets INVALID_ARGUMENT with
+the parser's reason (grpcio would answer INTERNAL "Exception deserializing request!"), and
+share the HTTP path's decoding and durability. The size limit is grpcio's own
+`max_receive_message_length` (RESOURCE_EXHAUSTED). The Metrics service is not registered,
+so grpcio answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import grpc
+from grpc import aio
+
+from collector.errors import CollectorError, Unauthenticated
+from collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
+from collector.pipeline import Ingestor
+
+log = logging.getLogger("flagscope.collector")
+
+
+async def _abort(context: aio.ServicerContext, error: CollectorError) -> None:
+    message = str(error) or error.__class__.__name__
+    status = status_message(error.grpc_code.value[0], message, error.retry_after_s)
+    await context.abort(
+        error.grpc_code,
+        message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+class GrpcFrontEnd:
+    def __init__(self, ingestor: Ingestor, auth_token: str) -> None:
+        self.ingestor = ingestor
+        self.auth = f"Bearer {auth_token}" if auth_token else None
+
+    def server(self) -> aio.Server:
+        options = [
+            ("grpc.max_receive_message_length", self.ingestor.max_request_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = aio.server(options=options)
+        for signal in SIGNALS.values():
+            handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(signal.grpc_service, {"Export": handler}),)
+            )
+        return server
+
+    def _handler(self, signal: Signal):  # noqa: ANN202
+        async def export(request: bytes, context: aio.ServicerContext) -> bytes:
+            try:
+                self._check_auth(context)
+                self.ingestor.budget.acquire(len(request))
+                try:
+                    response = await self.ingestor.export(signal, request, PROTOBUF)
+                finally:
+                    self.ingestor.budget.release(len(request))
+            except CollectorError as error:
+                await _abort(context, error)
+            except Exception:
+                log.exception("unexpected error in gRPC %s Export", signal.name)
+                await _abort(context, CollectorError("internal error"))
+            return response.SerializeToString()
+
+        return export
+
+    def _check_auth(self, context: aio.ServicerContext) -> None:
+        if self.auth is None:
+            return
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not hmac.compare_digest(str(given).encode(), self.auth.encode()):
+            raise Unauthenticated("missing or wrong bearer token (authorization: Bearer <token>)")

@@ -1,0 +1,108 @@
+"""OTLP/HTTP: POST /v1/traces and /v1/logs, protobuf or JSON, optionally gzip/deflate."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+from aiohttp import web
+
+from collector.decode import check_encoding, media_type
+from collector.errors import CollectorError, NotFound, PayloadTooLarge, Unauthenticated
+from collector.otlp import JSON, PROTOBUF, SIGNALS, encode_message, status_message
+from collector.pipeline import Ingestor
+
+log = logging.getLogger("flagscope.collector")
+
+_GRPC_CODE = {400: 3, 401: 16, 404: 12, 408: 4, 413: 8, 415: 3, 500: 13, 503: 14}
+
+
+def error_response(error: CollectorError, content_type: str | None) -> web.Response:
+    """A `google.rpc.Status` body in the request's encoding; plain text if it has none."""
+    status = error.http_status
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else {}
+    message = str(error) or error.__class__.__name__
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind not in (JSON, PROTOBUF):
+        return web.Response(status=status, text=message + "\n", headers=headers)
+    body = encode_message(status_message(_GRPC_CODE.get(status, 2), message), kind)
+    return web.Response(status=status, body=body, content_type=kind, headers=headers)
+
+
+class RequestTimeout(CollectorError):
+    http_status = 408
+
+
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """Read at most `limit` bytes, chunked or not; stop reading as soon as it is exceeded."""
+    chunks = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"request body not received within {timeout_s:g} s") from exc
+    return b"".join(chunks)
+
+
+class HttpFrontEnd:
+    def __init__(self, ingestor: Ingestor, auth_token: str, body_timeout_s: float) -> None:
+        self.ingestor = ingestor
+        self.auth = f"Bearer {auth_token}".encode() if auth_token else None
+        self.body_timeout_s = body_timeout_s
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for name in SIGNALS:
+            app.router.add_post(f"/v1/{name}", self._export)
+        app.router.add_post("/v1/metrics", self._metrics)
+        return app
+
+    def _check_auth(self, request: web.Request) -> None:
+        if self.auth is None:
+            return
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, self.auth):
+            raise Unauthenticated("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        error = NotFound("metrics are not supported yet; send traces to /v1/traces and logs to /v1/logs")
+        return error_response(error, request.headers.get("Content-Type"))
+
+    async def _export(self, request: web.Request) -> web.Response:
+        signal = SIGNALS[request.path.rsplit("/", 1)[1]]
+        header = request.headers.get("Content-Type")
+        try:
+            self._check_auth(request)  # before the body is read or decompressed
+            content_type = media_type(header)
+            encoding = check_encoding(request.headers.get("Content-Encoding"))
+            limit = self.ingestor.max_request_bytes
+            length = request.content_length
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit}")
+            reserved = length if length is not None else limit
+            if encoding != "identity":
+                reserved += limit  # room for the inflated copy
+            self.ingestor.budget.acquire(reserved)
+            try:
+                body = await read_body(request, limit, self.body_timeout_s)
+                response = await self.ingestor.export(signal, body, content_type, encoding)
+            finally:
+                self.ingestor.budget.release(reserved)
+            return web.Response(
+                body=encode_message(response, content_type), content_type=content_type
+            )
+        except CollectorError as error:
+            return error_response(error, header)
+        except Exception:  # never a stack trace to the client; the process keeps serving
+            log.exception("unexpected error handling %s", request.path)
+            return error_response(CollectorError("internal error"), header)
+

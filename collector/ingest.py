@@ -1,0 +1,126 @@
+"""Lake writer processes: closed WAL segments → wide events → Parquet files.
+
+Each of `workers` processes owns the segments whose sequence number ≡ its index (mod
+workers), so conversion — the CPU-heavy part of ingest — uses every core without any
+coordination beyond file names. A segment is deleted only after its files are renamed
+into the lake, so a crash at any point leads to a replay that rewrites the same file
+names. Worker 0 also compacts and expires partitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import time
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+from collector import lake
+from collector.config import Settings
+from collector.convert import Converter
+from collector.tagging import Tagger
+from collector.wal import fsync_dir, list_segments, quarantine_tail, read_segment
+
+log = logging.getLogger("flagscope.ingest")
+
+CHUNK_BYTES = 16 * 1024 * 1024  # payload converted into one table at a time (bounds memory)
+POLL_S = 0.1
+
+
+def file_stem(writer: str, seq: int, part: int) -> str:
+    return f"{writer}-{seq:012d}-{part:03d}"
+
+
+def convert_segment(settings: Settings, converter: Converter, seq: int, path: Path) -> int:
+    """Convert one closed segment into lake files, then delete it; returns rows written."""
+    records, tear = read_segment(path)
+    if tear is not None:
+        target = quarantine_tail(path, tear)
+        log.warning(
+            "WAL segment %s is torn at byte %d: %d whole records recovered, the tail "
+            "(%d bytes) quarantined in %s",
+            path.name, tear, len(records), path.stat().st_size - tear, target,
+        )
+    rows = 0
+    chunk: list[tuple[int, bytes]] = []
+    size = part = 0
+    for record in records + [None]:
+        if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
+            if chunk:
+                table = converter.table(chunk)
+                lake.write_table(settings.lake_path, table, file_stem(settings.writer, seq, part))
+                rows += table.num_rows
+                part += 1
+            chunk, size = [], 0
+        if record is not None:
+            chunk.append(record)
+            size += len(record[1])
+    path.unlink()
+    fsync_dir(path.parent)
+    return rows
+
+
+def _die_with_parent() -> None:
+    # Linux: SIGKILL this worker when the collector process dies, even by kill -9.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _lock(path: Path):  # noqa: ANN202 - returns the open lock file
+    handle = open(path, "a+")  # noqa: SIM115 - held for the life of the process
+    fcntl.flock(handle, fcntl.LOCK_EX)  # waits for a dying predecessor to let go
+    return handle
+
+
+def run_worker(
+    settings: Settings, index: int, workers: int, parent_pid: int, drain: Event
+) -> None:
+    """Process entry point; returns when `drain` is set and every segment is converted."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    wal_dir = settings.wal_path
+    _lock_file = _lock(wal_dir / f".worker-{index}.lock")
+    converter = Converter(Tagger.from_settings(settings))
+    next_maintenance = time.monotonic() + settings.compact_interval_s
+    while True:
+        if os.getppid() != parent_pid:
+            return  # orphaned: the collector died; its successor replays the WAL
+        draining = drain.is_set()
+        segments = list_segments(wal_dir)
+        closed = segments if draining else segments[:-1]
+        mine = [(seq, path) for seq, path in closed if seq % workers == index]
+        for seq, path in mine:
+            try:
+                convert_segment(settings, converter, seq, path)
+            except Exception:  # a bug must not wedge ingest: keep the segment, log, go on
+                log.exception("could not convert WAL segment %s; it is kept for replay", path)
+                time.sleep(1)
+        if index == 0 and time.monotonic() >= next_maintenance:
+            maintain(settings)
+            next_maintenance = time.monotonic() + settings.compact_interval_s
+        if draining and not mine:
+            return
+        if not mine:
+            time.sleep(POLL_S)
+
+
+def maintain(settings: Settings) -> None:
+    live = [seq for seq, _ in list_segments(settings.wal_path)]
+    try:
+        merged = lake.compact(
+            settings.lake_path, settings.compact_min_files, settings.compact_target_rows,
+            writer=settings.writer, below_seq=min(live) if live else None,
+        )
+        expired = lake.expire(settings.lake_path, settings.retention_days)
+    except OSError:
+        log.exception("lake maintenance failed; will retry")
+        return
+    if merged or expired:
+        log.info("lake maintenance: %d merges, %d partitions expired", merged, expired)

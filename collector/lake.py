@@ -1,0 +1,236 @@
+"""The Parquet lake: immutable files partitioned by hour, written atomically.
+
+Layout: `<lake>/date=YYYY-MM-DD/hour=HH/<writer>-<seq>.parquet`. A file is written under a
+`.tmp` name (which no `*.parquet` glob matches), fsynced, renamed into place and the
+directory fsynced, so a reader sees a file completely or not at all. Names derive from the
+WAL segment a file came from, so replaying a segment rewrites the same names (idempotent).
+Compaction merges small files of one partition; retention drops old partitions.
+Readers open the lake with `connect()`, which defines the de-duplicated `events` view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from collector.convert import SCHEMA
+from collector.errors import LakeError
+from collector.wal import fsync_dir
+
+log = logging.getLogger(__name__)
+
+HOUR_NS = 3_600_000_000_000
+ROW_GROUP_ROWS = 128 * 1024
+GLOB = "**/*.parquet"
+
+
+def partition_of(hour_index: int) -> str:
+    moment = datetime.fromtimestamp(hour_index * 3600, tz=UTC)
+    return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
+
+
+def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - a callable(file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_table(lake: Path, table: pa.Table, name: str) -> list[Path]:
+    """Write `table` as one file per hour partition named `<name>.parquet`."""
+    if table.num_rows == 0:
+        return []
+    hours = pc.divide(table["time"].cast(pa.int64()), HOUR_NS)
+    unique = pc.unique(hours).to_pylist()
+    written = []
+    for hour in unique:
+        part = table if len(unique) == 1 else table.filter(pc.equal(hours, hour))
+        part = part.sort_by("time")
+        path = lake / partition_of(hour) / f"{name}.parquet"
+        _write_atomically(
+            path,
+            lambda f, part=part: pq.write_table(
+                part, f, compression="zstd", row_group_size=ROW_GROUP_ROWS
+            ),
+        )
+        written.append(path)
+    return written
+
+
+def partitions(lake: Path) -> list[Path]:
+    if not lake.exists():
+        return []
+    return sorted(p for d in lake.glob("date=*") for p in d.glob("hour=*") if p.is_dir())
+
+
+def _covered_seq(stem: str, writer: str) -> int | None:
+    """Highest WAL segment a file of `writer` holds data of, or None if not this writer's.
+
+    Stems: `<writer>-<seq>-<part>` (from a segment), `compact-<writer>-<first>-<last>`.
+    """
+    prefix = f"compact-{writer}-" if stem.startswith("compact-") else f"{writer}-"
+    if not stem.startswith(prefix):
+        return None
+    numbers = stem[len(prefix):].split("-")
+    if len(numbers) != 2 or not all(n.isdigit() for n in numbers):
+        return None
+    return int(numbers[1]) if stem.startswith("compact-") else int(numbers[0])
+
+
+def compact(
+    lake: Path, min_files: int, target_rows: int, writer: str, below_seq: int | None = None
+) -> int:
+    """Merge this writer's small files of each partition into files of about `target_rows`.
+
+    Only files whose WAL segments are gone (seq < `below_seq`) qualify: a segment still in
+    the WAL may be replayed, which rewrites its files by name. Streams row groups, so
+    memory stays at one row group whatever the partition size. Inputs are deleted after
+    the merged file is in place; a crash in between leaves duplicates that the `events`
+    view hides and the next compaction merges away. Returns the number of merges.
+    """
+    merges = 0
+    for partition in partitions(lake):
+        small = []
+        for path in sorted(partition.glob("*.parquet")):
+            seq = _covered_seq(path.stem, writer)
+            if seq is None or (below_seq is not None and seq >= below_seq):
+                continue
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except (OSError, pa.ArrowInvalid) as exc:
+                log.warning("skipping unreadable lake file %s: %s", path, exc)
+                continue
+            if rows < target_rows // 2:
+                small.append((seq, path, rows))
+        if len(small) < min_files:
+            continue
+        small.sort()
+        group: list[tuple[int, Path]] = []
+        total = 0
+        for seq, path, rows in small + [(-1, None, 0)]:
+            if path is None or (group and total + rows > target_rows):
+                if len(group) > 1:
+                    _merge(group, writer)
+                    merges += 1
+                group, total = [], 0
+            if path is not None:
+                group.append((seq, path))
+                total += rows
+    return merges
+
+
+def remove_stale_temporaries(lake: Path, writer: str) -> int:
+    """Delete this writer's `.tmp` files left by a crash (never visible to readers)."""
+    removed = 0
+    for path in lake.glob("**/*.parquet.tmp") if lake.exists() else []:
+        if _covered_seq(path.name[: -len(".parquet.tmp")], writer) is not None:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _merge(group: list[tuple[int, Path]], writer: str) -> None:
+    paths = [path for _, path in group]
+    first = min(seq for seq, _ in group)
+    last = max(seq for seq, _ in group)
+    target = paths[0].with_name(f"compact-{writer}-{first:012d}-{last:012d}.parquet")
+    schema = pa.unify_schemas([pq.read_schema(p) for p in paths] + [SCHEMA])
+
+    def write(handle) -> None:  # noqa: ANN001
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for path in paths:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS):
+                    table = _conform(pa.Table.from_batches([batch]), schema)
+                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+    _write_atomically(target, write)
+    for path in paths:
+        if path != target:
+            path.unlink(missing_ok=True)
+    fsync_dir(target.parent)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in order: files written before a column existed."""
+    if table.schema == schema:
+        return table
+    return pa.table(
+        [
+            table[f.name].cast(f.type) if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type)
+            for f in schema
+        ],
+        schema=schema,
+    )
+
+
+def expire(lake: Path, retention_days: float, now: float | None = None) -> int:
+    """Delete hour partitions that ended more than `retention_days` ago; returns how many."""
+    if retention_days <= 0:
+        return 0
+    cutoff = (now if now is not None else time.time()) - retention_days * 86400
+    removed = 0
+    for partition in partitions(lake):
+        try:
+            day = partition.parent.name.split("=", 1)[1]
+            hour = int(partition.name.split("=", 1)[1])
+            start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() + hour * 3600
+        except (IndexError, ValueError):
+            continue
+        if start + 3600 <= cutoff:
+            shutil.rmtree(partition, ignore_errors=True)
+            removed += 1
+    for day_dir in lake.glob("date=*"):
+        if day_dir.is_dir() and not any(day_dir.iterdir()):
+            day_dir.rmdir()
+    return removed
+
+
+# -- reading -------------------------------------------------------------------------------
+def has_files(lake: Path) -> bool:
+    return any(lake.glob(GLOB)) if lake.exists() else False
+
+
+def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
+    """`events_raw`: every stored row; `events`: one row per span/log (retries de-duplicated)."""
+    if has_files(lake):
+        source = (
+            f"read_parquet('{_sql_str(str(lake / GLOB))}', union_by_name = true, "
+            "hive_partitioning = false)"
+        )
+    else:
+        con.register("_flagscope_empty", SCHEMA.empty_table())
+        source = "_flagscope_empty"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT * FROM {source}")
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW events AS "
+        "SELECT DISTINCT ON (event_id) * FROM events_raw"
+    )
+
+
+def _sql_str(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    try:
+        define_views(con, lake)
+    except duckdb.Error as exc:
+        raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc
+    return con

@@ -1,0 +1,71 @@
+"""The ack path shared by HTTP and gRPC: admit, decode, validate, append to the WAL, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from google.protobuf.message import Message
+
+from collector.decode import decompress, prepare
+from collector.errors import Unavailable
+from collector.otlp import SIGNAL_CODES, Signal, response_message
+from collector.wal import WalFullError, WalWriter
+
+log = logging.getLogger("flagscope.collector")
+
+
+class Budget:
+    """Bytes of request bodies held in memory at once; over it, clients are told to retry."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def acquire(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise Unavailable(
+                f"collector is busy ({self.used} request bytes in flight); retry later",
+                retry_after_s=1,
+            )
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
+class Ingestor:
+    def __init__(self, wal: WalWriter, max_request_bytes: int, max_inflight_bytes: int) -> None:
+        self.wal = wal
+        self.max_request_bytes = max_request_bytes
+        self.budget = Budget(max_inflight_bytes)
+        self.counts: Counter[str] = Counter()
+
+    def _decode(self, signal: Signal, body: bytes, content_type: str, encoding: str):  # noqa: ANN202
+        raw = decompress(body, encoding, self.max_request_bytes)
+        return prepare(signal, raw, content_type)
+
+    async def export(
+        self, signal: Signal, body: bytes, content_type: str, encoding: str = "identity"
+    ) -> Message:
+        """Store a request durably and return the Export*ServiceResponse to send."""
+        if len(body) > 65536 or encoding != "identity":
+            prepared = await asyncio.to_thread(self._decode, signal, body, content_type, encoding)
+        else:
+            prepared = self._decode(signal, body, content_type, encoding)
+        if prepared.payload:
+            future = self.wal.append(SIGNAL_CODES[signal.name], prepared.payload)
+            try:
+                await asyncio.wrap_future(future)
+            except WalFullError as exc:
+                raise Unavailable(f"{exc.strerror}; retry later", retry_after_s=5) from exc
+            except OSError as exc:
+                raise Unavailable(
+                    f"storage unavailable ({exc.strerror or exc}); retry later", retry_after_s=5
+                ) from exc
+        self.counts[f"{signal.name}.accepted"] += prepared.accepted
+        if prepared.rejected:
+            self.counts[f"{signal.name}.rejected"] += prepared.rejected
+            log.warning("partial success: %s", prepared.error_message)
+        return response_message(signal, prepared.rejected, prepared.error_message)

@@ -1,0 +1,150 @@
+"""`flagscope serve`: the collector process — front ends, WAL writer and lake writers.
+
+Start order: lock the data dir, clear crash leftovers, open the WAL, start the lake
+writers (which replay any WAL left by a crash), then listen. Stop order (SIGTERM): close
+the listeners and answer in-flight requests, close the WAL, let the lake writers drain it
+into the lake, release the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from collector import lake
+from collector.config import Settings, split_endpoint
+from collector.errors import ConfigError
+from collector.grpc_server import GrpcFrontEnd
+from collector.http_server import HttpFrontEnd
+from collector.ingest import run_worker
+from collector.pipeline import Ingestor
+from collector.wal import WalWriter
+
+log = logging.getLogger("flagscope.collector")
+
+DRAIN_TIMEOUT_S = 300.0
+
+
+class Collector:
+    """One collector; `await start()`, then `await stop()`. Ports are known after start."""
+
+    def __init__(self, settings: Settings, workers: int | None = None) -> None:
+        self.settings = settings
+        self.workers = workers or min(2, os.cpu_count() or 1)
+        self.wal = WalWriter(
+            settings.wal_path, settings.segment_bytes, settings.flush_interval_s,
+            settings.wal_max_backlog_bytes,
+        )
+        self.ingestor = Ingestor(self.wal, settings.max_request_bytes, settings.max_inflight_bytes)
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._lock_file = None
+        self._runner: web.AppRunner | None = None
+        self._grpc = None
+        self._processes: list[multiprocessing.Process] = []
+        self._drain = None
+
+    async def start(self) -> None:
+        s = self.settings
+        Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+        s.lake_path.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        lake.remove_stale_temporaries(s.lake_path, s.writer)
+        self.wal.start()
+        self._start_workers()
+        if s.http_endpoint:
+            host, port = split_endpoint(s.http_endpoint, "http_endpoint")
+            front = HttpFrontEnd(self.ingestor, s.auth_token, s.body_timeout_s)
+            self._runner = web.AppRunner(
+                front.app(), access_log=None, auto_decompress=False, shutdown_timeout=30
+            )
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, host, port, reuse_address=True)
+            await site.start()
+            self.http_port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - port 0
+        if s.grpc_endpoint:
+            host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
+            self._grpc = GrpcFrontEnd(self.ingestor, s.auth_token).server()
+            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{port}")
+            if not self.grpc_port:
+                raise ConfigError(f"cannot listen on grpc_endpoint {s.grpc_endpoint}")
+            await self._grpc.start()
+
+    def _lock_data_dir(self) -> None:
+        path = Path(self.settings.data_dir) / ".lock"
+        handle = open(path, "a+")  # noqa: SIM115 - held while the collector runs
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise ConfigError(
+                f"another collector is using {self.settings.data_dir}; stop it or pass "
+                "--data-dir to use another directory"
+            ) from exc
+        self._lock_file = handle
+
+    def _start_workers(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._drain = context.Event()
+        for index in range(self.workers):
+            process = context.Process(
+                target=run_worker,
+                args=(self.settings, index, self.workers, os.getpid(), self._drain),
+                name=f"flagscope-lake-{index}",
+                daemon=False,
+            )
+            process.start()
+            self._processes.append(process)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops listening, waits for in-flight handlers
+        if self._grpc is not None:
+            await self._grpc.stop(grace=30)
+        await asyncio.to_thread(self.wal.close)
+        if self._drain is not None:
+            self._drain.set()
+        for process in self._processes:
+            await asyncio.to_thread(process.join, DRAIN_TIMEOUT_S)
+            if process.is_alive():
+                log.error("lake writer %s did not finish draining; its WAL is replayed on start",
+                          process.name)
+                process.kill()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+
+async def _serve(settings: Settings) -> None:
+    collector = Collector(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await collector.start()
+    endpoints = []
+    if collector.http_port:
+        endpoints.append(f"http={split_endpoint(settings.http_endpoint)[0]}:{collector.http_port}")
+    if collector.grpc_port:
+        endpoints.append(f"grpc={split_endpoint(settings.grpc_endpoint)[0]}:{collector.grpc_port}")
+    print(f"flagscope collector ready {' '.join(endpoints)} lake={settings.lake_path}", flush=True)
+    await stop.wait()
+    log.info("stopping: answering in-flight requests and flushing the WAL into the lake")
+    await collector.stop()
+    print("flagscope collector stopped", flush=True)
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(_serve(settings))
+    return 0

@@ -1,0 +1,237 @@
+"""The write-ahead log: an acknowledged request is in a fsynced WAL record first.
+
+Layout: `<wal>/<seq>.wal` segments of records `[magic u32][length u32][crc32 u32][signal u8]
+[payload]` (little endian; crc over signal and payload). One writer thread appends and
+group-commits: every record queued while a fsync runs goes into the next one, so acks
+cost one fsync per batch of requests, not per request. A segment is rotated when large
+or old; the lake writer (`collector.ingest`) converts closed segments and deletes them.
+A record torn by a crash is never acknowledged, so the tail after the last whole record
+is quarantined on replay (`read_segment`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import Future
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAGIC = 0x46534331  # "FSC1"
+HEADER = struct.Struct("<IIIB")
+SUFFIX = ".wal"
+
+
+def segment_name(seq: int) -> str:
+    return f"{seq:012d}{SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for entry in os.scandir(directory):
+        name = entry.name
+        if name.endswith(SUFFIX) and name[: -len(SUFFIX)].isdigit():
+            found.append((int(name[: -len(SUFFIX)]), Path(entry.path)))
+    return sorted(found)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_record(signal: int, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(bytes((signal,))))
+    return HEADER.pack(MAGIC, len(payload), crc, signal) + payload
+
+
+def read_segment(path: Path) -> tuple[list[tuple[int, bytes]], int | None]:
+    """Whole records of a segment, and the offset of a torn or corrupt tail (None if clean)."""
+    data = path.read_bytes()
+    records: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset < len(data):
+        if offset + HEADER.size > len(data):
+            return records, offset
+        magic, length, crc, signal = HEADER.unpack_from(data, offset)
+        start = offset + HEADER.size
+        payload = data[start : start + length]
+        if (
+            magic != MAGIC
+            or len(payload) != length
+            or zlib.crc32(payload, zlib.crc32(bytes((signal,)))) != crc
+        ):
+            return records, offset
+        records.append((signal, payload))
+        offset = start + length
+    return records, None
+
+
+def quarantine_tail(path: Path, offset: int) -> Path:
+    """Keep the bytes after a tear for inspection instead of deleting them silently."""
+    target_dir = path.parent / "quarantine"
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / f"{path.stem}.{offset}.tail"
+    with open(path, "rb") as source:
+        source.seek(offset)
+        target.write_bytes(source.read())
+    fsync_dir(target_dir)
+    return target
+
+
+class WalFullError(OSError):
+    """The WAL holds more unconverted data than allowed: back-pressure."""
+
+
+class WalWriter:
+    """Appends records with group commit; `append` returns a Future resolved once fsynced."""
+
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int,
+        flush_interval_s: float,
+        max_backlog_bytes: int,
+    ) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.flush_interval_s = flush_interval_s
+        self.max_backlog_bytes = max_backlog_bytes
+        self._queue: queue.SimpleQueue[tuple[bytes, Future[None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="wal-writer", daemon=True)
+        self._fd = -1
+        self._seq = 0
+        self._size = 0
+        self._opened_at = 0.0
+        self._backlog = 0
+        self._backlog_checked = 0.0
+        self.fsyncs = 0
+
+    # -- called from request handlers -------------------------------------------------
+    def append(self, signal: int, payload: bytes) -> Future[None]:
+        future: Future[None] = Future()
+        if self._backlog > self.max_backlog_bytes:
+            future.set_exception(
+                WalFullError(errno.ENOSPC, "write-ahead log backlog is full; the lake is behind")
+            )
+            return future
+        self._queue.put((encode_record(signal, payload), future))
+        return future
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = list_segments(self.directory)
+        self._seq = existing[-1][0] + 1 if existing else 1
+        self._open_segment()
+        self._refresh_backlog(force=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Write what is queued, fsync, and close; the last segment is then complete."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def current_seq(self) -> int:
+        return self._seq
+
+    # -- writer thread --------------------------------------------------------------
+    def _open_segment(self) -> None:
+        path = self.directory / segment_name(self._seq)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size
+        self._opened_at = time.monotonic()
+        fsync_dir(self.directory)
+
+    def _rotate(self) -> None:
+        old = self._fd
+        self._seq += 1
+        self._open_segment()  # the next segment exists before the old one counts as closed
+        os.close(old)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            timeout = max(0.05, self._opened_at + self.flush_interval_s - time.monotonic())
+            batch: list[tuple[bytes, Future[None]]] = []
+            try:
+                item = self._queue.get(timeout=timeout)
+                while True:
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                    if sum(len(r) for r, _ in batch) > 8 * 1024 * 1024:
+                        break
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if batch:
+                self._commit(batch)
+            aged = time.monotonic() - self._opened_at >= self.flush_interval_s
+            if self._size and (self._size >= self.segment_bytes or aged):
+                self._rotate()
+            self._refresh_backlog()
+
+    def _commit(self, batch: list[tuple[bytes, Future[None]]]) -> None:
+        data = b"".join(record for record, _ in batch)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self._recover_after_failed_write(exc)
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        self._size += len(data)
+        self._backlog += len(data)
+        self.fsyncs += 1
+        for _, future in batch:
+            future.set_result(None)
+
+    def _recover_after_failed_write(self, exc: OSError) -> None:
+        # Cut the segment back to its last complete record so a later record never
+        # follows a torn one; if even that fails, continue in a fresh segment.
+        log.warning("WAL append failed (%s); the request is refused with 503", exc)
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fdatasync(self._fd)
+        except OSError:
+            try:
+                self._rotate()
+            except OSError:
+                log.exception("could not open a new WAL segment")
+
+    def _refresh_backlog(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._backlog_checked < 0.5:
+            return
+        self._backlog_checked = now
+        total = 0
+        for _, path in list_segments(self.directory):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass  # converted and deleted meanwhile
+        self._backlog = total
