@@ -1,0 +1,33 @@
+"""Imports point one way: collector never imports analysis (CONVENTIONS.md)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+    return modules
+
+
+def _imported_roots(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in _imported_modules(path)}
+
+
+def test_collector_never_imports_analysis():
+    offenders = [p.name for p in (ROOT / "collector").rglob("*.py") if "analysis" in _imported_roots(p)]
+    assert offenders == []
+
+
+def test_statistics_import_neither_duckdb_nor_the_cli():
+    stats = ROOT / "analysis" / "stats"
+    for path in stats.rglob("*.py") if stats.exists() else []:
+        modules = _imported_modules(path)
+        assert "duckdb" not in {m.split(".")[0] for m in modules}, path
+        assert not any(m.startswith("analysis.cli") for m in modules), path

@@ -1,0 +1,82 @@
+"""The tagging rules of DESIGN contract 2, on attribute dicts (no server)."""
+
+import dataclasses
+
+import pytest
+
+from collector.config import Settings
+from collector.tagging import Tagger, evaluation, variant_of
+
+TAGGER = Tagger.from_settings(Settings())
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", "true"), ('"blue"', "blue"), ("plain", "plain"), (True, "true"), (False, "false"),
+     (3, "3"), ('{"a": 1}', '{"a":1}'), (None, None)],
+)
+def test_variant_of_decodes_json_encoded_values(raw, expected):
+    assert variant_of(raw) == expected
+
+
+def test_evaluation_prefers_result_variant_over_value():
+    attrs = {"feature_flag.key": "f", "feature_flag.result.variant": "on",
+             "feature_flag.result.value": "false"}
+    assert evaluation(attrs) == ("f", "on")
+
+
+def test_evaluation_accepts_deprecated_variant_name():
+    assert evaluation({"feature_flag.key": "f", "feature_flag.variant": "v2"}) == ("f", "v2")
+
+
+def test_evaluation_falls_back_to_the_json_encoded_value():
+    assert evaluation({"feature_flag.key": "f", "feature_flag.result.value": '"blue"'}) == ("f", "blue")
+
+
+def test_evaluation_needs_a_key():
+    assert evaluation({"feature_flag.result.variant": "on"}) is None
+
+
+def test_per_flag_attributes_and_configured_prefix():
+    flags: dict[str, str] = {}
+    TAGGER.attribute_flags(
+        {"feature_flag.new-checkout": "on", "app.flag.dark-mode": True,
+         "feature_flag.provider.name": "x", "feature_flag.context.id": "u1",
+         "feature_flag.result.reason": "static", "http.route": "/"},
+        flags,
+    )
+    assert flags == {"new-checkout": "on", "dark-mode": "true"}
+
+
+def test_user_id_follows_configured_precedence():
+    assert TAGGER.user_id({"user.id": "b", "enduser.id": "a"}) == "a"
+    assert TAGGER.user_id({"user.id": "b"}, {"feature_flag.context.id": "c"}) == "c"
+    assert TAGGER.user_id({}) is None
+    assert TAGGER.user_id({"enduser.id": 42}) == "42"
+
+
+@pytest.mark.parametrize(
+    ("attrs", "resource", "user", "reason"),
+    [
+        ({"user_agent.synthetic.type": "bot"}, {}, None, "user_agent.synthetic.type=bot"),
+        ({"user_agent.synthetic.type": "human"}, {}, None, None),
+        ({"test_user": True}, {}, None, "test_user=true"),
+        ({"app.user.is_test": "true"}, {}, None, "app.user.is_test=true"),
+        ({"test_user": False}, {}, None, None),
+        ({}, {"synthetic": True}, None, "resource synthetic=true"),
+        ({}, {}, "qa-anna", "user_id matches qa-*"),
+        ({}, {}, "test-7", "user_id matches test-*"),
+        ({}, {}, "contest-7", None),
+    ],
+)
+def test_test_traffic_markers_name_the_rule(attrs, resource, user, reason):
+    assert TAGGER.test_reason(attrs, resource, user) == reason
+
+
+def test_markers_are_configurable():
+    tagger = Tagger.from_settings(dataclasses.replace(
+        Settings(), test_attributes=("is_canary",), test_user_patterns=("staff-*",),
+    ))
+    assert tagger.test_reason({"is_canary": True}, {}, None) == "is_canary=true"
+    assert tagger.test_reason({"test_user": True}, {}, "qa-1") is None
+    assert tagger.test_reason({}, {}, "staff-9") == "user_id matches staff-*"
