@@ -41,6 +41,7 @@ class Settings:
     compact_target_rows: int = 2_000_000
     compact_interval_s: float = 60.0
     retention_days: float = 30.0
+    lake_writers: int = 0  # 0: one per core
     # [tagging]
     flag_attribute_prefixes: tuple[str, ...] = ("app.flag.",)
     user_id_attributes: tuple[str, ...] = ("feature_flag.context.id", "enduser.id", "user.id")
@@ -70,6 +71,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "lake": (
         "lake_dir", "writer_id", "flush_interval_s", "segment_bytes", "wal_max_backlog_bytes",
         "compact_min_files", "compact_target_rows", "compact_interval_s", "retention_days",
+        "lake_writers",
     ),
     "tagging": (
         "flag_attribute_prefixes", "user_id_attributes", "test_attributes", "synthetic_types",
@@ -94,6 +96,7 @@ HELP: dict[str, str] = {
     "compact_target_rows": "rows per file that compaction aims for",
     "compact_interval_s": "how often compaction and retention run",
     "retention_days": "hour partitions older than this are deleted; 0 keeps everything",
+    "lake_writers": "processes converting the WAL into Parquet; 0 means one per core",
     "flag_attribute_prefixes": "extra attribute prefixes whose suffix is a flag key (app.flag.<key>)",
     "user_id_attributes": "attributes holding the user id, first match wins",
     "test_attributes": "boolean attributes that mark test traffic when true",
@@ -201,6 +204,7 @@ def describe() -> str:
         for name in names:
             default = _FIELDS[name].default
             shown = ", ".join(default) if isinstance(default, tuple) else default
+            shown = "(none)" if shown == "" else shown
             rows.append(
                 f"| `[{section}] {name}` | `FLAGSCOPE_{name.upper()}` | `{shown}` | {HELP[name]} |"
             )

@@ -96,8 +96,10 @@ def attributes(kvs: Iterable[Any]) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in kvs}
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _json(value: Any) -> bytes:
+    # Kept as UTF-8 bytes: Arrow takes them as binary and views them as strings without
+    # re-encoding (several times cheaper than building a string array from str objects).
+    return orjson.dumps(value)
 
 
 def _hex(value: bytes) -> str | None:
@@ -113,37 +115,77 @@ def _http_status(attrs: dict[str, Any]) -> int | None:
     return None
 
 
+JSON_COLUMNS = frozenset({"body", "attributes", "resource_attributes", "span_events", "span_links"})
+
+# Columns each signal fills row by row; every other column of SCHEMA is null for it.
+SPAN_FIELDS = (
+    "time", "end_time", "event_id", "trace_id", "span_id", "parent_span_id", "trace_state",
+    "service_name", "scope_name", "scope_version", "name", "kind", "duration_ms", "status_code",
+    "status_message", "is_error", "http_method", "http_route", "http_status_code", "user_id",
+    "flags", "is_test", "test_reason", "attributes", "resource_attributes", "span_events",
+    "span_links", "dropped_attributes_count",
+)
+LOG_FIELDS = (
+    "time", "observed_time", "event_id", "trace_id", "span_id", "service_name", "scope_name",
+    "scope_version", "name", "is_error", "http_method", "http_route", "http_status_code",
+    "user_id", "flags", "is_test", "test_reason", "severity_number", "severity_text", "body",
+    "attributes", "resource_attributes", "dropped_attributes_count",
+)
+
+
+def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) -> pa.Table:
+    n = len(rows)
+    columns = dict(zip(fields, zip(*rows), strict=True)) if rows else {}
+    arrays = []
+    for field in SCHEMA:
+        if field.name in JSON_COLUMNS and field.name in columns:
+            arrays.append(pa.array(columns[field.name], type=pa.binary()).view(pa.string()))
+        elif field.name in columns:
+            arrays.append(pa.array(columns[field.name], type=field.type))
+        elif field.name == "signal":
+            arrays.append(pa.array([signal] * n, type=field.type))
+        else:
+            arrays.append(pa.nulls(n, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
 class Converter:
     def __init__(self, tagger: Tagger) -> None:
         self.tagger = tagger
 
     def table(self, records: Iterable[tuple[int, bytes]]) -> pa.Table:
         """WAL records (signal code, protobuf payload) → one table of wide events."""
-        cols: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        spans: list[tuple[Any, ...]] = []
+        logs: list[tuple[Any, ...]] = []
         for code, payload in records:
             signal = SIGNAL_BY_CODE[code]
             request = signal.request_type.FromString(payload)
             if signal is TRACES:
-                self._spans(request, cols)
+                self._spans(request, spans)
             else:
-                self._logs(request, cols)
-        return pa.Table.from_pydict(cols, schema=SCHEMA)
+                self._logs(request, logs)
+        if not logs:
+            return _table(SPAN_FIELDS, spans, "span")
+        if not spans:
+            return _table(LOG_FIELDS, logs, "log")
+        return pa.concat_tables([_table(SPAN_FIELDS, spans, "span"), _table(LOG_FIELDS, logs, "log")])
 
     # -- spans ----------------------------------------------------------------------
-    def _spans(self, request: Any, cols: dict[str, list[Any]]) -> None:
-        tagger = self.tagger
+    def _spans(self, request: Any, rows: list[tuple[Any, ...]]) -> None:
+        span_row = self._span_row
+        append = rows.append
+        tagger_marker = self.tagger.resource_marker
         for rs in request.resource_spans:
             resource = attributes(rs.resource.attributes)
-            resource_json = _json(resource)
-            service = resource.get("service.name")
+            context = (tagger_marker(resource), _json(resource), resource.get("service.name"))
             for ss in rs.scope_spans:
-                scope_name = ss.scope.name or None
-                scope_version = ss.scope.version or None
+                scope = (ss.scope.name or None, ss.scope.version or None)
                 for span in ss.spans:
-                    self._span(span, resource, resource_json, service, scope_name, scope_version, cols, tagger)
+                    append(span_row(span, context, scope))
 
-    @staticmethod
-    def _span(span, resource, resource_json, service, scope_name, scope_version, cols, tagger) -> None:  # noqa: ANN001, PLR0913
+    def _span_row(self, span: Any, context: tuple[Any, ...], scope: tuple[Any, ...]) -> tuple[Any, ...]:
+        resource_reason, resource_json, service = context
+        tagger = self.tagger
         attrs = attributes(span.attributes)
         flags: dict[str, str] = {}
         tagger.attribute_flags(attrs, flags)
@@ -159,11 +201,8 @@ class Converter:
                         flags[found[0]] = found[1]
                     for name, value in event_attrs.items():
                         event_context.setdefault(name, value)
-                events.append({
-                    "name": event.name,
-                    "time_unix_nano": event.time_unix_nano,
-                    "attributes": event_attrs,
-                })
+                events.append({"name": event.name, "time_unix_nano": event.time_unix_nano,
+                               "attributes": event_attrs})
             events_json = _json(events)
         links_json = None
         if span.links:
@@ -173,57 +212,34 @@ class Converter:
                 for link in span.links
             ])
         user_id = tagger.user_id(attrs, event_context)
-        reason = tagger.test_reason(attrs, resource, user_id)
+        reason = tagger.test_reason(attrs, resource_reason, user_id)
         trace_id = span.trace_id.hex()
         span_id = span.span_id.hex()
         start = span.start_time_unix_nano
         end = span.end_time_unix_nano
         kind = span.kind
-        status_code = span.status.code
+        status = span.status
+        status_code = status.code
         http_status = _http_status(attrs)
-        cols["time"].append(start)
-        cols["end_time"].append(end)
-        cols["observed_time"].append(None)
-        cols["signal"].append("span")
-        cols["event_id"].append(trace_id + span_id)
-        cols["trace_id"].append(trace_id)
-        cols["span_id"].append(span_id)
-        cols["parent_span_id"].append(_hex(span.parent_span_id))
-        cols["trace_state"].append(span.trace_state or None)
-        cols["service_name"].append(service)
-        cols["scope_name"].append(scope_name)
-        cols["scope_version"].append(scope_version)
-        cols["name"].append(span.name)
-        cols["kind"].append(kind)
-        cols["duration_ms"].append((end - start) / 1e6 if end >= start else None)
-        cols["status_code"].append(status_code)
-        cols["status_message"].append(span.status.message or None)
-        cols["is_error"].append(
+        return (
+            start, end, trace_id + span_id, trace_id, span_id, _hex(span.parent_span_id),
+            span.trace_state or None, service, scope[0], scope[1], span.name, kind,
+            (end - start) / 1e6 if end >= start else None,
+            status_code, status.message or None,
             status_code == STATUS_ERROR
-            or (kind == SPAN_KIND_SERVER and http_status is not None and http_status >= 500)
+            or (kind == SPAN_KIND_SERVER and http_status is not None and http_status >= 500),
+            attrs.get("http.request.method", attrs.get("http.method")), attrs.get("http.route"),
+            http_status, user_id, list(flags.items()), reason is not None, reason,
+            _json(attrs), resource_json, events_json, links_json, span.dropped_attributes_count,
         )
-        cols["http_method"].append(attrs.get("http.request.method", attrs.get("http.method")))
-        cols["http_route"].append(attrs.get("http.route"))
-        cols["http_status_code"].append(http_status)
-        cols["user_id"].append(user_id)
-        cols["flags"].append(list(flags.items()))
-        cols["is_test"].append(reason is not None)
-        cols["test_reason"].append(reason)
-        cols["severity_number"].append(None)
-        cols["severity_text"].append(None)
-        cols["body"].append(None)
-        cols["attributes"].append(_json(attrs))
-        cols["resource_attributes"].append(resource_json)
-        cols["span_events"].append(events_json)
-        cols["span_links"].append(links_json)
-        cols["dropped_attributes_count"].append(span.dropped_attributes_count)
 
     # -- logs -----------------------------------------------------------------------
-    def _logs(self, request: Any, cols: dict[str, list[Any]]) -> None:
+    def _logs(self, request: Any, rows: list[tuple[Any, ...]]) -> None:
         tagger = self.tagger
         for rl in request.resource_logs:
             resource = attributes(rl.resource.attributes)
             resource_json = _json(resource)
+            resource_reason = tagger.resource_marker(resource)
             service = resource.get("service.name")
             resource_bytes = rl.resource.SerializeToString()
             for sl in rl.scope_logs:
@@ -232,11 +248,10 @@ class Converter:
                 scope_bytes = sl.scope.SerializeToString()
                 for record in sl.log_records:
                     attrs = attributes(record.attributes)
-                    event_name = record.event_name or attrs.get("event.name") or None
                     flags: dict[str, str] = {}
                     tagger.attribute_flags(attrs, flags)
                     user_id = tagger.user_id(attrs)
-                    reason = tagger.test_reason(attrs, resource, user_id)
+                    reason = tagger.test_reason(attrs, resource_reason, user_id)
                     # Logs have no id of their own: a digest of resource, scope and record
                     # identifies a retried duplicate.
                     digest = hashlib.blake2b(digest_size=16)
@@ -246,36 +261,14 @@ class Converter:
                     observed = record.observed_time_unix_nano
                     severity = record.severity_number
                     body = any_value(record.body) if record.HasField("body") else None
-                    cols["time"].append(record.time_unix_nano or observed)
-                    cols["end_time"].append(None)
-                    cols["observed_time"].append(observed or None)
-                    cols["signal"].append("log")
-                    cols["event_id"].append(digest.hexdigest())
-                    cols["trace_id"].append(_hex(record.trace_id))
-                    cols["span_id"].append(_hex(record.span_id))
-                    cols["parent_span_id"].append(None)
-                    cols["trace_state"].append(None)
-                    cols["service_name"].append(service)
-                    cols["scope_name"].append(scope_name)
-                    cols["scope_version"].append(scope_version)
-                    cols["name"].append(event_name)
-                    cols["kind"].append(None)
-                    cols["duration_ms"].append(None)
-                    cols["status_code"].append(None)
-                    cols["status_message"].append(None)
-                    cols["is_error"].append(severity >= SEVERITY_ERROR)
-                    cols["http_method"].append(attrs.get("http.request.method", attrs.get("http.method")))
-                    cols["http_route"].append(attrs.get("http.route"))
-                    cols["http_status_code"].append(_http_status(attrs))
-                    cols["user_id"].append(user_id)
-                    cols["flags"].append(list(flags.items()))
-                    cols["is_test"].append(reason is not None)
-                    cols["test_reason"].append(reason)
-                    cols["severity_number"].append(severity)
-                    cols["severity_text"].append(record.severity_text or None)
-                    cols["body"].append(None if body is None else _json(body))
-                    cols["attributes"].append(_json(attrs))
-                    cols["resource_attributes"].append(resource_json)
-                    cols["span_events"].append(None)
-                    cols["span_links"].append(None)
-                    cols["dropped_attributes_count"].append(record.dropped_attributes_count)
+                    rows.append((
+                        record.time_unix_nano or observed, observed or None, digest.hexdigest(),
+                        _hex(record.trace_id), _hex(record.span_id), service, scope_name,
+                        scope_version, record.event_name or attrs.get("event.name") or None,
+                        severity >= SEVERITY_ERROR,
+                        attrs.get("http.request.method", attrs.get("http.method")),
+                        attrs.get("http.route"), _http_status(attrs), user_id,
+                        list(flags.items()), reason is not None, reason, severity,
+                        record.severity_text or None, None if body is None else _json(body),
+                        _json(attrs), resource_json, record.dropped_attributes_count,
+                    ))

@@ -32,6 +32,31 @@ async def _abort(context: aio.ServicerContext, error: CollectorError) -> None:
     )
 
 
+class _AuthInterceptor(aio.ServerInterceptor):
+    """Refuses a call without the bearer token before its message is received.
+
+    grpcio inflates a request before the handler runs; answering from a request-streaming
+    handler that never reads it keeps an unauthenticated gzip bomb from costing any memory
+    (OTLP-RECEIVER item 48).
+    """
+
+    def __init__(self, auth: str) -> None:
+        self.auth = auth.encode()
+
+    async def intercept_service(self, continuation, details):  # noqa: ANN001, ANN201
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(given).encode(), self.auth):
+            return await continuation(details)
+        return grpc.stream_unary_rpc_method_handler(_refuse_unauthenticated)
+
+
+async def _refuse_unauthenticated(_requests: object, context: aio.ServicerContext) -> bytes:
+    await _abort(context, Unauthenticated(
+        "missing or wrong bearer token (authorization: Bearer <token>)"
+    ))
+    return b""
+
+
 class GrpcFrontEnd:
     def __init__(self, ingestor: Ingestor, auth_token: str) -> None:
         self.ingestor = ingestor
@@ -43,7 +68,8 @@ class GrpcFrontEnd:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
-        server = aio.server(options=options)
+        interceptors = [_AuthInterceptor(self.auth)] if self.auth else []
+        server = aio.server(options=options, interceptors=interceptors)
         for signal in SIGNALS.values():
             handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
             server.add_generic_rpc_handlers(

@@ -30,6 +30,19 @@ def error_response(error: CollectorError, content_type: str | None) -> web.Respo
     return web.Response(status=status, body=body, content_type=kind, headers=headers)
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send `response`, then close the connection without reading the rest of the body.
+
+    For a chunked body still arriving (over the limit, too slow, refused before reading):
+    aiohttp would otherwise keep reading and discarding whatever the client sends for its
+    lingering time (OTLP-RECEIVER item 27: stop reading after about the limit).
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+
+
 class RequestTimeout(CollectorError):
     http_status = 408
 
@@ -101,7 +114,10 @@ class HttpFrontEnd:
                 body=encode_message(response, content_type), content_type=content_type
             )
         except CollectorError as error:
-            return error_response(error, header)
+            response = error_response(error, header)
+            if request.content_length is None and not request.content.is_eof():
+                await _answer_and_close(request, response)
+            return response
         except Exception:  # never a stack trace to the client; the process keeps serving
             log.exception("unexpected error handling %s", request.path)
             return error_response(CollectorError("internal error"), header)

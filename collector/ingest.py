@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -88,6 +89,9 @@ def run_worker(
     wal_dir = settings.wal_path
     _lock_file = _lock(wal_dir / f".worker-{index}.lock")
     converter = Converter(Tagger.from_settings(settings))
+    # Conversion allocates millions of short-lived acyclic objects; the cyclic collector
+    # would rescan them for nothing (~15 % of the time). Collect once per segment instead.
+    gc.disable()
     next_maintenance = time.monotonic() + settings.compact_interval_s
     while True:
         if os.getppid() != parent_pid:
@@ -99,6 +103,7 @@ def run_worker(
         for seq, path in mine:
             try:
                 convert_segment(settings, converter, seq, path)
+                gc.collect()
             except Exception:  # a bug must not wedge ingest: keep the segment, log, go on
                 log.exception("could not convert WAL segment %s; it is kept for replay", path)
                 time.sleep(1)

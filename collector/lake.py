@@ -58,7 +58,6 @@ def write_table(lake: Path, table: pa.Table, name: str) -> list[Path]:
     written = []
     for hour in unique:
         part = table if len(unique) == 1 else table.filter(pc.equal(hours, hour))
-        part = part.sort_by("time")
         path = lake / partition_of(hour) / f"{name}.parquet"
         _write_atomically(
             path,

@@ -38,7 +38,7 @@ class Collector:
 
     def __init__(self, settings: Settings, workers: int | None = None) -> None:
         self.settings = settings
-        self.workers = workers or min(2, os.cpu_count() or 1)
+        self.workers = workers or settings.lake_writers or os.cpu_count() or 1
         self.wal = WalWriter(
             settings.wal_path, settings.segment_bytes, settings.flush_interval_s,
             settings.wal_max_backlog_bytes,

@@ -74,6 +74,7 @@ class Tagger:
     synthetic_types: frozenset[str]
     test_user_regex: re.Pattern[str] | None
     test_user_patterns: tuple[str, ...]
+    marker_keys: frozenset[str]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tagger:
@@ -86,6 +87,7 @@ class Tagger:
             synthetic_types=frozenset(settings.synthetic_types),
             test_user_regex=regex,
             test_user_patterns=patterns,
+            marker_keys=frozenset(("user_agent.synthetic.type", *settings.test_attributes)),
         )
 
     def attribute_flags(self, attrs: Mapping[str, Any], flags: dict[str, str]) -> None:
@@ -115,20 +117,30 @@ class Tagger:
                     return value if isinstance(value, str) else str(value)
         return None
 
+    def marker(self, attrs: Mapping[str, Any], where: str = "") -> str | None:
+        """The test-traffic attribute rule `attrs` match, or None."""
+        if self.marker_keys.isdisjoint(attrs):  # the common case, checked cheaply
+            return None
+        synthetic = attrs.get("user_agent.synthetic.type")
+        if synthetic in self.synthetic_types:
+            return f"{where}user_agent.synthetic.type={synthetic}"
+        for name in self.test_attributes:
+            value = attrs.get(name)
+            if value is True or (isinstance(value, str) and value.lower() in _TRUE):
+                return f"{where}{name}=true"
+        return None
+
+    def resource_marker(self, resource: Mapping[str, Any]) -> str | None:
+        return self.marker(resource, "resource ")
+
     def test_reason(
-        self, attrs: Mapping[str, Any], resource: Mapping[str, Any], user_id: str | None
+        self, attrs: Mapping[str, Any], resource_reason: str | None, user_id: str | None
     ) -> str | None:
-        """Which rule marks this as test traffic, or None."""
-        for where, source in (("", attrs), ("resource ", resource)):
-            synthetic = source.get("user_agent.synthetic.type")
-            if synthetic in self.synthetic_types:
-                return f"{where}user_agent.synthetic.type={synthetic}"
-            for name in self.test_attributes:
-                value = source.get(name)
-                if value is True or (isinstance(value, str) and value.lower() in _TRUE):
-                    return f"{where}{name}=true"
-        if user_id is not None and self.test_user_regex is not None:
+        """Which rule marks this as test traffic, or None. `resource_reason` is
+        `resource_marker()` of the item's resource, computed once per resource."""
+        reason = self.marker(attrs) or resource_reason
+        if reason is None and user_id is not None and self.test_user_regex is not None:
             if self.test_user_regex.match(user_id):
                 pattern = next(p for p in self.test_user_patterns if fnmatch.fnmatchcase(user_id, p))
                 return f"user_id matches {pattern}"
-        return None
+        return reason

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAGIC = 0x46534331  # "FSC1"
 HEADER = struct.Struct("<IIIB")
 SUFFIX = ".wal"
+LAST_SEQ = "last-seq"  # highest segment number used, kept when the WAL is empty
 
 
 def segment_name(seq: int) -> str:
@@ -40,6 +41,30 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
         if name.endswith(SUFFIX) and name[: -len(SUFFIX)].isdigit():
             found.append((int(name[: -len(SUFFIX)]), Path(entry.path)))
     return sorted(found)
+
+
+def read_last_seq(directory: Path) -> int:
+    """The highest segment number ever opened in `directory` (0 if none was recorded)."""
+    try:
+        return int((directory / LAST_SEQ).read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _record_last_seq(directory: Path, seq: int) -> None:
+    # Lake file names derive from segment numbers, so a number must never be reused,
+    # even after the lake writers have converted and deleted every segment.
+    tmp = directory / (LAST_SEQ + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, str(seq).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / LAST_SEQ)
+    except OSError as exc:
+        log.warning("could not record WAL segment number %d in %s: %s", seq, LAST_SEQ, exc)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -136,7 +161,7 @@ class WalWriter:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = list_segments(self.directory)
-        self._seq = existing[-1][0] + 1 if existing else 1
+        self._seq = max(existing[-1][0] if existing else 0, read_last_seq(self.directory)) + 1
         self._open_segment()
         self._refresh_backlog(force=True)
         self._thread.start()
@@ -156,6 +181,7 @@ class WalWriter:
     # -- writer thread --------------------------------------------------------------
     def _open_segment(self) -> None:
         path = self.directory / segment_name(self._seq)
+        _record_last_seq(self.directory, self._seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
         self._opened_at = time.monotonic()

@@ -70,13 +70,13 @@ def test_user_id_follows_configured_precedence():
     ],
 )
 def test_test_traffic_markers_name_the_rule(attrs, resource, user, reason):
-    assert TAGGER.test_reason(attrs, resource, user) == reason
+    assert TAGGER.test_reason(attrs, TAGGER.resource_marker(resource), user) == reason
 
 
 def test_markers_are_configurable():
     tagger = Tagger.from_settings(dataclasses.replace(
         Settings(), test_attributes=("is_canary",), test_user_patterns=("staff-*",),
     ))
-    assert tagger.test_reason({"is_canary": True}, {}, None) == "is_canary=true"
-    assert tagger.test_reason({"test_user": True}, {}, "qa-1") is None
-    assert tagger.test_reason({}, {}, "staff-9") == "user_id matches staff-*"
+    assert tagger.test_reason({"is_canary": True}, None, None) == "is_canary=true"
+    assert tagger.test_reason({"test_user": True}, None, "qa-1") is None
+    assert tagger.test_reason({}, None, "staff-9") == "user_id matches staff-*"
