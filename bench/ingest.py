@@ -130,12 +130,19 @@ def main() -> int:
     time.sleep(2.0)  # lake writers start (spawned interpreters)
 
     peak = 0
+    peak_each: dict[str, int] = {}
     sampling = True
 
     def sample() -> None:
         nonlocal peak
         while sampling:
             peak = max(peak, tree_rss(collector))
+            for p in [collector, *collector.children(recursive=True)]:
+                try:
+                    name = "front end" if p.pid == collector.pid else f"lake writer {p.pid}"
+                    peak_each[name] = max(peak_each.get(name, 0), p.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    pass
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -178,6 +185,7 @@ def main() -> int:
         "ack_latency_p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
         "ack_latency_p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
         "peak_rss_mib": round(peak / 2**20),
+        "peak_rss_mib_per_process": {k: round(v / 2**20) for k, v in peak_each.items()},
         "raw_protobuf_parse_spans_per_s_one_core": round(parse_rate(payloads[0])),
     }
     out = Path(__file__).resolve().parent / "out"

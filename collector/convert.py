@@ -99,7 +99,8 @@ def attributes(kvs: Iterable[Any]) -> dict[str, Any]:
 def _json(value: Any) -> bytes:
     # Kept as UTF-8 bytes: Arrow takes them as binary and views them as strings without
     # re-encoding (several times cheaper than building a string array from str objects).
-    return orjson.dumps(value)
+    # orjson's result keeps a 4 KiB buffer; an exact-size copy keeps memory per row small.
+    return memoryview(orjson.dumps(value)).tobytes()
 
 
 def _hex(value: bytes) -> str | None:
@@ -199,8 +200,8 @@ class Converter:
                     found = evaluation(event_attrs)
                     if found:
                         flags[found[0]] = found[1]
-                    for name, value in event_attrs.items():
-                        event_context.setdefault(name, value)
+                    if not event_context:  # the first evaluation's context names the user
+                        event_context = event_attrs
                 events.append({"name": event.name, "time_unix_nano": event.time_unix_nano,
                                "attributes": event_attrs})
             events_json = _json(events)

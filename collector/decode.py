@@ -189,11 +189,21 @@ def _id_problem(value: bytes, size: int, name: str, required: bool) -> str | Non
     return None
 
 
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+
+
 def _span_problem(span: Message) -> str | None:
+    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    if (  # the common case, checked without function calls (this runs for every span)
+        len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE
+        and span_id != _ZERO_SPAN and (not parent or (len(parent) == 8 and parent != _ZERO_SPAN))
+    ):
+        return None
     return (
-        _id_problem(span.trace_id, 16, "trace_id", True)
-        or _id_problem(span.span_id, 8, "span_id", True)
-        or _id_problem(span.parent_span_id, 8, "parent_span_id", False)
+        _id_problem(trace_id, 16, "trace_id", True)
+        or _id_problem(span_id, 8, "span_id", True)
+        or _id_problem(parent, 8, "parent_span_id", False)
     )
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable, Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -24,45 +25,53 @@ from collector import lake
 from collector.config import Settings
 from collector.convert import Converter
 from collector.tagging import Tagger
-from collector.wal import fsync_dir, list_segments, quarantine_tail, read_segment
+from collector.wal import SegmentReader, fsync_dir, list_segments, quarantine_tail
 
 log = logging.getLogger("flagscope.ingest")
 
-CHUNK_BYTES = 16 * 1024 * 1024  # payload converted into one table at a time (bounds memory)
+CHUNK_BYTES = 8 * 1024 * 1024  # payload converted into one table at a time (bounds memory)
 POLL_S = 0.1
 
 
-def file_stem(writer: str, seq: int, part: int) -> str:
-    return f"{writer}-{seq:012d}-{part:03d}"
+def file_stem(writer: str, seq: int) -> str:
+    # The "-000" keeps the `<writer>-<seq>-<part>` form that compaction parses.
+    return f"{writer}-{seq:012d}-000"
 
 
 def convert_segment(settings: Settings, converter: Converter, seq: int, path: Path) -> int:
     """Convert one closed segment into lake files, then delete it; returns rows written."""
-    records, tear = read_segment(path)
-    if tear is not None:
-        target = quarantine_tail(path, tear)
-        log.warning(
-            "WAL segment %s is torn at byte %d: %d whole records recovered, the tail "
-            "(%d bytes) quarantined in %s",
-            path.name, tear, len(records), path.stat().st_size - tear, target,
-        )
-    rows = 0
+    reader = SegmentReader(path)
+    rows = records = 0
     chunk: list[tuple[int, bytes]] = []
-    size = part = 0
-    for record in records + [None]:
+    size = 0
+    writer = lake.PartitionedWriter(settings.lake_path, file_stem(settings.writer, seq))
+    for record in _with_end(reader):
         if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
             if chunk:
                 table = converter.table(chunk)
-                lake.write_table(settings.lake_path, table, file_stem(settings.writer, seq, part))
+                writer.write(table)
                 rows += table.num_rows
-                part += 1
             chunk, size = [], 0
         if record is not None:
             chunk.append(record)
             size += len(record[1])
+            records += 1
+    writer.close()
+    if reader.tear is not None:
+        target = quarantine_tail(path, reader.tear)
+        log.warning(
+            "WAL segment %s is torn at byte %d: %d whole records recovered, the tail "
+            "(%d bytes) quarantined in %s",
+            path.name, reader.tear, records, path.stat().st_size - reader.tear, target,
+        )
     path.unlink()
     fsync_dir(path.parent)
     return rows
+
+
+def _with_end(records: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes] | None]:
+    yield from records
+    yield None  # flushes the last chunk
 
 
 def _die_with_parent() -> None:

@@ -16,6 +16,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import pyarrow as pa
@@ -49,24 +50,54 @@ def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - a callable(f
     fsync_dir(path.parent)
 
 
+class PartitionedWriter:
+    """Streams tables into one file per hour partition, named `<name>.parquet`.
+
+    Each file grows under its `.tmp` name (one row group per `write`), so memory holds one
+    table at a time; `close()` fsyncs and renames them into place.
+    """
+
+    def __init__(self, lake: Path, name: str) -> None:
+        self.lake = lake
+        self.name = name
+        self._open: dict[int, tuple[Path, BinaryIO, pq.ParquetWriter]] = {}
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        hours = pc.divide(table["time"].cast(pa.int64()), HOUR_NS)
+        unique = pc.unique(hours).to_pylist()
+        for hour in unique:
+            part = table if len(unique) == 1 else table.filter(pc.equal(hours, hour))
+            self._writer(hour).write_table(part, row_group_size=ROW_GROUP_ROWS)
+
+    def _writer(self, hour: int) -> pq.ParquetWriter:
+        if hour not in self._open:
+            path = self.lake / partition_of(hour) / f"{self.name}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path.with_name(path.name + ".tmp"), "wb")  # noqa: SIM115 - closed in close()
+            self._open[hour] = (path, handle, pq.ParquetWriter(handle, SCHEMA, compression="zstd"))
+        return self._open[hour][2]
+
+    def close(self) -> list[Path]:
+        written = []
+        for path, handle, writer in self._open.values():
+            writer.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(handle.name, path)
+            fsync_dir(path.parent)
+            written.append(path)
+        self._open.clear()
+        return written
+
+
 def write_table(lake: Path, table: pa.Table, name: str) -> list[Path]:
     """Write `table` as one file per hour partition named `<name>.parquet`."""
-    if table.num_rows == 0:
-        return []
-    hours = pc.divide(table["time"].cast(pa.int64()), HOUR_NS)
-    unique = pc.unique(hours).to_pylist()
-    written = []
-    for hour in unique:
-        part = table if len(unique) == 1 else table.filter(pc.equal(hours, hour))
-        path = lake / partition_of(hour) / f"{name}.parquet"
-        _write_atomically(
-            path,
-            lambda f, part=part: pq.write_table(
-                part, f, compression="zstd", row_group_size=ROW_GROUP_ROWS
-            ),
-        )
-        written.append(path)
-    return written
+    writer = PartitionedWriter(lake, name)
+    writer.write(table)
+    return writer.close()
 
 
 def partitions(lake: Path) -> list[Path]:

@@ -6,7 +6,7 @@ group-commits: every record queued while a fsync runs goes into the next one, so
 cost one fsync per batch of requests, not per request. A segment is rotated when large
 or old; the lake writer (`collector.ingest`) converts closed segments and deletes them.
 A record torn by a crash is never acknowledged, so the tail after the last whole record
-is quarantined on replay (`read_segment`).
+is quarantined on replay (`SegmentReader`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -80,26 +81,41 @@ def encode_record(signal: int, payload: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(payload), crc, signal) + payload
 
 
+class SegmentReader:
+    """Iterates a segment's whole records from disk, one at a time (bounded memory).
+
+    After iteration, `tear` is the offset of a torn or corrupt tail, or None if clean.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tear: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        offset = 0
+        with open(self.path, "rb") as handle:
+            while header := handle.read(HEADER.size):
+                if len(header) < HEADER.size:
+                    self.tear = offset
+                    return
+                magic, length, crc, signal = HEADER.unpack(header)
+                payload = handle.read(length) if magic == MAGIC else b""
+                if (
+                    magic != MAGIC
+                    or len(payload) != length
+                    or zlib.crc32(payload, zlib.crc32(bytes((signal,)))) != crc
+                ):
+                    self.tear = offset
+                    return
+                yield signal, payload
+                offset += HEADER.size + length
+
+
 def read_segment(path: Path) -> tuple[list[tuple[int, bytes]], int | None]:
     """Whole records of a segment, and the offset of a torn or corrupt tail (None if clean)."""
-    data = path.read_bytes()
-    records: list[tuple[int, bytes]] = []
-    offset = 0
-    while offset < len(data):
-        if offset + HEADER.size > len(data):
-            return records, offset
-        magic, length, crc, signal = HEADER.unpack_from(data, offset)
-        start = offset + HEADER.size
-        payload = data[start : start + length]
-        if (
-            magic != MAGIC
-            or len(payload) != length
-            or zlib.crc32(payload, zlib.crc32(bytes((signal,)))) != crc
-        ):
-            return records, offset
-        records.append((signal, payload))
-        offset = start + length
-    return records, None
+    reader = SegmentReader(path)
+    records = list(reader)
+    return records, reader.tear
 
 
 def quarantine_tail(path: Path, offset: int) -> Path:
