@@ -71,6 +71,8 @@ class HttpFrontEnd:
         self.ingestor = ingestor
         self.auth = f"Bearer {auth_token}".encode() if auth_token else None
         self.body_timeout_s = body_timeout_s
+        self.in_flight = 0  # requests being received or answered, for a graceful stop
+        self.closing = False  # set on shutdown: answer, then close the connection
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -91,6 +93,16 @@ class HttpFrontEnd:
         return error_response(error, request.headers.get("Content-Type"))
 
     async def _export(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        try:
+            response = await self._handle_export(request)
+        finally:
+            self.in_flight -= 1
+        if self.closing:
+            response.force_close()
+        return response
+
+    async def _handle_export(self, request: web.Request) -> web.Response:
         signal = SIGNALS[request.path.rsplit("/", 1)[1]]
         header = request.headers.get("Content-Type")
         try:

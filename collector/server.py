@@ -48,6 +48,7 @@ class Collector:
         self.grpc_port: int | None = None
         self._lock_file = None
         self._runner: web.AppRunner | None = None
+        self._http: HttpFrontEnd | None = None
         self._grpc = None
         self._processes: list[multiprocessing.Process] = []
         self._drain = None
@@ -62,9 +63,9 @@ class Collector:
         self._start_workers()
         if s.http_endpoint:
             host, port = split_endpoint(s.http_endpoint, "http_endpoint")
-            front = HttpFrontEnd(self.ingestor, s.auth_token, s.body_timeout_s)
+            self._http = HttpFrontEnd(self.ingestor, s.auth_token, s.body_timeout_s)
             self._runner = web.AppRunner(
-                front.app(), access_log=None, auto_decompress=False, shutdown_timeout=30
+                self._http.app(), access_log=None, auto_decompress=False, shutdown_timeout=30
             )
             await self._runner.setup()
             site = web.TCPSite(self._runner, host, port, reuse_address=True)
@@ -105,8 +106,17 @@ class Collector:
             self._processes.append(process)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()  # stops listening, waits for in-flight handlers
+        if self._runner is not None and self._http is not None:
+            # Stop listening first, and let requests whose bodies are still arriving finish:
+            # aiohttp's own shutdown stops reading request bodies at once.
+            for site in list(self._runner.sites):
+                await site.stop()
+            self._http.closing = True
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.body_timeout_s + 1
+            while self._http.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            await self._runner.cleanup()
         if self._grpc is not None:
             await self._grpc.stop(grace=30)
         await asyncio.to_thread(self.wal.close)
