@@ -1,0 +1,98 @@
+"""The `flagscope` command: query output formats, errors that name the fix, README coverage."""
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.cli import build_parser, main
+from collector import lake
+from collector.config import Settings
+from collector.convert import Converter
+from collector.tagging import Tagger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lake_dir(tmp_path_factory, otlp_examples):
+    """A lake holding the spec's example trace and logs, written by the real converter."""
+    from collector.decode import prepare
+    from collector.otlp import JSON, LOGS, SIGNAL_CODES, TRACES
+
+    directory = tmp_path_factory.mktemp("lake")
+    records = []
+    for signal, name in ((TRACES, "trace.json"), (LOGS, "logs.json")):
+        prepared = prepare(signal, (otlp_examples / name).read_bytes(), JSON)
+        records.append((SIGNAL_CODES[signal.name], prepared.payload))
+    table = Converter(Tagger.from_settings(Settings())).table(records)
+    lake.write_table(directory, table, "cli-000000000001-000")
+    return directory
+
+
+SQL = "SELECT signal, trace_id, name FROM events ORDER BY signal"
+
+
+def test_query_prints_a_table(lake_dir, capsys):
+    assert main(["query", "--lake", str(lake_dir), SQL]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^signal\s+trace_id\s+name$", out, re.M)
+    assert "span    5b8efff798038103d269b633813fc60c  I'm a server span" in out
+    assert out.rstrip().endswith("(2 rows)")
+
+
+def test_query_prints_csv(lake_dir, capsys):
+    assert main(["query", "--lake", str(lake_dir), "--format", "csv", SQL]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["signal", "trace_id", "name"]
+    assert rows[2] == ["span", "5b8efff798038103d269b633813fc60c", "I'm a server span"]
+
+
+def test_query_prints_json(lake_dir, capsys):
+    assert main(["query", "--lake", str(lake_dir), "--format", "json",
+                 "SELECT signal, flags, duration_ms FROM events ORDER BY signal"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [
+        {"signal": "log", "flags": {}, "duration_ms": None},
+        {"signal": "span", "flags": {}, "duration_ms": 1000.0},
+    ]
+
+
+def test_query_error_names_the_view_and_exits_non_zero(lake_dir, capsys):
+    assert main(["query", "--lake", str(lake_dir), "SELECT nope FROM events"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "query the view 'events'" in err
+
+
+def test_query_on_an_empty_lake_sees_the_schema(tmp_path, capsys):
+    assert main(["query", "--lake", str(tmp_path / "none"), "SELECT count(*) AS n, "
+                 "count(flags) AS f FROM events"]) == 0
+    assert "(1 row)" in capsys.readouterr().out
+
+
+def test_bad_config_file_exits_non_zero_with_the_fix(tmp_path, capsys):
+    config = tmp_path / "flagscope.toml"
+    config.write_text("[collector]\nhttp_port = 1\n")
+    assert main(["query", "--config", str(config), "SELECT 1"]) == 2
+    assert "unknown setting 'http_port'" in capsys.readouterr().err
+
+
+def test_every_subcommand_has_help_and_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    for name in commands:
+        assert f"flagscope {name}" in readme, name
+        result = subprocess.run([sys.executable, "-m", "analysis.cli", name, "--help"],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0 and "usage: flagscope" in result.stdout
+
+
+def test_serve_help_config_lists_the_settings(capsys):
+    assert main(["serve", "--help-config"]) == 0
+    assert "FLAGSCOPE_MAX_REQUEST_BYTES" in capsys.readouterr().out
+
