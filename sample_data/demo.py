@@ -1,8 +1,8 @@
 """`make demo`: collector up, the sample shop's traffic through it, a first look, collector down.
 
-Until the analysis lands this prints what `flagscope query` sees: events per service, and
-a per-cohort preview of the flag `new-checkout` (test traffic excluded) computed with SQL
-over the lake. The collector runs on free loopback ports with the lake in
+It prints what `flagscope query` sees (events per service), the flags in the lake, and
+`flagscope diff` of the flag `new-checkout`: the regression the shop injected on
+POST /checkout, found with the QA testers excluded. The collector runs on free loopback ports with the lake in
 ./flagscope-data/demo (recreated each run) and is stopped with SIGTERM at the end, so
 nothing is left running.
 """
@@ -21,19 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shop  # noqa: E402 - the sample shop beside this file
 
 DATA_DIR = Path("flagscope-data/demo")
-COHORT_SQL = """
-WITH flagged AS (
-    SELECT trace_id, any_value(flags['new-checkout']) AS variant
-    FROM events WHERE flags['new-checkout'] IS NOT NULL GROUP BY trace_id),
-tests AS (SELECT DISTINCT trace_id FROM events WHERE is_test)
-SELECT f.variant, r.http_route AS route, count(*) AS requests, count(DISTINCT r.user_id) AS users,
-       round(100 * avg(r.is_error::INT), 2) AS error_pct,
-       round(quantile_cont(r.duration_ms, 0.5), 1) AS p50_ms,
-       round(quantile_cont(r.duration_ms, 0.95), 1) AS p95_ms
-FROM events r JOIN flagged f USING (trace_id)
-WHERE r.signal = 'span' AND r.kind = 2 AND r.trace_id NOT IN (SELECT trace_id FROM tests)
-GROUP BY ALL ORDER BY ALL
-"""
 OVERVIEW_SQL = """
 SELECT service_name, signal, count(*) AS events, count(*) FILTER (WHERE is_test) AS test_events,
        count(*) FILTER (WHERE cardinality(flags) > 0) AS with_flags
@@ -78,8 +65,15 @@ def main() -> int:
     print("4. what `flagscope query` sees:\n", flush=True)
     lake = ["--data-dir", str(DATA_DIR)]
     subprocess.run(flagscope("query", *lake, OVERVIEW_SQL), check=True)
-    print("\n   new-checkout, per variant and route, test traffic excluded:\n", flush=True)
-    subprocess.run(flagscope("query", *lake, COHORT_SQL), check=True)
+    print("\n5. flagscope flags — what can be compared:\n", flush=True)
+    subprocess.run(flagscope("flags", *lake), check=True)
+    print("\n6. flagscope diff --flag new-checkout --expected-split on=0.2,off=0.8\n", flush=True)
+    verdict = subprocess.run(
+        flagscope("diff", *lake, "--flag", "new-checkout", "--since", "2h",
+                  "--expected-split", "on=0.2,off=0.8"),
+        check=False,
+    )
+    print(f"\n   (exit code {verdict.returncode}: 0 PASS, 14 REGRESSION — see flagscope diff --help)")
     print(f"\nTry: .venv/bin/flagscope query --data-dir {DATA_DIR} "
           "\"SELECT * FROM events LIMIT 5\"")
     print(f"demo finished in {time.monotonic() - started:.1f} s")

@@ -87,9 +87,11 @@ def run(http_endpoint: str, grpc_endpoint: str, config: ShopConfig = ShopConfig(
     rng = random.Random(config.seed)
     frontend = _provider("shop-frontend", HttpSpanExporter(endpoint=f"{http_endpoint}/v1/traces"))
     checkout = _provider("checkout-service", GrpcSpanExporter(endpoint=grpc_endpoint, insecure=True))
-    api.set_provider(InMemoryProvider({FLAG: build_flag(config.rollout)}))
-    api.add_hooks([TracingHook()])
-    flags = api.get_client("checkout-service")
+    # A provider and hook of the shop's own (an OpenFeature domain), so that running the
+    # shop twice in one process, as the tests do, adds nothing twice.
+    api.set_provider(InMemoryProvider({FLAG: build_flag(config.rollout)}), domain="sample-shop")
+    flags = api.get_client("sample-shop")
+    flags.add_hooks([TracingHook()])
     front_tracer = frontend.get_tracer("shop.frontend")
     checkout_tracer = checkout.get_tracer("shop.checkout")
 

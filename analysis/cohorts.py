@@ -1,0 +1,190 @@
+"""The SQL that forms a flag's cohorts and reduces them to sufficient statistics (DESIGN contract 3).
+
+- A request is an entry span: a SERVER span, or a root span.
+- A trace belongs to the variant of the flag's first evaluation anywhere in it (often a
+  child span of another service), so the whole request is labelled.
+- The unit is the user: the evaluation's targeting key, else the request's own user id,
+  else (no user known) the trace itself.
+- A user seen in both compared variants (crossover) keeps the first variant: requests of
+  their traces under the other variant are left out, and the count is reported.
+- Test traffic is excluded by trace (any test marker in the trace) and by user (a user
+  ever marked as a tester), unless asked to include it or to look only at it.
+
+Everything heavy runs in DuckDB; Python receives a few rows per cohort and stratum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import duckdb
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+# Probabilities around each quantile at which the empirical quantile function is read,
+# so a rank interval (analysis.stats.quantiles) can be mapped back to latencies by
+# interpolation without another pass over the data.
+_OFFSETS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08)
+
+
+def quantile_grid() -> tuple[float, ...]:
+    """Fine steps around each reported quantile, and every percentile as a coarse fallback."""
+    fine = {min(max(p + sign * d, 0.0), 1.0) for p in QUANTILES for d in _OFFSETS for sign in (-1, 1)}
+    coarse = {i / 100 for i in range(101)}
+    return tuple(sorted({round(g, 6) for g in fine | coarse}))
+
+
+class TestMode(StrEnum):
+    EXCLUDE = "exclude"
+    INCLUDE = "include"
+    ONLY = "only"
+
+
+@dataclass(frozen=True)
+class CohortQuery:
+    flag: str
+    treatment: str
+    baseline: str
+    start: datetime  # UTC, naive (the lake's timestamps are UTC without a zone)
+    end: datetime
+    service: str | None = None
+    route: str | None = None
+    test_mode: TestMode = TestMode.EXCLUDE
+
+
+def _params(q: CohortQuery) -> dict[str, Any]:
+    return {"flag": q.flag, "treatment": q.treatment, "baseline": q.baseline,
+            "start": q.start, "end": q.end}
+
+
+# Evaluations may precede the entry span's start a little (clock skew between services)
+# and follow it by up to the request's duration: look a little beyond the window.
+_ASSIGN_SQL = """
+CREATE OR REPLACE TEMP TABLE fs_evals AS
+SELECT trace_id, user_id, time, flags[$flag] AS variant
+FROM events_raw
+WHERE time >= $start - INTERVAL 1 HOUR AND time < $end + INTERVAL 1 HOUR
+  AND trace_id IS NOT NULL AND flags[$flag] IS NOT NULL;
+
+CREATE OR REPLACE TEMP TABLE fs_traces AS
+SELECT trace_id, arg_min(variant, time) AS variant,
+       arg_min(user_id, time) FILTER (WHERE user_id IS NOT NULL) AS user_id
+FROM fs_evals GROUP BY trace_id;
+
+CREATE OR REPLACE TEMP TABLE fs_user_first AS
+SELECT user_id, arg_min(variant, time) AS first_variant,
+       count(DISTINCT variant) FILTER (WHERE variant = $treatment OR variant = $baseline) AS compared_variants
+FROM fs_evals WHERE user_id IS NOT NULL GROUP BY user_id;
+
+CREATE OR REPLACE TEMP TABLE fs_test_traces AS
+SELECT DISTINCT trace_id FROM events_raw
+WHERE is_test AND trace_id IS NOT NULL
+  AND time >= $start - INTERVAL 1 HOUR AND time < $end + INTERVAL 1 HOUR;
+
+CREATE OR REPLACE TEMP TABLE fs_test_users AS
+SELECT DISTINCT user_id FROM events_raw WHERE is_test AND user_id IS NOT NULL;
+
+CREATE OR REPLACE TEMP TABLE fs_labelled AS
+SELECT coalesce(r.service_name, 'unknown_service') AS service_name,
+       trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route, r.duration_ms, r.is_error,
+       t.variant,
+       coalesce(t.user_id, r.user_id, 'trace:' || r.trace_id) AS unit,
+       (tt.trace_id IS NOT NULL OR tu.user_id IS NOT NULL) AS is_test,
+       (uf.compared_variants > 1 AND t.variant <> uf.first_variant) AS crossed
+FROM (
+    SELECT DISTINCT ON (trace_id, span_id) trace_id, user_id, service_name, http_method,
+           http_route, name, duration_ms, is_error
+    FROM events_raw
+    WHERE signal = 'span' AND (kind = 2 OR parent_span_id IS NULL)
+      AND time >= $start AND time < $end AND duration_ms IS NOT NULL
+) r
+JOIN fs_traces t USING (trace_id)
+LEFT JOIN fs_test_traces tt USING (trace_id)
+LEFT JOIN fs_test_users tu ON tu.user_id = coalesce(t.user_id, r.user_id)
+LEFT JOIN fs_user_first uf ON uf.user_id = coalesce(t.user_id, r.user_id)
+WHERE (t.variant = $treatment OR t.variant = $baseline) {scope};
+"""
+
+
+def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
+    """Create `fs_labelled`: every entry span of the window in a compared variant."""
+    scope = ""
+    params = _params(q)
+    if q.service is not None:
+        scope += " AND r.service_name = $service"
+        params["service"] = q.service
+    if q.route is not None:
+        scope += (" AND (coalesce(r.http_route, r.name) = $route OR "
+                  "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)")
+        params["route"] = q.route
+    for statement in _ASSIGN_SQL.format(scope=scope).split(";"):
+        if statement.strip():
+            used = {k: v for k, v in params.items() if f"${k}" in statement}
+            con.execute(statement, used)
+    keep = {TestMode.EXCLUDE: "NOT is_test", TestMode.INCLUDE: "true", TestMode.ONLY: "is_test"}
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fs_requests AS "
+        "SELECT CASE WHEN variant = $treatment THEN 'treatment' ELSE 'baseline' END AS cohort, "
+        "unit, service_name, route, duration_ms, is_error::INTEGER AS err "
+        f"FROM fs_labelled WHERE NOT crossed AND {keep[q.test_mode]}",
+        {"treatment": q.treatment},
+    )
+
+
+def exclusions(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """What was left out of the comparison, for the report."""
+    row = con.execute("""
+        SELECT count(*) FILTER (WHERE is_test),
+               count(DISTINCT unit) FILTER (WHERE is_test),
+               count(*) FILTER (WHERE crossed AND NOT is_test),
+               (SELECT count(*) FROM fs_user_first WHERE compared_variants > 1),
+               count(*) FILTER (WHERE unit LIKE 'trace:%')
+        FROM fs_labelled""").fetchall()[0]
+    keys = ("test_requests", "test_users", "crossover_requests", "crossover_users",
+            "requests_without_user")
+    return dict(zip(keys, (int(v or 0) for v in row), strict=True))
+
+
+def unit_sums(con: duckdb.DuckDBPyConnection, by_stratum: bool) -> list[dict[str, Any]]:
+    """Per cohort (and stratum): the sufficient statistics of the delta method and of the
+    cluster-aware quantile intervals, in two passes over `fs_requests`.
+
+    Pass 1 reads each group's empirical quantile function on `quantile_grid()`. Pass 2
+    sums per unit (user): req, err, lat, and b{k} = requests at or below the k-th quantile
+    estimate; then across units: n (units), sums, squares and cross products with req.
+    """
+    keys = ["cohort", "service_name", "route"] if by_stratum else ["cohort"]
+    key_list = ", ".join(keys)
+    grid = list(quantile_grid())
+    below = ", ".join(
+        f"sum((r.duration_ms <= q.qs[{grid.index(p) + 1}])::INTEGER) AS b{k}"
+        for k, p in enumerate(QUANTILES)
+    )
+    b_sums = ", ".join(
+        f"sum(b{k}) AS b{k}, sum(b{k} * b{k}) AS b{k}_2, sum(b{k} * req) AS b{k}_req"
+        for k in range(len(QUANTILES))
+    )
+    sql = f"""
+    WITH q AS (
+        SELECT {key_list}, quantile_cont(duration_ms, {grid}) AS qs
+        FROM fs_requests GROUP BY ALL
+    ), per_unit AS (
+        SELECT {", ".join("r." + k for k in keys)}, r.unit, count(*) AS req, sum(r.err) AS err,
+               sum(r.duration_ms) AS lat, {below}
+        FROM fs_requests r JOIN q USING ({key_list})
+        GROUP BY ALL
+    )
+    SELECT {key_list}, count(*) AS n,
+           sum(req) AS req, sum(err) AS err, sum(req * req) AS req2, sum(err * err) AS err2,
+           sum(err * req) AS err_req, sum(lat) AS lat, sum(lat * lat) AS lat2,
+           sum(lat * req) AS lat_req, {b_sums}, any_value(q.qs) AS qs
+    FROM per_unit JOIN q USING ({key_list}) GROUP BY ALL ORDER BY ALL
+    """
+    result = con.execute(sql)
+    names = [d[0] for d in result.description]
+    rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+    for row in rows:
+        row["grid"] = dict(zip(grid, row.pop("qs"), strict=True))
+    return rows

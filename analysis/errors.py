@@ -1,0 +1,7 @@
+"""One exception root for the analysis; messages name the fix (CONVENTIONS.md)."""
+
+from collector.errors import CollectorError
+
+
+class AnalysisError(CollectorError):
+    """A user mistake or an impossible request; the CLI prints it and exits 2."""

@@ -1,0 +1,36 @@
+"""`flagscope diff` for a terminal: the sentence first, then aligned tables."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from analysis.report import text
+
+if TYPE_CHECKING:
+    from analysis.diff import DiffResult
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def render(r: DiffResult) -> str:
+    o = r.options
+    out = [r.summary, "", f"verdict: {r.verdict.value} — {r.reason}",
+           f"window: {o.start:%Y-%m-%d %H:%M} to {o.end:%Y-%m-%d %H:%M} UTC; {text.exclusions(r)}"]
+    if r.treatment.requests == 0 or r.baseline.requests == 0:
+        return "\n".join(out) + "\n"
+    seq = " (always-valid intervals, sequential mode)" if o.sequential else ""
+    out += ["", "cohorts", table(*text.cohort_rows(r)),
+            "", f"overall, {round((1 - o.alpha) * 100)} % intervals{seq}", table(*text.metric_rows(r.metrics)),
+            "", "overall, adjusted for the service/route mix", table(*text.metric_rows(r.adjusted))]
+    if r.breakdown:
+        out += ["", "per service and route (Benjamini–Hochberg q-values)",
+                table(*text.breakdown_rows(r))]
+    out += ["", "health"] + [f"  {'ok  ' if h.ok else 'FAIL'}  {h.name}: {h.detail}" for h in r.health]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,59 @@
+"""Pure inference for flagscope: sufficient statistics in, estimates out (stdlib only)."""
+
+from analysis.stats.estimate import Estimate, Method, Status
+from analysis.stats.multiple import benjamini_hochberg
+from analysis.stats.proportions import newcombe_difference, newcombe_p_value, wilson_interval
+from analysis.stats.quantiles import (
+    QuantileInterval,
+    quantile_difference,
+    quantile_interval_from_samples,
+    quantile_rank_interval,
+    quantile_type7,
+)
+from analysis.stats.rare import RARE_EVENT_THRESHOLD, is_rare, rare_difference
+from analysis.stats.ratio import (
+    RatioStats,
+    choose_error_method,
+    design_effect,
+    error_rate_difference,
+    ratio_difference,
+    ratio_variance_from_moments,
+)
+from analysis.stats.sequential import (
+    DEFAULT_TUNING,
+    sequential_estimate,
+    sequential_halfwidth,
+    sequential_p_value,
+)
+from analysis.stats.srm import SRM_ALERT_P_VALUE, SrmResult, srm_test
+
+__all__ = [
+    "DEFAULT_TUNING",
+    "RARE_EVENT_THRESHOLD",
+    "SRM_ALERT_P_VALUE",
+    "Estimate",
+    "Method",
+    "QuantileInterval",
+    "RatioStats",
+    "SrmResult",
+    "Status",
+    "benjamini_hochberg",
+    "choose_error_method",
+    "design_effect",
+    "error_rate_difference",
+    "is_rare",
+    "newcombe_difference",
+    "newcombe_p_value",
+    "quantile_difference",
+    "quantile_interval_from_samples",
+    "quantile_rank_interval",
+    "quantile_type7",
+    "rare_difference",
+    "ratio_difference",
+    "ratio_variance_from_moments",
+    "sequential_estimate",
+    "sequential_halfwidth",
+    "sequential_p_value",
+    "srm_test",
+    "wilson_interval",
+]

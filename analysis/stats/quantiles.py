@@ -1,0 +1,152 @@
+"""Cluster-aware confidence intervals for latency quantiles and their differences.
+
+Deng, Knoblich & Lu 2018 (KDD), §4 "quantile metrics": the p-quantile's interval comes
+from an interval on the *rank*. The fraction of requests at or below the estimated
+quantile, F = sum_i b_i / sum_i n_i, is a ratio metric over users, so its variance is
+the delta-method variance with requests clustered in users; the interval for the
+quantile is [Q(p - z sigma), Q(p + z sigma)] (the "outer CI"). Run by an engine:
+
+1. the engine computes the cohort's q_hat = quantile_cont(latency, p);
+2. per user: n_i = requests, b_i = requests with latency <= q_hat, summed into
+   ``RatioStats(x=b, y=n)``; :func:`quantile_rank_interval` gives (p_lo, p_hi);
+3. the engine evaluates quantile_cont at p_lo and p_hi: (lo, hi);
+4. :func:`quantile_difference` turns two cohorts' (estimate, lo, hi) into an Estimate.
+
+:func:`quantile_interval_from_samples` runs steps 1-3 on raw values in pure Python.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from analysis.stats.estimate import (
+    Estimate,
+    Method,
+    Status,
+    degenerate,
+    normal_estimate,
+    valid_alpha,
+    z_value,
+)
+from analysis.stats.ratio import RatioStats
+
+
+@dataclass(frozen=True)
+class QuantileInterval:
+    """One cohort's p-quantile with its cluster-aware ``1 - alpha`` interval."""
+
+    status: Status
+    p: float
+    estimate: float
+    lo: float
+    hi: float
+    p_lo: float
+    p_hi: float
+    users: int
+    values: int
+
+
+def quantile_type7(sorted_values: Sequence[float], p: float) -> float:
+    """Linear-interpolation quantile of sorted data (Hyndman & Fan 1996, Am Stat 50:361,
+    definition 7; the default of R, NumPy and DuckDB's ``quantile_cont``):
+    h = (N - 1) p, Q = x[floor h] + (h - floor h) (x[floor h + 1] - x[floor h]).
+    Empty input gives 0.0."""
+    if not sorted_values:
+        return 0.0
+    h = (len(sorted_values) - 1) * min(max(p, 0.0), 1.0)
+    k = math.floor(h)
+    if k + 1 >= len(sorted_values):
+        return float(sorted_values[-1])
+    lower, upper = sorted_values[k], sorted_values[k + 1]
+    return float(lower + (h - k) * (upper - lower))
+
+
+def quantile_rank_interval(p: float, below: RatioStats, alpha: float = 0.05) -> tuple[float, float]:
+    """Ranks (p_lo, p_hi) = p -/+ z sigma, clamped to [0, 1].
+
+    sigma^2 is the delta-method variance of the fraction of requests at or below the
+    estimated quantile, with users as clusters (Deng, Knoblich & Lu 2018, §4; the
+    variance is :meth:`RatioStats.variance` with x = b_i, y = n_i). With unusable input
+    (fewer than 2 users, no requests) the honest answer is the whole range (0, 1);
+    check ``below.status()``.
+    """
+    if not (valid_alpha(alpha) and math.isfinite(p) and 0.0 <= p <= 1.0):
+        return 0.0, 1.0
+    if below.status() is not Status.OK:
+        return 0.0, 1.0
+    half = z_value(alpha) * math.sqrt(below.variance())
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+def _values_ok(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def quantile_difference(
+    p: float,
+    t_est: float,
+    t_lo: float,
+    t_hi: float,
+    c_est: float,
+    c_lo: float,
+    c_hi: float,
+    alpha: float = 0.05,
+    users_t: int | None = None,
+    users_c: int | None = None,
+) -> Estimate:
+    """Treatment minus control p-quantile from each cohort's outer interval.
+
+    Each cohort's standard error is recovered from its interval width,
+    SE ~= (hi - lo) / (2 z) (Deng, Knoblich & Lu 2018, §4: the quantile interval is
+    asymptotically symmetric, so its width gives the SE needed to combine cohorts).
+    Then diff +/- z sqrt(SE_t^2 + SE_c^2), a z-test p-value, and the relative interval
+    by the delta method for a ratio of independent estimates. The outer interval may
+    be asymmetric in small samples; this symmetric approximation is the price of
+    combining cohorts. ``alpha`` must be the one used for :func:`quantile_rank_interval`.
+    Pass the user counts to get TOO_FEW_USERS for cohorts below 2 users.
+    """
+    if not valid_alpha(alpha):
+        return degenerate(Status.INVALID_INPUT, 0.05, Method.QUANTILE)
+    if not (_values_ok(p, t_est, t_lo, t_hi, c_est, c_lo, c_hi) and 0.0 < p < 1.0):
+        return degenerate(Status.INVALID_INPUT, alpha, Method.QUANTILE)
+    if not (t_lo <= t_est <= t_hi and c_lo <= c_est <= c_hi):
+        return degenerate(Status.INVALID_INPUT, alpha, Method.QUANTILE, c_est, t_est)
+    if any(u is not None and u < 2 for u in (users_t, users_c)):
+        status = Status.NO_DATA if 0 in (users_t, users_c) else Status.TOO_FEW_USERS
+        return degenerate(status, alpha, Method.QUANTILE, c_est, t_est)
+    z = z_value(alpha)
+    se_t, se_c = (t_hi - t_lo) / (2.0 * z), (c_hi - c_lo) / (2.0 * z)
+    return normal_estimate(c_est, t_est, se_c**2, se_t**2, alpha, Method.QUANTILE)
+
+
+def _below_counts(values_by_user: list[list[float]], q: float) -> RatioStats:
+    """Step 2: per user, requests b_i <= q and requests n_i, as RatioStats(x=b, y=n)."""
+    b, n = [], []
+    for values in values_by_user:
+        if values:
+            b.append(float(sum(1 for v in values if v <= q)))
+            n.append(float(len(values)))
+    return RatioStats.from_users(b, n)
+
+
+def quantile_interval_from_samples(
+    values_by_user: list[list[float]], p: float, alpha: float = 0.05
+) -> QuantileInterval:
+    """Reference implementation of steps 1-3 on raw per-user latencies (pure Python)."""
+    flat = sorted(v for values in values_by_user for v in values)
+    users = sum(1 for values in values_by_user if values)
+    if not (valid_alpha(alpha) and math.isfinite(p) and 0.0 < p < 1.0):
+        return QuantileInterval(Status.INVALID_INPUT, 0.5, 0.0, 0.0, 0.0, 0.0, 1.0, users, 0)
+    if not all(math.isfinite(v) for v in flat):
+        return QuantileInterval(Status.INVALID_INPUT, p, 0.0, 0.0, 0.0, 0.0, 1.0, users, 0)
+    if not flat:
+        return QuantileInterval(Status.NO_DATA, p, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0)
+    q = quantile_type7(flat, p)  # step 1
+    if users < 2:
+        return QuantileInterval(Status.TOO_FEW_USERS, p, q, q, q, p, p, users, len(flat))
+    p_lo, p_hi = quantile_rank_interval(p, _below_counts(values_by_user, q), alpha)  # step 2
+    lo, hi = quantile_type7(flat, p_lo), quantile_type7(flat, p_hi)  # step 3
+    status = Status.OK if hi > lo else Status.ZERO_VARIANCE
+    return QuantileInterval(status, p, q, min(lo, q), max(hi, q), p_lo, p_hi, users, len(flat))

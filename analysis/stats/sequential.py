@@ -1,0 +1,106 @@
+"""Always-valid intervals for repeated looks (scheduled reports).
+
+Asymptotic confidence sequences: Waudby-Smith, Wu, Ramdas, Karampatziakis & Mineiro
+2023, "Time-uniform central limit theory and asymptotic confidence sequences", Annals of
+Statistics (arXiv:2103.06476). With probability about 1 - alpha the interval covers the
+true difference at *every* look at once, so looking hourly does not inflate false alarms.
+Implemented as GrowthBook's gbstats ``SequentialTwoSidedTTest`` does: the two-sided
+normal-mixture boundary with the mixing parameter rho tuned to be tightest at N* users
+(default 5000).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from analysis.stats.estimate import Estimate, valid_alpha, with_sequential, z_value
+
+DEFAULT_TUNING = 5000  # gbstats' default sequential_tuning_parameter N*
+
+
+def sequential_rho(alpha: float, tuning: float = DEFAULT_TUNING) -> float:
+    """Mixing parameter that makes the boundary tightest near ``tuning`` units.
+
+    rho^2 = (-2 log alpha + log(-2 log alpha + 1)) / N*  (Waudby-Smith et al. 2023,
+    closed-form approximate minimiser of the width at t = N*, from their discussion of
+    tuning rho; identical to gbstats' ``rho``).
+    """
+    return math.sqrt((-2.0 * math.log(alpha) + math.log(-2.0 * math.log(alpha) + 1.0)) / tuning)
+
+
+def _unit_margin(n: float, rho: float, alpha: float) -> float:
+    """Two-sided normal-mixture margin for unit variance after n units:
+
+    sqrt( 2 (n rho^2 + 1) / (n^2 rho^2) * log( sqrt(n rho^2 + 1) / alpha ) )
+    (Waudby-Smith et al. 2023, Thm 2.2, two-sided asymptotic CS for i.i.d. units;
+    gbstats' ``halfwidth``).
+    """
+    v = n * rho * rho
+    return math.sqrt(2.0 * (v + 1.0) / (n * v) * math.log(math.sqrt(v + 1.0) / alpha))
+
+
+def sequential_halfwidth(
+    sd: float, n: float, alpha: float = 0.05, tuning: float = DEFAULT_TUNING
+) -> float:
+    """Half-width of the always-valid ``1 - alpha`` interval: sd * margin(n).
+
+    ``sd`` is the per-unit standard deviation of the estimate, i.e. se * sqrt(n), and
+    ``n`` the number of units (users) seen so far in both cohorts together, as gbstats
+    uses ``n_total``. Returns 0.0 for unusable input (n <= 0, sd <= 0, bad alpha).
+    """
+    ok = valid_alpha(alpha) and all(math.isfinite(v) for v in (sd, n, tuning))
+    if not ok or n <= 0 or sd <= 0 or tuning <= 0:
+        return 0.0
+    return sd * _unit_margin(n, sequential_rho(alpha, tuning), alpha)
+
+
+def sequential_p_value(
+    diff: float, sd: float, n: float, alpha: float = 0.05, tuning: float = DEFAULT_TUNING
+) -> float:
+    """Always-valid p-value dual to the confidence sequence with rho tuned at ``alpha``.
+
+    For fixed rho, the boundaries for every level a' form a nested family of valid
+    confidence sequences; the p-value is the smallest a' whose sequence excludes 0,
+    obtained by solving |diff| = sd * margin(n; rho, a') for a':
+      p = min(1, sqrt(n rho^2 + 1) * exp(-diff^2 n^2 rho^2 / (2 sd^2 (n rho^2 + 1))))
+    (Robbins 1970, Ann Math Stat 41:1397, normal-mixture boundary, inverted in alpha;
+    Howard, Ramdas, McAuliffe & Sekhon 2021, Ann Stat 49:1055, on mixture boundaries).
+    P(p_t <= a' at any look) <= a' asymptotically, so the minimum over past looks is
+    also valid. ``p < alpha`` exactly when the interval at ``alpha`` excludes 0.
+    """
+    ok = valid_alpha(alpha) and all(math.isfinite(v) for v in (diff, sd, n, tuning))
+    if not ok or n <= 0 or sd <= 0 or tuning <= 0:
+        return 1.0
+    v = n * sequential_rho(alpha, tuning) ** 2
+    exponent = -(diff * diff) * n * v / (2.0 * sd * sd * (v + 1.0))
+    return min(1.0, max(0.0, math.sqrt(v + 1.0) * math.exp(exponent)))
+
+
+def sequential_estimate(
+    fixed: Estimate, n: int, alpha: float | None = None, tuning: float = DEFAULT_TUNING
+) -> Estimate:
+    """Widen a fixed-horizon Estimate to the always-valid one after ``n`` users in all.
+
+    Absolute interval: diff +/- sequential_halfwidth(se sqrt(n), n). Each side of both
+    the absolute and the relative interval is stretched about its estimate by the same
+    factor k = halfwidth / (z se) (for symmetric delta-method intervals this is exactly
+    gbstats' sequential relative interval). p_value becomes
+    :func:`sequential_p_value`. ``alpha`` defaults to the fixed estimate's. Results
+    without an interval come back unchanged but marked sequential.
+    """
+    alpha = fixed.alpha if alpha is None else alpha
+    if not fixed.has_interval or fixed.se <= 0 or n <= 0 or not valid_alpha(alpha):
+        return replace(fixed, sequential=True)
+    sd = fixed.se * math.sqrt(n)
+    fixed_half = z_value(fixed.alpha) * fixed.se  # the fixed interval's (mean) half-width
+    k = max(1.0, sequential_halfwidth(sd, n, alpha, tuning) / fixed_half)
+    return with_sequential(
+        fixed,
+        diff_lo=fixed.diff - k * (fixed.diff - fixed.diff_lo),
+        diff_hi=fixed.diff + k * (fixed.diff_hi - fixed.diff),
+        rel_lo=fixed.rel - k * (fixed.rel - fixed.rel_lo),
+        rel_hi=fixed.rel + k * (fixed.rel_hi - fixed.rel),
+        p_value=sequential_p_value(fixed.diff, sd, n, alpha, tuning),
+        alpha=alpha,
+    )

@@ -1,0 +1,96 @@
+"""Verdicts: what a team does with a comparison, per metric and overall (DESIGN "Statistics").
+
+All metrics here are "higher is worse" (error rate, latency). For each, the harm scale is
+the one the threshold is stated in: percentage points for error rate, percent for latency.
+
+- REGRESSION: the interval lies wholly on the harmful side (lower bound > 0) and the
+  estimate is beyond the practical threshold.
+- IMPROVEMENT: the interval lies wholly on the good side and the estimate is beyond the
+  threshold in the good direction.
+- PASS: harm beyond the threshold is ruled out (upper bound < threshold) — except when the
+  baseline had no errors and the treatment some: never a pass (Kayenta's failure mode).
+- INCONCLUSIVE: anything else, including too little data.
+- NO_DATA: a cohort is empty. UNHEALTHY (overall only): the comparison itself is broken —
+  sample-ratio mismatch or too many crossover users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from analysis.stats import Estimate, Status
+
+
+class Verdict(StrEnum):
+    REGRESSION = "REGRESSION"
+    IMPROVEMENT = "IMPROVEMENT"
+    PASS = "PASS"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    UNHEALTHY = "UNHEALTHY"
+    NO_DATA = "NO_DATA"
+
+
+# Process exit codes for automation: 0 only for PASS; 2 stays "usage error".
+EXIT_CODES = {
+    Verdict.PASS: 0,
+    Verdict.IMPROVEMENT: 10,
+    Verdict.INCONCLUSIVE: 11,
+    Verdict.NO_DATA: 12,
+    Verdict.UNHEALTHY: 13,
+    Verdict.REGRESSION: 14,
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Practical significance: smaller effects are not worth acting on."""
+
+    error_rate_pp: float = 0.5  # percentage points of error rate
+    latency_pct: float = 5.0  # percent of mean or quantile latency
+    min_users: int = 50  # per cohort, below which every verdict is INCONCLUSIVE
+    max_crossover_share: float = 0.05  # users seen in both variants, of all compared users
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    reason: str
+
+
+def harm_scale(metric: str, est: Estimate) -> tuple[float, float, float, str] | None:
+    """(estimate, lo, hi, unit) on the scale the metric's threshold is stated in."""
+    if metric == "error_rate":
+        return est.diff * 100, est.diff_lo * 100, est.diff_hi * 100, "pp"
+    if not est.has_relative:
+        return None
+    return est.rel * 100, est.rel_lo * 100, est.rel_hi * 100, "%"
+
+
+def judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int, int],
+          baseline_events: float | None = None, treatment_events: float | None = None) -> Judgement:
+    """The verdict of one metric from its estimate (treatment − baseline)."""
+    if est.status is Status.NO_DATA or min(users) == 0:
+        return Judgement(Verdict.NO_DATA, "a cohort has no requests")
+    if min(users) < thresholds.min_users:
+        return Judgement(Verdict.INCONCLUSIVE,
+                         f"too few users ({min(users)} < {thresholds.min_users} in a cohort)")
+    if not est.has_interval:
+        return Judgement(Verdict.INCONCLUSIVE, f"no interval: {est.status.value.lower()}")
+    scale = harm_scale(metric, est)
+    if scale is None:
+        return Judgement(Verdict.INCONCLUSIVE, "baseline is zero: no relative change")
+    value, lo, hi, unit = scale
+    limit = thresholds.error_rate_pp if metric == "error_rate" else thresholds.latency_pct
+    shown = f"{value:+.2f} {unit} (CI {lo:+.2f}…{hi:+.2f}), threshold ±{limit:g} {unit}"
+    if lo > 0 and value >= limit:
+        return Judgement(Verdict.REGRESSION, f"worse beyond the threshold: {shown}")
+    if hi < 0 and value <= -limit:
+        return Judgement(Verdict.IMPROVEMENT, f"better beyond the threshold: {shown}")
+    if baseline_events == 0 and (treatment_events or 0) > 0:
+        return Judgement(Verdict.INCONCLUSIVE,
+                         f"baseline has no errors and treatment has {treatment_events:g}: "
+                         f"never a pass; {shown}")
+    if hi < limit:
+        return Judgement(Verdict.PASS, f"harm beyond the threshold ruled out: {shown}")
+    return Judgement(Verdict.INCONCLUSIVE, f"harm beyond the threshold not ruled out: {shown}")

@@ -1,0 +1,49 @@
+"""Time windows from the command line: `--since 6h`, or `--from/--to` timestamps (UTC)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from analysis.errors import AnalysisError
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+DEFAULT_SINCE = "24h"
+
+
+def parse_duration(text: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not match:
+        raise AnalysisError(f"--since {text!r}: expected a number and a unit, e.g. 30m, 6h, 7d")
+    return timedelta(**{_UNITS[match[2]]: float(match[1])})
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time; without a zone it is UTC. Returned naive UTC, as the lake stores."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise AnalysisError(
+            f"{option} {text!r}: expected an ISO 8601 time, e.g. 2026-11-28T09:00 or "
+            "2026-11-28T09:00+01:00"
+        ) from exc
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def resolve(
+    since: str | None, start: str | None, end: str | None, now: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """(start, end) as naive UTC datetimes; `--since` and `--from` exclude each other."""
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    if since and start:
+        raise AnalysisError("use either --since or --from/--to, not both")
+    stop = parse_time(end, "--to") if end else now
+    if start:
+        begin = parse_time(start, "--from")
+    else:
+        begin = stop - parse_duration(since or DEFAULT_SINCE)
+    if begin >= stop:
+        raise AnalysisError(f"the window is empty: --from {begin:%Y-%m-%d %H:%M} is not before --to {stop:%Y-%m-%d %H:%M}")
+    return begin, stop
