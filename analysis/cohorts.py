@@ -88,14 +88,15 @@ SELECT DISTINCT user_id FROM events_raw WHERE is_test AND user_id IS NOT NULL;
 
 CREATE OR REPLACE TEMP TABLE fs_labelled AS
 SELECT coalesce(r.service_name, 'unknown_service') AS service_name,
-       trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route, r.duration_ms, r.is_error,
+       trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
+       r.time, r.duration_ms, r.is_error,
        t.variant,
        coalesce(t.user_id, r.user_id, 'trace:' || r.trace_id) AS unit,
        (tt.trace_id IS NOT NULL OR tu.user_id IS NOT NULL) AS is_test,
        (uf.compared_variants > 1 AND t.variant <> uf.first_variant) AS crossed
 FROM (
     SELECT DISTINCT ON (trace_id, span_id) trace_id, user_id, service_name, http_method,
-           http_route, name, duration_ms, is_error
+           http_route, name, time, duration_ms, is_error
     FROM events_raw
     WHERE signal = 'span' AND (kind = 2 OR parent_span_id IS NULL)
       AND time >= $start AND time < $end AND duration_ms IS NOT NULL
@@ -127,7 +128,7 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
     con.execute(
         "CREATE OR REPLACE TEMP TABLE fs_requests AS "
         "SELECT CASE WHEN variant = $treatment THEN 'treatment' ELSE 'baseline' END AS cohort, "
-        "unit, service_name, route, duration_ms, is_error::INTEGER AS err "
+        "unit, service_name, route, time, duration_ms, is_error::INTEGER AS err "
         f"FROM fs_labelled WHERE NOT crossed AND {keep[q.test_mode]}",
         {"treatment": q.treatment},
     )
@@ -188,3 +189,35 @@ def unit_sums(con: duckdb.DuckDBPyConnection, by_stratum: bool) -> list[dict[str
     for row in rows:
         row["grid"] = dict(zip(grid, row.pop("qs"), strict=True))
     return rows
+
+
+def time_series(con: duckdb.DuckDBPyConnection, bucket_seconds: int) -> list[dict[str, Any]]:
+    """Per cohort and time bucket: requests, errors, p95 latency (for the report's charts)."""
+    result = con.execute(f"""
+        SELECT cohort, time_bucket(INTERVAL '{int(bucket_seconds)} seconds', time) AS bucket,
+               count(*) AS requests, sum(err) AS errors,
+               quantile_cont(duration_ms, 0.95) AS p95_ms
+        FROM fs_requests GROUP BY ALL ORDER BY ALL""")
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
+def latency_histogram(con: duckdb.DuckDBPyConnection, bins: int = 40
+                      ) -> tuple[list[float], dict[str, list[int]]]:
+    """Log-spaced latency bins over both cohorts: (bin edges in ms, counts per cohort)."""
+    low, high = con.execute(
+        "SELECT min(duration_ms) FILTER (WHERE duration_ms > 0), max(duration_ms) FROM fs_requests"
+    ).fetchall()[0]
+    if low is None or high is None or high <= low:
+        return [], {}
+    ratio = (high / low) ** (1 / bins)
+    edges = [low * ratio**i for i in range(bins + 1)]
+    rows = con.execute(
+        "SELECT cohort, least(greatest(floor(ln(greatest(duration_ms, $low) / $low) / ln($ratio)), 0), "
+        "$last)::INTEGER AS bin, count(*) FROM fs_requests GROUP BY ALL",
+        {"low": low, "ratio": ratio, "last": bins - 1},
+    ).fetchall()
+    counts: dict[str, list[int]] = {}
+    for cohort, index, n in rows:
+        counts.setdefault(cohort, [0] * bins)[index] += int(n)
+    return edges, counts

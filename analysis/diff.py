@@ -96,6 +96,16 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class Charts:
+    """What the HTML report draws: per-cohort time series and a latency histogram."""
+
+    bucket_seconds: int
+    series: tuple[dict[str, Any], ...]  # cohort, bucket (datetime), requests, errors, p95_ms
+    histogram_edges_ms: tuple[float, ...]  # log-spaced, len = bins + 1
+    histogram: dict[str, tuple[int, ...]]  # cohort -> counts per bin
+
+
+@dataclass(frozen=True)
 class DiffResult:
     options: DiffOptions
     treatment: CohortSummary
@@ -109,6 +119,7 @@ class DiffResult:
     verdict: Verdict
     reason: str
     summary: str
+    charts: Charts | None = None
 
     @property
     def exit_code(self) -> int:
@@ -289,14 +300,27 @@ def _maybe_sequential(est: Estimate, users: int, options: DiffOptions) -> Estima
 
 
 # -- the diff ------------------------------------------------------------------------------
-def run_diff(lake_dir: Path, options: DiffOptions) -> DiffResult:
+def run_diff(lake_dir: Path, options: DiffOptions, charts: bool = False) -> DiffResult:
+    """Compare the cohorts; `charts` adds the time series and histogram the HTML report draws."""
     con = lake.connect(lake_dir)
     try:
-        return _run(con, options)
+        result = _run(con, options)
+        if charts and result.verdict is not Verdict.NO_DATA:
+            result = replace(result, charts=_charts(con, result.options))
+        return result
     except duckdb.Error as exc:
         raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
     finally:
         con.close()
+
+
+def _charts(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> Charts:
+    span = (options.end - options.start).total_seconds()
+    steps = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+    bucket = next((s for s in steps if span / s <= 48), 86400)  # at most ~48 points
+    edges, counts = cohorts.latency_histogram(con)
+    return Charts(bucket, tuple(cohorts.time_series(con, bucket)), tuple(edges),
+                  {k: tuple(v) for k, v in counts.items()})
 
 
 def _no_data(options: DiffOptions, reason: str, rows: dict[str, dict[str, Any]] | None = None,
