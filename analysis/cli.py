@@ -97,7 +97,7 @@ def _split(text: str | None) -> dict[str, float] | None:
 
 def _diff(args: argparse.Namespace) -> int:
     from analysis import window
-    from analysis.cohorts import TestMode
+    from analysis.cohorts import TrafficFilter
     from analysis.diff import DiffOptions, run_diff
     from analysis.report import json as json_report
     from analysis.report import markdown, terminal
@@ -105,7 +105,7 @@ def _diff(args: argparse.Namespace) -> int:
 
     settings = _settings(args, ("data_dir", "lake_dir"))
     start, end = window.resolve(args.since, args.start, args.end)
-    mode = TestMode.ONLY if args.only_test else TestMode.INCLUDE if args.include_test else TestMode.EXCLUDE
+    mode = TrafficFilter.ONLY if args.only_test else TrafficFilter.INCLUDE if args.include_test else TrafficFilter.EXCLUDE
     options = DiffOptions(
         flag=args.flag, start=start, end=end, variant=args.variant, baseline=args.baseline,
         service=args.service, route=args.route, test_mode=mode, alpha=args.alpha,

@@ -36,7 +36,7 @@ def quantile_grid() -> tuple[float, ...]:
     return tuple(sorted({round(g, 6) for g in fine | coarse}))
 
 
-class TestMode(StrEnum):
+class TrafficFilter(StrEnum):
     EXCLUDE = "exclude"
     INCLUDE = "include"
     ONLY = "only"
@@ -51,7 +51,7 @@ class CohortQuery:
     end: datetime
     service: str | None = None
     route: str | None = None
-    test_mode: TestMode = TestMode.EXCLUDE
+    test_mode: TrafficFilter = TrafficFilter.EXCLUDE
 
 
 def _params(q: CohortQuery) -> dict[str, Any]:
@@ -93,7 +93,7 @@ SELECT coalesce(r.service_name, 'unknown_service') AS service_name,
        t.variant,
        coalesce(t.user_id, r.user_id, 'trace:' || r.trace_id) AS unit,
        (tt.trace_id IS NOT NULL OR tu.user_id IS NOT NULL) AS is_test,
-       (uf.compared_variants > 1 AND t.variant <> uf.first_variant) AS crossed
+       coalesce(uf.compared_variants > 1 AND t.variant <> uf.first_variant, false) AS crossed
 FROM (
     SELECT DISTINCT ON (trace_id, span_id) trace_id, user_id, service_name, http_method,
            http_route, name, time, duration_ms, is_error
@@ -124,7 +124,7 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
         if statement.strip():
             used = {k: v for k, v in params.items() if f"${k}" in statement}
             con.execute(statement, used)
-    keep = {TestMode.EXCLUDE: "NOT is_test", TestMode.INCLUDE: "true", TestMode.ONLY: "is_test"}
+    keep = {TrafficFilter.EXCLUDE: "NOT is_test", TrafficFilter.INCLUDE: "true", TrafficFilter.ONLY: "is_test"}
     con.execute(
         "CREATE OR REPLACE TEMP TABLE fs_requests AS "
         "SELECT CASE WHEN variant = $treatment THEN 'treatment' ELSE 'baseline' END AS cohort, "

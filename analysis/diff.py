@@ -18,7 +18,7 @@ import duckdb
 import polars as pl
 
 from analysis import cohorts
-from analysis.cohorts import QUANTILES, CohortQuery, TestMode
+from analysis.cohorts import QUANTILES, CohortQuery, TrafficFilter
 from analysis.errors import AnalysisError
 from analysis.stats import (
     Estimate,
@@ -53,7 +53,7 @@ class DiffOptions:
     baseline: str | None = None
     service: str | None = None
     route: str | None = None
-    test_mode: TestMode = TestMode.EXCLUDE
+    test_mode: TrafficFilter = TrafficFilter.EXCLUDE
     alpha: float = 0.05
     sequential: bool = False
     expected_split: dict[str, float] | None = None
@@ -198,17 +198,24 @@ def choose_variants(flag: str, available: dict[str, int], variant: str | None,
             raise AnalysisError("--variant and --baseline must differ")
         return variant, baseline
     lowered = {n.lower(): n for n in names}
-    if variant is None:
-        candidates = [lowered[t] for t in TRUE_LIKE if t in lowered and lowered[t] != baseline]
-        others = [n for n in names if n != baseline]
-        if candidates:
-            variant = candidates[0]
-        elif len(others) == 1 and baseline is not None:
-            variant = others[0]
-    if baseline is None and variant is not None:
-        others = [n for n in names if n != variant]
-        false_like = [lowered[f] for f in FALSE_LIKE if f in lowered and lowered[f] != variant]
-        baseline = false_like[0] if false_like else (others[0] if len(others) == 1 else None)
+
+    def pick(likes: tuple[str, ...], taken: str | None) -> str | None:
+        found = [lowered[x] for x in likes if x in lowered and lowered[x] != taken]
+        if found:
+            return found[0]
+        others = [n for n in names if n != taken]
+        return others[0] if taken is not None and len(others) == 1 else None
+
+    if variant is None and baseline is None:
+        variant, baseline = pick(TRUE_LIKE, None), pick(FALSE_LIKE, None)
+        if variant is None and baseline is not None:
+            variant = pick((), baseline)
+        elif baseline is None and variant is not None:
+            baseline = pick((), variant)
+    elif variant is None:
+        variant = pick(TRUE_LIKE, baseline)
+    elif baseline is None:
+        baseline = pick(FALSE_LIKE, variant)
     if variant is None or baseline is None:
         raise AnalysisError(
             f"flag {flag!r} has variants {', '.join(names)}: choose the treatment with "
@@ -504,7 +511,7 @@ def summarize(options, t, c, adjusted, breakdown, verdict, excluded) -> str:  # 
     else:
         parts.extend(describe(m.metric, m.estimate) for m in adjusted)
     tail = ""
-    if options.test_mode is TestMode.EXCLUDE and excluded.get("test_users"):
+    if options.test_mode is TrafficFilter.EXCLUDE and excluded.get("test_users"):
         tail = (f" ({excluded['test_users']} test users, {excluded['test_requests']} "
                 "requests excluded)")
     return f"{head}: {'; '.join(parts)} — {verdict.value}{tail}"

@@ -1,0 +1,169 @@
+"""Cohort formation (DESIGN contract 3) and the diff's statistics on lakes built to order."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+
+from analysis.cohorts import TrafficFilter
+from analysis.diff import DiffOptions, choose_variants, run_diff
+from analysis.errors import AnalysisError
+from analysis.verdict import Verdict
+from tests.synthetic import NOW, population, request, span, write
+
+START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
+
+
+def options(**kw) -> DiffOptions:
+    return DiffOptions(kw.pop("flag", "f"), START, END, **kw)
+
+
+def test_a_flag_evaluated_in_a_child_span_labels_the_root_request(tmp_path):
+    rows = request("u1", "on", ms=300) + request("u2", "off", ms=100) + request("u3", None)
+    result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
+    assert (result.treatment.requests, result.baseline.requests) == (1, 1)
+    assert result.treatment.mean_ms == pytest.approx(300)  # the root's latency, not the child's
+    assert result.baseline.mean_ms == pytest.approx(100)
+
+
+def test_test_traffic_is_excluded_by_trace_and_by_user(tmp_path):
+    rows = (
+        request("u1", "on") + request("u2", "off")
+        + request("u3", "on", test_root="test_user=true")  # marker only on the root
+        + request("qa-1", "on", test_child="user_id matches qa-*")  # marker only on the child
+        + request("qa-1", "on")  # the same tester, unmarked trace: excluded by user
+    )
+    lake = write(tmp_path, rows)
+    result = run_diff(lake, options(thresholds=_lenient()))
+    assert (result.treatment.requests, result.baseline.requests) == (1, 1)
+    assert result.excluded["test_requests"] == 3
+    assert result.excluded["test_users"] == 2
+    included = run_diff(lake, options(test_mode=TrafficFilter.INCLUDE, thresholds=_lenient()))
+    assert included.treatment.requests == 4
+    only = run_diff(lake, options(test_mode=TrafficFilter.ONLY, thresholds=_lenient()))
+    assert (only.treatment.requests, only.baseline.requests) == (3, 0)
+
+
+def test_crossover_users_keep_their_first_variant(tmp_path):
+    rows = (request("u1", "on", at=NOW - timedelta(minutes=50))
+            + request("u1", "off", at=NOW - timedelta(minutes=40))
+            + request("u2", "off") + request("u3", "on"))
+    result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
+    assert result.excluded["crossover_users"] == 1
+    assert result.excluded["crossover_requests"] == 1
+    assert (result.treatment.requests, result.baseline.requests) == (2, 1)
+    assert (result.treatment.users, result.baseline.users) == (2, 1)
+
+
+def test_requests_without_a_user_count_their_trace_as_the_unit(tmp_path):
+    rows = request(None, "on") + request(None, "on") + request("u2", "off")
+    result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
+    assert result.treatment.users == 2
+    assert result.excluded["requests_without_user"] == 2
+
+
+def test_a_retried_span_is_counted_once(tmp_path):
+    rows = request("u1", "on") + request("u2", "off")
+    result = run_diff(write(tmp_path, rows + [dict(rows[0])]), options(thresholds=_lenient()))
+    assert result.treatment.requests == 1
+
+
+def test_service_and_route_narrow_the_comparison(tmp_path):
+    rows = (request("u1", "on", route="/a") + request("u1", "on", route="/b", method="POST")
+            + request("u2", "off", route="/a") + request("u2", "off", route="/b", method="POST"))
+    lake = write(tmp_path, rows)
+    assert run_diff(lake, options(route="/a", thresholds=_lenient())).treatment.requests == 1
+    assert run_diff(lake, options(route="POST /b", thresholds=_lenient())).treatment.requests == 1
+    assert run_diff(lake, options(service="nope", thresholds=_lenient())).verdict is Verdict.NO_DATA
+
+
+def test_variant_defaults_and_choices():
+    assert choose_variants("f", {"off": 5, "on": 5}, None, None) == ("on", "off")
+    assert choose_variants("f", {"false": 5, "true": 5}, None, None) == ("true", "false")
+    assert choose_variants("f", {"a": 5, "b": 5, "c": 5}, "c", "a") == ("c", "a")
+    assert choose_variants("f", {"blue": 5, "control": 5}, None, None) == ("blue", "control")
+    with pytest.raises(AnalysisError, match="choose the treatment with --variant"):
+        choose_variants("f", {"a": 5, "b": 5, "c": 5}, None, None)
+    with pytest.raises(AnalysisError, match="variants seen: a, b"):
+        choose_variants("f", {"a": 5, "b": 5}, "z", None)
+
+
+def test_an_unknown_flag_names_the_closest_known_one(tmp_path):
+    lake = write(tmp_path, request("u1", "on", flag="new-checkout"))
+    with pytest.raises(AnalysisError, match="did you mean 'new-checkout'.*flagscope flags"):
+        run_diff(lake, options(flag="new-chekout"))
+
+
+def test_an_empty_window_says_what_the_lake_holds(tmp_path):
+    lake = write(tmp_path, request("u1", "on") + request("u2", "off"))
+    result = run_diff(lake, DiffOptions("f", START - timedelta(days=9), START - timedelta(days=8)))
+    assert result.verdict is Verdict.NO_DATA and "the lake holds" in result.reason
+
+
+# -- statistics through the whole diff ----------------------------------------------------------
+def test_a_route_mix_shift_does_not_fake_a_latency_change(tmp_path):
+    # 'on' users go to the slow route more often; each route is equally fast in both cohorts.
+    rng = random.Random(5)
+    rows = population(rng, 1200, routes={"/slow": (0.6, 0.3), "/fast": (0.4, 0.7)})
+    result = run_diff(write(tmp_path, rows), options())
+    raw = {m.metric: m for m in result.metrics}["mean_latency"]
+    adjusted = {m.metric: m for m in result.adjusted}["mean_latency"]
+    assert raw.judgement.verdict is Verdict.REGRESSION  # Simpson's paradox, unadjusted
+    assert adjusted.estimate.diff_lo < 0 < adjusted.estimate.diff_hi
+    assert result.verdict is not Verdict.REGRESSION, result.reason
+
+
+def test_swapping_cohorts_flips_every_difference(tmp_path):
+    rng = random.Random(6)
+    lake = write(tmp_path, population(rng, 800, ms_on=120, err_on=0.04))
+    a = run_diff(lake, options(variant="on", baseline="off"))
+    b = run_diff(lake, options(variant="off", baseline="on"))
+    for ma, mb in zip(a.metrics + a.adjusted, b.metrics + b.adjusted, strict=True):
+        assert ma.estimate.diff == pytest.approx(-mb.estimate.diff)
+        assert ma.estimate.diff_lo == pytest.approx(-mb.estimate.diff_hi, rel=1e-6, abs=1e-9)
+        assert ma.estimate.p_value == pytest.approx(mb.estimate.p_value, rel=1e-6)
+
+
+def test_an_injected_regression_is_found_and_intervals_contain_estimates(tmp_path):
+    rng = random.Random(7)
+    result = run_diff(write(tmp_path, population(rng, 1500, ms_on=140, err_on=0.06)), options())
+    assert result.verdict is Verdict.REGRESSION
+    for m in result.metrics + result.adjusted:
+        e = m.estimate
+        assert e.diff_lo <= e.diff <= e.diff_hi and 0 <= e.p_value <= 1
+
+
+def test_sequential_intervals_are_wider(tmp_path):
+    rng = random.Random(8)
+    lake = write(tmp_path, population(rng, 600))
+    fixed = run_diff(lake, options())
+    always = run_diff(lake, options(sequential=True))
+    for f, s in zip(fixed.metrics, always.metrics, strict=True):
+        assert s.estimate.sequential
+        assert s.estimate.diff_hi - s.estimate.diff_lo > f.estimate.diff_hi - f.estimate.diff_lo
+
+
+def test_no_errors_in_baseline_and_some_in_treatment_is_never_a_pass(tmp_path):
+    rng = random.Random(9)
+    rows = population(rng, 400, err_on=0.0, err_off=0.0)
+    rows += request("user-extra", "on", error=True)
+    result = run_diff(write(tmp_path, rows), options())
+    error_rate = {m.metric: m for m in result.metrics}["error_rate"]
+    assert error_rate.judgement.verdict is not Verdict.PASS
+    assert result.verdict is not Verdict.PASS
+
+
+def test_sample_ratio_mismatch_makes_the_comparison_unhealthy(tmp_path):
+    rng = random.Random(10)
+    lake = write(tmp_path, population(rng, 1000, share_on=0.5))
+    result = run_diff(lake, options(expected_split={"on": 0.2, "off": 0.8}))
+    assert result.srm is not None and result.srm.alert
+    assert result.verdict is Verdict.UNHEALTHY and "sample_ratio" in result.reason
+
+
+def _lenient():
+    from analysis.verdict import Thresholds
+
+    return Thresholds(min_users=1)
