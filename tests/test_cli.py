@@ -96,3 +96,33 @@ def test_serve_help_config_lists_the_settings(capsys):
     assert main(["serve", "--help-config"]) == 0
     assert "FLAGSCOPE_MAX_REQUEST_BYTES" in capsys.readouterr().out
 
+
+
+def test_flags_lists_variants_users_and_dates(tmp_path, capsys):
+    from tests.synthetic import request, write
+
+    lake_dir = write(tmp_path, request("u1", "on", flag="new-checkout")
+                     + request("u2", "off", flag="new-checkout") + request("u3", "off", flag="new-checkout")
+                     + request("u3", "blue", flag="theme"))
+    assert main(["flags", "--lake", str(lake_dir), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["flag"], r["variant"], r["users"]) for r in rows] == [
+        ("new-checkout", "off", 2), ("new-checkout", "on", 1), ("theme", "blue", 1)]
+    assert all(r["first_seen"] and r["last_seen"] for r in rows)
+
+
+def test_diff_prints_the_sentence_first_and_exits_with_the_verdict(tmp_path, capsys):
+    from tests.synthetic import request, write
+
+    lake_dir = write(tmp_path, request("u1", "on") + request("u2", "off"))
+    code = main(["diff", "--lake", str(lake_dir), "--flag", "f", "--since", "3h"])
+    out = capsys.readouterr().out
+    assert out.startswith("f on vs off: ")
+    assert code == 11 and "INCONCLUSIVE" in out.splitlines()[0]  # 1 user per cohort: too few
+
+
+def test_diff_usage_mistakes_name_the_fix(tmp_path, capsys):
+    assert main(["diff", "--lake", str(tmp_path), "--flag", "f", "--since", "6 hours"]) == 2
+    assert "expected a number and a unit, e.g. 30m, 6h, 7d" in capsys.readouterr().err
+    assert main(["diff", "--lake", str(tmp_path), "--flag", "f", "--expected-split", "on:0.2"]) == 2
+    assert "variant=share pairs" in capsys.readouterr().err
