@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags = commands.add_parser("flags", help="list the flags seen in the lake, with variants and users")
     _common(flags)
     flags.add_argument("--since", help="only evaluations in this recent window, e.g. 7d")
+    flags.add_argument("--stale", type=float, nargs="?", const=30.0, metavar="DAYS",
+                       help="flags not evaluated for DAYS (30), or serving one variant to "
+                       "everyone for DAYS: ready to remove")
     flags.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     query = commands.add_parser("query", help="run SQL over the lake's `events` view")
@@ -47,36 +50,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_HELP = ("Exit codes: 0 PASS, 10 IMPROVEMENT, 11 INCONCLUSIVE, 12 NO_DATA, 13 UNHEALTHY, "
+             "14 REGRESSION, 2 usage error.")
+
+
+def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True) -> None:
+    """The options `diff` and `report` share: what to compare, and how strictly."""
+    _common(parser)
+    parser.add_argument("--flag", required=flag_required, help="the flag key, e.g. new-checkout")
+    parser.add_argument("--since", help="window ending now, e.g. 6h, 2d (default 24h)")
+    parser.add_argument("--from", dest="start", help="window start, ISO 8601 (UTC if no zone)")
+    parser.add_argument("--to", dest="end", help="window end, ISO 8601 (default now)")
+    parser.add_argument("--variant", help="treatment variant (default: the on/true-like one)")
+    parser.add_argument("--baseline", help="baseline variant (default: the other one)")
+    parser.add_argument("--service", help="only requests of this service")
+    parser.add_argument("--route", help="only this route, e.g. '/checkout' or 'POST /checkout'")
+    tests = parser.add_mutually_exclusive_group()
+    tests.add_argument("--include-test", action="store_true", help="keep test traffic in")
+    tests.add_argument("--only-test", action="store_true", help="compare test traffic only")
+    parser.add_argument("--expected-split", help="configured shares for the SRM check, e.g. on=0.2,off=0.8")
+    parser.add_argument("--sequential", action="store_true",
+                        help="always-valid intervals for repeated looks (scheduled reports)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (0.05)")
+    parser.add_argument("--error-threshold-pp", type=float, default=0.5,
+                        help="smallest error-rate change worth acting on, in percentage points")
+    parser.add_argument("--latency-threshold-pct", type=float, default=5.0,
+                        help="smallest latency change worth acting on, in percent")
+    parser.add_argument("--min-users", type=int, default=50, help="users per cohort for a verdict")
+
+
 def _add_diff(commands: argparse._SubParsersAction) -> None:
     diff = commands.add_parser(
         "diff", help="compare a flag's treatment cohort with its baseline (exit code = verdict)",
         description="Compare a flag's treatment cohort with its baseline: error rate and "
         "latency, per service and route, with the user as the unit and test traffic excluded. "
-        "Exit codes: 0 PASS, 10 IMPROVEMENT, 11 INCONCLUSIVE, 12 NO_DATA, 13 UNHEALTHY, "
-        "14 REGRESSION, 2 usage error.",
+        + EXIT_HELP,
     )
-    _common(diff)
-    diff.add_argument("--flag", required=True, help="the flag key, e.g. new-checkout")
-    diff.add_argument("--since", help="window ending now, e.g. 6h, 2d (default 24h)")
-    diff.add_argument("--from", dest="start", help="window start, ISO 8601 (UTC if no zone)")
-    diff.add_argument("--to", dest="end", help="window end, ISO 8601 (default now)")
-    diff.add_argument("--variant", help="treatment variant (default: the on/true-like one)")
-    diff.add_argument("--baseline", help="baseline variant (default: the other one)")
-    diff.add_argument("--service", help="only requests of this service")
-    diff.add_argument("--route", help="only this route, e.g. '/checkout' or 'POST /checkout'")
-    tests = diff.add_mutually_exclusive_group()
-    tests.add_argument("--include-test", action="store_true", help="keep test traffic in")
-    tests.add_argument("--only-test", action="store_true", help="compare test traffic only")
-    diff.add_argument("--expected-split", help="configured shares for the SRM check, e.g. on=0.2,off=0.8")
-    diff.add_argument("--sequential", action="store_true",
-                      help="always-valid intervals for repeated looks (scheduled reports)")
-    diff.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (0.05)")
-    diff.add_argument("--error-threshold-pp", type=float, default=0.5,
-                      help="smallest error-rate change worth acting on, in percentage points")
-    diff.add_argument("--latency-threshold-pct", type=float, default=5.0,
-                      help="smallest latency change worth acting on, in percent")
-    diff.add_argument("--min-users", type=int, default=50, help="users per cohort for a verdict")
+    _add_comparison(diff)
     diff.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+
+    report = commands.add_parser(
+        "report", help="write a diff as HTML, Markdown and JSON files (one-shot, for cron)",
+        description="Write the comparison as report files: <out>/<flag>/<time>.<ext> and a "
+        "stable latest.<ext>, with a history. Without --flag, runs every report declared in "
+        "flagscope.toml once (for cron or a Kubernetes CronJob). " + EXIT_HELP,
+    )
+    _add_comparison(report, flag_required=False)
+    report.add_argument("--out", help="directory for the reports (default: [reports] out_dir, "
+                        "else ./reports)")
+    report.add_argument("--format", default="html,md,json", help="comma-separated: html, md, json")
+
+    schedule = commands.add_parser(
+        "schedule", help="run the reports declared in flagscope.toml on their cron schedules",
+        description="Run the [[reports.flag]] of flagscope.toml on their crons (UTC), with "
+        "always-valid intervals, keeping a history per flag and POSTing the webhook when a "
+        "verdict changes. Stops on SIGTERM or Ctrl-C.",
+    )
+    _common(schedule)
+    schedule.add_argument("--once", action="store_true", help="run every report now and exit")
 
 
 def _split(text: str | None) -> dict[str, float] | None:
@@ -95,27 +126,92 @@ def _split(text: str | None) -> dict[str, float] | None:
     return shares
 
 
-def _diff(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace):  # noqa: ANN202 - analysis.diff.DiffOptions
     from analysis import window
     from analysis.cohorts import TrafficFilter
-    from analysis.diff import DiffOptions, run_diff
-    from analysis.report import json as json_report
-    from analysis.report import markdown, terminal
+    from analysis.diff import DiffOptions
     from analysis.verdict import Thresholds
 
-    settings = _settings(args, ("data_dir", "lake_dir"))
     start, end = window.resolve(args.since, args.start, args.end)
-    mode = TrafficFilter.ONLY if args.only_test else TrafficFilter.INCLUDE if args.include_test else TrafficFilter.EXCLUDE
-    options = DiffOptions(
+    mode = (TrafficFilter.ONLY if args.only_test
+            else TrafficFilter.INCLUDE if args.include_test else TrafficFilter.EXCLUDE)
+    return DiffOptions(
         flag=args.flag, start=start, end=end, variant=args.variant, baseline=args.baseline,
         service=args.service, route=args.route, test_mode=mode, alpha=args.alpha,
         sequential=args.sequential, expected_split=_split(args.expected_split),
         thresholds=Thresholds(args.error_threshold_pp, args.latency_threshold_pct, args.min_users),
     )
-    result = run_diff(settings.lake_path, options)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from analysis.diff import run_diff
+    from analysis.report import json as json_report
+    from analysis.report import markdown, terminal
+
+    settings = _settings(args, ("data_dir", "lake_dir"))
+    result = run_diff(settings.lake_path, _options(args))
     renderer = {"table": terminal, "json": json_report, "markdown": markdown}[args.format]
     sys.stdout.write(renderer.render(result))
     return result.exit_code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analysis.diff import run_diff
+    from analysis.reports import normalize_formats, write_report
+    from analysis.schedule import Scheduler, utc_now
+    from analysis.schedule_config import load_config
+
+    settings = _settings(args, ("data_dir", "lake_dir"))
+    config = load_config(args.config, require=args.flag is None)
+    out = Path(args.out) if args.out else config.out_dir
+    if args.flag is None:  # one-shot run of the declared reports
+        if args.out:
+            from dataclasses import replace
+
+            config = replace(config, out_dir=out)
+        outcomes = Scheduler(config, settings.lake_path).run_once()
+        for outcome in outcomes:
+            where = outcome.files.main_file() if outcome.files else outcome.error
+            print(f"{outcome.flag}: {outcome.verdict.value if outcome.verdict else 'FAILED'} — {where}")
+        codes = [o.files.verdict for o in outcomes if o.files]
+        failed = any(o.error for o in outcomes)
+        from analysis.verdict import EXIT_CODES
+
+        return 2 if failed else max((EXIT_CODES[v] for v in codes), default=0)
+    formats = normalize_formats([f.strip() for f in args.format.split(",") if f.strip()], "--format")
+    result = run_diff(settings.lake_path, _options(args), charts="html" in formats)
+    files = write_report(result, out, formats, utc_now())
+    print(result.summary)
+    for fmt, path in files.files.items():
+        print(f"  {fmt:4} {path}")
+    print(f"  latest: {files.latest[formats[0]].parent}/latest.*")
+    return result.exit_code
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from analysis.schedule import Scheduler
+    from analysis.schedule_config import load_config
+
+    settings = _settings(args, ("data_dir", "lake_dir"))
+    scheduler = Scheduler(load_config(args.config), settings.lake_path)
+    if args.once:
+        outcomes = scheduler.run_once()
+        return 2 if any(o.error for o in outcomes) else 0
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"flagscope schedule: {len(scheduler.config.reports)} reports into "
+          f"{scheduler.config.out_dir}", flush=True)
+    scheduler.run_forever(stop)
+    return 0
 
 
 def _flags(args: argparse.Namespace) -> int:
@@ -124,6 +220,15 @@ def _flags(args: argparse.Namespace) -> int:
     from analysis.query import format_rows
 
     settings = _settings(args, ("data_dir", "lake_dir"))
+    if args.stale is not None:
+        from analysis.stale import stale_flags
+
+        found = stale_flags(settings.lake_path, args.stale)
+        columns = ["flag", "kind", "variant", "last_seen", "days", "message"]
+        rows = [(f.flag, f.kind.value, f.variant, f.last_seen, round(f.days, 1), f.message)
+                for f in found]
+        sys.stdout.write(format_rows(columns, rows, args.format, max_width=100))
+        return 0
     start = window.resolve(args.since, None, None)[0] if args.since else None
     found = list_flags(settings.lake_path, start)
     columns = ["flag", "variant", "users", "evaluations", "first_seen", "last_seen"]
@@ -156,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _diff(args)
         if args.command == "flags":
             return _flags(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "schedule":
+            return _schedule(args)
         if args.command == "query":
             from analysis.query import format_rows, run
 

@@ -1,0 +1,260 @@
+"""Report files on disk: one directory per flag, a file per run, `latest.*`, and a history.
+
+Layout under `out_dir` (one directory per flag; a flag key that is not a safe file name
+gets a sanitized name plus a short hash):
+
+    <flag>/20261128T0900Z.html    one file per run and format (html, md, json)
+    <flag>/latest.html            the newest of each format, at a stable address
+    <flag>/history.jsonl          one line per run: time, verdict, summary, files
+    <flag>/state.json             the last verdict, to detect a change
+
+Every file is written under a temporary name, fsynced and renamed into place
+(`os.replace`), so a reader or a web server never sees half a report and a crash leaves
+the previous `latest.*` intact. A history line is appended with one write. Two processes
+writing reports for the same flag at once are not coordinated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from analysis.errors import AnalysisError
+from analysis.verdict import Verdict
+from collector.wal import fsync_dir
+
+if TYPE_CHECKING:
+    from analysis.diff import DiffResult
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"html": "html", "md": "md", "json": "json"}  # format -> file extension
+ALIASES = {"markdown": "md", "htm": "html"}
+RENDERERS = {"html": "analysis.report.html", "md": "analysis.report.markdown",
+             "json": "analysis.report.json"}
+PREFERRED_LINK = ("html", "md", "json")  # which file a notification links to
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `write_report` wrote. Paths are under `out_dir`; `files`/`latest` by format."""
+
+    flag: str
+    directory: Path
+    stamp: str  # the run's UTC timestamp as used in file names, e.g. 20261128T0900Z
+    files: dict[str, Path]
+    latest: dict[str, Path]
+    history: Path
+    state: Path
+    verdict: Verdict
+    previous_verdict: Verdict | None = None
+
+    @property
+    def changed(self) -> bool:
+        """True when there was a previous run and its verdict differs."""
+        return self.previous_verdict is not None and self.previous_verdict is not self.verdict
+
+    def main_file(self) -> Path:
+        """The file a notification points to: HTML if written, else Markdown, else JSON."""
+        return next(self.files[f] for f in PREFERRED_LINK if f in self.files)
+
+
+def html_available() -> bool:
+    return importlib.util.find_spec(RENDERERS["html"]) is not None
+
+
+def available_formats() -> tuple[str, ...]:
+    return tuple(f for f in EXTENSIONS if f != "html" or html_available())
+
+
+def normalize_formats(formats: Sequence[str], source: str = "formats") -> tuple[str, ...]:
+    """Validate format names ('html', 'md' or 'markdown', 'json'), de-duplicated, in order."""
+    if isinstance(formats, str):
+        formats = [formats]
+    out: list[str] = []
+    for name in formats:
+        key = ALIASES.get(str(name).lower(), str(name).lower())
+        if key not in EXTENSIONS:
+            raise AnalysisError(f"{source}: unknown report format {name!r}; "
+                                f"choose from {', '.join(EXTENSIONS)}")
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise AnalysisError(f"{source}: no report format given; e.g. formats = [\"html\", \"json\"]")
+    return tuple(out)
+
+
+def flag_dir_name(flag: str) -> str:
+    """A file name for the flag: the key itself when safe, else a sanitized key + hash."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", flag).strip(".") or "flag"
+    if safe == flag:
+        return flag
+    return f"{safe[:80]}-{hashlib.sha256(flag.encode()).hexdigest()[:8]}"
+
+
+def stamp_of(now: datetime) -> str:
+    """UTC minute stamp for file names: 20261128T0900Z (a naive `now` is UTC)."""
+    return _utc(now).strftime("%Y%m%dT%H%MZ")
+
+
+def render(result: DiffResult, fmt: str) -> str:
+    """The report text in one format; the HTML renderer is imported only when asked for."""
+    if fmt == "html" and not html_available():
+        raise AnalysisError("the HTML report is not available in this installation "
+                            "(analysis/report/html.py is missing); use formats md and json")
+    module = importlib.import_module(RENDERERS[fmt])
+    return module.render(result)
+
+
+def write_report(result: DiffResult, out_dir: Path, formats: Sequence[str],
+                 now: datetime) -> ReportFiles:
+    """Write `result` in each format to `out_dir/<flag>/<stamp>.<ext>`, refresh
+    `latest.<ext>`, append to `history.jsonl` and record the verdict in `state.json`.
+
+    `formats`: 'html', 'md' (or 'markdown'), 'json'. `now`: the run's time (naive = UTC),
+    which names the files. For charts in the HTML report, call
+    `run_diff(..., charts=True)`. Returns the paths written and the verdict of the
+    previous run (None on the first), so the caller can tell whether it changed.
+    Re-running within the same minute adds seconds (and then a counter) to the name.
+    """
+    fmts = normalize_formats(formats)
+    texts = {fmt: render(result, fmt) for fmt in fmts}  # all rendered before anything is written
+    flag = result.options.flag
+    directory = Path(out_dir) / flag_dir_name(flag)
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = previous_verdict(out_dir, flag)
+    stamp = _free_stamp(directory, now, fmts)
+    files, latest = {}, {}
+    for fmt, text in texts.items():
+        ext = EXTENSIONS[fmt]
+        files[fmt] = directory / f"{stamp}.{ext}"
+        latest[fmt] = directory / f"latest.{ext}"
+        write_atomically(files[fmt], text.encode())
+        write_atomically(latest[fmt], text.encode())
+    record = {
+        "time": _iso(now), "flag": flag, "verdict": result.verdict.value,
+        "previous_verdict": previous.value if previous else None,
+        "exit_code": result.exit_code, "summary": result.summary, "reason": result.reason,
+        "window": {"start": _iso(result.options.start), "end": _iso(result.options.end)},
+        "files": {fmt: p.name for fmt, p in files.items()},
+    }
+    history, state = directory / "history.jsonl", directory / "state.json"
+    append_line(history, record)
+    write_atomically(state, orjson.dumps(
+        {k: record[k] for k in ("time", "flag", "verdict", "summary", "files")},
+        option=orjson.OPT_INDENT_2) + b"\n")
+    return ReportFiles(flag, directory, stamp, files, latest, history, state, result.verdict,
+                       previous)
+
+
+def record_failure(out_dir: Path, flag: str, now: datetime, error: str) -> Path:
+    """Append a failed run to the flag's history (`verdict` null, `error` set); the state,
+    and so the previous verdict a change is judged against, stays as it was."""
+    directory = Path(out_dir) / flag_dir_name(flag)
+    directory.mkdir(parents=True, exist_ok=True)
+    history = directory / "history.jsonl"
+    append_line(history, {"time": _iso(now), "flag": flag, "verdict": None, "error": error})
+    return history
+
+
+def previous_verdict(out_dir: Path, flag: str) -> Verdict | None:
+    """The verdict of the flag's last successful run: state.json, else the history."""
+    directory = Path(out_dir) / flag_dir_name(flag)
+    try:
+        return Verdict(orjson.loads((directory / "state.json").read_bytes())["verdict"])
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        log.warning("ignoring unreadable %s: %s", directory / "state.json", exc)
+    for entry in reversed(read_history(out_dir, flag)):
+        if entry.get("verdict") in Verdict.__members__:
+            return Verdict(entry["verdict"])
+    return None
+
+
+def read_history(out_dir: Path, flag: str) -> list[dict[str, Any]]:
+    """The flag's history, oldest first; a torn or corrupt line is skipped."""
+    path = Path(out_dir) / flag_dir_name(flag) / "history.jsonl"
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+# -- files ---------------------------------------------------------------------------------
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write under a temporary name in the same directory, fsync, rename into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single write (O_APPEND), then fsync."""
+    data = orjson.dumps(record) + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        # A line torn by an earlier crash would swallow this one: start on a fresh line.
+        if os.fstat(fd).st_size and not _ends_with_newline(path):
+            data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def _free_stamp(directory: Path, now: datetime, fmts: Sequence[str]) -> str:
+    def taken(stem: str) -> bool:
+        return any((directory / f"{stem}.{EXTENSIONS[f]}").exists() for f in fmts)
+
+    stamp = stamp_of(now)
+    if not taken(stamp):
+        return stamp
+    stamp = _utc(now).strftime("%Y%m%dT%H%M%SZ")
+    n = 2
+    candidate = stamp
+    while taken(candidate):
+        candidate, n = f"{stamp}-{n}", n + 1
+    return candidate
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _utc(moment).isoformat().replace("+00:00", "Z")

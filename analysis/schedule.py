@@ -1,0 +1,201 @@
+"""Scheduled reports (`flagscope schedule`): each declared flag is diffed on its cron, the
+report files written (analysis.reports), and a webhook POSTed when the verdict changes.
+
+Declared in flagscope.toml (the collector's loader leaves `[reports]` to this module):
+
+    [reports]
+    out_dir = "reports"                  # default "reports", relative to the working directory
+    webhook_url = "https://hooks.slack.com/services/…"   # optional; FLAGSCOPE_WEBHOOK_URL overrides
+    link_base = "https://reports.example.com/"          # optional: notifications link here
+    webhook_timeout_s = 5                # optional, per attempt
+    webhook_retries = 3                  # optional, after the first attempt
+    # any per-flag setting below may also be set here, as the default of every flag
+
+    [[reports.flag]]
+    flag = "new-checkout"                # required; one table per flag
+    variant = "on"                       # optional, as `flagscope diff --variant`
+    baseline = "off"                     # optional
+    service = "shop-frontend"            # optional: only this service's requests
+    route = "POST /checkout"             # optional: only this route
+    window = "24h"                       # default 24h: the window ending at each run
+    cron = "0 * * * *"                   # default hourly; five fields, UTC (analysis.cron)
+    formats = ["html", "md", "json"]     # default: all available
+    expected_split = { on = 0.2, off = 0.8 }   # optional: sample-ratio-mismatch check
+    error_threshold_pp = 0.5             # optional, default 0.5
+    latency_threshold_pct = 5            # optional, default 5
+    min_users = 50                       # optional, default 50
+    max_crossover_share = 0.05           # optional, default 0.05
+    alpha = 0.05                         # optional, default 0.05
+    test_traffic = "exclude"             # optional: exclude (default), include, only
+    webhook_url = ""                     # optional: this flag's own hook; "" turns it off
+
+Scheduled reports always use always-valid (sequential) intervals: they look repeatedly.
+Notifications: when the verdict differs from the previous run's; on a flag's first run
+only for REGRESSION or UNHEALTHY.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from analysis import reports, webhook
+from analysis.cron import next_fire
+from analysis.diff import run_diff
+from analysis.errors import AnalysisError
+from analysis.reports import ReportFiles
+from analysis.schedule_config import ReportsConfig, ScheduledReport, load_config, parse_config
+from analysis.verdict import Verdict
+from collector.errors import CollectorError
+
+__all__ = ["ReportsConfig", "RunOutcome", "ScheduledReport", "Scheduler", "load_config",
+           "next_fire", "parse_config", "should_notify"]
+
+log = logging.getLogger(__name__)
+MAX_WAIT_S = 60.0  # run_forever re-reads the clock at least this often (clock jumps, suspend)
+FIRST_RUN_ALERTS = frozenset({Verdict.REGRESSION, Verdict.UNHEALTHY})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """One report run. `notified`: None when no notification was due (or no webhook is
+    configured), else whether the POST succeeded. `error`: why the run failed, if it did."""
+
+    flag: str
+    time: datetime
+    verdict: Verdict | None = None
+    previous_verdict: Verdict | None = None
+    files: ReportFiles | None = None
+    notified: bool | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def should_notify(previous: Verdict | None, current: Verdict) -> bool:
+    """A change of verdict; on the first run, only a verdict that needs someone now."""
+    if previous is None:
+        return current in FIRST_RUN_ALERTS
+    return previous is not current
+
+
+class Scheduler:
+    """Runs the declared reports on their crons.
+
+    `Scheduler(load_config(path), settings.lake_path).run_forever(stop_event)` is
+    `flagscope schedule`; `.run_once()` (or `.run_once("new-checkout")`) runs reports now,
+    whatever their schedule, e.g. for `flagscope report`. `clock` returns the current time
+    (aware UTC); `sleep(seconds)`, if given, replaces waiting on the stop event (tests);
+    `notify` is `webhook.notify` or a stand-in with its signature.
+    """
+
+    def __init__(self, config: ReportsConfig, lake_dir: Path,
+                 clock: Callable[[], datetime] = utc_now,
+                 sleep: Callable[[float], None] | None = None,
+                 notify: Callable[..., bool] = webhook.notify) -> None:
+        self.config = config
+        self.lake_dir = Path(lake_dir)
+        self._clock = clock
+        self._sleep = sleep
+        self._notify = notify
+        start = _aware(clock())
+        self._next = {r.flag: next_fire(r.cron, start) for r in config.reports}
+
+    @property
+    def next_fires(self) -> dict[str, datetime]:
+        """Flag → when its report runs next (aware UTC)."""
+        return dict(self._next)
+
+    def run_due(self, now: datetime | None = None) -> list[RunOutcome]:
+        """Run every report whose next fire time is at or before `now` (default: the clock),
+        then schedule its next fire after `now` (missed fires are not caught up)."""
+        now = _aware(now if now is not None else self._clock())
+        outcomes = []
+        for report in self.config.reports:
+            if self._next[report.flag] <= now:
+                outcomes.append(self.run_report(report, now))
+                self._next[report.flag] = next_fire(report.cron, now)
+        return outcomes
+
+    def run_once(self, flag_name: str | None = None, now: datetime | None = None
+                 ) -> list[RunOutcome]:
+        """Run one declared report (or all) now; the schedule is left as it is."""
+        now = _aware(now if now is not None else self._clock())
+        chosen = [self.config.report(flag_name)] if flag_name else list(self.config.reports)
+        return [self.run_report(r, now) for r in chosen]
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Run reports as they fall due until `stop_event` is set (SIGTERM handler, Ctrl-C)."""
+        if not self.config.reports:
+            raise AnalysisError("no reports declared: add a [[reports.flag]] table to "
+                                "flagscope.toml (see 'flagscope schedule --help')")
+        for flag, when in self._next.items():
+            log.info("report %s: next run %s", flag, f"{when:%Y-%m-%d %H:%M} UTC")
+        while not stop_event.is_set():
+            self.run_due(self._clock())
+            wait = min(t for t in self._next.values()) - _aware(self._clock())
+            seconds = min(MAX_WAIT_S, max(0.0, wait.total_seconds()))
+            if self._sleep is not None:
+                self._sleep(seconds)
+            else:
+                stop_event.wait(seconds)
+
+    def run_report(self, report: ScheduledReport, now: datetime) -> RunOutcome:
+        """Diff, write the files, notify on a verdict change. Never raises: a failure is
+        logged, recorded in the flag's history, and returned as the outcome's `error`."""
+        now = _aware(now)
+        try:
+            result = run_diff(self.lake_dir, report.options(now), charts="html" in report.formats)
+            files = reports.write_report(result, self.config.out_dir, report.formats, now)
+        except Exception as exc:  # noqa: BLE001 - one report's failure must not stop the others
+            return self._failed(report, now, exc)
+        outcome = RunOutcome(report.flag, now, result.verdict, files.previous_verdict, files)
+        log.info("report %s: %s (previous %s) %s", report.flag, result.verdict.value,
+                 files.previous_verdict.value if files.previous_verdict else "none",
+                 files.main_file())
+        url = report.webhook_url if report.webhook_url is not None else self.config.webhook_url
+        if url and should_notify(files.previous_verdict, result.verdict):
+            payload = webhook.verdict_changed_payload(
+                report.flag, files.previous_verdict, result.verdict, result.summary,
+                self.report_link(files))
+            sent = self._notify(url, payload, timeout_s=self.config.webhook_timeout_s,
+                                retries=self.config.webhook_retries)
+            outcome = replace(outcome, notified=bool(sent))
+        return outcome
+
+    def report_link(self, files: ReportFiles) -> str:
+        """`link_base` + the report's path under out_dir, else the report file's path."""
+        main = files.main_file()
+        if not self.config.link_base:
+            return str(main.resolve())
+        relative = main.relative_to(self.config.out_dir).as_posix()
+        return self.config.link_base.rstrip("/") + "/" + urllib.parse.quote(relative)
+
+    def _failed(self, report: ScheduledReport, now: datetime, exc: Exception) -> RunOutcome:
+        if isinstance(exc, CollectorError):  # flagscope's own errors: the message names the fix
+            message = str(exc)
+            log.error("report %s failed: %s", report.flag, message)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+            log.exception("report %s failed: %s", report.flag, message)
+        try:
+            reports.record_failure(self.config.out_dir, report.flag, now, message)
+        except OSError as write_error:
+            log.error("report %s: cannot record the failure: %s", report.flag, write_error)
+        return RunOutcome(report.flag, now, error=message)
+
+
+def _aware(moment: datetime) -> datetime:
+    """Aware UTC; a naive time is UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

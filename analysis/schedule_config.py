@@ -1,0 +1,246 @@
+"""The `[reports]` section of flagscope.toml, validated (schema: analysis/schedule.py).
+
+Every error names the setting, the table it is in, and what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from analysis import cron as cronlib
+from analysis import reports, window
+from analysis.cohorts import TrafficFilter
+from analysis.diff import DiffOptions
+from analysis.errors import AnalysisError
+from analysis.verdict import Thresholds
+
+WEBHOOK_ENV = "FLAGSCOPE_WEBHOOK_URL"
+DEFAULT_WINDOW = "24h"
+DEFAULT_CRON = "0 * * * *"
+
+# Settings of one report; all but `flag` may be given in [reports] as defaults.
+FLAG_KEYS: dict[str, str] = {
+    "flag": "str", "variant": "str", "baseline": "str", "service": "str", "route": "str",
+    "window": "str", "cron": "str", "formats": "list", "expected_split": "split",
+    "error_threshold_pp": "float", "latency_threshold_pct": "float", "min_users": "int",
+    "max_crossover_share": "float", "alpha": "float", "test_traffic": "str",
+    "webhook_url": "str",
+}
+GLOBAL_KEYS: dict[str, str] = {
+    "out_dir": "str", "link_base": "str", "webhook_timeout_s": "float", "webhook_retries": "int",
+    "flag": "tables",
+}
+_EXAMPLES = {"str": '"text"', "list": '["html", "md", "json"]', "split": "{ on = 0.2, off = 0.8 }",
+             "float": "0.5", "int": "50", "tables": '[[reports.flag]] tables with flag = "…"'}
+
+
+@dataclass(frozen=True)
+class ScheduledReport:
+    flag: str
+    cron: cronlib.Cron
+    window: timedelta
+    formats: tuple[str, ...]
+    variant: str | None = None
+    baseline: str | None = None
+    service: str | None = None
+    route: str | None = None
+    expected_split: dict[str, float] | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    alpha: float = 0.05
+    test_mode: TrafficFilter = TrafficFilter.EXCLUDE
+    webhook_url: str | None = None  # None: the [reports] webhook; "": none for this flag
+
+    def options(self, now: datetime) -> DiffOptions:
+        """The diff of a run at `now`: the window ending then, always-valid intervals."""
+        end = _naive_utc(now)
+        return DiffOptions(
+            flag=self.flag, start=end - self.window, end=end, variant=self.variant,
+            baseline=self.baseline, service=self.service, route=self.route,
+            test_mode=self.test_mode, alpha=self.alpha, sequential=True,
+            expected_split=self.expected_split, thresholds=self.thresholds)
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    out_dir: Path = Path("reports")
+    reports: tuple[ScheduledReport, ...] = ()
+    webhook_url: str | None = None
+    link_base: str | None = None
+    webhook_timeout_s: float = 5.0
+    webhook_retries: int = 3
+    source: str = "flagscope.toml"
+
+    def report(self, flag: str) -> ScheduledReport:
+        """The declared report of `flag`; the error names the closest declared one."""
+        for r in self.reports:
+            if r.flag == flag:
+                return r
+        names = [r.flag for r in self.reports]
+        close = difflib.get_close_matches(flag, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        declared = f"declared: {', '.join(names)}" if names else "none is declared"
+        raise AnalysisError(f"no report for flag {flag!r} in {self.source}; {hint}{declared} "
+                            "(add a [[reports.flag]] table with flag = \"…\")")
+
+
+def load_config(config_path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None, require: bool = True) -> ReportsConfig:
+    """The [reports] of flagscope.toml, found as the collector finds it: `config_path`, else
+    $FLAGSCOPE_CONFIG, else ./flagscope.toml. `require`: at least one report must be
+    declared. $FLAGSCOPE_WEBHOOK_URL overrides `webhook_url` (keep secrets out of files)."""
+    env = os.environ if env is None else env
+    path = Path(config_path) if config_path else Path(env.get("FLAGSCOPE_CONFIG", "flagscope.toml"))
+    doc: dict[str, Any] = {}
+    if config_path or "FLAGSCOPE_CONFIG" in env or path.exists():
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise AnalysisError(f"config file {path} not found; pass --config PATH or create it") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise AnalysisError(f"{path}: not valid TOML: {exc}") from exc
+    config = parse_config(doc, str(path), env)
+    if require and not config.reports:
+        raise AnalysisError(
+            f"no reports declared in {path}: add a [reports] section with a [[reports.flag]] "
+            'table, e.g.\n\n[[reports.flag]]\nflag = "new-checkout"\ncron = "0 * * * *"\n')
+    return config
+
+
+def parse_config(doc: Mapping[str, Any], source: str = "flagscope.toml",
+                 env: Mapping[str, str] | None = None) -> ReportsConfig:
+    """Validate a parsed TOML document (only its `reports` table is read)."""
+    env = {} if env is None else env
+    if "report" in doc:
+        raise AnalysisError(f"{source}: unknown section [report]; scheduled reports are "
+                            "declared as [reports] with [[reports.flag]] tables")
+    body = doc.get("reports", {})
+    where = f"{source} [reports]"
+    if not isinstance(body, Mapping):
+        raise AnalysisError(f"{source}: reports must be a table: write [reports]")
+    _known(body, {**GLOBAL_KEYS, **FLAG_KEYS}, where)
+    if "flag" in body and not isinstance(body["flag"], list):
+        raise AnalysisError(f"{where}: flag must be [[reports.flag]] tables, one per flag, "
+                            'e.g.\n[[reports.flag]]\nflag = "new-checkout"')
+    # [reports] webhook_url is the fallback, not a per-flag default: $FLAGSCOPE_WEBHOOK_URL
+    # must be able to replace it.
+    defaults = {k: v for k, v in body.items() if k in FLAG_KEYS and k not in ("flag", "webhook_url")}
+    reports_ = []
+    for i, table in enumerate(body.get("flag", [])):
+        if not isinstance(table, Mapping):
+            raise AnalysisError(f"{where}: flag entry #{i + 1} must be a [[reports.flag]] table")
+        label = f"{source} [[reports.flag]] #{i + 1}"
+        _known(table, FLAG_KEYS, label)
+        reports_.append(_report({**defaults, **table}, label))
+    seen: set[str] = set()
+    for r in reports_:
+        if r.flag in seen:
+            raise AnalysisError(f"{source}: flag {r.flag!r} has two [[reports.flag]] tables; "
+                                "keep one (a flag has one report directory)")
+        seen.add(r.flag)
+    webhook_url = env.get(WEBHOOK_ENV) or _get(body, "webhook_url", "str", where) or None
+    if webhook_url:
+        _check_url(webhook_url, "webhook_url", where)
+    link_base = _get(body, "link_base", "str", where) or None
+    if link_base:
+        _check_url(link_base, "link_base", where)
+    timeout = _get(body, "webhook_timeout_s", "float", where, 5.0)
+    retries = _get(body, "webhook_retries", "int", where, 3)
+    if timeout <= 0 or retries < 0:
+        raise AnalysisError(f"{where}: webhook_timeout_s must be > 0 and webhook_retries ≥ 0")
+    return ReportsConfig(Path(_get(body, "out_dir", "str", where, "reports")), tuple(reports_),
+                         webhook_url, link_base, timeout, retries, source)
+
+
+def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
+    flag = _get(t, "flag", "str", where)
+    if not flag:
+        raise AnalysisError(f'{where}: flag is required, e.g. flag = "new-checkout"')
+    where = f"{where} ({flag})"
+    cron_text = _get(t, "cron", "str", where, DEFAULT_CRON)
+    try:
+        cron = cronlib.parse(cron_text)
+        span = window.parse_duration(_get(t, "window", "str", where, DEFAULT_WINDOW))
+    except AnalysisError as exc:
+        raise AnalysisError(f"{where}: {str(exc).replace('--since', 'window')}") from exc
+    if span <= timedelta(0):
+        raise AnalysisError(f'{where}: window must be longer than zero, e.g. window = "24h"')
+    fmts = reports.normalize_formats(_get(t, "formats", "list", where, reports.available_formats()),
+                                     f"{where}: formats")
+    variant, baseline = _get(t, "variant", "str", where), _get(t, "baseline", "str", where)
+    if variant and variant == baseline:
+        raise AnalysisError(f"{where}: variant and baseline must differ")
+    split = _get(t, "expected_split", "split", where)
+    if split is not None:
+        missing = [v for v in (variant, baseline) if v and v not in split]
+        if missing or any(s <= 0 for s in split.values()):
+            raise AnalysisError(f"{where}: expected_split needs a share > 0 for each compared "
+                                f"variant, e.g. expected_split = {_EXAMPLES['split']}")
+    th = Thresholds(_get(t, "error_threshold_pp", "float", where, 0.5),
+                    _get(t, "latency_threshold_pct", "float", where, 5.0),
+                    _get(t, "min_users", "int", where, 50),
+                    _get(t, "max_crossover_share", "float", where, 0.05))
+    if th.error_rate_pp < 0 or th.latency_pct < 0 or th.min_users < 1 or not 0 <= th.max_crossover_share <= 1:
+        raise AnalysisError(f"{where}: thresholds must be ≥ 0, min_users ≥ 1 and "
+                            "max_crossover_share between 0 and 1")
+    alpha = _get(t, "alpha", "float", where, 0.05)
+    if not 0 < alpha < 1:
+        raise AnalysisError(f"{where}: alpha = {alpha}: must be between 0 and 1, e.g. 0.05")
+    mode = _get(t, "test_traffic", "str", where, "exclude")
+    if mode not in TrafficFilter.__members__.values():
+        raise AnalysisError(f"{where}: test_traffic = {mode!r}: choose exclude, include or only")
+    hook = _get(t, "webhook_url", "str", where)
+    if hook:
+        _check_url(hook, "webhook_url", where)
+    return ScheduledReport(flag, cron, span, fmts, variant, baseline,
+                           _get(t, "service", "str", where), _get(t, "route", "str", where),
+                           split, th, alpha, TrafficFilter(mode), hook)
+
+
+def _known(table: Mapping[str, Any], keys: Mapping[str, str], where: str) -> None:
+    for key in table:
+        if key not in keys:
+            close = difflib.get_close_matches(key, list(keys), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise AnalysisError(f"{where}: unknown setting {key!r}; {hint}known: {', '.join(keys)}")
+
+
+def _get(table: Mapping[str, Any], key: str, kind: str, where: str, default: Any = None) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "list": isinstance(value, (list, str)) and all(isinstance(v, str) for v in value),
+        "split": isinstance(value, Mapping) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()),
+    }[kind]
+    if not ok:
+        raise AnalysisError(f"{where}: {key} = {value!r}: expected e.g. {key} = {_EXAMPLES[kind]}")
+    if kind == "float":
+        return float(value)
+    if kind == "split":
+        return {str(k): float(v) for k, v in value.items()}
+    if kind == "list":
+        return [value] if isinstance(value, str) else list(value)
+    return value
+
+
+def _check_url(url: str, key: str, where: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AnalysisError(f"{where}: {key} = {url!r}: expected an http:// or https:// URL")
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """The lake's time: naive UTC (an aware time is converted; a naive one is UTC)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
