@@ -2,7 +2,8 @@
 
 It prints what `flagscope query` sees (events per service), the flags in the lake, and
 `flagscope diff` of the flag `new-checkout`: the regression the shop injected on
-POST /checkout, found with the QA testers excluded. The collector runs on free loopback ports with the lake in
+POST /checkout, found with the QA testers excluded — and writes the report as HTML,
+Markdown and JSON, printing the summary and the HTML report's path. The collector runs on free loopback ports with the lake in
 ./flagscope-data/demo (recreated each run) and is stopped with SIGTERM at the end, so
 nothing is left running.
 """
@@ -74,6 +75,14 @@ def main() -> int:
         check=False,
     )
     print(f"\n   (exit code {verdict.returncode}: 0 PASS, 14 REGRESSION — see flagscope diff --help)")
+    print("\n7. flagscope report: the same as HTML, Markdown and JSON files\n", flush=True)
+    subprocess.run(
+        flagscope("report", *lake, "--flag", "new-checkout", "--since", "2h",
+                  "--expected-split", "on=0.2,off=0.8", "--out", str(DATA_DIR / "reports")),
+        check=False,
+    )
+    html = (DATA_DIR / "reports" / "new-checkout" / "latest.html").resolve()
+    print(f"\n   open the HTML report: {html.as_uri()}")
     print(f"\nTry: .venv/bin/flagscope query --data-dir {DATA_DIR} "
           "\"SELECT * FROM events LIMIT 5\"")
     print(f"demo finished in {time.monotonic() - started:.1f} s")

@@ -126,3 +126,17 @@ def test_diff_usage_mistakes_name_the_fix(tmp_path, capsys):
     assert "expected a number and a unit, e.g. 30m, 6h, 7d" in capsys.readouterr().err
     assert main(["diff", "--lake", str(tmp_path), "--flag", "f", "--expected-split", "on:0.2"]) == 2
     assert "variant=share pairs" in capsys.readouterr().err
+
+
+def test_the_readme_toml_examples_are_valid(tmp_path):
+    from analysis.schedule_config import load_config
+    from collector import config
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example-{i}.toml"
+        path.write_text(block)
+        config.load(path, env={})  # the collector's sections
+        load_config(path, env={}, require=False)  # the reports
