@@ -126,7 +126,7 @@ def _split(text: str | None) -> dict[str, float] | None:
     return shares
 
 
-def _options(args: argparse.Namespace):  # noqa: ANN202 - analysis.diff.DiffOptions
+def _options(args: argparse.Namespace):
     from analysis import window
     from analysis.cohorts import TrafficFilter
     from analysis.diff import DiffOptions

@@ -30,9 +30,10 @@ _OFFSETS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08)
 
 
 def quantile_grid() -> tuple[float, ...]:
-    """Fine steps around each reported quantile, and every percentile as a coarse fallback."""
+    """Fine steps around each reported quantile, and every 5th percentile as a coarse
+    fallback for small samples (each probability costs time in DuckDB's quantile_cont)."""
     fine = {min(max(p + sign * d, 0.0), 1.0) for p in QUANTILES for d in _OFFSETS for sign in (-1, 1)}
-    coarse = {i / 100 for i in range(101)}
+    coarse = {i / 20 for i in range(21)}
     return tuple(sorted({round(g, 6) for g in fine | coarse}))
 
 
@@ -61,13 +62,17 @@ def _params(q: CohortQuery) -> dict[str, Any]:
 
 # Evaluations may precede the entry span's start a little (clock skew between services)
 # and follow it by up to the request's duration: look a little beyond the window.
-_ASSIGN_SQL = """
+_SLACK = "INTERVAL 1 HOUR"
+
+_EVALS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_evals AS
 SELECT trace_id, user_id, time, flags[$flag] AS variant
 FROM events_raw
-WHERE time >= $start - INTERVAL 1 HOUR AND time < $end + INTERVAL 1 HOUR
-  AND trace_id IS NOT NULL AND flags[$flag] IS NOT NULL;
+WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
+  AND trace_id IS NOT NULL AND flags[$flag] IS NOT NULL
+"""
 
+_ASSIGN_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
 SELECT trace_id, arg_min(variant, time) AS variant,
        arg_min(user_id, time) FILTER (WHERE user_id IS NOT NULL) AS user_id
@@ -78,39 +83,53 @@ SELECT user_id, arg_min(variant, time) AS first_variant,
        count(DISTINCT variant) FILTER (WHERE variant = $treatment OR variant = $baseline) AS compared_variants
 FROM fs_evals WHERE user_id IS NOT NULL GROUP BY user_id;
 
-CREATE OR REPLACE TEMP TABLE fs_test_traces AS
-SELECT DISTINCT trace_id FROM events_raw
-WHERE is_test AND trace_id IS NOT NULL
-  AND time >= $start - INTERVAL 1 HOUR AND time < $end + INTERVAL 1 HOUR;
+CREATE OR REPLACE TEMP TABLE fs_tests AS
+SELECT trace_id, user_id FROM events_raw
+WHERE is_test AND time >= $start - {_SLACK} AND time < $end + {_SLACK};
 
-CREATE OR REPLACE TEMP TABLE fs_test_users AS
-SELECT DISTINCT user_id FROM events_raw WHERE is_test AND user_id IS NOT NULL;
+CREATE OR REPLACE TEMP TABLE fs_joined AS
+SELECT r.trace_id, r.span_id, r.user_id, r.service_name, r.http_method, r.http_route, r.name,
+       r.time, r.duration_ms, r.is_error, t.variant, t.user_id AS eval_user
+FROM events_raw r JOIN fs_traces t USING (trace_id)
+WHERE r.signal = 'span' AND (r.kind = 2 OR r.parent_span_id IS NULL)
+  AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
+  AND (t.variant = $treatment OR t.variant = $baseline) {{scope}}
+"""
 
+_LABEL_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_labelled AS
+WITH r AS (SELECT *, coalesce(eval_user, user_id, 'trace:' || trace_id) AS unit FROM {source})
 SELECT coalesce(r.service_name, 'unknown_service') AS service_name,
        trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
-       r.time, r.duration_ms, r.is_error,
-       t.variant,
-       coalesce(t.user_id, r.user_id, 'trace:' || r.trace_id) AS unit,
-       (tt.trace_id IS NOT NULL OR tu.user_id IS NOT NULL) AS is_test,
-       coalesce(uf.compared_variants > 1 AND t.variant <> uf.first_variant, false) AS crossed
-FROM (
-    SELECT DISTINCT ON (trace_id, span_id) trace_id, user_id, service_name, http_method,
-           http_route, name, time, duration_ms, is_error
-    FROM events_raw
-    WHERE signal = 'span' AND (kind = 2 OR parent_span_id IS NULL)
-      AND time >= $start AND time < $end AND duration_ms IS NOT NULL
-) r
-JOIN fs_traces t USING (trace_id)
-LEFT JOIN fs_test_traces tt USING (trace_id)
-LEFT JOIN fs_test_users tu ON tu.user_id = coalesce(t.user_id, r.user_id)
-LEFT JOIN fs_user_first uf ON uf.user_id = coalesce(t.user_id, r.user_id)
-WHERE (t.variant = $treatment OR t.variant = $baseline) {scope};
+       r.time, r.duration_ms, r.is_error, r.variant, r.unit,
+       (r.trace_id IN (SELECT trace_id FROM fs_tests)
+        OR r.unit IN (SELECT user_id FROM fs_tests WHERE user_id IS NOT NULL)) AS is_test,
+       coalesce(uf.compared_variants > 1 AND r.variant <> uf.first_variant, false) AS crossed
+FROM r LEFT JOIN fs_user_first uf ON uf.user_id = r.unit
 """
+
+# A client that retried may have delivered a span twice. Checking is cheap; removing
+# duplicates is not, so it happens only when there are any.
+_DUPLICATES_SQL = "SELECT count(*) - count(DISTINCT (trace_id, span_id)) FROM fs_joined"
+_DEDUP_SQL = "SELECT DISTINCT ON (trace_id, span_id) * FROM fs_joined"
+
+
+def collect_evaluations(con: duckdb.DuckDBPyConnection, flag: str, start: datetime,
+                        end: datetime) -> dict[str, int]:
+    """Create `fs_evals` (the flag's evaluations around the window, in one scan) and
+    return the users (or traces, without a user) per variant inside the window."""
+    con.execute(_EVALS_SQL, {"flag": flag, "start": start, "end": end})
+    rows = con.execute(
+        "SELECT variant, count(DISTINCT coalesce(user_id, trace_id)) FROM fs_evals "
+        "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
+        {"start": start, "end": end},
+    ).fetchall()
+    return {variant: int(n) for variant, n in rows}
 
 
 def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
-    """Create `fs_labelled`: every entry span of the window in a compared variant."""
+    """Create `fs_requests`: every entry span of the window in a compared variant, with its
+    cohort and unit, test traffic and crossover handled. Needs `collect_evaluations` first."""
     scope = ""
     params = _params(q)
     if q.service is not None:
@@ -124,7 +143,10 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
         if statement.strip():
             used = {k: v for k, v in params.items() if f"${k}" in statement}
             con.execute(statement, used)
-    keep = {TrafficFilter.EXCLUDE: "NOT is_test", TrafficFilter.INCLUDE: "true", TrafficFilter.ONLY: "is_test"}
+    duplicates = con.execute(_DUPLICATES_SQL).fetchall()[0][0]
+    con.execute(_LABEL_SQL.format(source=f"({_DEDUP_SQL})" if duplicates else "fs_joined"))
+    keep = {TrafficFilter.EXCLUDE: "NOT is_test", TrafficFilter.INCLUDE: "true",
+            TrafficFilter.ONLY: "is_test"}
     con.execute(
         "CREATE OR REPLACE TEMP TABLE fs_requests AS "
         "SELECT CASE WHEN variant = $treatment THEN 'treatment' ELSE 'baseline' END AS cohort, "
@@ -168,7 +190,7 @@ def unit_sums(con: duckdb.DuckDBPyConnection, by_stratum: bool) -> list[dict[str
         for k in range(len(QUANTILES))
     )
     sql = f"""
-    WITH q AS (
+    WITH q AS MATERIALIZED (
         SELECT {key_list}, quantile_cont(duration_ms, {grid}) AS qs
         FROM fs_requests GROUP BY ALL
     ), per_unit AS (

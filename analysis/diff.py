@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,13 @@ class DiffOptions:
     sequential: bool = False
     expected_split: dict[str, float] | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        # The lake's timestamps are naive UTC; an aware time is converted, not refused.
+        for name in ("start", "end"):
+            moment = getattr(self, name)
+            if moment.tzinfo is not None:
+                object.__setattr__(self, name, moment.astimezone(UTC).replace(tzinfo=None))
 
 
 @dataclass(frozen=True)
@@ -161,16 +168,6 @@ def _metric_row(m: MetricResult, scope: str) -> dict[str, Any]:
 
 
 # -- variants ----------------------------------------------------------------------------
-def variant_users(con: duckdb.DuckDBPyConnection, flag: str, start: datetime,
-                  end: datetime) -> dict[str, int]:
-    rows = con.execute(
-        "SELECT flags[$flag] AS v, count(DISTINCT coalesce(user_id, trace_id)) FROM events_raw "
-        "WHERE flags[$flag] IS NOT NULL AND time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
-        {"flag": flag, "start": start, "end": end},
-    ).fetchall()
-    return {v: int(n) for v, n in rows}
-
-
 def known_flags(con: duckdb.DuckDBPyConnection) -> list[str]:
     rows = con.execute(
         "SELECT DISTINCT unnest(map_keys(flags)) FROM events_raw WHERE cardinality(flags) > 0"
@@ -346,7 +343,7 @@ def _no_data(options: DiffOptions, reason: str, rows: dict[str, dict[str, Any]] 
 
 
 def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
-    available = variant_users(con, options.flag, options.start, options.end)
+    available = cohorts.collect_evaluations(con, options.flag, options.start, options.end)
     if not available:
         flags = known_flags(con)
         if options.flag not in flags:
@@ -394,7 +391,7 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
                       srm, verdict, reason, summary)
 
 
-def _breakdown(rows, variant, baseline, options, result):  # noqa: ANN001, ANN202
+def _breakdown(rows, variant, baseline, options, result):
     by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_key.setdefault((row["service_name"], row["route"]), {})[row["cohort"]] = row
@@ -452,7 +449,7 @@ def _health(options: DiffOptions, t: CohortSummary, c: CohortSummary,
     return tuple(checks), srm
 
 
-def overall_verdict(metrics, adjusted, breakdown, health, options):  # noqa: ANN001, ANN201
+def overall_verdict(metrics, adjusted, breakdown, health, options):
     """UNHEALTHY > REGRESSION (any decisive metric) > INCONCLUSIVE > IMPROVEMENT > PASS.
 
     Decisive: the route-mix adjusted error rate and mean latency, and the per-route error
@@ -465,7 +462,7 @@ def overall_verdict(metrics, adjusted, breakdown, health, options):  # noqa: ANN
     overall = [(f"overall {m.metric} (route-mix adjusted)", m) for m in adjusted]
     routes = [(f"{s.service} {s.route} {m.metric}", m) for s in breakdown for m in s.metrics]
 
-    def reasons(pairs, *verdicts: Verdict) -> str:  # noqa: ANN001
+    def reasons(pairs, *verdicts: Verdict) -> str:
         hits = [f"{name}: {m.judgement.reason}" for name, m in pairs
                 if m.judgement.verdict in verdicts]
         more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
@@ -499,7 +496,7 @@ def describe(metric: str, est: Estimate) -> str:
             f"{_ms(est.diff_hi).removesuffix(' ms')})")
 
 
-def summarize(options, t, c, adjusted, breakdown, verdict, excluded) -> str:  # noqa: ANN001
+def summarize(options, t, c, adjusted, breakdown, verdict, excluded) -> str:
     head = f"{options.flag} {t.variant} vs {c.variant}"
     parts = []
     worst = [(s, m) for s in breakdown for m in s.metrics

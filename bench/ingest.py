@@ -19,7 +19,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -33,25 +32,14 @@ import duckdb
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.payload import trace_request  # noqa: E402
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
+from bench.machine import machine
+from bench.payload import trace_request
+
 SPANS_PER_REQUEST = 512
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": str(os.cpu_count()), "memory_gib": f"{psutil.virtual_memory().total / 2**30:.0f}",
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def sender(port: int, payloads: list[bytes], stop_at: float, out: multiprocessing.Queue) -> None:

@@ -43,7 +43,7 @@ class _AuthInterceptor(aio.ServerInterceptor):
     def __init__(self, auth: str) -> None:
         self.auth = auth.encode()
 
-    async def intercept_service(self, continuation, details):  # noqa: ANN001, ANN201
+    async def intercept_service(self, continuation, details):
         given = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(str(given).encode(), self.auth):
             return await continuation(details)
@@ -77,7 +77,7 @@ class GrpcFrontEnd:
             )
         return server
 
-    def _handler(self, signal: Signal):  # noqa: ANN202
+    def _handler(self, signal: Signal):
         async def export(request: bytes, context: aio.ServicerContext) -> bytes:
             try:
                 self._check_auth(context)

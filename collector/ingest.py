@@ -81,7 +81,7 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _lock(path: Path):  # noqa: ANN202 - returns the open lock file
+def _lock(path: Path):
     handle = open(path, "a+")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(handle, fcntl.LOCK_EX)  # waits for a dying predecessor to let go
     return handle

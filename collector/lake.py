@@ -39,7 +39,7 @@ def partition_of(hour_index: int) -> str:
     return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
 
 
-def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - a callable(file)
+def _write_atomically(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
@@ -179,7 +179,7 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
     target = paths[0].with_name(f"compact-{writer}-{first:012d}-{last:012d}.parquet")
     schema = pa.unify_schemas([pq.read_schema(p) for p in paths] + [SCHEMA])
 
-    def write(handle) -> None:  # noqa: ANN001
+    def write(handle) -> None:
         with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
             for path in paths:
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS):

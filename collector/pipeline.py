@@ -42,7 +42,7 @@ class Ingestor:
         self.budget = Budget(max_inflight_bytes)
         self.counts: Counter[str] = Counter()
 
-    def _decode(self, signal: Signal, body: bytes, content_type: str, encoding: str):  # noqa: ANN202
+    def _decode(self, signal: Signal, body: bytes, content_type: str, encoding: str):
         raw = decompress(body, encoding, self.max_request_bytes)
         return prepare(signal, raw, content_type)
 

@@ -70,7 +70,7 @@ class Collector:
             await self._runner.setup()
             site = web.TCPSite(self._runner, host, port, reuse_address=True)
             await site.start()
-            self.http_port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - port 0
+            self.http_port = site._server.sockets[0].getsockname()[1]
         if s.grpc_endpoint:
             host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
             self._grpc = GrpcFrontEnd(self.ingestor, s.auth_token).server()

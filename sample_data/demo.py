@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shop  # noqa: E402 - the sample shop beside this file
+import shop
 
 DATA_DIR = Path("flagscope-data/demo")
 OVERVIEW_SQL = """

@@ -19,10 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import shop  # noqa: E402
+import shop
 
-from collector.config import Settings  # noqa: E402
-from collector.server import Collector  # noqa: E402
+from collector.config import Settings
+from collector.server import Collector
 
 
 async def record(target: Path) -> dict[str, int]:

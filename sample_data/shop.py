@@ -29,8 +29,12 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpSpanExporter,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -73,7 +77,7 @@ def build_flag(rollout: float) -> InMemoryFlag:
     return InMemoryFlag("off", {"on": True, "off": False}, context_evaluator=evaluate)
 
 
-def _provider(service: str, exporter) -> TracerProvider:  # noqa: ANN001
+def _provider(service: str, exporter) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({
         "service.name": service, "service.version": "2.3.0", "deployment.environment": "production",
     }))

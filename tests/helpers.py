@@ -56,7 +56,7 @@ class RunningCollector:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-    def run(self, coro) -> Any:  # noqa: ANN001 - run a coroutine on the collector's loop
+    def run(self, coro) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
 
     @property

@@ -41,7 +41,7 @@ SQL = "SELECT signal, trace_id, name FROM events ORDER BY signal"
 def test_query_prints_a_table(lake_dir, capsys):
     assert main(["query", "--lake", str(lake_dir), SQL]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^signal\s+trace_id\s+name$", out, re.M)
+    assert re.search(r"^signal\s+trace_id\s+name$", out, re.MULTILINE)
     assert "span    5b8efff798038103d269b633813fc60c  I'm a server span" in out
     assert out.rstrip().endswith("(2 rows)")
 
@@ -84,7 +84,7 @@ def test_bad_config_file_exits_non_zero_with_the_fix(tmp_path, capsys):
 
 def test_every_subcommand_has_help_and_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    commands = build_parser()._subparsers._group_actions[0].choices
     for name in commands:
         assert f"flagscope {name}" in readme, name
         result = subprocess.run([sys.executable, "-m", "analysis.cli", name, "--help"],
@@ -133,7 +133,7 @@ def test_the_readme_toml_examples_are_valid(tmp_path):
     from collector import config
 
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
     assert len(blocks) >= 2
     for i, block in enumerate(blocks):
         path = tmp_path / f"example-{i}.toml"

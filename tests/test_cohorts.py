@@ -11,7 +11,7 @@ from analysis.cohorts import TrafficFilter
 from analysis.diff import DiffOptions, choose_variants, run_diff
 from analysis.errors import AnalysisError
 from analysis.verdict import Verdict
-from tests.synthetic import NOW, population, request, span, write
+from tests.synthetic import NOW, population, request, write
 
 START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
 
@@ -167,3 +167,14 @@ def _lenient():
     from analysis.verdict import Thresholds
 
     return Thresholds(min_users=1)
+
+
+def test_aware_window_times_are_taken_as_utc(tmp_path):
+    from datetime import UTC, timezone
+
+    lake = write(tmp_path, request("u1", "on") + request("u2", "off"))
+    plus_two = timezone(timedelta(hours=2))
+    aware = DiffOptions("f", START.replace(tzinfo=UTC).astimezone(plus_two),
+                        END.replace(tzinfo=UTC).astimezone(plus_two), thresholds=_lenient())
+    assert (aware.start, aware.end) == (START, END)
+    assert run_diff(lake, aware).treatment.requests == 1

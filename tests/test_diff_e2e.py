@@ -18,7 +18,7 @@ from analysis.verdict import Verdict
 from tests.helpers import RunningCollector, make_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
-import shop  # noqa: E402
+import shop
 
 
 def _run_shop(tmp_path: Path, config: shop.ShopConfig) -> tuple[Path, dict[str, int]]:

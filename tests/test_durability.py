@@ -430,3 +430,21 @@ def test_kill_9_takes_the_lake_writers_down_too(tmp_path, collectors):
     collector.kill()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == []
+
+
+def test_a_running_collector_compacts_small_files_and_keeps_every_row_once(tmp_path, collectors):
+    collector = collectors(tmp_path, env={
+        "FLAGSCOPE_COMPACT_INTERVAL_S": "0.5", "FLAGSCOPE_COMPACT_MIN_FILES": "4",
+        "FLAGSCOPE_FLUSH_INTERVAL_S": "0.1",
+    })
+    rng = random.Random(50)
+    traces = [rng.randbytes(16) for _ in range(12)]
+    for trace_id in traces:  # one small request per WAL segment: one small file each
+        send_all(collector, [spans_request(trace_id, 3)])
+        time.sleep(0.15)
+    lake_dir = tmp_path / "lake"
+    assert wait_until(lambda: any(p.name.startswith("compact-") for p in lake_dir.glob(lake.GLOB)))
+    assert wait_until(lambda: span_counts(lake_dir, "events_raw") == {t.hex(): 3 for t in traces})
+    assert duplicated_event_ids(lake_dir) == []
+    assert len(lake_files(lake_dir)) < len(traces)
+    assert collector.terminate() == 0

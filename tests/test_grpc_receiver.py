@@ -20,7 +20,6 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.logs.v1 import logs_pb2
 
 from tests.helpers import MiB, RunningCollector, make_settings, query, wait_for_count
 
@@ -117,7 +116,7 @@ def retry_info(error: grpc.RpcError) -> error_details_pb2.RetryInfo | None:
     return None
 
 
-def rpc_error(call, *args, **kwargs) -> grpc.RpcError:  # noqa: ANN001 - a grpc callable
+def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call(*args, timeout=TIMEOUT_S, **kwargs)
     return caught.value
@@ -149,7 +148,7 @@ def channel(server: RunningCollector) -> Iterator[grpc.Channel]:
 
 
 @pytest.fixture
-def raw_export(channel: grpc.Channel):  # noqa: ANN201 - a grpc unary-unary callable on bytes
+def raw_export(channel: grpc.Channel):
     """TraceService/Export without serializers: the bytes go on the wire as given."""
     return channel.unary_unary(TRACE_EXPORT)
 

@@ -55,7 +55,7 @@ def _service(purpose: str, transport: str) -> str:
     return f"{purpose}-{transport}-{uuid.uuid4().hex[:8]}"
 
 
-def _span_exporter(server: RunningCollector, transport: str, gzip: bool = False):  # noqa: ANN202
+def _span_exporter(server: RunningCollector, transport: str, gzip: bool = False):
     if transport == "http":
         return HttpSpanExporter(
             endpoint=f"{server.http_url}/v1/traces", timeout=EXPORT_TIMEOUT_S,
@@ -67,7 +67,7 @@ def _span_exporter(server: RunningCollector, transport: str, gzip: bool = False)
     )
 
 
-def _log_exporter(server: RunningCollector, transport: str):  # noqa: ANN202
+def _log_exporter(server: RunningCollector, transport: str):
     if transport == "http":
         return HttpLogExporter(endpoint=f"{server.http_url}/v1/logs", timeout=EXPORT_TIMEOUT_S)
     return GrpcLogExporter(endpoint=server.grpc_target, insecure=True, timeout=EXPORT_TIMEOUT_S)

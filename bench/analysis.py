@@ -1,0 +1,332 @@
+"""Analysis benchmark: the full cohort diff against the bare DuckDB query, at N events.
+
+For each N in `--sizes` (default 1e6,1e7,1e8) a synthetic lake (bench/make_lake.py) is
+generated into `--cache` (default bench/out/lakes, git-ignored) or reused from there, and
+in the same run:
+
+  (a) bare: one DuckDB query over the same Parquet files (read_parquet, no de-duplication)
+      computing, per variant of the flag, what the diff computes at its core: requests
+      (entry spans: SERVER spans, or root spans), distinct users, errors, quantile_cont
+      p50/p90/p95/p99 and mean of `duration_ms` — with the trace-level flag assignment (the
+      first evaluation in a trace labels all its requests, user = the evaluation's user)
+      and test traffic excluded by trace and by user. This is the yardstick.
+  (a') bare + breakdown: the same query with GROUPING SETS adding per service/route rows.
+  (b) diff: `analysis.diff.run_diff(lake, DiffOptions(flag, start, end))` — everything the
+      report needs (statistics, health checks, breakdowns). Skipped, with a note, while
+      analysis.diff does not exist.
+
+Each measurement runs in a fresh subprocess (so peak RSS is its own; psutil samples the
+process every 20 ms): wall time best of 3 for N <= 10 M, one run for 100 M, page cache
+warm (the lake was just written or read). Prints a table with the diff/bare ratio and the
+machine, and writes bench/out/analysis.json.
+
+Run: `.venv/bin/python bench/analysis.py --sizes 1e6,1e7` (100 M needs ~10 GB of disk
+and ~6 minutes to generate on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.machine import machine
+from bench.make_lake import Effect, make_lake, read_manifest
+
+DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lakes"
+DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "analysis.json"
+FLAG = "new-checkout"
+BYTES_PER_EVENT = 110  # measured ~98 (zstd); the disk check keeps a margin
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def bare_sql(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdown: bool = False) -> str:
+    """The yardstick: per-variant requests, users, errors, latency quantiles and mean.
+
+    - rows: the lake's files (`**/*.parquet`), `time` in [start, end);
+    - a trace's variant: the first (by time) evaluation of `flag` in any span or log record
+      of the trace; its user: that evaluation's user;
+    - test traffic: a trace with any `is_test` row, or with any row of a user who has an
+      `is_test` row anywhere in the window, is left out (by trace and by user);
+    - requests: spans with kind = 2 (SERVER) or without a parent, in flagged traces.
+    """
+    source = (f"read_parquet({_sql_str(str(lake_dir / '**' / '*.parquet'))}, "
+              "hive_partitioning = false)")
+    def ts(moment: datetime) -> str:
+        return f"TIMESTAMP_NS {_sql_str(moment.astimezone(UTC).replace(tzinfo=None).isoformat())}"
+
+    def window(column: str = "time") -> str:
+        return f"{column} >= {ts(start)} AND {column} < {ts(end)}"
+
+    variant = f"element_at(flags, {_sql_str(flag)})[1]"
+    if breakdown:
+        select_keys = "variant, service_name, http_method, http_route"
+        group = "GROUP BY GROUPING SETS ((variant), (variant, service_name, http_method, http_route))"
+    else:
+        select_keys = "variant"
+        group = "GROUP BY variant"
+    quantiles = ", ".join(repr(q) for q in QUANTILES)
+    return f"""
+WITH evaluations AS (
+    SELECT trace_id, arg_min({variant}, time) AS variant, arg_min(user_id, time) AS flag_user
+    FROM {source}
+    WHERE {window()} AND {variant} IS NOT NULL
+    GROUP BY trace_id
+), test_users AS (
+    SELECT DISTINCT user_id FROM {source}
+    WHERE {window()} AND is_test AND user_id IS NOT NULL
+), test_traces AS (
+    SELECT DISTINCT trace_id FROM {source}
+    WHERE {window()} AND (is_test OR user_id IN (SELECT user_id FROM test_users))
+), requests AS (
+    SELECT e.variant, coalesce(e.flag_user, r.user_id) AS user_id, r.service_name,
+           r.http_method, r.http_route, r.duration_ms, r.is_error
+    FROM {source} AS r
+    JOIN evaluations AS e ON e.trace_id = r.trace_id
+    WHERE {window('r.time')} AND r.signal = 'span'
+      AND (r.kind = 2 OR r.parent_span_id IS NULL)
+      AND r.trace_id NOT IN (SELECT trace_id FROM test_traces)
+)
+SELECT {select_keys},
+       count(*) AS requests,
+       count(DISTINCT user_id) AS users,
+       count(*) FILTER (WHERE is_error) AS errors,
+       quantile_cont(duration_ms, [{quantiles}]) AS quantiles_ms,
+       avg(duration_ms) AS mean_ms
+FROM requests
+{group}
+ORDER BY ALL
+"""
+
+
+# -- workers (one subprocess per measurement) -------------------------------------------
+def _run_bare(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdown: bool) -> Any:
+    con = duckdb.connect()
+    try:
+        result = con.execute(bare_sql(lake_dir, flag, start, end, breakdown))
+        columns = [d[0] for d in result.description]
+        return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+    finally:
+        con.close()
+
+
+def _run_diff(lake_dir: Path, flag: str, start: datetime, end: datetime) -> Any:
+    from analysis.diff import DiffOptions, run_diff
+
+    # DiffOptions takes naive UTC datetimes (as analysis.window.resolve makes them).
+    def naive(moment: datetime) -> datetime:
+        return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+    return run_diff(lake_dir, DiffOptions(flag=flag, start=naive(start), end=naive(end)))
+
+
+def _diff_summary(result: Any) -> dict[str, Any]:
+    """The per-cohort figures of a DiffResult (to hold against the bare query's), if present."""
+    summary: dict[str, Any] = {"type": type(result).__name__}
+    for name in ("treatment", "baseline"):
+        cohort = getattr(result, name, None)
+        if dataclasses.is_dataclass(cohort):
+            summary[name] = dataclasses.asdict(cohort)
+    for name in ("verdict", "reason", "summary", "excluded"):
+        if hasattr(result, name):
+            value = getattr(result, name)
+            summary[name] = getattr(value, "name", value)
+    if len(summary) == 1:
+        summary["repr"] = repr(result)[:1500]
+    return summary
+
+
+def worker(kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime, repeat: int) -> None:
+    times = []
+    result: Any = None
+    for _ in range(repeat):
+        began = time.perf_counter()
+        if kind == "diff":
+            result = _run_diff(lake_dir, flag, start, end)
+        else:
+            result = _run_bare(lake_dir, flag, start, end, breakdown=kind == "bare_breakdown")
+        times.append(time.perf_counter() - began)
+    if kind == "bare":
+        summary: Any = result
+    elif kind == "bare_breakdown":
+        summary = {"rows": len(result)}
+    else:
+        summary = _diff_summary(result)
+    print(json.dumps({"seconds": times, "result": summary}, default=str))
+
+
+def measure(kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime,
+            repeat: int) -> dict[str, Any]:
+    """Run one worker subprocess; its times, result and peak RSS (psutil, every 20 ms)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
+               "--lake", str(lake_dir), "--flag", flag, "--start", start.isoformat(),
+               "--end", end.isoformat(), "--repeat", str(repeat)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = watched.memory_info().rss
+            rss += sum(c.memory_info().rss for c in watched.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed ({proc.returncode}):\n{err[-3000:]}")
+    data = json.loads(out.strip().splitlines()[-1])
+    data["best_s"] = min(data["seconds"])
+    data["peak_rss_mib"] = round(peak / 2**20, 1)
+    return data
+
+
+# -- the run ------------------------------------------------------------------------------
+def lake_for(cache: Path, events: int, seed: int) -> tuple[Path, dict, bool]:
+    """The cached lake of `events` (generated if missing or made with other parameters)."""
+    lake_dir = cache / f"lake-{events}-seed{seed}"
+    wanted = {"requested_events": events, "seed": seed, "flag": FLAG}
+    manifest = read_manifest(lake_dir)
+    if manifest and all(manifest["params"].get(k) == v for k, v in wanted.items()) \
+            and any(lake_dir.glob("**/*.parquet")):
+        return lake_dir, manifest, False
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    need = events * BYTES_PER_EVENT
+    free = shutil.disk_usage(cache).free
+    if free < need * 1.2:
+        raise OSError(f"not enough disk for {events:,} events: need ~{need / 2**30:.1f} GiB, "
+                      f"{free / 2**30:.1f} GiB free")
+    print(f"generating {events:,} events into {lake_dir} ...", flush=True)
+    make_lake(lake_dir, events, seed=seed, flag=FLAG, effect=Effect(), progress=True)
+    return lake_dir, read_manifest(lake_dir) or {}, True
+
+
+def diff_available() -> bool:
+    try:
+        from analysis.diff import DiffOptions, run_diff  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fmt(value: float | None, spec: str = ",.2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1e6,1e7,1e8", help="comma-separated event counts")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where lakes are kept")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the (a') measurement")
+    parser.add_argument("--worker", choices=("bare", "bare_breakdown", "diff"), help=argparse.SUPPRESS)
+    parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--flag", default=FLAG, help=argparse.SUPPRESS)
+    parser.add_argument("--start", type=datetime.fromisoformat, help=argparse.SUPPRESS)
+    parser.add_argument("--end", type=datetime.fromisoformat, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.lake, args.flag, args.start, args.end, args.repeat)
+        return
+
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    has_diff = diff_available()
+    if not has_diff:
+        print("analysis.diff not available yet")
+    host = machine()
+    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
+          f"Python {host['python']}, duckdb {host['duckdb']}")
+    results = []
+    for events in sizes:
+        try:
+            lake_dir, manifest, generated = lake_for(args.cache, events, args.seed)
+        except OSError as exc:
+            print(f"skipping N={events:,}: {exc}")
+            continue
+        start = datetime.fromisoformat(manifest["start"])
+        end = datetime.fromisoformat(manifest["end"])
+        repeat = 3 if events <= 10_000_000 else 1
+        entry: dict[str, Any] = {
+            "events": manifest["events"], "requested_events": events, "files": manifest["files"],
+            "lake_mib": round(manifest["bytes"] / 2**20, 1),
+            "generation_s": manifest["seconds"], "generated_now": generated,
+            "window": [manifest["start"], manifest["end"]], "runs": repeat,
+        }
+        print(f"N={events:,}: bare query ...", flush=True)
+        entry["bare"] = measure("bare", lake_dir, FLAG, start, end, repeat)
+        if not args.no_breakdown:
+            print(f"N={events:,}: bare query + breakdown ...", flush=True)
+            entry["bare_breakdown"] = measure("bare_breakdown", lake_dir, FLAG, start, end, repeat)
+        if has_diff:
+            print(f"N={events:,}: diff ...", flush=True)
+            try:
+                entry["diff"] = measure("diff", lake_dir, FLAG, start, end, repeat)
+                entry["ratio_diff_bare"] = round(entry["diff"]["best_s"] / entry["bare"]["best_s"], 2)
+            except RuntimeError as exc:
+                print(f"  diff failed: {exc}")
+                entry["diff_error"] = str(exc)[-2000:]
+        results.append(entry)
+        for row in entry["bare"]["result"]:
+            q = ", ".join(f"{x:.1f}" for x in row["quantiles_ms"])
+            print(f"  bare {row['variant']:>4}: {row['requests']:,} requests, {row['users']:,} users, "
+                  f"{row['errors']:,} errors, p50/90/95/99 {q} ms, mean {row['mean_ms']:.1f} ms")
+        diff_result = (entry.get("diff") or {}).get("result") or {}
+        for name in ("treatment", "baseline"):
+            c = diff_result.get(name)
+            if isinstance(c, dict):
+                q = ", ".join(f"{v:.1f}" for v in (c.get("quantiles_ms") or {}).values())
+                print(f"  diff {c.get('variant')!s:>4}: {c.get('requests', 0):,} requests, "
+                      f"{c.get('users', 0):,} users, {c.get('errors', 0):,} errors, p50/90/95/99 {q} ms, "
+                      f"mean {c.get('mean_ms', 0):.1f} ms")
+        if "verdict" in diff_result:
+            print(f"  diff verdict: {diff_result['verdict']}: {diff_result.get('summary')}")
+
+    header = ("N events", "files", "lake MiB", "gen s", "bare s", "bare MiB", "bare+bd s",
+              "diff s", "diff MiB", "diff/bare")
+    lines = [header]
+    for e in results:
+        diff = e.get("diff") or {}
+        lines.append((
+            f"{e['events']:,}", str(e["files"]), _fmt(e["lake_mib"], ",.0f"), _fmt(e["generation_s"], ".1f"),
+            _fmt(e["bare"]["best_s"], ".3f"), _fmt(e["bare"]["peak_rss_mib"], ",.0f"),
+            _fmt((e.get("bare_breakdown") or {}).get("best_s"), ".3f"),
+            _fmt(diff.get("best_s"), ".3f"), _fmt(diff.get("peak_rss_mib"), ",.0f"),
+            _fmt(e.get("ratio_diff_bare"), ".2f"),
+        ))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    print()
+    for i, row in enumerate(lines):
+        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"\nmachine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
+          f"Python {host['python']}, duckdb {host['duckdb']}; best of 3 for N <= 10 M, 1 run above")
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": host,
+              "diff_available": has_diff, "flag": FLAG, "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+
+if __name__ == "__main__":
+    main()

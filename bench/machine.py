@@ -1,0 +1,25 @@
+"""The facts of the machine a benchmark ran on, printed and stored beside its figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import duckdb
+import psutil
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": str(os.cpu_count()),
+            "memory_gib": f"{psutil.virtual_memory().total / 2**30:.0f}",
+            "python": platform.python_version(), "duckdb": duckdb.__version__,
+            "platform": platform.platform()}
