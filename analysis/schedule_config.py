@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from analysis.cohorts import TrafficFilter
 from analysis.diff import DiffOptions
 from analysis.errors import AnalysisError
 from analysis.verdict import Thresholds
+from collector.config import config_file
 
 WEBHOOK_ENV = "FLAGSCOPE_WEBHOOK_URL"
 DEFAULT_WINDOW = "24h"
@@ -97,15 +97,7 @@ def load_config(config_path: str | os.PathLike[str] | None = None,
     $FLAGSCOPE_CONFIG, else ./flagscope.toml. `require`: at least one report must be
     declared. $FLAGSCOPE_WEBHOOK_URL overrides `webhook_url` (keep secrets out of files)."""
     env = os.environ if env is None else env
-    path = Path(config_path) if config_path else Path(env.get("FLAGSCOPE_CONFIG", "flagscope.toml"))
-    doc: dict[str, Any] = {}
-    if config_path or "FLAGSCOPE_CONFIG" in env or path.exists():
-        try:
-            doc = tomllib.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise AnalysisError(f"config file {path} not found; pass --config PATH or create it") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise AnalysisError(f"{path}: not valid TOML: {exc}") from exc
+    path, doc = config_file(config_path, env)
     config = parse_config(doc, str(path), env)
     if require and not config.reports:
         raise AnalysisError(

@@ -131,13 +131,22 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {name} = {value!r}: {exc}") from exc
 
 
-def _from_toml(path: Path) -> dict[str, Any]:
+def config_file(config_path: str | os.PathLike[str] | None, env: Mapping[str, str]
+                ) -> tuple[Path, dict[str, Any]]:
+    """The flagscope.toml in use — `config_path`, else $FLAGSCOPE_CONFIG, else
+    ./flagscope.toml if present — and its parsed content ({} when there is none)."""
+    path = Path(config_path) if config_path else Path(env.get("FLAGSCOPE_CONFIG", "flagscope.toml"))
+    if not (config_path or "FLAGSCOPE_CONFIG" in env or path.exists()):
+        return path, {}
     try:
-        doc = tomllib.loads(path.read_text())
+        return path, tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} not found; pass --config PATH or create it") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _from_toml(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for section, body in doc.items():
         if section not in SECTIONS:
@@ -161,10 +170,8 @@ def load(
 ) -> Settings:
     """Build Settings from the layers. Without `config_path`, ./flagscope.toml is read if present."""
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    path = Path(config_path) if config_path else Path(env.get("FLAGSCOPE_CONFIG", "flagscope.toml"))
-    if config_path or "FLAGSCOPE_CONFIG" in env or path.exists():
-        values.update(_from_toml(path))
+    path, doc = config_file(config_path, env)
+    values: dict[str, Any] = _from_toml(path, doc)
     for name in _FIELDS:
         key = "FLAGSCOPE_" + name.upper()
         if key in env:
