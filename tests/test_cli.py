@@ -140,3 +140,47 @@ def test_the_readme_toml_examples_are_valid(tmp_path):
         path.write_text(block)
         config.load(path, env={})  # the collector's sections
         load_config(path, env={}, require=False)  # the reports
+
+
+def _shop_like_lake(tmp_path):
+    import random
+
+    from tests.synthetic import population, write
+
+    return write(tmp_path / "lake", population(random.Random(3), 300, ms_on=160, err_on=0.08))
+
+
+def test_report_writes_every_format_and_exits_with_the_verdict(tmp_path, capsys):
+    lake_dir = _shop_like_lake(tmp_path)
+    out = tmp_path / "reports"
+    code = main(["report", "--lake", str(lake_dir), "--flag", "f", "--since", "3h",
+                 "--out", str(out), "--format", "html,md,json"])
+    printed = capsys.readouterr().out
+    assert code == 14 and printed.startswith("f on vs off: ")
+    names = {p.name for p in (out / "f").iterdir()}
+    assert {"latest.html", "latest.md", "latest.json", "history.jsonl", "state.json"} <= names
+    assert json.loads((out / "f" / "latest.json").read_text())["verdict"] == "REGRESSION"
+
+
+def test_schedule_once_runs_the_declared_reports(tmp_path, capsys):
+    lake_dir = _shop_like_lake(tmp_path)
+    config = tmp_path / "flagscope.toml"
+    config.write_text(f'[reports]\nout_dir = "{tmp_path / "out"}"\n\n[[reports.flag]]\n'
+                      'flag = "f"\nwindow = "3h"\nformats = ["md", "json"]\n')
+    assert main(["schedule", "--once", "--config", str(config), "--lake", str(lake_dir)]) == 0
+    history = (tmp_path / "out" / "f" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 1 and json.loads(history[0])["verdict"] == "REGRESSION"
+
+
+def test_flags_stale_lists_flags_ready_to_remove(tmp_path, capsys):
+    from datetime import timedelta
+
+    from tests.synthetic import NOW, request, write
+
+    old = NOW - timedelta(days=40)
+    lake_dir = write(tmp_path, request("u1", "on", flag="old-flag", at=old)
+                     + request("u2", "on", flag="live", at=NOW - timedelta(minutes=5))
+                     + request("u3", "off", flag="live", at=NOW - timedelta(minutes=5)))
+    assert main(["flags", "--lake", str(lake_dir), "--stale", "30", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["flag"] for r in rows] == ["old-flag"]
