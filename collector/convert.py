@@ -61,7 +61,6 @@ SCHEMA = pa.schema(
         ("dropped_attributes_count", pa.int32()),
     ]
 )
-COLUMNS = SCHEMA.names
 
 
 # -- AnyValue → JSON-ready Python values -------------------------------------------------

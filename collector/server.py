@@ -120,6 +120,8 @@ class Collector:
         if self._grpc is not None:
             await self._grpc.stop(grace=30)
         await asyncio.to_thread(self.wal.close)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.ingestor.counts.items()))
+        log.info("this run: %s", counts or "nothing received")
         if self._drain is not None:
             self._drain.set()
         for process in self._processes:
