@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from collector import lake
+from collector import failpoints, lake
 from collector.config import Settings
 from collector.convert import Converter
 from collector.tagging import Tagger
@@ -64,6 +64,7 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
             "(%d bytes) quarantined in %s",
             path.name, reader.tear, records, path.stat().st_size - reader.tear, target,
         )
+    failpoints.hit("lake.after_rename")
     path.unlink()
     fsync_dir(path.parent)
     return rows

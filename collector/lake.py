@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from collector import failpoints
 from collector.convert import SCHEMA
 from collector.errors import LakeError
 from collector.wal import fsync_dir
@@ -86,6 +87,7 @@ class PartitionedWriter:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
+            failpoints.hit("lake.before_rename")
             os.replace(handle.name, path)
             fsync_dir(path.parent)
             written.append(path)

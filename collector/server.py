@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from collector import lake
+from collector import failpoints, lake
 from collector.config import Settings, split_endpoint
 from collector.errors import ConfigError
 from collector.grpc_server import GrpcFrontEnd
@@ -52,6 +52,8 @@ class Collector:
         self._grpc = None
         self._processes: list[multiprocessing.Process] = []
         self._drain = None
+        self._context = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -93,17 +95,32 @@ class Collector:
         self._lock_file = handle
 
     def _start_workers(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._drain = context.Event()
-        for index in range(self.workers):
-            process = context.Process(
-                target=run_worker,
-                args=(self.settings, index, self.workers, os.getpid(), self._drain),
-                name=f"flagscope-lake-{index}",
-                daemon=False,
-            )
-            process.start()
-            self._processes.append(process)
+        os.environ[failpoints.COLLECTOR_PID_ENV] = str(os.getpid())
+        self._context = multiprocessing.get_context("spawn")
+        self._drain = self._context.Event()
+        self._processes = [self._start_worker(index) for index in range(self.workers)]
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    def _start_worker(self, index: int) -> multiprocessing.Process:
+        process = self._context.Process(
+            target=run_worker,
+            args=(self.settings, index, self.workers, os.getpid(), self._drain),
+            name=f"flagscope-lake-{index}",
+            daemon=False,
+        )
+        process.start()
+        return process
+
+    async def _supervise(self) -> None:
+        """A lake writer that died (a bug, the OOM killer) is restarted: its segments wait
+        in the WAL meanwhile, so nothing acknowledged is lost, only delayed."""
+        while True:
+            await asyncio.sleep(1.0)
+            for index, process in enumerate(self._processes):
+                if not process.is_alive():
+                    log.error("lake writer %s exited with %s; restarting it", process.name,
+                              process.exitcode)
+                    self._processes[index] = self._start_worker(index)
 
     async def stop(self) -> None:
         if self._runner is not None and self._http is not None:
@@ -119,6 +136,8 @@ class Collector:
             await self._runner.cleanup()
         if self._grpc is not None:
             await self._grpc.stop(grace=30)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         await asyncio.to_thread(self.wal.close)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.ingestor.counts.items()))
         log.info("this run: %s", counts or "nothing received")

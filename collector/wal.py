@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
+from collector import failpoints
+
 log = logging.getLogger(__name__)
 
 MAGIC = 0x46534331  # "FSC1"
@@ -240,7 +242,9 @@ class WalWriter:
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
+            failpoints.hit("wal.before_fsync")
             os.fdatasync(self._fd)
+            failpoints.hit("wal.after_fsync")
         except OSError as exc:
             self._recover_after_failed_write(exc)
             for _, future in batch:

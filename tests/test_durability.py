@@ -448,3 +448,53 @@ def test_a_running_collector_compacts_small_files_and_keeps_every_row_once(tmp_p
     assert duplicated_event_ids(lake_dir) == []
     assert len(lake_files(lake_dir)) < len(traces)
     assert collector.terminate() == 0
+
+
+# -- item 43: the crash at each stage boundary ------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["wal.before_fsync", "wal.after_fsync",
+                                   "lake.before_rename", "lake.after_rename"])
+def test_a_crash_at_each_stage_loses_no_acked_span_and_shows_no_broken_file(
+        tmp_path, collectors, stage):
+    rng = random.Random(hash(stage) & 0xFFFF)
+    # The failpoint fires on the 4th pass: some requests are acked and converted first.
+    crashing = collectors(tmp_path, env={"FLAGSCOPE_FAILPOINT": f"{stage}:4"})
+    acked: dict[str, int] = {}
+    conn = connection(crashing)
+    try:
+        for _ in range(60):
+            trace_id, spans = rng.randbytes(16), rng.randint(1, 4)
+            try:
+                if post(conn, spans_request(trace_id, spans)) == 200:
+                    acked[trace_id.hex()] = spans
+            except (ConnectionError, http.client.HTTPException, OSError):
+                break  # the collector died
+            time.sleep(0.05)  # segments rotate (0.2 s), so the lake stages are reached
+    finally:
+        conn.close()
+    assert crashing.proc is not None and crashing.proc.wait(30) != 0, "the failpoint did not fire"
+    lake_dir = tmp_path / "lake"
+    # Whatever the crash left, a reader never meets an unreadable file.
+    if any(lake_dir.glob(lake.GLOB)):
+        duckdb.sql(f"select count(*) from read_parquet('{lake_dir / lake.GLOB}')").fetchall()
+    restarted = collectors(tmp_path)
+    assert restarted.terminate() == 0  # replays the WAL, then drains it into the lake
+    stored = span_counts(lake_dir, "events_raw")
+    assert {t: stored.get(t) for t in acked} == acked
+    assert duplicated_event_ids(lake_dir) == []
+    assert not list(lake_dir.glob("**/*.tmp"))
+
+
+def test_a_dead_lake_writer_is_restarted_and_nothing_is_lost(tmp_path, collectors):
+    collector = collectors(tmp_path)
+    assert collector.proc is not None
+    workers = [p for p in psutil.Process(collector.proc.pid).children()
+               if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
+    assert workers
+    for worker in workers:
+        worker.kill()
+    rng = random.Random(51)
+    traces = [rng.randbytes(16) for _ in range(5)]
+    send_all(collector, [spans_request(t, 2) for t in traces])
+    assert wait_until(lambda: span_counts(tmp_path / "lake") == {t.hex(): 2 for t in traces})
+    assert collector.terminate() == 0
