@@ -101,7 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--senders", type=int, default=4)
-    parser.add_argument("--payloads", type=int, default=16, help="distinct requests to cycle through")
+    parser.add_argument("--payloads", type=int, default=256, help="distinct requests to cycle through")
     args = parser.parse_args()
 
     payloads = [trace_request(SPANS_PER_REQUEST, seed=s) for s in range(args.payloads)]

@@ -1,4 +1,8 @@
-"""A realistic OTLP trace export request: spans with a dozen attributes and a flag event."""
+"""A realistic OTLP trace export request: spans with a dozen attributes and a flag event.
+
+Some attributes repeat from span to span (method, route, host, versions) and some hardly
+ever do (user id, URL path, client address), as in real traffic.
+"""
 
 from __future__ import annotations
 
@@ -48,8 +52,8 @@ def trace_request(spans: int = 512, seed: int = 1, start_ns: int = 1_764_000_000
         for key, value in (
             ("http.request.method", "GET"), ("http.route", ROUTES[i % len(ROUTES)]),
             ("http.response.status_code", status), ("url.scheme", "https"),
-            ("url.path", "/product/1234"), ("server.address", "shop.example"),
-            ("server.port", 443), ("client.address", "203.0.113.7"),
+            ("url.path", f"/product/{rng.randint(1, 20_000)}"), ("server.address", "shop.example"),
+            ("server.port", 443), ("client.address", f"198.51.{rng.randint(0, 255)}.{rng.randint(1, 254)}"),
             ("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64)"),
             ("network.protocol.version", "1.1"), ("enduser.id", user),
             ("app.cart.items", rng.randint(0, 9)),

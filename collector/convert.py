@@ -17,6 +17,7 @@ import orjson
 import pyarrow as pa
 
 from collector.otlp import SIGNAL_BY_CODE, TRACES
+from collector.rawproto import AttributeCache, TraceRequest
 from collector.tagging import FLAG_EVENT_NAMES, Tagger, evaluation
 
 SPAN_KIND_SERVER = 2
@@ -152,6 +153,8 @@ def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) ->
 class Converter:
     def __init__(self, tagger: Tagger) -> None:
         self.tagger = tagger
+        # Span, event and link attributes come as raw KeyValue bytes (collector.rawproto).
+        self._cache = AttributeCache(any_value)
 
     def table(self, records: Iterable[tuple[int, bytes]]) -> pa.Table:
         """WAL records (signal code, protobuf payload) → one table of wide events."""
@@ -159,11 +162,10 @@ class Converter:
         logs: list[tuple[Any, ...]] = []
         for code, payload in records:
             signal = SIGNAL_BY_CODE[code]
-            request = signal.request_type.FromString(payload)
             if signal is TRACES:
-                self._spans(request, spans)
+                self._spans(TraceRequest.FromString(payload), spans)
             else:
-                self._logs(request, logs)
+                self._logs(signal.request_type.FromString(payload), logs)
         if not logs:
             return _table(SPAN_FIELDS, spans, "span")
         if not spans:
@@ -186,7 +188,8 @@ class Converter:
     def _span_row(self, span: Any, context: tuple[Any, ...], scope: tuple[Any, ...]) -> tuple[Any, ...]:
         resource_reason, resource_json, service = context
         tagger = self.tagger
-        attrs = attributes(span.attributes)
+        span_attributes = self._cache.attributes
+        attrs = span_attributes(span.attributes)
         flags: dict[str, str] = {}
         tagger.attribute_flags(attrs, flags)
         events_json = None
@@ -194,7 +197,7 @@ class Converter:
         if span.events:
             events = []
             for event in span.events:
-                event_attrs = attributes(event.attributes)
+                event_attrs = span_attributes(event.attributes)
                 if event.name in FLAG_EVENT_NAMES:
                     found = evaluation(event_attrs)
                     if found:
@@ -208,7 +211,7 @@ class Converter:
         if span.links:
             links_json = _json([
                 {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
-                 "attributes": attributes(link.attributes)}
+                 "attributes": span_attributes(link.attributes)}
                 for link in span.links
             ])
         user_id = tagger.user_id(attrs, event_context)
