@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from analysis.errors import AnalysisError
+from analysis.window import naive_utc
 
 EXAMPLE = "e.g. '0 * * * *' (hourly) or '0 9 * * MON-FRI' (09:00 UTC on weekdays)"
 FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
@@ -136,7 +137,7 @@ def next_fire(expr: str | Cron, after: datetime) -> datetime:
     """
     cron = expr if isinstance(expr, Cron) else parse(expr)
     aware = after.tzinfo is not None
-    t = after.astimezone(UTC).replace(tzinfo=None) if aware else after
+    t = naive_utc(after)
     t = t.replace(second=0, microsecond=0) + timedelta(minutes=1)
     limit = t.year + _SEARCH_YEARS
     while t.year <= limit:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from analysis.stats import (
 )
 from analysis.stats.estimate import normal_estimate
 from analysis.verdict import EXIT_CODES, Judgement, Thresholds, Verdict, judge
+from analysis.window import naive_utc
 from collector import lake
 
 TRUE_LIKE = ("on", "true", "enabled", "treatment", "yes", "variant", "new")
@@ -62,9 +63,7 @@ class DiffOptions:
     def __post_init__(self) -> None:
         # The lake's timestamps are naive UTC; an aware time is converted, not refused.
         for name in ("start", "end"):
-            moment = getattr(self, name)
-            if moment.tzinfo is not None:
-                object.__setattr__(self, name, moment.astimezone(UTC).replace(tzinfo=None))
+            object.__setattr__(self, name, naive_utc(getattr(self, name)))
 
 
 @dataclass(frozen=True)

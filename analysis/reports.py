@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,8 @@ import orjson
 
 from analysis.errors import AnalysisError
 from analysis.verdict import Verdict
-from collector.wal import fsync_dir
+from analysis.window import aware_utc
+from collector import lake
 
 if TYPE_CHECKING:
     from analysis.diff import DiffResult
@@ -105,7 +106,7 @@ def flag_dir_name(flag: str) -> str:
 
 def stamp_of(now: datetime) -> str:
     """UTC minute stamp for file names: 20261128T0900Z (a naive `now` is UTC)."""
-    return _utc(now).strftime("%Y%m%dT%H%MZ")
+    return aware_utc(now).strftime("%Y%m%dT%H%MZ")
 
 
 def render(result: DiffResult, fmt: str) -> str:
@@ -203,18 +204,7 @@ def read_history(out_dir: Path, flag: str) -> list[dict[str, Any]]:
 
 # -- files ---------------------------------------------------------------------------------
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write under a temporary name in the same directory, fsync, rename into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    lake.write_atomically(path, lambda handle: handle.write(data))
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
@@ -244,7 +234,7 @@ def _free_stamp(directory: Path, now: datetime, fmts: Sequence[str]) -> str:
     stamp = stamp_of(now)
     if not taken(stamp):
         return stamp
-    stamp = _utc(now).strftime("%Y%m%dT%H%M%SZ")
+    stamp = aware_utc(now).strftime("%Y%m%dT%H%M%SZ")
     n = 2
     candidate = stamp
     while taken(candidate):
@@ -252,9 +242,6 @@ def _free_stamp(directory: Path, now: datetime, fmts: Sequence[str]) -> str:
     return candidate
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-
 
 def _iso(moment: datetime) -> str:
-    return _utc(moment).isoformat().replace("+00:00", "Z")
+    return aware_utc(moment).isoformat().replace("+00:00", "Z")

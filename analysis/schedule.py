@@ -51,6 +51,7 @@ from analysis.errors import AnalysisError
 from analysis.reports import ReportFiles
 from analysis.schedule_config import ReportsConfig, ScheduledReport, load_config, parse_config
 from analysis.verdict import Verdict
+from analysis.window import aware_utc
 from collector.errors import CollectorError
 
 __all__ = ["ReportsConfig", "RunOutcome", "ScheduledReport", "Scheduler", "load_config",
@@ -109,7 +110,7 @@ class Scheduler:
         self._clock = clock
         self._sleep = sleep
         self._notify = notify
-        start = _aware(clock())
+        start = aware_utc(clock())
         self._next = {r.flag: next_fire(r.cron, start) for r in config.reports}
 
     @property
@@ -120,7 +121,7 @@ class Scheduler:
     def run_due(self, now: datetime | None = None) -> list[RunOutcome]:
         """Run every report whose next fire time is at or before `now` (default: the clock),
         then schedule its next fire after `now` (missed fires are not caught up)."""
-        now = _aware(now if now is not None else self._clock())
+        now = aware_utc(now if now is not None else self._clock())
         outcomes = []
         for report in self.config.reports:
             if self._next[report.flag] <= now:
@@ -131,7 +132,7 @@ class Scheduler:
     def run_once(self, flag_name: str | None = None, now: datetime | None = None
                  ) -> list[RunOutcome]:
         """Run one declared report (or all) now; the schedule is left as it is."""
-        now = _aware(now if now is not None else self._clock())
+        now = aware_utc(now if now is not None else self._clock())
         chosen = [self.config.report(flag_name)] if flag_name else list(self.config.reports)
         return [self.run_report(r, now) for r in chosen]
 
@@ -144,7 +145,7 @@ class Scheduler:
             log.info("report %s: next run %s", flag, f"{when:%Y-%m-%d %H:%M} UTC")
         while not stop_event.is_set():
             self.run_due(self._clock())
-            wait = min(t for t in self._next.values()) - _aware(self._clock())
+            wait = min(t for t in self._next.values()) - aware_utc(self._clock())
             seconds = min(MAX_WAIT_S, max(0.0, wait.total_seconds()))
             if self._sleep is not None:
                 self._sleep(seconds)
@@ -154,7 +155,7 @@ class Scheduler:
     def run_report(self, report: ScheduledReport, now: datetime) -> RunOutcome:
         """Diff, write the files, notify on a verdict change. Never raises: a failure is
         logged, recorded in the flag's history, and returned as the outcome's `error`."""
-        now = _aware(now)
+        now = aware_utc(now)
         try:
             result = run_diff(self.lake_dir, report.options(now), charts="html" in report.formats)
             files = reports.write_report(result, self.config.out_dir, report.formats, now)
@@ -195,7 +196,3 @@ class Scheduler:
             log.error("report %s: cannot record the failure: %s", report.flag, write_error)
         return RunOutcome(report.flag, now, error=message)
 
-
-def _aware(moment: datetime) -> datetime:
-    """Aware UTC; a naive time is UTC."""
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

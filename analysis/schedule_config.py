@@ -10,7 +10,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from analysis.cohorts import TrafficFilter
 from analysis.diff import DiffOptions
 from analysis.errors import AnalysisError
 from analysis.verdict import Thresholds
+from analysis.window import naive_utc
 from collector.config import config_file
 
 WEBHOOK_ENV = "FLAGSCOPE_WEBHOOK_URL"
@@ -60,7 +61,7 @@ class ScheduledReport:
 
     def options(self, now: datetime) -> DiffOptions:
         """The diff of a run at `now`: the window ending then, always-valid intervals."""
-        end = _naive_utc(now)
+        end = naive_utc(now)
         return DiffOptions(
             flag=self.flag, start=end - self.window, end=end, variant=self.variant,
             baseline=self.baseline, service=self.service, route=self.route,
@@ -232,7 +233,3 @@ def _check_url(url: str, key: str, where: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise AnalysisError(f"{where}: {key} = {url!r}: expected an http:// or https:// URL")
 
-
-def _naive_utc(moment: datetime) -> datetime:
-    """The lake's time: naive UTC (an aware time is converted; a naive one is UTC)."""
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import duckdb
 
 from analysis.errors import AnalysisError
+from analysis.window import naive_utc
 from collector import lake
 
 
@@ -71,7 +72,7 @@ def stale_flags(lake_dir: Path, days: float, now: datetime | None = None) -> lis
     `now` is UTC. Evaluations after `now` are ignored."""
     if not days > 0:
         raise AnalysisError(f"--stale {days}: the number of days must be greater than 0, e.g. 30")
-    now = _naive_utc(now or datetime.now(UTC))
+    now = naive_utc(now or datetime.now(UTC))
     cutoff = now - timedelta(days=days)
     con = lake.connect(lake_dir)
     try:
@@ -118,6 +119,3 @@ def _judge(flag: str, variants: list[_Variant], now: datetime, cutoff: datetime
 def _days(delta: timedelta) -> float:
     return delta.total_seconds() / 86400
 
-
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

@@ -18,6 +18,16 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match[2]]: float(match[1])})
 
 
+def naive_utc(moment: datetime) -> datetime:
+    """The lake's form of a time: UTC without a zone (a naive time is taken as UTC)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def aware_utc(moment: datetime) -> datetime:
+    """The same instant as an aware UTC time (a naive time is taken as UTC)."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def parse_time(text: str, option: str) -> datetime:
     """An ISO 8601 time; without a zone it is UTC. Returned naive UTC, as the lake stores."""
     try:
@@ -27,9 +37,7 @@ def parse_time(text: str, option: str) -> datetime:
             f"{option} {text!r}: expected an ISO 8601 time, e.g. 2026-11-28T09:00 or "
             "2026-11-28T09:00+01:00"
         ) from exc
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+    return naive_utc(moment)
 
 
 def resolve(

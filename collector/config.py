@@ -116,8 +116,6 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
                 return tuple(value)
             raise ValueError("expected a list of strings")
-        if isinstance(default, bool):
-            return str(value).lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             if isinstance(value, float) or isinstance(value, bool):
                 raise ValueError("expected a whole number")

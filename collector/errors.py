@@ -35,6 +35,13 @@ class NotFound(CollectorError):
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class RequestTimeout(CollectorError):
+    """The request body did not arrive in time (HTTP 408)."""
+
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class PayloadTooLarge(CollectorError):
     """Over the size limit. Not transient, so no RetryInfo (OTLP spec: 413 / RESOURCE_EXHAUSTED)."""
 

@@ -9,7 +9,13 @@ import logging
 from aiohttp import web
 
 from collector.decode import check_encoding, media_type
-from collector.errors import CollectorError, NotFound, PayloadTooLarge, Unauthenticated
+from collector.errors import (
+    CollectorError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthenticated,
+)
 from collector.otlp import JSON, PROTOBUF, SIGNALS, encode_message, status_message
 from collector.pipeline import Ingestor
 
@@ -41,10 +47,6 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> Non
     await response.prepare(request)
     await response.write_eof()
     request.protocol.force_close()
-
-
-class RequestTimeout(CollectorError):
-    http_status = 408
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:

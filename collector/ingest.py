@@ -13,11 +13,11 @@ import contextlib
 import ctypes
 import fcntl
 import gc
+import itertools
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     chunk: list[tuple[int, bytes]] = []
     size = 0
     writer = lake.PartitionedWriter(settings.lake_path, file_stem(settings.writer, seq))
-    for record in _with_end(reader):
+    for record in itertools.chain(reader, [None]):  # None flushes the last chunk
         if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
             if chunk:
                 table = converter.table(chunk)
@@ -68,11 +68,6 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     path.unlink()
     fsync_dir(path.parent)
     return rows
-
-
-def _with_end(records: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes] | None]:
-    yield from records
-    yield None  # flushes the last chunk
 
 
 def _die_with_parent() -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -40,14 +41,20 @@ def partition_of(hour_index: int) -> str:
     return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` under `<name>.tmp`, fsync, rename into place, fsync the directory:
+    readers see the old file or the whole new one. A failed write leaves nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -188,7 +195,7 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
                     table = _conform(pa.Table.from_batches([batch]), schema)
                     writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
-    _write_atomically(target, write)
+    write_atomically(target, write)
     for path in paths:
         if path != target:
             path.unlink(missing_ok=True)
