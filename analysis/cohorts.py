@@ -64,54 +64,70 @@ def _params(q: CohortQuery) -> dict[str, Any]:
 # and follow it by up to the request's duration: look a little beyond the window.
 _SLACK = "INTERVAL 1 HOUR"
 
+# Arms: the compared variants coded as small integers, so the per-trace and per-user
+# bookkeeping over millions of rows moves bytes, not strings.
+TREATMENT, BASELINE, OTHER = 1, 0, 2
+COHORT_NAMES = {TREATMENT: "treatment", BASELINE: "baseline"}
+_ARM = f"CASE variant WHEN $treatment THEN {TREATMENT} WHEN $baseline THEN {BASELINE} ELSE {OTHER} END"
+_COHORT = f"CASE cohort WHEN {TREATMENT} THEN 'treatment' ELSE 'baseline' END"
+
+# Units and users are compared by a 64-bit hash of the id (DuckDB's `hash`): grouping and
+# joining on an integer is several times cheaper than on strings. Two of a million users
+# share a hash with probability ~3e-8; the cost would be two users counted as one unit.
+# (`hash(NULL)` is not NULL, hence the CASE.)
+def _user_hash(column: str) -> str:
+    return f"CASE WHEN {column} IS NOT NULL THEN hash({column}) END"
+
+
 _EVALS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_evals AS
-SELECT trace_id, user_id, time, flags[$flag] AS variant
+SELECT trace_key, user_id, time, flags[$flag] AS variant
 FROM events_raw
 WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
-  AND trace_id IS NOT NULL AND flags[$flag] IS NOT NULL
+  AND trace_key IS NOT NULL AND flags[$flag] IS NOT NULL
 """
 
 _ASSIGN_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
-SELECT trace_id, arg_min(variant, time) AS variant,
-       arg_min(user_id, time) FILTER (WHERE user_id IS NOT NULL) AS user_id
-FROM fs_evals GROUP BY trace_id;
+SELECT trace_key, arg_min(arm, time) AS arm,
+       arg_min(user_hash, time) FILTER (WHERE user_hash IS NOT NULL) AS eval_user
+FROM (SELECT trace_key, time, {_ARM} AS arm, {_user_hash('user_id')} AS user_hash FROM fs_evals)
+GROUP BY trace_key HAVING arg_min(arm, time) <> {OTHER};
 
 CREATE OR REPLACE TEMP TABLE fs_user_first AS
-SELECT user_id, arg_min(variant, time) AS first_variant,
-       count(DISTINCT variant) FILTER (WHERE variant = $treatment OR variant = $baseline) AS compared_variants
-FROM fs_evals WHERE user_id IS NOT NULL GROUP BY user_id;
+SELECT user_hash, arg_min(arm, time) AS first_arm
+FROM (SELECT time, {_ARM} AS arm, hash(user_id) AS user_hash FROM fs_evals WHERE user_id IS NOT NULL)
+GROUP BY user_hash HAVING count(DISTINCT arm) FILTER (WHERE arm <> {OTHER}) > 1;
 
 CREATE OR REPLACE TEMP TABLE fs_tests AS
-SELECT trace_id, user_id FROM events_raw
+SELECT trace_key, {_user_hash('user_id')} AS user_hash FROM events_raw
 WHERE is_test AND time >= $start - {_SLACK} AND time < $end + {_SLACK};
 
-CREATE OR REPLACE TEMP TABLE fs_joined AS
-SELECT r.trace_id, r.span_id, r.user_id, r.service_name, r.http_method, r.http_route, r.name,
-       r.time, r.duration_ms, r.is_error, t.variant, t.user_id AS eval_user
-FROM events_raw r JOIN fs_traces t USING (trace_id)
-WHERE r.signal = 'span' AND (r.kind = 2 OR r.parent_span_id IS NULL)
-  AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
-  AND (t.variant = $treatment OR t.variant = $baseline) {{scope}}
-"""
-
-_LABEL_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_labelled AS
-WITH r AS (SELECT *, coalesce(eval_user, user_id, 'trace:' || trace_id) AS unit FROM {source})
-SELECT coalesce(r.service_name, 'unknown_service') AS service_name,
-       trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
-       r.time, r.duration_ms, r.is_error, r.variant, r.unit,
-       (r.trace_id IN (SELECT trace_id FROM fs_tests)
-        OR r.unit IN (SELECT user_id FROM fs_tests WHERE user_id IS NOT NULL)) AS is_test,
-       coalesce(uf.compared_variants > 1 AND r.variant <> uf.first_variant, false) AS crossed
-FROM r LEFT JOIN fs_user_first uf ON uf.user_id = r.unit
+WITH r AS (
+    SELECT r.trace_key, r.span_key, t.arm, coalesce(t.eval_user, {_user_hash('r.user_id')}) AS user_hash,
+           coalesce(r.service_name, 'unknown_service') AS service_name,
+           trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
+           r.time, r.duration_ms, r.is_error
+    FROM events_raw r JOIN fs_traces t USING (trace_key)
+    WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL {{scope}}
+)
+SELECT r.arm AS cohort, coalesce(r.user_hash, hash(r.trace_key)) AS unit,
+       r.user_hash IS NULL AS no_user, hash(r.service_name, r.route) AS stratum,
+       r.service_name, r.route, r.time, r.duration_ms, r.is_error::UTINYINT AS err,
+       r.trace_key, r.span_key,
+       (r.trace_key IN (SELECT trace_key FROM fs_tests)
+        OR r.user_hash IN (SELECT user_hash FROM fs_tests WHERE user_hash IS NOT NULL)) AS is_test,
+       coalesce(r.arm <> uf.first_arm, false) AS crossed
+FROM r LEFT JOIN fs_user_first uf USING (user_hash)
 """
 
 # A client that retried may have delivered a span twice. Checking is cheap; removing
-# duplicates is not, so it happens only when there are any.
-_DUPLICATES_SQL = "SELECT count(*) - count(DISTINCT (trace_id, span_id)) FROM fs_joined"
-_DEDUP_SQL = "SELECT DISTINCT ON (trace_id, span_id) * FROM fs_joined"
+# duplicates is not, so it happens only when there are any. Copies of a span share their
+# trace and user, hence their labels: keeping any one of them is exact.
+_DUPLICATES_SQL = "SELECT count(*) - count(DISTINCT (trace_key, span_key)) FROM fs_labelled"
+_DEDUP_SQL = ("CREATE OR REPLACE TEMP TABLE fs_labelled AS "
+              "SELECT DISTINCT ON (trace_key, span_key) * FROM fs_labelled")
 
 
 def collect_evaluations(con: duckdb.DuckDBPyConnection, flag: str, start: datetime,
@@ -120,7 +136,8 @@ def collect_evaluations(con: duckdb.DuckDBPyConnection, flag: str, start: dateti
     return the users (or traces, without a user) per variant inside the window."""
     con.execute(_EVALS_SQL, {"flag": flag, "start": start, "end": end})
     rows = con.execute(
-        "SELECT variant, count(DISTINCT coalesce(user_id, trace_id)) FROM fs_evals "
+        f"SELECT variant, count(DISTINCT coalesce({_user_hash('user_id')}, hash(trace_key))) "
+        "FROM fs_evals "
         "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
         {"start": start, "end": end},
     ).fetchall()
@@ -128,8 +145,9 @@ def collect_evaluations(con: duckdb.DuckDBPyConnection, flag: str, start: dateti
 
 
 def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
-    """Create `fs_requests`: every entry span of the window in a compared variant, with its
-    cohort and unit, test traffic and crossover handled. Needs `collect_evaluations` first."""
+    """Create `fs_labelled` (every entry span of the window in a compared variant, with its
+    cohort, unit, stratum, test and crossover marks) and the view `fs_requests` (the ones
+    compared). Needs `collect_evaluations` first."""
     scope = ""
     params = _params(q)
     if q.service is not None:
@@ -143,16 +161,14 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
         if statement.strip():
             used = {k: v for k, v in params.items() if f"${k}" in statement}
             con.execute(statement, used)
-    duplicates = con.execute(_DUPLICATES_SQL).fetchall()[0][0]
-    con.execute(_LABEL_SQL.format(source=f"({_DEDUP_SQL})" if duplicates else "fs_joined"))
+    if con.execute(_DUPLICATES_SQL).fetchall()[0][0]:
+        con.execute(_DEDUP_SQL)
     keep = {TrafficFilter.EXCLUDE: "NOT is_test", TrafficFilter.INCLUDE: "true",
             TrafficFilter.ONLY: "is_test"}
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE fs_requests AS "
-        "SELECT CASE WHEN variant = $treatment THEN 'treatment' ELSE 'baseline' END AS cohort, "
-        "unit, service_name, route, time, duration_ms, is_error::INTEGER AS err "
-        f"FROM fs_labelled WHERE NOT crossed AND {keep[q.test_mode]}",
-        {"treatment": q.treatment},
+        "CREATE OR REPLACE TEMP VIEW fs_requests AS "
+        "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err "
+        f"FROM fs_labelled WHERE NOT crossed AND {keep[q.test_mode]}"
     )
 
 
@@ -162,8 +178,8 @@ def exclusions(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         SELECT count(*) FILTER (WHERE is_test),
                count(DISTINCT unit) FILTER (WHERE is_test),
                count(*) FILTER (WHERE crossed AND NOT is_test),
-               (SELECT count(*) FROM fs_user_first WHERE compared_variants > 1),
-               count(*) FILTER (WHERE unit LIKE 'trace:%')
+               (SELECT count(*) FROM fs_user_first),
+               count(*) FILTER (WHERE no_user)
         FROM fs_labelled""").fetchall()[0]
     keys = ("test_requests", "test_users", "crossover_requests", "crossover_users",
             "requests_without_user")
@@ -178,45 +194,53 @@ def unit_sums(con: duckdb.DuckDBPyConnection, by_stratum: bool) -> list[dict[str
     sums per unit (user): req, err, lat, and b{k} = requests at or below the k-th quantile
     estimate; then across units: n (units), sums, squares and cross products with req.
     """
-    keys = ["cohort", "service_name", "route"] if by_stratum else ["cohort"]
+    keys = ["cohort", "stratum"] if by_stratum else ["cohort"]
     key_list = ", ".join(keys)
     grid = list(quantile_grid())
-    below = ", ".join(
-        f"sum((r.duration_ms <= q.qs[{grid.index(p) + 1}])::INTEGER) AS b{k}"
-        for k, p in enumerate(QUANTILES)
-    )
+    # The quantile estimates join each request as plain columns (a 74-element list per
+    # row would be copied through the join).
+    cuts = ", ".join(f"qs[{grid.index(p) + 1}] AS cut{k}" for k, p in enumerate(QUANTILES))
+    below = ", ".join(f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}"
+                      for k in range(len(QUANTILES)))
     b_sums = ", ".join(
         f"sum(b{k}) AS b{k}, sum(b{k} * b{k}) AS b{k}_2, sum(b{k} * req) AS b{k}_req"
         for k in range(len(QUANTILES))
     )
+    names = ", any_value(service_name) AS service_name, any_value(route) AS route" if by_stratum else ""
     sql = f"""
     WITH q AS MATERIALIZED (
-        SELECT {key_list}, quantile_cont(duration_ms, {grid}) AS qs
+        SELECT {key_list}, quantile_cont(duration_ms, {grid}) AS qs{names}
         FROM fs_requests GROUP BY ALL
+    ), c AS (
+        SELECT {key_list}, {cuts} FROM q
     ), per_unit AS (
         SELECT {", ".join("r." + k for k in keys)}, r.unit, count(*) AS req, sum(r.err) AS err,
                sum(r.duration_ms) AS lat, {below}
-        FROM fs_requests r JOIN q USING ({key_list})
+        FROM fs_requests r JOIN c USING ({key_list})
         GROUP BY ALL
+    ), sums AS (
+        SELECT {key_list}, count(*) AS n,
+               sum(req) AS req, sum(err) AS err, sum(req * req) AS req2, sum(err * err) AS err2,
+               sum(err * req) AS err_req, sum(lat) AS lat, sum(lat * lat) AS lat2,
+               sum(lat * req) AS lat_req, {b_sums}
+        FROM per_unit GROUP BY ALL
     )
-    SELECT {key_list}, count(*) AS n,
-           sum(req) AS req, sum(err) AS err, sum(req * req) AS req2, sum(err * err) AS err2,
-           sum(err * req) AS err_req, sum(lat) AS lat, sum(lat * lat) AS lat2,
-           sum(lat * req) AS lat_req, {b_sums}, any_value(q.qs) AS qs
-    FROM per_unit JOIN q USING ({key_list}) GROUP BY ALL ORDER BY ALL
+    SELECT * REPLACE ({_COHORT} AS cohort) FROM sums JOIN q USING ({key_list})
+    ORDER BY {"service_name, route, " if by_stratum else ""}cohort
     """
     result = con.execute(sql)
-    names = [d[0] for d in result.description]
-    rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+    columns = [d[0] for d in result.description]
+    rows = [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
     for row in rows:
         row["grid"] = dict(zip(grid, row.pop("qs"), strict=True))
+        row.pop("stratum", None)
     return rows
 
 
 def time_series(con: duckdb.DuckDBPyConnection, bucket_seconds: int) -> list[dict[str, Any]]:
     """Per cohort and time bucket: requests, errors, p95 latency (for the report's charts)."""
     result = con.execute(f"""
-        SELECT cohort, time_bucket(INTERVAL '{int(bucket_seconds)} seconds', time) AS bucket,
+        SELECT {_COHORT} AS cohort, time_bucket(INTERVAL '{int(bucket_seconds)} seconds', time) AS bucket,
                count(*) AS requests, sum(err) AS errors,
                quantile_cont(duration_ms, 0.95) AS p95_ms
         FROM fs_requests GROUP BY ALL ORDER BY ALL""")
@@ -235,7 +259,7 @@ def latency_histogram(con: duckdb.DuckDBPyConnection, bins: int = 40
     ratio = (high / low) ** (1 / bins)
     edges = [low * ratio**i for i in range(bins + 1)]
     rows = con.execute(
-        "SELECT cohort, least(greatest(floor(ln(greatest(duration_ms, $low) / $low) / ln($ratio)), 0), "
+        f"SELECT {_COHORT} AS cohort, least(greatest(floor(ln(greatest(duration_ms, $low) / $low) / ln($ratio)), 0), "
         "$last)::INTEGER AS bin, count(*) FROM fs_requests GROUP BY ALL",
         {"low": low, "ratio": ratio, "last": bins - 1},
     ).fetchall()

@@ -39,11 +39,13 @@ from typing import Any
 
 import duckdb
 import psutil
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine
 from bench.make_lake import Effect, make_lake, read_manifest
+from collector.convert import SCHEMA
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lakes"
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "analysis.json"
@@ -64,7 +66,11 @@ def bare_sql(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdow
       of the trace; its user: that evaluation's user;
     - test traffic: a trace with any `is_test` row, or with any row of a user who has an
       `is_test` row anywhere in the window, is left out (by trace and by user);
-    - requests: spans with kind = 2 (SERVER) or without a parent, in flagged traces.
+    - requests: spans with kind = 2 (SERVER) or without a parent (`is_entry`), in flagged
+      traces.
+
+    Traces are matched on `trace_key` (the trace id as a UUID), as the diff matches them:
+    the yardstick uses the cheapest columns the lake offers, too.
     """
     source = (f"read_parquet({_sql_str(str(lake_dir / '**' / '*.parquet'))}, "
               "hive_partitioning = false)")
@@ -84,24 +90,23 @@ def bare_sql(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdow
     quantiles = ", ".join(repr(q) for q in QUANTILES)
     return f"""
 WITH evaluations AS (
-    SELECT trace_id, arg_min({variant}, time) AS variant, arg_min(user_id, time) AS flag_user
+    SELECT trace_key, arg_min({variant}, time) AS variant, arg_min(user_id, time) AS flag_user
     FROM {source}
     WHERE {window()} AND {variant} IS NOT NULL
-    GROUP BY trace_id
+    GROUP BY trace_key
 ), test_users AS (
     SELECT DISTINCT user_id FROM {source}
     WHERE {window()} AND is_test AND user_id IS NOT NULL
 ), test_traces AS (
-    SELECT DISTINCT trace_id FROM {source}
+    SELECT DISTINCT trace_key FROM {source}
     WHERE {window()} AND (is_test OR user_id IN (SELECT user_id FROM test_users))
 ), requests AS (
     SELECT e.variant, coalesce(e.flag_user, r.user_id) AS user_id, r.service_name,
            r.http_method, r.http_route, r.duration_ms, r.is_error
     FROM {source} AS r
-    JOIN evaluations AS e ON e.trace_id = r.trace_id
-    WHERE {window('r.time')} AND r.signal = 'span'
-      AND (r.kind = 2 OR r.parent_span_id IS NULL)
-      AND r.trace_id NOT IN (SELECT trace_id FROM test_traces)
+    JOIN evaluations AS e ON e.trace_key = r.trace_key
+    WHERE {window('r.time')} AND r.is_entry
+      AND r.trace_key NOT IN (SELECT trace_key FROM test_traces)
 )
 SELECT {select_keys},
        count(*) AS requests,
@@ -204,8 +209,9 @@ def lake_for(cache: Path, events: int, seed: int) -> tuple[Path, dict, bool]:
     lake_dir = cache / f"lake-{events}-seed{seed}"
     wanted = {"requested_events": events, "seed": seed, "flag": FLAG}
     manifest = read_manifest(lake_dir)
+    files = sorted(lake_dir.glob("**/*.parquet"))
     if manifest and all(manifest["params"].get(k) == v for k, v in wanted.items()) \
-            and any(lake_dir.glob("**/*.parquet")):
+            and files and pq.read_schema(files[0]).equals(SCHEMA):  # not an older layout
         return lake_dir, manifest, False
     shutil.rmtree(lake_dir, ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)

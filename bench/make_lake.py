@@ -85,6 +85,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from collector.convert import SCHEMA
+from collector.lake import derived_keys
 
 HOUR_NS = 3_600_000_000_000
 ROW_GROUP_ROWS = 128 * 1024
@@ -119,6 +120,8 @@ _DUCK_TYPES = {
     pa.float64(): "DOUBLE",
     pa.bool_(): "BOOLEAN",
     pa.map_(pa.string(), pa.string()): "MAP(VARCHAR, VARCHAR)",
+    pa.uuid(): "UUID",
+    pa.int64(): "BIGINT",
 }
 
 
@@ -154,10 +157,13 @@ def _duck_type(arrow_type: pa.DataType) -> str:
 
 
 def _select(**columns: str) -> str:
-    """A SELECT list with SCHEMA's columns in order, each cast; the ones not given are null."""
+    """A SELECT list with SCHEMA's columns in order, each cast; the ones not given are null
+    but for the join keys, derived as the collector derives them."""
     unknown = set(columns) - set(SCHEMA.names)
     if unknown:
         raise KeyError(f"not in SCHEMA: {sorted(unknown)}")
+    sources = ("trace_id", "span_id", "signal", "kind", "parent_span_id")
+    columns = derived_keys(*(columns.get(name, "NULL") for name in sources)) | columns
     items = []
     for f in SCHEMA:
         expr = columns.get(f.name, "NULL")

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from collector import failpoints
-from collector.convert import SCHEMA
+from collector.convert import KEY_COLUMNS, SCHEMA, with_keys
 from collector.errors import LakeError
 from collector.wal import fsync_dir
 
@@ -203,9 +203,12 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with `schema`'s columns in order: files written before a column existed."""
+    """`table` with `schema`'s columns in order: files written before a column existed
+    (the join keys of such files are derived from their hex ids)."""
     if table.schema == schema:
         return table
+    if not set(KEY_COLUMNS) <= set(table.column_names):
+        table = with_keys(table)
     return pa.table(
         [
             table[f.name].cast(f.type) if f.name in table.column_names
@@ -243,17 +246,38 @@ def has_files(lake: Path) -> bool:
     return any(lake.glob(GLOB)) if lake.exists() else False
 
 
+def derived_keys(trace_id: str = "trace_id", span_id: str = "span_id", signal: str = "signal",
+                 kind: str = "kind", parent_span_id: str = "parent_span_id") -> dict[str, str]:
+    """SQL for the join keys (convert.KEY_COLUMNS) from the hex ids and the other columns,
+    for files written before the keys existed (and for bench/make_lake.py)."""
+    as_uint = f"TRY_CAST('0x' || {span_id} AS UBIGINT)"
+    return {
+        "trace_key": f"TRY_CAST({trace_id} AS UUID)",
+        "span_key": (f"({as_uint}::HUGEINT - CASE WHEN {as_uint} >= 9223372036854775808 "
+                     "THEN 18446744073709551616 ELSE 0 END)::BIGINT"),
+        "is_entry": f"coalesce({signal} = 'span' AND ({kind} = 2 OR {parent_span_id} IS NULL), false)",
+    }
+
+
 def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     """`events_raw`: every stored row; `events`: one row per span/log (retries de-duplicated)."""
+    select = "*"
     if has_files(lake):
-        source = (
-            f"read_parquet('{_sql_str(str(lake / GLOB))}', union_by_name = true, "
-            "hive_partitioning = false)"
-        )
+        glob = _sql_str(str(lake / GLOB))
+        source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+        with_keys, files = con.execute(
+            "SELECT count(*) FILTER (WHERE has_key), count(*) FROM (SELECT file_name, "
+            f"bool_or(name = 'trace_key') AS has_key FROM parquet_schema('{glob}') GROUP BY 1)"
+        ).fetchall()[0]
+        if with_keys == 0:
+            select = "*, " + ", ".join(f"{sql} AS {name}" for name, sql in derived_keys().items())
+        elif with_keys < files:
+            select = "* REPLACE (" + ", ".join(
+                f"coalesce({name}, {sql}) AS {name}" for name, sql in derived_keys().items()) + ")"
     else:
         con.register("_flagscope_empty", SCHEMA.empty_table())
         source = "_flagscope_empty"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT * FROM {source}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {select} FROM {source}")
     con.execute(
         "CREATE OR REPLACE TEMP VIEW events AS "
         "SELECT DISTINCT ON (event_id) * FROM events_raw"
@@ -268,8 +292,14 @@ def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    try:
-        define_views(con, lake)
-    except duckdb.Error as exc:
-        raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc
-    return con
+    for attempt in range(3):
+        try:
+            define_views(con, lake)
+            return con
+        except duckdb.IOException as exc:  # a file compacted away between glob and read
+            if attempt == 2 or "No such file" not in str(exc):
+                raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc
+            time.sleep(0.05)
+        except duckdb.Error as exc:
+            raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc
+    raise AssertionError("unreachable")

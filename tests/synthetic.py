@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from collector import lake
-from collector.convert import SCHEMA
+from collector.convert import KEY_COLUMNS, SCHEMA, with_keys
 
 _ids = itertools.count(1)
 NOW = datetime.now(UTC).replace(tzinfo=None)
@@ -55,8 +55,12 @@ def request(user: str | None, variant: str | None, *, flag: str = "f", ms: float
 
 
 def write(lake_dir: Path, rows: list[dict[str, Any]], name: str = "syn-000000000001-000") -> Path:
-    columns = {f.name: [r.get(f.name) for r in rows] for f in SCHEMA}
-    lake.write_table(lake_dir, pa.Table.from_pydict(columns, schema=SCHEMA), name)
+    """The rows as one lake file; the join keys are derived from the hex ids as the
+    collector derives them from the raw ones."""
+    fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
+    table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in fields},
+                                 schema=pa.schema(fields))
+    lake.write_table(lake_dir, with_keys(table).cast(SCHEMA), name)
     return lake_dir
 
 
