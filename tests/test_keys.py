@@ -1,0 +1,108 @@
+"""The lake's join keys (trace_key, span_key, is_entry): written by the collector, derived
+for files from before they existed, and the same either way."""
+
+from __future__ import annotations
+
+import uuid
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from analysis.diff import run_diff
+from collector import lake
+from collector.config import Settings
+from collector.convert import KEY_COLUMNS, SCHEMA, Converter
+from collector.otlp import SIGNAL_CODES, TRACES
+from collector.tagging import Tagger
+from tests.synthetic import request, write
+from tests.test_cohorts import _lenient, options
+
+TRACE = bytes.fromhex("ff00112233445566778899aabbccddee")
+ROOT = bytes.fromhex("8000000000000001")  # high bit set: a negative span_key
+CHILD = bytes.fromhex("0123456789abcdef")
+
+
+def _converted() -> pa.Table:
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for span_id, parent, kind in ((ROOT, b"", 1), (CHILD, ROOT, 2), (b"\x00" * 7 + b"\x09", CHILD, 3)):
+        span = spans.add(trace_id=TRACE, span_id=span_id, parent_span_id=parent, kind=kind,
+                         name="s", start_time_unix_nano=1, end_time_unix_nano=2)
+        span.attributes.add(key="k").value.string_value = "v"
+    records = [(SIGNAL_CODES[TRACES.name], req.SerializeToString())]
+    return Converter(Tagger.from_settings(Settings())).table(records)
+
+
+def test_the_collector_writes_the_ids_as_keys():
+    table = _converted()
+    assert table.schema.equals(SCHEMA)
+    assert table["trace_key"].to_pylist() == [uuid.UUID(bytes=TRACE)] * 3
+    assert table["span_key"].to_pylist() == [-(2**63) + 1, 0x0123456789ABCDEF, 9]
+    # root (an INTERNAL span without parent) and SERVER spans are requests; the CLIENT span not
+    assert table["is_entry"].to_pylist() == [True, True, False]
+
+
+def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
+    table = _converted()
+    path = tmp_path / "keys.parquet"
+    pq.write_table(table, path)
+    derived = lake.derived_keys()
+    rows = duckdb.sql(
+        f"SELECT trace_key = {derived['trace_key']}, span_key = {derived['span_key']}, "
+        f"is_entry = {derived['is_entry']} FROM read_parquet('{path}')").fetchall()
+    assert rows == [(True, True, True)] * 3
+
+
+def _put(directory, partition: str, table: pa.Table, name: str, legacy: bool) -> None:
+    """A file in `partition` as written before the keys existed (`legacy`) or now."""
+    (directory / partition).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.drop_columns(list(KEY_COLUMNS)) if legacy else table,
+                   directory / partition / f"{name}.parquet")
+
+
+def _traffic() -> list[dict]:
+    rows = []
+    for i in range(40):
+        rows += request(f"u{i}", "on" if i % 2 else "off", ms=100 + 5 * (i % 7), error=i % 9 == 0)
+    return rows
+
+
+def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
+    rows = _traffic()
+    new = write(tmp_path / "new", rows)
+    expected = run_diff(new, options(thresholds=_lenient())).to_dict()
+    assert expected["cohorts"]["treatment"]["requests"] == 20
+    (path,) = new.glob("**/*.parquet")
+    partition = str(path.parent.relative_to(new))
+    table = pq.read_table(path)
+    half = table.num_rows // 2
+
+    old = tmp_path / "old"  # every file without the keys
+    _put(old, partition, table, "old-000000000001-000", legacy=True)
+    mixed = tmp_path / "mixed"  # one file from before, one from after
+    _put(mixed, partition, table.slice(0, half), "mix-000000000001-000", legacy=True)
+    _put(mixed, partition, table.slice(half), "mix-000000000002-000", legacy=False)
+    for directory in (old, mixed):
+        got = run_diff(directory, options(thresholds=_lenient())).to_dict()
+        for key in ("verdict", "cohorts", "metrics", "breakdown", "excluded"):
+            assert got[key] == expected[key], (directory.name, key)
+        con = lake.connect(directory)
+        assert con.execute("SELECT count(*) FROM events_raw WHERE trace_key IS NULL "
+                           "OR span_key IS NULL").fetchall() == [(0,)]
+        con.close()
+
+
+def test_compaction_gives_older_files_their_keys(tmp_path):
+    new = write(tmp_path / "new", _traffic())
+    (path,) = new.glob("**/*.parquet")
+    partition = str(path.parent.relative_to(new))
+    table = pq.read_table(path)
+    directory = tmp_path / "lake"
+    _put(directory, partition, table.slice(0, 30), "w-000000000001-000", legacy=True)
+    _put(directory, partition, table.slice(30), "w-000000000002-000", legacy=False)
+    lake.compact(directory, min_files=2, target_rows=10_000, writer="w")
+    (merged,) = directory.glob("**/*.parquet")
+    assert pq.read_schema(merged).equals(SCHEMA)
+    assert pq.read_table(merged).select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
