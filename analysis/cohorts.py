@@ -69,7 +69,8 @@ _SLACK = "INTERVAL 1 HOUR"
 TREATMENT, BASELINE, OTHER = 1, 0, 2
 COHORT_NAMES = {TREATMENT: "treatment", BASELINE: "baseline"}
 _ARM = f"CASE variant WHEN $treatment THEN {TREATMENT} WHEN $baseline THEN {BASELINE} ELSE {OTHER} END"
-_COHORT = f"CASE cohort WHEN {TREATMENT} THEN 'treatment' ELSE 'baseline' END"
+def _cohort_name(column: str = "cohort") -> str:
+    return f"CASE {column} WHEN {TREATMENT} THEN 'treatment' ELSE 'baseline' END"
 
 # Units and users are compared by a 64-bit hash of the id (DuckDB's `hash`): grouping and
 # joining on an integer is several times cheaper than on strings. Two of a million users
@@ -81,23 +82,34 @@ def _user_hash(column: str) -> str:
 
 _EVALS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_evals AS
-SELECT trace_key, user_id, time, flags[$flag] AS variant
+SELECT trace_key, {_user_hash('user_id')} AS user_hash, time, flags[$flag] AS variant
 FROM events_raw
 WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
   AND trace_key IS NOT NULL AND flags[$flag] IS NOT NULL
 """
 
-_ASSIGN_SQL = f"""
+# A trace's arm and unit: those of its first evaluation (of the first one naming a user).
+_TRACES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
 SELECT trace_key, arg_min(arm, time) AS arm,
        arg_min(user_hash, time) FILTER (WHERE user_hash IS NOT NULL) AS eval_user
-FROM (SELECT trace_key, time, {_ARM} AS arm, {_user_hash('user_id')} AS user_hash FROM fs_evals)
-GROUP BY trace_key HAVING arg_min(arm, time) <> {OTHER};
+FROM (SELECT trace_key, time, {_ARM} AS arm, user_hash FROM fs_evals)
+GROUP BY trace_key HAVING arg_min(arm, time) <> {OTHER}
+"""
+# The same when no trace evaluated the flag twice (the usual case): no grouping needed.
+_ONE_EVALUATION_PER_TRACE_SQL = "SELECT count(*) = count(DISTINCT trace_key) FROM fs_evals"
+_TRACES_ONE_EVALUATION_SQL = f"""
+CREATE OR REPLACE TEMP TABLE fs_traces AS
+SELECT trace_key, arm, user_hash AS eval_user
+FROM (SELECT trace_key, {_ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTHER}
+"""
 
+_ASSIGN_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_user_first AS
 SELECT user_hash, arg_min(arm, time) AS first_arm
-FROM (SELECT time, {_ARM} AS arm, hash(user_id) AS user_hash FROM fs_evals WHERE user_id IS NOT NULL)
-GROUP BY user_hash HAVING count(DISTINCT arm) FILTER (WHERE arm <> {OTHER}) > 1;
+FROM (SELECT time, {_ARM} AS arm, user_hash FROM fs_evals WHERE user_hash IS NOT NULL)
+GROUP BY user_hash
+HAVING min(arm) FILTER (WHERE arm <> {OTHER}) <> max(arm) FILTER (WHERE arm <> {OTHER});
 
 CREATE OR REPLACE TEMP TABLE fs_tests AS
 SELECT trace_key, {_user_hash('user_id')} AS user_hash FROM events_raw
@@ -125,7 +137,10 @@ FROM r LEFT JOIN fs_user_first uf USING (user_hash)
 # A client that retried may have delivered a span twice. Checking is cheap; removing
 # duplicates is not, so it happens only when there are any. Copies of a span share their
 # trace and user, hence their labels: keeping any one of them is exact.
-_DUPLICATES_SQL = "SELECT count(*) - count(DISTINCT (trace_key, span_key)) FROM fs_labelled"
+# Counting distinct span keys alone is cheaper and still sound: equal (trace, span) pairs
+# share a span key, and two spans of different traces sharing one (~1e-7 at a million
+# spans) only sends the lake through the exact de-duplication.
+_DUPLICATES_SQL = "SELECT count(*) - count(DISTINCT span_key) FROM fs_labelled"
 _DEDUP_SQL = ("CREATE OR REPLACE TEMP TABLE fs_labelled AS "
               "SELECT DISTINCT ON (trace_key, span_key) * FROM fs_labelled")
 
@@ -136,8 +151,7 @@ def collect_evaluations(con: duckdb.DuckDBPyConnection, flag: str, start: dateti
     return the users (or traces, without a user) per variant inside the window."""
     con.execute(_EVALS_SQL, {"flag": flag, "start": start, "end": end})
     rows = con.execute(
-        f"SELECT variant, count(DISTINCT coalesce({_user_hash('user_id')}, hash(trace_key))) "
-        "FROM fs_evals "
+        "SELECT variant, count(DISTINCT coalesce(user_hash, hash(trace_key))) FROM fs_evals "
         "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
         {"start": start, "end": end},
     ).fetchall()
@@ -157,6 +171,9 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
         scope += (" AND (coalesce(r.http_route, r.name) = $route OR "
                   "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)")
         params["route"] = q.route
+    one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
+    con.execute(_TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL,
+                {"treatment": q.treatment, "baseline": q.baseline})
     for statement in _ASSIGN_SQL.format(scope=scope).split(";"):
         if statement.strip():
             used = {k: v for k, v in params.items() if f"${k}" in statement}
@@ -186,61 +203,79 @@ def exclusions(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return dict(zip(keys, (int(v or 0) for v in row), strict=True))
 
 
-def unit_sums(con: duckdb.DuckDBPyConnection, by_stratum: bool) -> list[dict[str, Any]]:
-    """Per cohort (and stratum): the sufficient statistics of the delta method and of the
-    cluster-aware quantile intervals, in two passes over `fs_requests`.
+def unit_sums(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per cohort, and per cohort and stratum (service, route): the sufficient statistics
+    of the delta method and of the cluster-aware quantile intervals.
 
-    Pass 1 reads each group's empirical quantile function on `quantile_grid()`. Pass 2
-    sums per unit (user): req, err, lat, and b{k} = requests at or below the k-th quantile
-    estimate; then across units: n (units), sums, squares and cross products with req.
+    Pass 1 reads the empirical quantile functions on `quantile_grid()` (both levels in one
+    GROUPING SETS query). Pass 2 sums per unit (user) and stratum in one scan: req, err,
+    lat, and b{k} / o{k} = requests at or below the k-th quantile estimate of the stratum /
+    of the whole cohort. Then across units: n (units), sums, squares and cross products
+    with req — for strata from those rows, for cohorts after adding each unit's strata up.
+    Returns (cohort rows, stratum rows).
     """
-    keys = ["cohort", "stratum"] if by_stratum else ["cohort"]
-    key_list = ", ".join(keys)
     grid = list(quantile_grid())
+    ks = range(len(QUANTILES))
     # The quantile estimates join each request as plain columns (a 74-element list per
     # row would be copied through the join).
-    cuts = ", ".join(f"qs[{grid.index(p) + 1}] AS cut{k}" for k, p in enumerate(QUANTILES))
-    below = ", ".join(f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}"
-                      for k in range(len(QUANTILES)))
-    b_sums = ", ".join(
-        f"sum(b{k}) AS b{k}, sum(b{k} * b{k}) AS b{k}_2, sum(b{k} * req) AS b{k}_req"
-        for k in range(len(QUANTILES))
-    )
-    names = ", any_value(service_name) AS service_name, any_value(route) AS route" if by_stratum else ""
-    sql = f"""
-    WITH q AS MATERIALIZED (
-        SELECT {key_list}, quantile_cont(duration_ms, {grid}) AS qs{names}
-        FROM fs_requests GROUP BY ALL
-    ), c AS (
-        SELECT {key_list}, {cuts} FROM q
-    ), per_unit AS (
-        SELECT {", ".join("r." + k for k in keys)}, r.unit, count(*) AS req, sum(r.err) AS err,
+    cuts = ", ".join(f"{{q}}.qs[{grid.index(p) + 1}] AS cut{k}" for k, p in enumerate(QUANTILES))
+    below = ", ".join(f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "
+                      f"count(*) FILTER (WHERE r.duration_ms <= c.ocut{k}) AS o{k}" for k in ks)
+
+    def sums(b: str) -> str:
+        return ", ".join(
+            ["count(*) AS n", "sum(req) AS req", "sum(err) AS err", "sum(req * req) AS req2",
+             "sum(err * err) AS err2", "sum(err * req) AS err_req", "sum(lat) AS lat",
+             "sum(lat * lat) AS lat2", "sum(lat * req) AS lat_req"]
+            + [f"sum({b}{k}) AS b{k}, sum({b}{k} * {b}{k}) AS b{k}_2, sum({b}{k} * req) AS b{k}_req"
+               for k in ks])
+
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE fs_quantiles AS
+    SELECT cohort, stratum, quantile_cont(duration_ms, {grid}) AS qs,
+           any_value(service_name) AS service_name, any_value(route) AS route
+    FROM fs_requests GROUP BY GROUPING SETS ((cohort), (cohort, stratum));
+
+    CREATE OR REPLACE TEMP TABLE fs_cuts AS
+    SELECT s.cohort, s.stratum, {cuts.format(q="s")}, {cuts.format(q="o").replace("AS cut", "AS ocut")}
+    FROM fs_quantiles s JOIN fs_quantiles o ON o.cohort = s.cohort AND o.stratum IS NULL
+    WHERE s.stratum IS NOT NULL
+    """)
+    result = con.execute(f"""
+    WITH per_unit AS MATERIALIZED (
+        SELECT r.cohort, r.stratum, r.unit, count(*) AS req, sum(r.err) AS err,
                sum(r.duration_ms) AS lat, {below}
-        FROM fs_requests r JOIN c USING ({key_list})
+        FROM fs_requests r JOIN fs_cuts c USING (cohort, stratum)
         GROUP BY ALL
-    ), sums AS (
-        SELECT {key_list}, count(*) AS n,
-               sum(req) AS req, sum(err) AS err, sum(req * req) AS req2, sum(err * err) AS err2,
-               sum(err * req) AS err_req, sum(lat) AS lat, sum(lat * lat) AS lat2,
-               sum(lat * req) AS lat_req, {b_sums}
+    ), per_cohort_unit AS (
+        SELECT cohort, unit, sum(req) AS req, sum(err) AS err, sum(lat) AS lat,
+               {", ".join(f"sum(o{k}) AS o{k}" for k in ks)}
         FROM per_unit GROUP BY ALL
+    ), totals AS (
+        SELECT cohort, stratum, {sums("b")} FROM per_unit GROUP BY ALL
+        UNION ALL
+        SELECT cohort, NULL, {sums("o")} FROM per_cohort_unit GROUP BY ALL
     )
-    SELECT * REPLACE ({_COHORT} AS cohort) FROM sums JOIN q USING ({key_list})
-    ORDER BY {"service_name, route, " if by_stratum else ""}cohort
-    """
-    result = con.execute(sql)
+    SELECT t.* REPLACE ({_cohort_name('t.cohort')} AS cohort), q.qs, q.service_name, q.route
+    FROM totals t JOIN fs_quantiles q ON q.cohort = t.cohort AND q.stratum IS NOT DISTINCT FROM t.stratum
+    ORDER BY t.stratum IS NOT NULL, q.service_name, q.route, t.cohort
+    """)
     columns = [d[0] for d in result.description]
-    rows = [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
-    for row in rows:
+    overall: list[dict[str, Any]] = []
+    strata: list[dict[str, Any]] = []
+    for values in result.fetchall():
+        row = dict(zip(columns, values, strict=True))
         row["grid"] = dict(zip(grid, row.pop("qs"), strict=True))
-        row.pop("stratum", None)
-    return rows
+        (overall if row.pop("stratum") is None else strata).append(row)
+    for row in overall:
+        del row["service_name"], row["route"]
+    return overall, strata
 
 
 def time_series(con: duckdb.DuckDBPyConnection, bucket_seconds: int) -> list[dict[str, Any]]:
     """Per cohort and time bucket: requests, errors, p95 latency (for the report's charts)."""
     result = con.execute(f"""
-        SELECT {_COHORT} AS cohort, time_bucket(INTERVAL '{int(bucket_seconds)} seconds', time) AS bucket,
+        SELECT {_cohort_name()} AS cohort, time_bucket(INTERVAL '{int(bucket_seconds)} seconds', time) AS bucket,
                count(*) AS requests, sum(err) AS errors,
                quantile_cont(duration_ms, 0.95) AS p95_ms
         FROM fs_requests GROUP BY ALL ORDER BY ALL""")
@@ -259,7 +294,7 @@ def latency_histogram(con: duckdb.DuckDBPyConnection, bins: int = 40
     ratio = (high / low) ** (1 / bins)
     edges = [low * ratio**i for i in range(bins + 1)]
     rows = con.execute(
-        f"SELECT {_COHORT} AS cohort, least(greatest(floor(ln(greatest(duration_ms, $low) / $low) / ln($ratio)), 0), "
+        f"SELECT {_cohort_name()} AS cohort, least(greatest(floor(ln(greatest(duration_ms, $low) / $low) / ln($ratio)), 0), "
         "$last)::INTEGER AS bin, count(*) FROM fs_requests GROUP BY ALL",
         {"low": low, "ratio": ratio, "last": bins - 1},
     ).fetchall()

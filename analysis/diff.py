@@ -360,7 +360,8 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
                         options.service, options.route, options.test_mode)
     cohorts.label_requests(con, query)
     excluded = cohorts.exclusions(con)
-    overall = {row["cohort"]: row for row in cohorts.unit_sums(con, by_stratum=False)}
+    overall_rows, strata_rows = cohorts.unit_sums(con)
+    overall = {row["cohort"]: row for row in overall_rows}
     if set(overall) != {"treatment", "baseline"}:
         missing = [n for n, v in (("treatment", variant), ("baseline", baseline)) if n not in overall]
         return _no_data(options, f"no requests in the {' and '.join(missing)} cohort "
@@ -380,7 +381,6 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
 
     errors = (float(t["err"]), float(c["err"]))
     metrics = tuple(result(m, e, events=errors) for m, e in estimates(t, c, options.alpha).items())
-    strata_rows = cohorts.unit_sums(con, by_stratum=True)
     breakdown, pairs = _breakdown(strata_rows, variant, baseline, options, result)
     adjusted = tuple(result(m, e, events=errors) for m, e in mix_adjusted(pairs, options.alpha).items())
     health, srm = _health(options, treatment, base, excluded)

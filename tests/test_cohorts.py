@@ -11,7 +11,7 @@ from analysis.cohorts import TrafficFilter
 from analysis.diff import DiffOptions, choose_variants, run_diff
 from analysis.errors import AnalysisError
 from analysis.verdict import Verdict
-from tests.synthetic import NOW, population, request, write
+from tests.synthetic import NOW, population, request, span, write
 
 START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
 
@@ -55,6 +55,19 @@ def test_crossover_users_keep_their_first_variant(tmp_path):
     assert result.excluded["crossover_requests"] == 1
     assert (result.treatment.requests, result.baseline.requests) == (2, 1)
     assert (result.treatment.users, result.baseline.users) == (2, 1)
+
+
+def test_a_trace_that_evaluated_the_flag_twice_takes_the_first_evaluation(tmp_path):
+    first = request(None, "on", at=NOW - timedelta(minutes=30))  # no user on the first one
+    trace = first[0]["trace_id"]
+    later = span(trace, kind=1, parent=first[0]["span_id"], service="payments", user="u9",
+                 flags={"f": "off"}, at=NOW - timedelta(minutes=29))
+    rows = first + [later] + request("u2", "off") + request("u3", "on")
+    result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
+    assert (result.treatment.requests, result.baseline.requests) == (2, 1)
+    # the unit is the first evaluation that names a user: u9, not the trace
+    assert result.excluded["requests_without_user"] == 0
+    assert result.treatment.users == 2
 
 
 def test_requests_without_a_user_count_their_trace_as_the_unit(tmp_path):
