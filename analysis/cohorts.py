@@ -88,22 +88,33 @@ WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
   AND trace_key IS NOT NULL AND flags[$flag] IS NOT NULL
 """
 
-# A trace's arm and unit: those of its first evaluation (of the first one naming a user).
+_TESTS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE fs_tests AS
+SELECT trace_key, {_user_hash('user_id')} AS user_hash FROM events_raw
+WHERE is_test AND time >= $start - {_SLACK} AND time < $end + {_SLACK}
+"""
+
+# A trace's arm and unit: those of its first evaluation (of the first one naming a user);
+# and whether anything in it was marked as test traffic.
 _TRACES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
-SELECT trace_key, arg_min(arm, time) AS arm,
-       arg_min(user_hash, time) FILTER (WHERE user_hash IS NOT NULL) AS eval_user
-FROM (SELECT trace_key, time, {_ARM} AS arm, user_hash FROM fs_evals)
-GROUP BY trace_key HAVING arg_min(arm, time) <> {OTHER}
+SELECT *, trace_key IN (SELECT trace_key FROM fs_tests) AS test_trace FROM (
+    SELECT trace_key, arg_min(arm, time) AS arm,
+           arg_min(user_hash, time) FILTER (WHERE user_hash IS NOT NULL) AS eval_user
+    FROM (SELECT trace_key, time, {_ARM} AS arm, user_hash FROM fs_evals)
+    GROUP BY trace_key HAVING arg_min(arm, time) <> {OTHER})
 """
 # The same when no trace evaluated the flag twice (the usual case): no grouping needed.
 _ONE_EVALUATION_PER_TRACE_SQL = "SELECT count(*) = count(DISTINCT trace_key) FROM fs_evals"
 _TRACES_ONE_EVALUATION_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
-SELECT trace_key, arm, user_hash AS eval_user
+SELECT trace_key, arm, user_hash AS eval_user,
+       trace_key IN (SELECT trace_key FROM fs_tests) AS test_trace
 FROM (SELECT trace_key, {_ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTHER}
 """
 
+# Users who evaluated both compared variants (crossover) with their first one, and test
+# users: one table, so that each request needs one lookup by user.
 _ASSIGN_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_user_first AS
 SELECT user_hash, arg_min(arm, time) AS first_arm
@@ -111,13 +122,17 @@ FROM (SELECT time, {_ARM} AS arm, user_hash FROM fs_evals WHERE user_hash IS NOT
 GROUP BY user_hash
 HAVING min(arm) FILTER (WHERE arm <> {OTHER}) <> max(arm) FILTER (WHERE arm <> {OTHER});
 
-CREATE OR REPLACE TEMP TABLE fs_tests AS
-SELECT trace_key, {_user_hash('user_id')} AS user_hash FROM events_raw
-WHERE is_test AND time >= $start - {_SLACK} AND time < $end + {_SLACK};
+CREATE OR REPLACE TEMP TABLE fs_user_marks AS
+SELECT user_hash, max(first_arm) AS first_arm, bool_or(tester) AS tester FROM (
+    SELECT user_hash, first_arm, false AS tester FROM fs_user_first
+    UNION ALL
+    SELECT user_hash, NULL, true FROM fs_tests WHERE user_hash IS NOT NULL
+) GROUP BY user_hash;
 
 CREATE OR REPLACE TEMP TABLE fs_labelled AS
 WITH r AS (
-    SELECT r.trace_key, r.span_key, t.arm, coalesce(t.eval_user, {_user_hash('r.user_id')}) AS user_hash,
+    SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
+           coalesce(t.eval_user, {_user_hash('r.user_id')}) AS user_hash,
            coalesce(r.service_name, 'unknown_service') AS service_name,
            trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
            r.time, r.duration_ms, r.is_error
@@ -127,11 +142,9 @@ WITH r AS (
 SELECT r.arm AS cohort, coalesce(r.user_hash, hash(r.trace_key)) AS unit,
        r.user_hash IS NULL AS no_user, hash(r.service_name, r.route) AS stratum,
        r.service_name, r.route, r.time, r.duration_ms, r.is_error::UTINYINT AS err,
-       r.trace_key, r.span_key,
-       (r.trace_key IN (SELECT trace_key FROM fs_tests)
-        OR r.user_hash IN (SELECT user_hash FROM fs_tests WHERE user_hash IS NOT NULL)) AS is_test,
-       coalesce(r.arm <> uf.first_arm, false) AS crossed
-FROM r LEFT JOIN fs_user_first uf USING (user_hash)
+       r.trace_key, r.span_key, r.test_trace OR coalesce(um.tester, false) AS is_test,
+       coalesce(r.arm <> um.first_arm, false) AS crossed
+FROM r LEFT JOIN fs_user_marks um USING (user_hash)
 """
 
 # A client that retried may have delivered a span twice. Checking is cheap; removing
@@ -171,6 +184,7 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
         scope += (" AND (coalesce(r.http_route, r.name) = $route OR "
                   "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)")
         params["route"] = q.route
+    con.execute(_TESTS_SQL, {"start": q.start, "end": q.end})
     one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
     con.execute(_TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL,
                 {"treatment": q.treatment, "baseline": q.baseline})
