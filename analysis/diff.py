@@ -358,8 +358,7 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
     options = replace(options, variant=variant, baseline=baseline)
     query = CohortQuery(options.flag, variant, baseline, options.start, options.end,
                         options.service, options.route, options.test_mode)
-    cohorts.label_requests(con, query)
-    excluded = cohorts.exclusions(con)
+    excluded = cohorts.label_requests(con, query)
     overall_rows, strata_rows = cohorts.unit_sums(con)
     overall = {row["cohort"]: row for row in overall_rows}
     if set(overall) != {"treatment", "baseline"}:
