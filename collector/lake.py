@@ -296,10 +296,11 @@ def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection
         try:
             define_views(con, lake)
             return con
-        except duckdb.IOException as exc:  # a file compacted away between glob and read
-            if attempt == 2 or "No such file" not in str(exc):
+        except duckdb.Error as exc:
+            # a file compacted away between the glob and its read: list again
+            retry = isinstance(exc, duckdb.IOException) and "No such file" in str(exc)
+            if attempt == 2 or not retry:
+                con.close()
                 raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc
             time.sleep(0.05)
-        except duckdb.Error as exc:
-            raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc
     raise AssertionError("unreachable")
