@@ -101,10 +101,12 @@ WHERE is_test AND time >= $start - {_SLACK} AND time < $end + {_SLACK}
 """
 
 # A trace's arm and unit: those of its first evaluation (of the first one naming a user);
-# and whether anything in it was marked as test traffic.
+# and whether anything in it was marked as test traffic. (A test-marked log record
+# without a trace has a NULL key, and `x IN (…, NULL)` is NULL rather than false for
+# every other trace: hence the filter.)
 _TRACES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
-SELECT *, trace_key IN (SELECT trace_key FROM fs_tests) AS test_trace FROM (
+SELECT *, trace_key IN (SELECT trace_key FROM fs_tests WHERE trace_key IS NOT NULL) AS test_trace FROM (
     SELECT trace_key, arg_min(arm, time) AS arm,
            arg_min(user_hash, time) FILTER (WHERE user_hash IS NOT NULL) AS eval_user
     FROM (SELECT trace_key, time, {_ARM} AS arm, user_hash FROM fs_evals)
@@ -115,7 +117,7 @@ _ONE_EVALUATION_PER_TRACE_SQL = "SELECT count(*) = count(DISTINCT trace_key) FRO
 _TRACES_ONE_EVALUATION_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
 SELECT trace_key, arm, user_hash AS eval_user,
-       trace_key IN (SELECT trace_key FROM fs_tests) AS test_trace
+       trace_key IN (SELECT trace_key FROM fs_tests WHERE trace_key IS NOT NULL) AS test_trace
 FROM (SELECT trace_key, {_ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTHER}
 """
 
@@ -159,9 +161,10 @@ FROM r LEFT JOIN fs_user_marks um USING (user_hash)
 # Counting distinct span keys alone is cheaper and still sound: equal (trace, span) pairs
 # share a span key, and two spans of different traces sharing one (~1e-7 at a million
 # spans) only sends the lake through the exact de-duplication.
-_DUPLICATES = "count(*) - count(DISTINCT span_key)"
+_DUPLICATES = "count(span_key) - count(DISTINCT span_key)"
 _DEDUP_SQL = ("CREATE OR REPLACE TEMP TABLE fs_labelled AS "
-              "SELECT DISTINCT ON (trace_key, span_key) * FROM fs_labelled")
+              "SELECT DISTINCT ON (trace_key, span_key) * FROM fs_labelled WHERE span_key IS NOT NULL "
+              "UNION ALL SELECT * FROM fs_labelled WHERE span_key IS NULL")
 
 
 def collect_evaluations(con: duckdb.DuckDBPyConnection, flag: str, start: datetime,

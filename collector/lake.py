@@ -250,18 +250,21 @@ def derived_keys(trace_id: str = "trace_id", span_id: str = "span_id", signal: s
                  kind: str = "kind", parent_span_id: str = "parent_span_id") -> dict[str, str]:
     """SQL for the join keys (convert.KEY_COLUMNS) from the hex ids and the other columns,
     for files written before the keys existed (and for bench/make_lake.py)."""
-    as_uint = f"TRY_CAST('0x' || {span_id} AS UBIGINT)"
+    as_uint = f"CASE WHEN length({span_id}) = 16 THEN TRY_CAST('0x' || {span_id} AS UBIGINT) END"
     return {
         "trace_key": f"TRY_CAST({trace_id} AS UUID)",
         "span_key": (f"({as_uint}::HUGEINT - CASE WHEN {as_uint} >= 9223372036854775808 "
                      "THEN 18446744073709551616 ELSE 0 END)::BIGINT"),
-        "is_entry": f"coalesce({signal} = 'span' AND ({kind} = 2 OR {parent_span_id} IS NULL), false)",
+        "is_entry": (f"coalesce({signal} = 'span' AND ({kind} = 2 "
+                     f"OR coalesce({parent_span_id}, '') = ''), false)"),
     }
 
 
 def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     """`events_raw`: every stored row; `events`: one row per span/log (retries de-duplicated)."""
     select = "*"
+    con.register("_flagscope_empty", SCHEMA.empty_table())
+    source = "_flagscope_empty"
     if has_files(lake):
         glob = _sql_str(str(lake / GLOB))
         source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
@@ -269,14 +272,13 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
             "SELECT count(*) FILTER (WHERE has_key), count(*) FROM (SELECT file_name, "
             f"bool_or(name = 'trace_key') AS has_key FROM parquet_schema('{glob}') GROUP BY 1)"
         ).fetchall()[0]
-        if with_keys == 0:
-            select = "*, " + ", ".join(f"{sql} AS {name}" for name, sql in derived_keys().items())
-        elif with_keys < files:
+        if with_keys < files:
+            # Files from before the keys: derive them for those rows. The view lists the
+            # files again at every query; the empty table in SCHEMA keeps the key columns
+            # defined whichever files exist by then.
+            source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_empty)"
             select = "* REPLACE (" + ", ".join(
                 f"coalesce({name}, {sql}) AS {name}" for name, sql in derived_keys().items()) + ")"
-    else:
-        con.register("_flagscope_empty", SCHEMA.empty_table())
-        source = "_flagscope_empty"
     con.execute(f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {select} FROM {source}")
     con.execute(
         "CREATE OR REPLACE TEMP VIEW events AS "

@@ -46,6 +46,15 @@ def test_test_traffic_is_excluded_by_trace_and_by_user(tmp_path):
     assert (only.treatment.requests, only.baseline.requests) == (3, 0)
 
 
+def test_a_test_marked_record_without_a_trace_excludes_only_its_user(tmp_path):
+    log = {**span("", user="qa-9", test="user_id matches qa-*"), "signal": "log",
+           "trace_id": None, "span_id": None, "kind": None, "duration_ms": None}
+    rows = request("u1", "on", ms=200) + request("u2", "off") + request("u3", "on") + [log]
+    result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
+    assert (result.treatment.requests, result.baseline.requests) == (2, 1)
+    assert result.excluded["test_requests"] == 0
+
+
 def test_crossover_users_keep_their_first_variant(tmp_path):
     rows = (request("u1", "on", at=NOW - timedelta(minutes=50))
             + request("u1", "off", at=NOW - timedelta(minutes=40))
@@ -62,7 +71,7 @@ def test_a_trace_that_evaluated_the_flag_twice_takes_the_first_evaluation(tmp_pa
     trace = first[0]["trace_id"]
     later = span(trace, kind=1, parent=first[0]["span_id"], service="payments", user="u9",
                  flags={"f": "off"}, at=NOW - timedelta(minutes=29))
-    rows = first + [later] + request("u2", "off") + request("u3", "on")
+    rows = [later] + first + request("u2", "off") + request("u3", "on")  # stored out of order
     result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
     assert (result.treatment.requests, result.baseline.requests) == (2, 1)
     # the unit is the first evaluation that names a user: u9, not the trace

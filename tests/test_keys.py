@@ -3,6 +3,7 @@ for files from before they existed, and the same either way."""
 
 from __future__ import annotations
 
+import random
 import uuid
 
 import duckdb
@@ -13,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from analysis.diff import run_diff
 from collector import lake
 from collector.config import Settings
-from collector.convert import KEY_COLUMNS, SCHEMA, Converter
+from collector.convert import KEY_COLUMNS, SCHEMA, Converter, with_keys
 from collector.otlp import SIGNAL_CODES, TRACES
 from collector.tagging import Tagger
 from tests.synthetic import request, write
@@ -44,6 +45,12 @@ def test_the_collector_writes_the_ids_as_keys():
     assert table["is_entry"].to_pylist() == [True, True, False]
 
 
+def test_older_files_get_the_collectors_keys():
+    table = _converted()
+    derived = with_keys(table.drop_columns(list(KEY_COLUMNS)))
+    assert derived.select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
+
+
 def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
     table = _converted()
     path = tmp_path / "keys.parquet"
@@ -63,21 +70,34 @@ def _put(directory, partition: str, table: pa.Table, name: str, legacy: bool) ->
 
 
 def _traffic() -> list[dict]:
+    """80 rows of 40 traces, with random 128-bit trace ids and 64-bit span ids (half of
+    them negative as span keys), and one retried entry span."""
+    rng = random.Random(7)
     rows = []
     for i in range(40):
         rows += request(f"u{i}", "on" if i % 2 else "off", ms=100 + 5 * (i % 7), error=i % 9 == 0)
-    return rows
+    ids: dict[str, str] = {}
+
+    def fresh(old: str | None, bits: int) -> str | None:
+        return None if old is None else ids.setdefault(old, f"{rng.getrandbits(bits):0{bits // 4}x}")
+
+    for row in rows:
+        row["trace_id"] = fresh(row["trace_id"], 128)
+        row["span_id"] = fresh(row["span_id"], 64)
+        row["parent_span_id"] = fresh(row["parent_span_id"], 64)
+        row["event_id"] = row["trace_id"] + row["span_id"]
+    return rows[:41] + [dict(rows[40])] + rows[41:]  # row 40 is a root span: sent twice
 
 
 def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
     rows = _traffic()
     new = write(tmp_path / "new", rows)
     expected = run_diff(new, options(thresholds=_lenient())).to_dict()
-    assert expected["cohorts"]["treatment"]["requests"] == 20
+    assert expected["cohorts"]["treatment"]["requests"] == 20  # the retry counted once
     (path,) = new.glob("**/*.parquet")
     partition = str(path.parent.relative_to(new))
     table = pq.read_table(path)
-    half = table.num_rows // 2
+    half = 41  # between a trace's root span and its retried copy
 
     old = tmp_path / "old"  # every file without the keys
     _put(old, partition, table, "old-000000000001-000", legacy=True)
@@ -92,6 +112,20 @@ def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
         assert con.execute("SELECT count(*) FROM events_raw WHERE trace_key IS NULL "
                            "OR span_key IS NULL").fetchall() == [(0,)]
         con.close()
+
+
+def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_path):
+    new = write(tmp_path / "new", _traffic())
+    (path,) = new.glob("**/*.parquet")
+    partition = str(path.parent.relative_to(new))
+    table = pq.read_table(path)
+    directory = tmp_path / "lake"
+    _put(directory, partition, table, "w-000000000001-000", legacy=True)
+    con = lake.connect(directory)
+    _put(directory, partition, table, "w-000000000002-000", legacy=False)  # e.g. upgraded
+    rows = con.execute("SELECT count(*), count(trace_key), count(span_key) FROM events_raw")
+    assert rows.fetchall() == [(2 * table.num_rows,) * 3]
+    con.close()
 
 
 def test_compaction_gives_older_files_their_keys(tmp_path):
