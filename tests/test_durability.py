@@ -64,6 +64,18 @@ def connection(collector: CollectorProcess) -> http.client.HTTPConnection:
     return http.client.HTTPConnection("127.0.0.1", collector.http_port, timeout=30)
 
 
+def acked_then_killed(tmp_path: Path, collectors, seed: int, traces: int, spans: int
+                      ) -> list[tuple[bytes, int]]:
+    """`traces` traces of `spans` spans acked by a collector that keeps them in its WAL
+    (no flush) and is then killed; returns the plan (trace id, spans)."""
+    rng = random.Random(seed)
+    plan = [(rng.randbytes(16), spans) for _ in range(traces)]
+    first = collectors(tmp_path, env=HOLD)
+    send_all(first, [spans_request(trace_id, n) for trace_id, n in plan])
+    first.kill()
+    return plan
+
+
 def send_all(collector: CollectorProcess, bodies: list[bytes]) -> None:
     conn = connection(collector)
     try:
@@ -219,11 +231,7 @@ def test_every_acked_request_survives_kill_9_exactly_once(tmp_path, collectors):
 # -- item 44 -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_replaying_an_already_converted_segment_adds_no_duplicates(tmp_path, collectors):
-    rng = random.Random(44)
-    plan = [(rng.randbytes(16), 3) for _ in range(20)]
-    first = collectors(tmp_path, env=HOLD)
-    send_all(first, [spans_request(trace_id, spans) for trace_id, spans in plan])
-    first.kill()
+    plan = acked_then_killed(tmp_path, collectors, seed=44, traces=20, spans=3)
     wal_dir = tmp_path / "wal"
     segments = [path for _, path in list_segments(wal_dir) if path.stat().st_size]
     assert segments, "the acknowledged requests should still be in the WAL"
@@ -258,11 +266,7 @@ def test_replaying_an_already_converted_segment_adds_no_duplicates(tmp_path, col
 def test_a_torn_wal_tail_is_quarantined_and_the_records_before_it_recovered(
     tmp_path, collectors, tear
 ):
-    rng = random.Random(45)
-    plan = [(rng.randbytes(16), 2) for _ in range(10)]
-    first = collectors(tmp_path, env=HOLD)
-    send_all(first, [spans_request(trace_id, spans) for trace_id, spans in plan])
-    first.kill()
+    plan = acked_then_killed(tmp_path, collectors, seed=45, traces=10, spans=2)
 
     wal_dir = tmp_path / "wal"
     [segment] = [path for _, path in list_segments(wal_dir) if path.stat().st_size]

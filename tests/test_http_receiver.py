@@ -287,6 +287,15 @@ def stored(srv: RunningCollector, trace_id: bytes | str, columns: str = "*") -> 
     )
 
 
+def stored_twice(srv: RunningCollector, trace_id: bytes, bodies: tuple[bytes, bytes]) -> list[tuple]:
+    """POST both JSON bodies of a one-span trace; the two rows they stored."""
+    for body in bodies:
+        reply = post(srv, "/v1/traces", body, JSON)
+        assert reply.status == 200, reply.body
+    wait_rows(srv, "trace_id = ?", [trace_id.hex()], 2)
+    return stored(srv, trace_id)
+
+
 def send_marker(srv: RunningCollector) -> None:
     """A valid request gets 200 and is visible in the lake (so everything acked before is)."""
     body, trace_id = one_span()
@@ -518,10 +527,7 @@ def test_09_json_ids_upper_and_lower_case_store_identical_bytes(server):
     for key in ("traceId", "spanId", "parentSpanId"):
         span[key] = span[key].upper()
     assert span["traceId"] != doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"]
-    for body in (dumps(doc), dumps(upper)):
-        assert post(server, "/v1/traces", body, JSON).status == 200
-    wait_rows(server, "trace_id = ?", [trace_id.hex()], 2)
-    got = stored(server, trace_id)
+    got = stored_twice(server, trace_id, (dumps(doc), dumps(upper)))
     assert got[0] == got[1]
     ids = stored(server, trace_id, "trace_id, span_id, parent_span_id")
     assert ids[0] == (trace_id.hex(), span_id.hex(), parent.hex())
@@ -537,11 +543,7 @@ def test_10_json_enum_names_and_numeric_int64_accepted_identically(server):
     span["kind"] = "SPAN_KIND_SERVER"
     span["startTimeUnixNano"] = 1544712660000000000
     span["endTimeUnixNano"] = 1544712661000000000
-    for body in (dumps(doc), dumps(lenient)):
-        reply = post(server, "/v1/traces", body, JSON)
-        assert reply.status == 200, reply.body
-    wait_rows(server, "trace_id = ?", [trace_id.hex()], 2)
-    got = stored(server, trace_id)
+    got = stored_twice(server, trace_id, (dumps(doc), dumps(lenient)))
     assert got[0] == got[1]
     assert stored(server, trace_id, "kind, epoch_ns(time)")[0] == (2, 1544712660000000000)
 
@@ -565,11 +567,7 @@ def test_11_json_unknown_fields_at_every_level_ignored(server):
 
     sprinkle(future)
     assert touched > 30  # request, resource, scope, span, events, links, every AnyValue …
-    for body in (dumps(doc), dumps(future)):
-        reply = post(server, "/v1/traces", body, JSON)
-        assert reply.status == 200, reply.body
-    wait_rows(server, "trace_id = ?", [trace_id.hex()], 2)
-    got = stored(server, trace_id)
+    got = stored_twice(server, trace_id, (dumps(doc), dumps(future)))
     assert got[0] == got[1]
     assert "futureField" not in str(got[0])
 

@@ -17,6 +17,7 @@ from collector.config import Settings
 from collector.convert import KEY_COLUMNS, SCHEMA, Converter, with_keys
 from collector.otlp import SIGNAL_CODES, TRACES
 from collector.tagging import Tagger
+from tests.helpers import query
 from tests.synthetic import request, write
 from tests.test_cohorts import _lenient, options
 
@@ -62,6 +63,12 @@ def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
     assert rows == [(True, True, True)] * 3
 
 
+def _one_file(directory) -> tuple[str, pa.Table]:
+    """`_traffic()` written as one keyed lake file: (its partition, its table)."""
+    (path,) = write(directory, _traffic()).glob("**/*.parquet")
+    return str(path.parent.relative_to(directory)), pq.read_table(path)
+
+
 def _put(directory, partition: str, table: pa.Table, name: str, legacy: bool) -> None:
     """A file in `partition` as written before the keys existed (`legacy`) or now."""
     (directory / partition).mkdir(parents=True, exist_ok=True)
@@ -90,13 +97,9 @@ def _traffic() -> list[dict]:
 
 
 def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
-    rows = _traffic()
-    new = write(tmp_path / "new", rows)
-    expected = run_diff(new, options(thresholds=_lenient())).to_dict()
+    partition, table = _one_file(tmp_path / "new")
+    expected = run_diff(tmp_path / "new", options(thresholds=_lenient())).to_dict()
     assert expected["cohorts"]["treatment"]["requests"] == 20  # the retry counted once
-    (path,) = new.glob("**/*.parquet")
-    partition = str(path.parent.relative_to(new))
-    table = pq.read_table(path)
     half = 41  # between a trace's root span and its retried copy
 
     old = tmp_path / "old"  # every file without the keys
@@ -108,20 +111,15 @@ def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
         got = run_diff(directory, options(thresholds=_lenient())).to_dict()
         for key in ("verdict", "cohorts", "metrics", "breakdown", "excluded"):
             assert got[key] == expected[key], (directory.name, key)
-        con = lake.connect(directory)
-        assert con.execute("SELECT count(*) FROM events_raw WHERE trace_key IS NULL "
-                           "OR span_key IS NULL").fetchall() == [(0,)]
-        con.close()
+        assert query(directory, "SELECT count(*) FROM events_raw WHERE trace_key IS NULL "
+                                "OR span_key IS NULL") == [(0,)]
 
 
 def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_path):
-    new = write(tmp_path / "new", _traffic())
-    (path,) = new.glob("**/*.parquet")
-    partition = str(path.parent.relative_to(new))
-    table = pq.read_table(path)
+    partition, table = _one_file(tmp_path / "new")
     directory = tmp_path / "lake"
     _put(directory, partition, table, "w-000000000001-000", legacy=True)
-    con = lake.connect(directory)
+    con = lake.connect(directory)  # the views are defined now, before the keyed file
     _put(directory, partition, table, "w-000000000002-000", legacy=False)  # e.g. upgraded
     rows = con.execute("SELECT count(*), count(trace_key), count(span_key) FROM events_raw")
     assert rows.fetchall() == [(2 * table.num_rows,) * 3]
@@ -129,10 +127,7 @@ def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_pa
 
 
 def test_compaction_gives_older_files_their_keys(tmp_path):
-    new = write(tmp_path / "new", _traffic())
-    (path,) = new.glob("**/*.parquet")
-    partition = str(path.parent.relative_to(new))
-    table = pq.read_table(path)
+    partition, table = _one_file(tmp_path / "new")
     directory = tmp_path / "lake"
     _put(directory, partition, table.slice(0, 30), "w-000000000001-000", legacy=True)
     _put(directory, partition, table.slice(30), "w-000000000002-000", legacy=False)

@@ -17,6 +17,7 @@ import pytest
 from collector import lake, wal
 from collector.convert import SCHEMA
 from collector.wal import WalFullError, WalWriter, encode_record, list_segments, read_segment
+from tests.helpers import query
 
 HOUR_NS = 3_600_000_000_000
 
@@ -45,14 +46,6 @@ def glob_count(lake_dir: Path) -> int:
     try:
         sql = "select count(*) from read_parquet(?)"
         return con.execute(sql, [str(lake_dir / lake.GLOB)]).fetchone()[0]
-    finally:
-        con.close()
-
-
-def view_rows(lake_dir: Path, sql: str) -> list[tuple]:
-    con = lake.connect(lake_dir)
-    try:
-        return con.execute(sql).fetchall()
     finally:
         con.close()
 
@@ -90,7 +83,7 @@ def test_rewriting_the_same_name_replaces_the_file(tmp_path):
     lake.write_table(tmp_path, table([T10] * 3, ids), "w-000000000001-000")  # a replay
     partition = tmp_path / "date=2024-05-01/hour=10"
     assert files(partition) == ["w-000000000001-000.parquet"]
-    assert view_rows(tmp_path, "select count(*) from events_raw") == [(3,)]
+    assert query(tmp_path, "select count(*) from events_raw") == [(3,)]
 
     lake.write_table(tmp_path, table([T10] * 2, ids[:2]), "w-000000000001-000")
     assert pq.read_table(partition / "w-000000000001-000.parquet").num_rows == 2
@@ -103,7 +96,7 @@ def test_temporary_files_are_not_matched_by_the_lake_glob(tmp_path):
 
     assert glob_count(tmp_path) == 2
     assert [p.name for p in tmp_path.glob(lake.GLOB)] == ["w-000000000001-000.parquet"]
-    assert view_rows(tmp_path, "select count(*) from events_raw") == [(2,)]
+    assert query(tmp_path, "select count(*) from events_raw") == [(2,)]
 
 
 def test_remove_stale_temporaries_deletes_only_this_writers_tmp_files(tmp_path):
@@ -129,7 +122,7 @@ def test_compaction_merges_small_files_of_one_partition_and_keeps_every_row(tmp_
     _small_files(tmp_path, "other", range(1, 4))
     lonely = ns("2024-05-01T12:00:00")
     lake.write_table(tmp_path, table([lonely], event_ids("e", 1)), "w-000000000003-001")
-    before = view_rows(tmp_path, "select event_id from events_raw order by 1")
+    before = query(tmp_path, "select event_id from events_raw order by 1")
 
     merges = lake.compact(tmp_path, min_files=2, target_rows=1000, writer="w", below_seq=6)
 
@@ -148,7 +141,7 @@ def test_compaction_merges_small_files_of_one_partition_and_keeps_every_row(tmp_
     )
     assert merged.num_rows == 15
     assert merged.schema.equals(SCHEMA)
-    assert view_rows(tmp_path, "select event_id from events_raw order by 1") == before
+    assert query(tmp_path, "select event_id from events_raw order by 1") == before
     assert glob_count(tmp_path) == len(before)
 
 
@@ -200,8 +193,8 @@ def test_events_view_deduplicates_by_event_id_and_events_raw_keeps_all_rows(tmp_
     lake.write_table(tmp_path, table([T10] * 3, ids[:3]), "w-000000000001-000")
     lake.write_table(tmp_path, table([T10] * 3, ids[1:]), "w-000000000002-000")  # a retry
 
-    assert view_rows(tmp_path, "select count(*) from events_raw") == [(6,)]
-    assert view_rows(tmp_path, "select event_id from events order by 1") == [(i,) for i in ids]
+    assert query(tmp_path, "select count(*) from events_raw") == [(6,)]
+    assert query(tmp_path, "select event_id from events order by 1") == [(i,) for i in ids]
 
 
 @pytest.mark.parametrize("exists", [False, True])
