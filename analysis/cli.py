@@ -71,12 +71,17 @@ def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True)
     parser.add_argument("--expected-split", help="configured shares for the SRM check, e.g. on=0.2,off=0.8")
     parser.add_argument("--sequential", action="store_true",
                         help="always-valid intervals for repeated looks (scheduled reports)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (0.05)")
-    parser.add_argument("--error-threshold-pp", type=float, default=0.5,
+    from analysis.verdict import DEFAULT_ALPHA, Thresholds
+
+    default = Thresholds()
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"1 - confidence level ({DEFAULT_ALPHA})")
+    parser.add_argument("--error-threshold-pp", type=float, default=default.error_rate_pp,
                         help="smallest error-rate change worth acting on, in percentage points")
-    parser.add_argument("--latency-threshold-pct", type=float, default=5.0,
+    parser.add_argument("--latency-threshold-pct", type=float, default=default.latency_pct,
                         help="smallest latency change worth acting on, in percent")
-    parser.add_argument("--min-users", type=int, default=50, help="users per cohort for a verdict")
+    parser.add_argument("--min-users", type=int, default=default.min_users,
+                        help="users per cohort for a verdict")
 
 
 def _add_diff(commands: argparse._SubParsersAction) -> None:

@@ -9,13 +9,13 @@ and `to_dict()` turns into the documented JSON.
 from __future__ import annotations
 
 import difflib
+import itertools
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import polars as pl
 
 from analysis import cohorts
 from analysis.cohorts import QUANTILES, CohortQuery, TrafficFilter
@@ -34,9 +34,20 @@ from analysis.stats import (
     srm_test,
 )
 from analysis.stats.estimate import normal_estimate
-from analysis.verdict import EXIT_CODES, Judgement, Thresholds, Verdict, judge
+from analysis.verdict import (
+    DEFAULT_ALPHA,
+    EXIT_CODES,
+    Judgement,
+    Thresholds,
+    Verdict,
+    check_alpha,
+    judge,
+)
 from analysis.window import naive_utc
 from collector import lake
+
+if TYPE_CHECKING:  # Polars costs ~75 ms to import; only the frame helpers need it
+    import polars as pl
 
 TRUE_LIKE = ("on", "true", "enabled", "treatment", "yes", "variant", "new")
 FALSE_LIKE = ("off", "false", "disabled", "control", "no", "baseline", "old", "default")
@@ -55,7 +66,7 @@ class DiffOptions:
     service: str | None = None
     route: str | None = None
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
-    alpha: float = 0.05
+    alpha: float = DEFAULT_ALPHA
     sequential: bool = False
     expected_split: dict[str, float] | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -64,6 +75,7 @@ class DiffOptions:
         # The lake's timestamps are naive UTC; an aware time is converted, not refused.
         for name in ("start", "end"):
             object.__setattr__(self, name, naive_utc(getattr(self, name)))
+        check_alpha(self.alpha)
 
 
 @dataclass(frozen=True)
@@ -137,15 +149,21 @@ class DiffResult:
         return result_to_dict(self)
 
     def cohorts_frame(self) -> pl.DataFrame:
+        import polars as pl
+
         rows = [_summary_row("treatment", self.treatment), _summary_row("baseline", self.baseline)]
         return pl.DataFrame(rows)
 
     def metrics_frame(self) -> pl.DataFrame:
+        import polars as pl
+
         rows = [_metric_row(m, "overall") for m in self.metrics]
         rows += [_metric_row(m, "overall, route-mix adjusted") for m in self.adjusted]
         return pl.DataFrame(rows)
 
     def breakdown_frame(self) -> pl.DataFrame:
+        import polars as pl
+
         rows = [{"service": s.service, "route": s.route, **_metric_row(m, "route")}
                 for s in self.breakdown for m in s.metrics]
         return pl.DataFrame(rows) if rows else pl.DataFrame()
@@ -231,7 +249,7 @@ def _ratio(row: dict[str, Any], x: str) -> RatioStats:
 def _interpolate(grid: dict[float, float], p: float) -> float:
     points = sorted(grid)
     p = min(max(p, points[0]), points[-1])
-    for lo, hi in zip(points, points[1:], strict=False):
+    for lo, hi in itertools.pairwise(points):
         if lo <= p <= hi:
             if hi == lo:
                 return grid[lo]
@@ -298,8 +316,12 @@ def mix_adjusted(strata: list[tuple[dict[str, Any], dict[str, Any]]], alpha: flo
     return out
 
 
-def _maybe_sequential(est: Estimate, users: int, options: DiffOptions) -> Estimate:
-    return sequential_estimate(est, users, options.alpha) if options.sequential else est
+def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> dict[str, Estimate]:
+    """The estimates as reported: always-valid ones in sequential mode (so that p-values,
+    and the Benjamini–Hochberg correction on them, are the sequential ones too)."""
+    if not options.sequential:
+        return estimates
+    return {m: sequential_estimate(e, users, options.alpha) for m, e in estimates.items()}
 
 
 # -- the diff ------------------------------------------------------------------------------
@@ -369,19 +391,15 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
     t, c = overall["treatment"], overall["baseline"]
     treatment, base = _summary(t, variant), _summary(c, baseline)
     users = (treatment.users, base.users)
-    th = options.thresholds
-
-    def result(metric: str, est: Estimate, q_value: float | None = None,
-               u: tuple[int, int] = users, events: tuple[float, float] | None = None) -> MetricResult:
-        est = _maybe_sequential(est, sum(u), options)
-        ev = events if metric == "error_rate" else (None, None)
-        judgement = judge(metric, est, th, u, ev[1] if ev else None, ev[0] if ev else None)
-        return MetricResult(metric, est, judgement, q_value)
-
     errors = (float(t["err"]), float(c["err"]))
-    metrics = tuple(result(m, e, events=errors) for m, e in estimates(t, c, options.alpha).items())
-    breakdown, pairs = _breakdown(strata_rows, variant, baseline, options, result)
-    adjusted = tuple(result(m, e, events=errors) for m, e in mix_adjusted(pairs, options.alpha).items())
+
+    def results(ests: dict[str, Estimate]) -> tuple[MetricResult, ...]:
+        return tuple(MetricResult(m, e, judge(m, e, options.thresholds, users, errors))
+                     for m, e in _final(ests, sum(users), options).items())
+
+    metrics = results(estimates(t, c, options.alpha))
+    breakdown, pairs = _breakdown(strata_rows, variant, baseline, options)
+    adjusted = results(mix_adjusted(pairs, options.alpha))
     health, srm = _health(options, treatment, base, excluded)
     verdict, reason = overall_verdict(metrics, adjusted, breakdown, health, options)
     summary = summarize(options, treatment, base, adjusted, breakdown, verdict, excluded)
@@ -389,32 +407,30 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
                       srm, verdict, reason, summary)
 
 
-def _breakdown(rows, variant, baseline, options, result):
+def _breakdown(rows, variant, baseline, options):
+    """Per (service, route) present in both cohorts: estimates, Benjamini–Hochberg q-values
+    over all of them, verdicts; and the (treatment, baseline) row pairs for mix_adjusted."""
     by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_key.setdefault((row["service_name"], row["route"]), {})[row["cohort"]] = row
-    pairs = [(v["treatment"], v["baseline"]) for v in by_key.values() if len(v) == 2]
-    keyed = [(k, v) for k, v in sorted(by_key.items()) if len(v) == 2]
-    raw = [(k, v, estimates(v["treatment"], v["baseline"], options.alpha, BREAKDOWN_METRICS))
-           for k, v in keyed]
-    p_values = [e.p_value for _, _, ests in raw for e in ests.values()]
+    keyed = [(k, v["treatment"], v["baseline"]) for k, v in sorted(by_key.items()) if len(v) == 2]
+    raw = [(k, t, c, _final(estimates(t, c, options.alpha, BREAKDOWN_METRICS),
+                            int(t["n"]) + int(c["n"]), options))
+           for k, t, c in keyed]
+    p_values = [e.p_value for *_, ests in raw for e in ests.values()]
     q_values = iter(benjamini_hochberg(p_values)) if p_values else iter(())
     strata = []
-    for (service, route), v, ests in raw:
-        u = (int(v["treatment"]["n"]), int(v["baseline"]["n"]))
-        errors = (float(v["treatment"]["err"]), float(v["baseline"]["err"]))
+    for (service, route), t, c, ests in raw:
+        users = (int(t["n"]), int(c["n"]))
+        errors = (float(t["err"]), float(c["err"]))
         results = []
         for metric, est in ests.items():
             q = next(q_values)
-            r = result(metric, est, q, u, errors)
-            if r.judgement.verdict is Verdict.REGRESSION and q >= options.alpha:
-                r = replace(r, judgement=Judgement(Verdict.INCONCLUSIVE,
-                            f"not significant after Benjamini–Hochberg (q = {q:.3g}); "
-                            + r.judgement.reason))
-            results.append(r)
-        strata.append(StratumResult(service, route, _summary(v["treatment"], variant),
-                                    _summary(v["baseline"], baseline), tuple(results)))
-    return tuple(strata), pairs
+            judgement = judge(metric, est, options.thresholds, users, errors, q)
+            results.append(MetricResult(metric, est, judgement, q))
+        strata.append(StratumResult(service, route, _summary(t, variant), _summary(c, baseline),
+                                    tuple(results)))
+    return tuple(strata), [(t, c) for _, t, c in keyed]
 
 
 def _health(options: DiffOptions, t: CohortSummary, c: CohortSummary,

@@ -19,7 +19,7 @@ from analysis import reports, window
 from analysis.cohorts import TrafficFilter
 from analysis.diff import DiffOptions
 from analysis.errors import AnalysisError
-from analysis.verdict import Thresholds
+from analysis.verdict import DEFAULT_ALPHA, Thresholds, check_alpha
 from analysis.window import naive_utc
 from collector.config import config_file
 
@@ -55,7 +55,7 @@ class ScheduledReport:
     route: str | None = None
     expected_split: dict[str, float] | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
-    alpha: float = 0.05
+    alpha: float = DEFAULT_ALPHA
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
     webhook_url: str | None = None  # None: the [reports] webhook; "": none for this flag
 
@@ -176,16 +176,15 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         if missing or any(s <= 0 for s in split.values()):
             raise AnalysisError(f"{where}: expected_split needs a share > 0 for each compared "
                                 f"variant, e.g. expected_split = {_EXAMPLES['split']}")
-    th = Thresholds(_get(t, "error_threshold_pp", "float", where, 0.5),
-                    _get(t, "latency_threshold_pct", "float", where, 5.0),
-                    _get(t, "min_users", "int", where, 50),
-                    _get(t, "max_crossover_share", "float", where, 0.05))
-    if th.error_rate_pp < 0 or th.latency_pct < 0 or th.min_users < 1 or not 0 <= th.max_crossover_share <= 1:
-        raise AnalysisError(f"{where}: thresholds must be ≥ 0, min_users ≥ 1 and "
-                            "max_crossover_share between 0 and 1")
-    alpha = _get(t, "alpha", "float", where, 0.05)
-    if not 0 < alpha < 1:
-        raise AnalysisError(f"{where}: alpha = {alpha}: must be between 0 and 1, e.g. 0.05")
+    default = Thresholds()
+    try:
+        th = Thresholds(_get(t, "error_threshold_pp", "float", where, default.error_rate_pp),
+                        _get(t, "latency_threshold_pct", "float", where, default.latency_pct),
+                        _get(t, "min_users", "int", where, default.min_users),
+                        _get(t, "max_crossover_share", "float", where, default.max_crossover_share))
+        alpha = check_alpha(_get(t, "alpha", "float", where, DEFAULT_ALPHA))
+    except AnalysisError as exc:
+        raise AnalysisError(f"{where}: {exc}") from exc
     mode = _get(t, "test_traffic", "str", where, "exclude")
     if mode not in TrafficFilter.__members__.values():
         raise AnalysisError(f"{where}: test_traffic = {mode!r}: choose exclude, include or only")

@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from analysis.errors import AnalysisError
 from analysis.stats import Estimate, Status
+from analysis.stats.estimate import valid_alpha
 
 
 class Verdict(StrEnum):
@@ -42,6 +44,16 @@ EXIT_CODES = {
 }
 
 
+DEFAULT_ALPHA = 0.05  # 1 - confidence level
+
+
+def check_alpha(alpha: float) -> float:
+    """`alpha`, or a usage error that says what is allowed."""
+    if not valid_alpha(alpha):
+        raise AnalysisError(f"alpha = {alpha}: must be between 0 and 1, e.g. {DEFAULT_ALPHA}")
+    return float(alpha)
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Practical significance: smaller effects are not worth acting on."""
@@ -50,6 +62,12 @@ class Thresholds:
     latency_pct: float = 5.0  # percent of mean or quantile latency
     min_users: int = 50  # per cohort, below which every verdict is INCONCLUSIVE
     max_crossover_share: float = 0.05  # users seen in both variants, of all compared users
+
+    def __post_init__(self) -> None:
+        if (self.error_rate_pp < 0 or self.latency_pct < 0 or self.min_users < 1
+                or not 0 <= self.max_crossover_share <= 1):
+            raise AnalysisError("thresholds must be ≥ 0, min_users ≥ 1 and "
+                                "max_crossover_share between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -68,8 +86,21 @@ def harm_scale(metric: str, est: Estimate) -> tuple[float, float, float, str] | 
 
 
 def judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int, int],
-          baseline_events: float | None = None, treatment_events: float | None = None) -> Judgement:
-    """The verdict of one metric from its estimate (treatment − baseline)."""
+          errors: tuple[float, float], q_value: float | None = None) -> Judgement:
+    """The verdict of one metric from its estimate (treatment − baseline). `errors`:
+    (treatment, baseline) error counts, for the never-a-pass rule of error rate. `q_value`
+    (a breakdown row's, after Benjamini–Hochberg): a REGRESSION or IMPROVEMENT must also
+    be significant at the estimate's alpha after the correction."""
+    judgement = _judge(metric, est, thresholds, users, errors)
+    decisive = judgement.verdict in (Verdict.REGRESSION, Verdict.IMPROVEMENT)
+    if decisive and q_value is not None and q_value >= est.alpha:
+        return Judgement(Verdict.INCONCLUSIVE, f"not significant after Benjamini–Hochberg "
+                         f"(q = {q_value:.3g}); {judgement.reason}")
+    return judgement
+
+
+def _judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int, int],
+           errors: tuple[float, float]) -> Judgement:
     if est.status is Status.NO_DATA or min(users) == 0:
         return Judgement(Verdict.NO_DATA, "a cohort has no requests")
     if min(users) < thresholds.min_users:
@@ -87,9 +118,10 @@ def judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int, 
         return Judgement(Verdict.REGRESSION, f"worse beyond the threshold: {shown}")
     if hi < 0 and value <= -limit:
         return Judgement(Verdict.IMPROVEMENT, f"better beyond the threshold: {shown}")
-    if baseline_events == 0 and (treatment_events or 0) > 0:
+    treatment_errors, baseline_errors = errors
+    if metric == "error_rate" and baseline_errors == 0 and treatment_errors > 0:
         return Judgement(Verdict.INCONCLUSIVE,
-                         f"baseline has no errors and treatment has {treatment_events:g}: "
+                         f"baseline has no errors and treatment has {treatment_errors:g}: "
                          f"never a pass; {shown}")
     if hi < limit:
         return Judgement(Verdict.PASS, f"harm beyond the threshold ruled out: {shown}")

@@ -126,6 +126,10 @@ def test_diff_usage_mistakes_name_the_fix(tmp_path, capsys):
     assert "expected a number and a unit, e.g. 30m, 6h, 7d" in capsys.readouterr().err
     assert main(["diff", "--lake", str(tmp_path), "--flag", "f", "--expected-split", "on:0.2"]) == 2
     assert "variant=share pairs" in capsys.readouterr().err
+    assert main(["diff", "--lake", str(tmp_path), "--flag", "f", "--alpha", "2"]) == 2
+    assert "alpha = 2.0: must be between 0 and 1" in capsys.readouterr().err
+    assert main(["diff", "--lake", str(tmp_path), "--flag", "f", "--min-users", "0"]) == 2
+    assert "min_users ≥ 1" in capsys.readouterr().err
 
 
 def test_the_readme_toml_examples_are_valid(tmp_path):

@@ -86,6 +86,14 @@ def test_requests_without_a_user_count_their_trace_as_the_unit(tmp_path):
     assert result.excluded["requests_without_user"] == 2
 
 
+def test_the_result_gives_its_tables_as_polars_frames(tmp_path):
+    result = run_diff(write(tmp_path, request("u1", "on") + request("u2", "off")), options())
+    assert result.cohorts_frame()["requests"].to_list() == [1, 1]
+    assert set(result.metrics_frame()["metric"]) == {"error_rate", "mean_latency", "p50_latency",
+                                                     "p90_latency", "p95_latency", "p99_latency"}
+    assert result.breakdown_frame()["route"].to_list() == ["GET /checkout"] * 2
+
+
 def test_a_retried_span_is_counted_once(tmp_path):
     rows = request("u1", "on") + request("u2", "off")
     result = run_diff(write(tmp_path, rows + [dict(rows[0])]), options(thresholds=_lenient()))
@@ -165,6 +173,11 @@ def test_sequential_intervals_are_wider(tmp_path):
     for f, s in zip(fixed.metrics, always.metrics, strict=True):
         assert s.estimate.sequential
         assert s.estimate.diff_hi - s.estimate.diff_lo > f.estimate.diff_hi - f.estimate.diff_lo
+    # the per-route correction runs on the always-valid p-values (a q-value is never below
+    # the p-value it corrects)
+    routes = [m for stratum in always.breakdown for m in stratum.metrics]
+    assert routes and all(m.estimate.sequential for m in routes)
+    assert all(m.q_value >= m.estimate.p_value for m in routes)
 
 
 def test_no_errors_in_baseline_and_some_in_treatment_is_never_a_pass(tmp_path):
@@ -200,3 +213,19 @@ def test_aware_window_times_are_taken_as_utc(tmp_path):
                         END.replace(tzinfo=UTC).astimezone(plus_two), thresholds=_lenient())
     assert (aware.start, aware.end) == (START, END)
     assert run_diff(lake, aware).treatment.requests == 1
+
+
+@pytest.mark.parametrize(("treatment", "decisive"), [(150.0, Verdict.REGRESSION),
+                                                      (50.0, Verdict.IMPROVEMENT)])
+def test_a_route_verdict_must_survive_benjamini_hochberg_both_ways(treatment, decisive):
+    from analysis.stats import Method
+    from analysis.stats.estimate import normal_estimate
+    from analysis.verdict import Thresholds, judge
+
+    est = normal_estimate(100.0, treatment, 1.0, 1.0, 0.05, Method.DELTA)
+    users, errors = (500, 500), (0.0, 0.0)
+    assert judge("mean_latency", est, Thresholds(), users, errors).verdict is decisive
+    assert judge("mean_latency", est, Thresholds(), users, errors, 0.01).verdict is decisive
+    gated = judge("mean_latency", est, Thresholds(), users, errors, 0.2)
+    assert gated.verdict is Verdict.INCONCLUSIVE
+    assert gated.reason.startswith("not significant after Benjamini–Hochberg (q = 0.2)")
