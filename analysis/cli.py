@@ -150,13 +150,11 @@ def _options(args: argparse.Namespace):
 
 def _diff(args: argparse.Namespace) -> int:
     from analysis.diff import run_diff
-    from analysis.report import json as json_report
-    from analysis.report import markdown, terminal
+    from analysis.reports import render
 
     settings = _settings(args, ("data_dir", "lake_dir"))
     result = run_diff(settings.lake_path, _options(args))
-    renderer = {"table": terminal, "json": json_report, "markdown": markdown}[args.format]
-    sys.stdout.write(renderer.render(result))
+    sys.stdout.write(render(result, args.format))
     return result.exit_code
 
 

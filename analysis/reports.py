@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import logging
 import os
 import re
@@ -42,8 +41,9 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = {"html": "html", "md": "md", "json": "json"}  # format -> file extension
 ALIASES = {"markdown": "md", "htm": "html"}
+# format -> renderer module, imported when used ("table" is the terminal's, for `diff`)
 RENDERERS = {"html": "analysis.report.html", "md": "analysis.report.markdown",
-             "json": "analysis.report.json"}
+             "json": "analysis.report.json", "table": "analysis.report.terminal"}
 PREFERRED_LINK = ("html", "md", "json")  # which file a notification links to
 
 
@@ -69,14 +69,6 @@ class ReportFiles:
     def main_file(self) -> Path:
         """The file a notification points to: HTML if written, else Markdown, else JSON."""
         return next(self.files[f] for f in PREFERRED_LINK if f in self.files)
-
-
-def html_available() -> bool:
-    return importlib.util.find_spec(RENDERERS["html"]) is not None
-
-
-def available_formats() -> tuple[str, ...]:
-    return tuple(f for f in EXTENSIONS if f != "html" or html_available())
 
 
 def normalize_formats(formats: Sequence[str], source: str = "formats") -> tuple[str, ...]:
@@ -110,11 +102,8 @@ def stamp_of(now: datetime) -> str:
 
 
 def render(result: DiffResult, fmt: str) -> str:
-    """The report text in one format; the HTML renderer is imported only when asked for."""
-    if fmt == "html" and not html_available():
-        raise AnalysisError("the HTML report is not available in this installation "
-                            "(analysis/report/html.py is missing); use formats md and json")
-    module = importlib.import_module(RENDERERS[fmt])
+    """The report text in one format (a RENDERERS key or an alias such as "markdown")."""
+    module = importlib.import_module(RENDERERS[ALIASES.get(fmt, fmt)])
     return module.render(result)
 
 

@@ -165,7 +165,7 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         raise AnalysisError(f"{where}: {str(exc).replace('--since', 'window')}") from exc
     if span <= timedelta(0):
         raise AnalysisError(f'{where}: window must be longer than zero, e.g. window = "24h"')
-    fmts = reports.normalize_formats(_get(t, "formats", "list", where, reports.available_formats()),
+    fmts = reports.normalize_formats(_get(t, "formats", "list", where, tuple(reports.EXTENSIONS)),
                                      f"{where}: formats")
     variant, baseline = _get(t, "variant", "str", where), _get(t, "baseline", "str", where)
     if variant and variant == baseline:

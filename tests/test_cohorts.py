@@ -10,7 +10,7 @@ import pytest
 from analysis.cohorts import TrafficFilter
 from analysis.diff import DiffOptions, choose_variants, run_diff
 from analysis.errors import AnalysisError
-from analysis.verdict import Verdict
+from analysis.verdict import Thresholds, Verdict
 from tests.synthetic import NOW, population, request, span, write
 
 START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
@@ -47,12 +47,15 @@ def test_test_traffic_is_excluded_by_trace_and_by_user(tmp_path):
 
 
 def test_a_test_marked_record_without_a_trace_excludes_only_its_user(tmp_path):
-    log = {**span("", user="qa-9", test="user_id matches qa-*"), "signal": "log",
+    log = {**span("", user="staff-9", test="test_user=true"), "signal": "log",
            "trace_id": None, "span_id": None, "kind": None, "duration_ms": None}
-    rows = request("u1", "on", ms=200) + request("u2", "off") + request("u3", "on") + [log]
+    rows = (request("u1", "on", ms=200) + request("u2", "off") + request("u3", "on")
+            + request("staff-9", "on")  # unmarked, but the user is a tester
+            + [log])
     result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
     assert (result.treatment.requests, result.baseline.requests) == (2, 1)
-    assert result.excluded["test_requests"] == 0
+    assert result.excluded["test_requests"] == 1
+    assert result.excluded["test_users"] == 1
 
 
 def test_crossover_users_keep_their_first_variant(tmp_path):
@@ -184,10 +187,17 @@ def test_no_errors_in_baseline_and_some_in_treatment_is_never_a_pass(tmp_path):
     rng = random.Random(9)
     rows = population(rng, 400, err_on=0.0, err_off=0.0)
     rows += request("user-extra", "on", error=True)
-    result = run_diff(write(tmp_path, rows), options())
+    lake = write(tmp_path, rows)
+    result = run_diff(lake, options())
     error_rate = {m.metric: m for m in result.metrics}["error_rate"]
     assert error_rate.judgement.verdict is not Verdict.PASS
     assert result.verdict is not Verdict.PASS
+    # with thresholds so wide that the interval alone would pass, the rule still holds
+    wide = run_diff(lake, options(thresholds=Thresholds(error_rate_pp=5.0, latency_pct=50.0)))
+    error_rate = {m.metric: m for m in wide.metrics}["error_rate"]
+    assert error_rate.judgement.verdict is Verdict.INCONCLUSIVE
+    assert "never a pass" in error_rate.judgement.reason
+    assert wide.verdict is not Verdict.PASS
 
 
 def test_sample_ratio_mismatch_makes_the_comparison_unhealthy(tmp_path):

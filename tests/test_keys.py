@@ -135,3 +135,35 @@ def test_compaction_gives_older_files_their_keys(tmp_path):
     (merged,) = directory.glob("**/*.parquet")
     assert pq.read_schema(merged).equals(SCHEMA)
     assert pq.read_table(merged).select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
+
+
+def _without_keys(rows: list[dict]) -> pa.Table:
+    fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
+    return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in fields},
+                                schema=pa.schema(fields))
+
+
+def test_sql_and_python_derive_the_same_keys_from_odd_ids(tmp_path):
+    rows = request("u1", "on")  # a root and a child
+    odd = [dict(rows[0], span_id="9"), dict(rows[0], span_id="zz" * 8),
+           dict(rows[0], span_id="0" * 16, parent_span_id="", kind=1)]
+    table = _without_keys(rows + odd)
+    path = tmp_path / "odd.parquet"
+    pq.write_table(table, path)
+    derived = lake.derived_keys()
+    sql = duckdb.sql(f"SELECT {derived['trace_key']}, {derived['span_key']}, "
+                     f"{derived['is_entry']} FROM read_parquet('{path}')").fetchall()
+    python = with_keys(table).select(list(KEY_COLUMNS)).to_pylist()
+    assert sql == [(r["trace_key"], r["span_key"], r["is_entry"]) for r in python]
+    assert [key for _, key, _ in sql[2:4]] == [None, None]  # not 8 bytes of hex: no key
+
+
+def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
+    rows = request("u2", "off") + request("u3", "on")
+    root = rows[0]
+    rows += [dict(root, span_id="1", event_id=root["trace_id"] + "1"),
+             dict(root, span_id="2", event_id=root["trace_id"] + "2"),
+             dict(root)]  # and a real retry, so that de-duplication runs
+    lake.write_table(tmp_path, with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
+    result = run_diff(tmp_path, options(thresholds=_lenient()))
+    assert result.baseline.requests == 3  # the root once, both key-less entry spans

@@ -88,7 +88,6 @@ def test_no_data_is_reported_not_raised(results, tmp_path):
     assert "no data" in files.latest["md"].read_text()
 
 
-@pytest.mark.skipif(not reports.html_available(), reason="analysis/report/html.py not present yet")
 def test_html_report_is_written_self_contained(results, tmp_path):
     files = write_report(results["regression"], tmp_path, ["html", "md"], NINE)
     html = files.latest["html"].read_text()
