@@ -29,7 +29,7 @@ browser:
 	fi
 
 # Ingest (~1 min), then the analysis at 1 M, 10 M and 100 M events (the 100 M lake takes
-# ~7 min and ~10 GB to generate once; it is cached in bench/out/lakes).
+# ~5 min and ~12 GB to generate once; it is cached in bench/out/lakes).
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/analysis.py

@@ -20,8 +20,8 @@ process every 20 ms): wall time best of 3 for N <= 10 M, one run for 100 M, page
 warm (the lake was just written or read). Prints a table with the diff/bare ratio and the
 machine, and writes bench/out/analysis.json.
 
-Run: `.venv/bin/python bench/analysis.py --sizes 1e6,1e7` (100 M needs ~10 GB of disk
-and ~6 minutes to generate on 2 cores).
+Run: `.venv/bin/python bench/analysis.py --sizes 1e6,1e7` (100 M needs ~12 GB of disk
+and ~5 minutes to generate on 2 cores).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from collector.convert import SCHEMA
 DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lakes"
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "analysis.json"
 FLAG = "new-checkout"
-BYTES_PER_EVENT = 110  # measured ~98 (zstd); the disk check keeps a margin
+BYTES_PER_EVENT = 135  # measured ~122 (zstd) with the join keys; the disk check keeps a margin
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 
@@ -120,6 +121,24 @@ ORDER BY ALL
 """
 
 
+def same_cohorts(bare: list[dict[str, Any]], diff: dict[str, Any]) -> bool:
+    """Do the bare query's rows and the diff's cohorts agree: requests, users, errors exactly,
+    mean and the four quantiles to 1e-9 relative?"""
+    cohorts = {c["variant"]: c for c in (diff.get("treatment"), diff.get("baseline"))
+               if isinstance(c, dict)}
+    if {row["variant"] for row in bare} != set(cohorts):
+        return False
+    for row in bare:
+        c = cohorts[row["variant"]]
+        if (row["requests"], row["users"], row["errors"]) != (c["requests"], c["users"], c["errors"]):
+            return False
+        values = [*row["quantiles_ms"], row["mean_ms"]]
+        others = [*c["quantiles_ms"].values(), c["mean_ms"]]
+        if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(values, others, strict=True)):
+            return False
+    return True
+
+
 # -- workers (one subprocess per measurement) -------------------------------------------
 def _run_bare(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdown: bool) -> Any:
     con = duckdb.connect()
@@ -134,11 +153,7 @@ def _run_bare(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdo
 def _run_diff(lake_dir: Path, flag: str, start: datetime, end: datetime) -> Any:
     from analysis.diff import DiffOptions, run_diff
 
-    # DiffOptions takes naive UTC datetimes (as analysis.window.resolve makes them).
-    def naive(moment: datetime) -> datetime:
-        return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-
-    return run_diff(lake_dir, DiffOptions(flag=flag, start=naive(start), end=naive(end)))
+    return run_diff(lake_dir, DiffOptions(flag=flag, start=start, end=end))  # normalises to UTC
 
 
 def _diff_summary(result: Any) -> dict[str, Any]:
@@ -306,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"mean {c.get('mean_ms', 0):.1f} ms")
         if "verdict" in diff_result:
             print(f"  diff verdict: {diff_result['verdict']}: {diff_result.get('summary')}")
+            entry["diff_matches_bare"] = same_cohorts(entry["bare"]["result"], diff_result)
+            print(f"  per-cohort counts and quantiles identical: "
+                  f"{'yes' if entry['diff_matches_bare'] else 'NO'}")
 
     header = ("N events", "files", "lake MiB", "gen s", "bare s", "bare MiB", "bare+bd s",
               "diff s", "diff MiB", "diff/bare")
