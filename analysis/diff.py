@@ -143,6 +143,11 @@ class DiffResult:
     def exit_code(self) -> int:
         return EXIT_CODES[self.verdict]
 
+    @property
+    def compared(self) -> bool:
+        """Both cohorts have requests (else there is nothing but the NO_DATA reason)."""
+        return bool(self.treatment.requests and self.baseline.requests)
+
     def to_dict(self) -> dict[str, Any]:
         from analysis.report.json import result_to_dict
 
@@ -326,17 +331,21 @@ def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> 
 
 # -- the diff ------------------------------------------------------------------------------
 def run_diff(lake_dir: Path, options: DiffOptions, charts: bool = False) -> DiffResult:
-    """Compare the cohorts; `charts` adds the time series and histogram the HTML report draws."""
-    con = lake.connect(lake_dir)
-    try:
-        result = _run(con, options)
-        if charts and result.verdict is not Verdict.NO_DATA:
-            result = replace(result, charts=_charts(con, result.options))
-        return result
-    except duckdb.Error as exc:
-        raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
-    finally:
-        con.close()
+    """Compare the cohorts; `charts` adds the time series and histogram the HTML report draws.
+    A run that raced compaction (a file merged away mid-read) starts again (lake.fetch)."""
+    for attempt in range(1, 4):
+        con = lake.connect(lake_dir)
+        try:
+            result = _run(con, options)
+            if charts and result.compared:
+                result = replace(result, charts=_charts(con, result.options))
+            return result
+        except duckdb.Error as exc:
+            if attempt == 3 or not lake.raced_compaction(exc):
+                raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
 
 
 def _charts(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> Charts:

@@ -31,20 +31,14 @@ GROUP BY ALL ORDER BY flag, variant
 """
 
 
-def list_flags(lake_dir: Path, start: datetime | None = None,
-               end: datetime | None = None) -> list[FlagVariant]:
+def list_flags(lake_dir: Path, start: datetime | None = None) -> list[FlagVariant]:
+    """Every flag and variant evaluated since `start` (ever, without one)."""
     where, params = "", {}
     if start is not None:
         where += " AND time >= $start"
         params["start"] = start
-    if end is not None:
-        where += " AND time < $end"
-        params["end"] = end
-    con = lake.connect(lake_dir)
     try:
-        rows = con.execute(SQL.format(where=where), params).fetchall()
+        _, rows = lake.fetch(lake_dir, SQL.format(where=where), params)
     except duckdb.Error as exc:
         raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
-    finally:
-        con.close()
     return [FlagVariant(*row) for row in rows]

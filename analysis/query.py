@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,6 @@ import orjson
 from collector import lake
 from collector.errors import LakeError
 
-FORMATS = ("table", "csv", "json")
-_RETRIES = 3
-
 
 def run(lake_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Column names and rows of `sql` over the lake.
@@ -24,24 +20,15 @@ def run(lake_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     The collector may compact or expire files between DuckDB's glob and its read of a
     file; such a query is retried with a fresh listing.
     """
-    for attempt in range(_RETRIES):
-        con = lake.connect(lake_dir)
-        try:
-            result = con.execute(sql)
-            columns = [d[0] for d in result.description or ()]
-            return columns, result.fetchall()
-        except duckdb.IOException as exc:
-            if attempt == _RETRIES - 1 or "No such file" not in str(exc):
-                raise LakeError(f"reading the lake at {lake_dir} failed: {exc}") from exc
-            time.sleep(0.05)
-        except duckdb.Error as exc:
-            raise LakeError(
-                f"{exc}\nhint: query the view 'events' (one row per span or log record), e.g. "
-                "SELECT service_name, count(*) FROM events GROUP BY 1"
-            ) from exc
-        finally:
-            con.close()
-    raise AssertionError("unreachable")
+    try:
+        return lake.fetch(lake_dir, sql)
+    except duckdb.IOException as exc:
+        raise LakeError(f"reading the lake at {lake_dir} failed: {exc}") from exc
+    except duckdb.Error as exc:
+        raise LakeError(
+            f"{exc}\nhint: query the view 'events' (one row per span or log record), e.g. "
+            "SELECT service_name, count(*) FROM events GROUP BY 1"
+        ) from exc
 
 
 def _cell(value: Any) -> str:

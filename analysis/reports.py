@@ -31,7 +31,7 @@ import orjson
 
 from analysis.errors import AnalysisError
 from analysis.verdict import Verdict
-from analysis.window import aware_utc
+from analysis.window import aware_utc, iso_z
 from collector import lake
 
 if TYPE_CHECKING:
@@ -133,10 +133,10 @@ def write_report(result: DiffResult, out_dir: Path, formats: Sequence[str],
         write_atomically(files[fmt], text.encode())
         write_atomically(latest[fmt], text.encode())
     record = {
-        "time": _iso(now), "flag": flag, "verdict": result.verdict.value,
+        "time": iso_z(now), "flag": flag, "verdict": result.verdict.value,
         "previous_verdict": previous.value if previous else None,
         "exit_code": result.exit_code, "summary": result.summary, "reason": result.reason,
-        "window": {"start": _iso(result.options.start), "end": _iso(result.options.end)},
+        "window": {"start": iso_z(result.options.start), "end": iso_z(result.options.end)},
         "files": {fmt: p.name for fmt, p in files.items()},
     }
     history, state = directory / "history.jsonl", directory / "state.json"
@@ -154,7 +154,7 @@ def record_failure(out_dir: Path, flag: str, now: datetime, error: str) -> Path:
     directory = Path(out_dir) / flag_dir_name(flag)
     directory.mkdir(parents=True, exist_ok=True)
     history = directory / "history.jsonl"
-    append_line(history, {"time": _iso(now), "flag": flag, "verdict": None, "error": error})
+    append_line(history, {"time": iso_z(now), "flag": flag, "verdict": None, "error": error})
     return history
 
 
@@ -232,5 +232,3 @@ def _free_stamp(directory: Path, now: datetime, fmts: Sequence[str]) -> str:
 
 
 
-def _iso(moment: datetime) -> str:
-    return aware_utc(moment).isoformat().replace("+00:00", "Z")

@@ -24,7 +24,6 @@ from analysis.window import naive_utc
 from collector.config import config_file
 
 WEBHOOK_ENV = "FLAGSCOPE_WEBHOOK_URL"
-DEFAULT_WINDOW = "24h"
 DEFAULT_CRON = "0 * * * *"
 
 # Settings of one report; all but `flag` may be given in [reports] as defaults.
@@ -144,12 +143,13 @@ def parse_config(doc: Mapping[str, Any], source: str = "flagscope.toml",
     link_base = _get(body, "link_base", "str", where) or None
     if link_base:
         _check_url(link_base, "link_base", where)
-    timeout = _get(body, "webhook_timeout_s", "float", where, 5.0)
-    retries = _get(body, "webhook_retries", "int", where, 3)
+    default = ReportsConfig()
+    timeout = _get(body, "webhook_timeout_s", "float", where, default.webhook_timeout_s)
+    retries = _get(body, "webhook_retries", "int", where, default.webhook_retries)
     if timeout <= 0 or retries < 0:
         raise AnalysisError(f"{where}: webhook_timeout_s must be > 0 and webhook_retries ≥ 0")
-    return ReportsConfig(Path(_get(body, "out_dir", "str", where, "reports")), tuple(reports_),
-                         webhook_url, link_base, timeout, retries, source)
+    return ReportsConfig(Path(_get(body, "out_dir", "str", where, str(default.out_dir))),
+                         tuple(reports_), webhook_url, link_base, timeout, retries, source)
 
 
 def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
@@ -160,9 +160,9 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
     cron_text = _get(t, "cron", "str", where, DEFAULT_CRON)
     try:
         cron = cronlib.parse(cron_text)
-        span = window.parse_duration(_get(t, "window", "str", where, DEFAULT_WINDOW))
+        span = window.parse_duration(_get(t, "window", "str", where, window.DEFAULT_SINCE), "window")
     except AnalysisError as exc:
-        raise AnalysisError(f"{where}: {str(exc).replace('--since', 'window')}") from exc
+        raise AnalysisError(f"{where}: {exc}") from exc
     if span <= timedelta(0):
         raise AnalysisError(f'{where}: window must be longer than zero, e.g. window = "24h"')
     fmts = reports.normalize_formats(_get(t, "formats", "list", where, tuple(reports.EXTENSIONS)),

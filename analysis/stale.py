@@ -53,10 +53,9 @@ class StaleFlag:
                 f"({self.days:.0f} days): ready to remove the dead path")
 
 
-# Per flag and variant: first and last evaluation of any traffic, and of real traffic.
+# Per flag and variant: last evaluation of any traffic, first and last of real traffic.
 SQL = """
-SELECT e.key AS flag, e.value AS variant,
-       min(time) AS first_seen, max(time) AS last_seen,
+SELECT e.key AS flag, e.value AS variant, max(time) AS last_seen,
        min(time) FILTER (WHERE NOT is_test) AS first_real,
        max(time) FILTER (WHERE NOT is_test) AS last_real,
        count(*) FILTER (WHERE NOT is_test AND time >= $cutoff) AS recent_real
@@ -74,13 +73,10 @@ def stale_flags(lake_dir: Path, days: float, now: datetime | None = None) -> lis
         raise AnalysisError(f"--stale {days}: the number of days must be greater than 0, e.g. 30")
     now = naive_utc(now or datetime.now(UTC))
     cutoff = now - timedelta(days=days)
-    con = lake.connect(lake_dir)
     try:
-        rows = con.execute(SQL, {"now": now, "cutoff": cutoff}).fetchall()
+        _, rows = lake.fetch(lake_dir, SQL, {"now": now, "cutoff": cutoff})
     except duckdb.Error as exc:
         raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
-    finally:
-        con.close()
     by_flag: dict[str, list[_Variant]] = defaultdict(list)
     for flag, *rest in rows:
         by_flag[flag].append(_Variant(*rest))
@@ -91,7 +87,6 @@ def stale_flags(lake_dir: Path, days: float, now: datetime | None = None) -> lis
 
 class _Variant(NamedTuple):
     variant: str
-    first_seen: datetime
     last_seen: datetime
     first_real: datetime | None  # real = not test traffic
     last_real: datetime | None

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from analysis.window import aware_utc
+
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -93,9 +95,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return 0.0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return max(0.0, (aware_utc(when) - (now or datetime.now(UTC))).total_seconds())
 
 
 def redact(url: str) -> str:

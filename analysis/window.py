@@ -11,10 +11,10 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 DEFAULT_SINCE = "24h"
 
 
-def parse_duration(text: str) -> timedelta:
+def parse_duration(text: str, option: str = "--since") -> timedelta:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if not match:
-        raise AnalysisError(f"--since {text!r}: expected a number and a unit, e.g. 30m, 6h, 7d")
+        raise AnalysisError(f"{option} {text!r}: expected a number and a unit, e.g. 30m, 6h, 7d")
     return timedelta(**{_UNITS[match[2]]: float(match[1])})
 
 
@@ -26,6 +26,11 @@ def naive_utc(moment: datetime) -> datetime:
 def aware_utc(moment: datetime) -> datetime:
     """The same instant as an aware UTC time (a naive time is taken as UTC)."""
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def iso_z(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as the JSON files write times (a naive time is UTC)."""
+    return aware_utc(moment).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(text: str, option: str) -> datetime:

@@ -78,16 +78,6 @@ def lake_count(lake: Path) -> int:
     return 0
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def parse_rate(payload: bytes, seconds: float = 2.0) -> float:
     n = 0
     start = time.perf_counter()
@@ -124,13 +114,16 @@ def main() -> int:
     def sample() -> None:
         nonlocal peak
         while sampling:
-            peak = max(peak, tree_rss(collector))
+            total = 0
             for p in [collector, *collector.children(recursive=True)]:
                 try:
-                    name = "front end" if p.pid == collector.pid else f"lake writer {p.pid}"
-                    peak_each[name] = max(peak_each.get(name, 0), p.memory_info().rss)
+                    rss = p.memory_info().rss
                 except psutil.NoSuchProcess:
-                    pass
+                    continue
+                total += rss
+                name = "front end" if p.pid == collector.pid else f"lake writer {p.pid}"
+                peak_each[name] = max(peak_each.get(name, 0), rss)
+            peak = max(peak, total)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)

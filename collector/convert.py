@@ -122,36 +122,6 @@ def is_entry(kind: int | None, parent_span_id: bytes | str | None) -> bool:
     return kind == SPAN_KIND_SERVER or not parent_span_id
 
 
-def with_keys(table: pa.Table) -> pa.Table:
-    """`table` (rows of SCHEMA's other columns) with KEY_COLUMNS derived from its hex ids:
-    for files written before the keys existed (compaction upgrades them)."""
-    trace_ids = table["trace_id"].to_pylist()
-    span_ids = table["span_id"].to_pylist()
-    signals = table["signal"].to_pylist()
-    kinds = table["kind"].to_pylist()
-    parents = table["parent_span_id"].to_pylist()
-    trace_keys = pa.array([_bytes(t, 16) for t in trace_ids], type=pa.binary(16))
-    keys = {
-        "trace_key": pa.ExtensionArray.from_storage(pa.uuid(), trace_keys),
-        "span_key": pa.array([span_key(_bytes(s, 8) or b"") for s in span_ids], type=pa.int64()),
-        "is_entry": pa.array([sig == "span" and is_entry(k, p)
-                              for sig, k, p in zip(signals, kinds, parents, strict=True)]),
-    }
-    for name, array in keys.items():
-        if name in table.column_names:
-            table = table.drop_columns([name])
-        table = table.append_column(name, array)
-    return table
-
-
-def _bytes(hex_id: str | None, size: int) -> bytes | None:
-    try:
-        raw = bytes.fromhex(hex_id) if hex_id else b""
-    except ValueError:
-        return None
-    return raw if len(raw) == size else None
-
-
 def _http_status(attrs: dict[str, Any]) -> int | None:
     code = attrs.get("http.response.status_code", attrs.get("http.status_code"))
     if isinstance(code, int) and not isinstance(code, bool):
@@ -268,6 +238,7 @@ class Converter:
         reason = tagger.test_reason(attrs, resource_reason, user_id)
         raw_trace_id = span.trace_id
         raw_span_id = span.span_id
+        raw_parent_id = span.parent_span_id
         trace_id = raw_trace_id.hex()
         span_id = raw_span_id.hex()
         start = span.start_time_unix_nano
@@ -277,7 +248,7 @@ class Converter:
         status_code = status.code
         http_status = _http_status(attrs)
         return (
-            start, end, trace_id + span_id, trace_id, span_id, _hex(span.parent_span_id),
+            start, end, trace_id + span_id, trace_id, span_id, _hex(raw_parent_id),
             span.trace_state or None, service, scope[0], scope[1], span.name, kind,
             (end - start) / 1e6 if end >= start else None,
             status_code, status.message or None,
@@ -286,7 +257,7 @@ class Converter:
             attrs.get("http.request.method", attrs.get("http.method")), attrs.get("http.route"),
             http_status, user_id, list(flags.items()), reason is not None, reason,
             _json(attrs), resource_json, events_json, links_json, span.dropped_attributes_count,
-            raw_trace_id, span_key(raw_span_id), is_entry(kind, span.parent_span_id),
+            raw_trace_id, span_key(raw_span_id), is_entry(kind, raw_parent_id),
         )
 
     # -- logs -----------------------------------------------------------------------

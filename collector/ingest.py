@@ -45,17 +45,21 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     chunk: list[tuple[int, bytes]] = []
     size = 0
     writer = lake.PartitionedWriter(settings.lake_path, file_stem(settings.writer, seq))
-    for record in itertools.chain(reader, [None]):  # None flushes the last chunk
-        if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
-            if chunk:
-                table = converter.table(chunk)
-                writer.write(table)
-                rows += table.num_rows
-            chunk, size = [], 0
-        if record is not None:
-            chunk.append(record)
-            size += len(record[1])
-            records += 1
+    try:
+        for record in itertools.chain(reader, [None]):  # None flushes the last chunk
+            if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
+                if chunk:
+                    table = converter.table(chunk)
+                    writer.write(table)
+                    rows += table.num_rows
+                chunk, size = [], 0
+            if record is not None:
+                chunk.append(record)
+                size += len(record[1])
+                records += 1
+    except BaseException:
+        writer.abort()
+        raise
     writer.close()
     if reader.tear is not None:
         target = quarantine_tail(path, reader.tear)

@@ -11,13 +11,11 @@ Readers open the lake with `connect()`, which defines the de-duplicated `events`
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import duckdb
 import pyarrow as pa
@@ -25,9 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from collector import failpoints
-from collector.convert import KEY_COLUMNS, SCHEMA, with_keys
+from collector.convert import KEY_COLUMNS, SCHEMA
 from collector.errors import LakeError
-from collector.wal import fsync_dir
+from collector.wal import fsync_dir, publish, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +37,6 @@ GLOB = "**/*.parquet"
 def partition_of(hour_index: int) -> str:
     moment = datetime.fromtimestamp(hour_index * 3600, tz=UTC)
     return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write(file)` under `<name>.tmp`, fsync, rename into place, fsync the directory:
-    readers see the old file or the whole new one. A failed write leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class PartitionedWriter:
@@ -91,15 +72,21 @@ class PartitionedWriter:
         written = []
         for path, handle, writer in self._open.values():
             writer.close()
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
             failpoints.hit("lake.before_rename")
-            os.replace(handle.name, path)
-            fsync_dir(path.parent)
+            publish(handle, path)
             written.append(path)
         self._open.clear()
         return written
+
+    def abort(self) -> None:
+        """Drop the files not yet closed (a conversion failed): nothing reaches the lake."""
+        for _, handle, writer in self._open.values():
+            try:
+                writer.close()
+            finally:
+                handle.close()
+                Path(handle.name).unlink(missing_ok=True)
+        self._open.clear()
 
 
 def write_table(lake: Path, table: pa.Table, name: str) -> list[Path]:
@@ -189,11 +176,11 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
     schema = pa.unify_schemas([pq.read_schema(p) for p in paths] + [SCHEMA])
 
     def write(handle) -> None:
-        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as parquet:
             for path in paths:
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS):
                     table = _conform(pa.Table.from_batches([batch]), schema)
-                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                    parquet.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
     write_atomically(target, write)
     for path in paths:
@@ -260,6 +247,25 @@ def derived_keys(trace_id: str = "trace_id", span_id: str = "span_id", signal: s
     }
 
 
+def with_keys(table: pa.Table) -> pa.Table:
+    """`table` (SCHEMA's other columns) with KEY_COLUMNS appended, derived by the same SQL
+    as the views use (`derived_keys`): for rows written before the keys existed."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")  # rows come back in their order
+        con.execute("SET arrow_lossless_conversion = true")  # UUIDs as Arrow UUIDs
+        con.register("_rows", table)
+        keys = con.sql("SELECT " + ", ".join(
+            f"{sql} AS {name}" for name, sql in derived_keys().items()) + " FROM _rows"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    table = table.drop_columns([name for name in KEY_COLUMNS if name in table.column_names])
+    for name in KEY_COLUMNS:
+        table = table.append_column(name, keys[name].cast(SCHEMA.field(name).type))
+    return table
+
+
 def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     """`events_raw`: every stored row; `events`: one row per span/log (retries de-duplicated)."""
     select = "*"
@@ -268,11 +274,11 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     if has_files(lake):
         glob = _sql_str(str(lake / GLOB))
         source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
-        with_keys, files = con.execute(
+        keyed, files = con.execute(
             "SELECT count(*) FILTER (WHERE has_key), count(*) FROM (SELECT file_name, "
             f"bool_or(name = 'trace_key') AS has_key FROM parquet_schema('{glob}') GROUP BY 1)"
         ).fetchall()[0]
-        if with_keys < files:
+        if keyed < files:
             # Files from before the keys: derive them for those rows. The view lists the
             # files again at every query; the empty table in SCHEMA keeps the key columns
             # defined whichever files exist by then.
@@ -290,19 +296,42 @@ def _sql_str(value: str) -> str:
     return value.replace("'", "''")
 
 
+def raced_compaction(exc: BaseException) -> bool:
+    """A reader listed a file that compaction merged away before it was read: list again."""
+    return isinstance(exc, duckdb.IOException) and "No such file" in str(exc)
+
+
+def fetch(lake: Path, sql: str, params: Any = None, attempts: int = 3
+          ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of `sql` over the lake's views, run again with a fresh
+    listing when it raced compaction. Other errors are DuckDB's, for the caller to word."""
+    for attempt in range(1, attempts + 1):
+        con = connect(lake)
+        try:
+            result = con.execute(sql, params) if params else con.execute(sql)
+            return [d[0] for d in result.description or ()], result.fetchall()
+        except duckdb.Error as exc:
+            if attempt == attempts or not raced_compaction(exc):
+                raise
+            time.sleep(0.05)
+        finally:
+            con.close()
+    raise AssertionError("attempts must be at least 1")
+
+
 def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    for attempt in range(3):
+    retries = 2
+    while True:
         try:
             define_views(con, lake)
             return con
         except duckdb.Error as exc:
-            # a file compacted away between the glob and its read: list again
-            retry = isinstance(exc, duckdb.IOException) and "No such file" in str(exc)
-            if attempt == 2 or not retry:
-                con.close()
-                raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc
-            time.sleep(0.05)
-    raise AssertionError("unreachable")
+            if retries and raced_compaction(exc):
+                retries -= 1
+                time.sleep(0.05)
+                continue
+            con.close()
+            raise LakeError(f"cannot open the lake at {lake}: {exc}") from exc

@@ -19,9 +19,10 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import BinaryIO
 
 from collector import failpoints
 
@@ -57,17 +58,36 @@ def read_last_seq(directory: Path) -> int:
 def _record_last_seq(directory: Path, seq: int) -> None:
     # Lake file names derive from segment numbers, so a number must never be reused,
     # even after the lake writers have converted and deleted every segment.
-    tmp = directory / (LAST_SEQ + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, str(seq).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / LAST_SEQ)
+        write_atomically(directory / LAST_SEQ, lambda handle: handle.write(str(seq).encode()))
     except OSError as exc:
         log.warning("could not record WAL segment number %d in %s: %s", seq, LAST_SEQ, exc)
+
+
+# -- durable files (the WAL's, the lake's, the reports') ---------------------------------
+def publish(handle: BinaryIO, path: Path) -> None:
+    """Make the file written through `handle` (open on `<path>.tmp`) durable under `path`:
+    fsync, close, rename into place, fsync the directory. Readers see all or nothing."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+    os.replace(handle.name, path)
+    fsync_dir(path.parent)
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` under `<name>.tmp`, then `publish` it as `path`. A failed write
+    leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    handle = open(tmp, "wb")  # noqa: SIM115 - publish() closes it
+    try:
+        write(handle)
+        publish(handle, path)
+    except BaseException:
+        handle.close()
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_dir(directory: Path) -> None:

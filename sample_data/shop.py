@@ -103,7 +103,8 @@ def run(http_endpoint: str, grpc_endpoint: str, config: ShopConfig = ShopConfig(
     weights = [1.0] * config.users + [3.0] * config.qa_users  # testers are busy
     now = time.time_ns()
     span_ns = int(config.hours * 3600e9)
-    counts = {"requests": 0, "checkout_on": 0, "checkout_off": 0, "test_requests": 0}
+    counts = {"requests": 0, "checkout_on": 0, "checkout_off": 0, "checkout_test": 0,
+              "test_requests": 0}
     for _ in range(config.requests):
         user = rng.choices(users, weights)[0]
         method, route, _share, median, error_rate = rng.choices(ROUTES, [r[2] for r in ROUTES])[0]
@@ -124,8 +125,7 @@ def run(http_endpoint: str, grpc_endpoint: str, config: ShopConfig = ShopConfig(
                 with trace.use_span(child, end_on_exit=False):
                     enabled = flags.get_boolean_value(FLAG, False, EvaluationContext(user))
                 child.end(end_time=start + int(latency * 0.8e6))
-            if not is_test:
-                counts["checkout_on" if enabled else "checkout_off"] += 1
+            counts["checkout_test" if is_test else "checkout_on" if enabled else "checkout_off"] += 1
             if enabled:
                 latency *= 1 + config.regression_latency
                 error_rate += config.regression_errors

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from collector import lake
-from collector.convert import KEY_COLUMNS, SCHEMA, with_keys
+from collector.convert import KEY_COLUMNS, SCHEMA
 
 _ids = itertools.count(1)
 NOW = datetime.now(UTC).replace(tzinfo=None)
@@ -60,7 +60,7 @@ def write(lake_dir: Path, rows: list[dict[str, Any]], name: str = "syn-000000000
     fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
     table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in fields},
                                  schema=pa.schema(fields))
-    lake.write_table(lake_dir, with_keys(table).cast(SCHEMA), name)
+    lake.write_table(lake_dir, lake.with_keys(table).cast(SCHEMA), name)
     return lake_dir
 
 

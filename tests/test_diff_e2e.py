@@ -65,10 +65,10 @@ def test_requests_are_counted_at_the_root_and_testers_excluded(regressed):
     # Every checkout request of a real user is in exactly one cohort; testers in none.
     assert result.treatment.requests == counts["checkout_on"]
     assert result.baseline.requests == counts["checkout_off"]
-    assert result.excluded["test_requests"] > 0
-    assert result.excluded["test_users"] <= shop.ShopConfig.qa_users
+    assert result.excluded["test_requests"] == counts["checkout_test"] > 0
+    assert 0 < result.excluded["test_users"] <= shop.ShopConfig.qa_users
     only = run_diff(lake, DiffOptions("new-checkout", start, end, test_mode="only"))
-    assert only.treatment.requests == result.excluded["test_requests"]
+    assert only.treatment.requests == counts["checkout_test"]
     assert only.baseline.requests == 0 and only.verdict is Verdict.NO_DATA
 
 

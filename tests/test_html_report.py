@@ -145,6 +145,16 @@ def test_a_result_without_chart_data_says_so(report):
     assert set(_charts(text)) == {"forest-error-rate", "forest-p95"}  # from the breakdown
 
 
+def test_each_cohort_row_gets_its_own_swatch_whatever_the_variants_are_called(report):
+    # a treatment variant literally named "baseline" must not move the baseline's swatch
+    treatment = dataclasses.replace(report.result.treatment, variant="baseline")
+    text = html_report.render(dataclasses.replace(report.result, treatment=treatment))
+    rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td>", text)
+    assert ('<span class="swatch treatment" style="background:' in rows[0][0]
+            and rows[0][0].endswith("treatment") and rows[0][1] == "baseline")
+    assert '<span class="swatch baseline"' in rows[1][0] and "swatch" not in rows[0][1]
+
+
 # -- in a browser -------------------------------------------------------------------------------
 @pytest.mark.parametrize("width", [1366, 800])
 def test_the_report_renders_in_headless_chromium(report, tmp_path, width):

@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from analysis.diff import run_diff
 from collector import lake
 from collector.config import Settings
-from collector.convert import KEY_COLUMNS, SCHEMA, Converter, with_keys
+from collector.convert import KEY_COLUMNS, SCHEMA, Converter, is_entry, span_key
 from collector.otlp import SIGNAL_CODES, TRACES
 from collector.tagging import Tagger
 from tests.helpers import query
@@ -48,7 +48,7 @@ def test_the_collector_writes_the_ids_as_keys():
 
 def test_older_files_get_the_collectors_keys():
     table = _converted()
-    derived = with_keys(table.drop_columns(list(KEY_COLUMNS)))
+    derived = lake.with_keys(table.drop_columns(list(KEY_COLUMNS)))
     assert derived.select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
 
 
@@ -143,19 +143,14 @@ def _without_keys(rows: list[dict]) -> pa.Table:
                                 schema=pa.schema(fields))
 
 
-def test_sql_and_python_derive_the_same_keys_from_odd_ids(tmp_path):
+def test_odd_ids_get_the_keys_the_collector_would_give(tmp_path):
     rows = request("u1", "on")  # a root and a child
     odd = [dict(rows[0], span_id="9"), dict(rows[0], span_id="zz" * 8),
            dict(rows[0], span_id="0" * 16, parent_span_id="", kind=1)]
-    table = _without_keys(rows + odd)
-    path = tmp_path / "odd.parquet"
-    pq.write_table(table, path)
-    derived = lake.derived_keys()
-    sql = duckdb.sql(f"SELECT {derived['trace_key']}, {derived['span_key']}, "
-                     f"{derived['is_entry']} FROM read_parquet('{path}')").fetchall()
-    python = with_keys(table).select(list(KEY_COLUMNS)).to_pylist()
-    assert sql == [(r["trace_key"], r["span_key"], r["is_entry"]) for r in python]
-    assert [key for _, key, _ in sql[2:4]] == [None, None]  # not 8 bytes of hex: no key
+    keys = lake.with_keys(_without_keys(rows + odd)).select(list(KEY_COLUMNS)).to_pylist()
+    assert [k["span_key"] for k in keys[2:]] == [None, None, span_key(bytes(8))]  # 8 bytes or none
+    assert keys[4]["is_entry"] is is_entry(1, b"")  # an empty parent is no parent
+    assert {k["trace_key"] for k in keys} == {uuid.UUID(rows[0]["trace_id"])}
 
 
 def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
@@ -164,6 +159,6 @@ def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
     rows += [dict(root, span_id="1", event_id=root["trace_id"] + "1"),
              dict(root, span_id="2", event_id=root["trace_id"] + "2"),
              dict(root)]  # and a real retry, so that de-duplication runs
-    lake.write_table(tmp_path, with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
+    lake.write_table(tmp_path, lake.with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
     result = run_diff(tmp_path, options(thresholds=_lenient()))
     assert result.baseline.requests == 3  # the root once, both key-less entry spans

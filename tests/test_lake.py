@@ -77,6 +77,14 @@ def test_write_table_of_no_rows_writes_no_file(tmp_path):
     assert not lake.has_files(tmp_path)
 
 
+def test_a_writer_aborted_midway_leaves_nothing_in_the_lake(tmp_path):
+    writer = lake.PartitionedWriter(tmp_path, "w-000000000001-000")
+    writer.write(table([T10, T10 + HOUR_NS], event_ids("a", 2)))  # two partitions
+    assert len(list(tmp_path.glob("**/*.parquet.tmp"))) == 2
+    writer.abort()
+    assert list(tmp_path.glob("**/*.parquet*")) == []
+
+
 def test_rewriting_the_same_name_replaces_the_file(tmp_path):
     ids = event_ids("b", 3)
     lake.write_table(tmp_path, table([T10] * 3, ids), "w-000000000001-000")

@@ -10,12 +10,13 @@ escaped. Numbers are formatted as in the terminal report (analysis.report.text).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING
 
 from analysis.report import svg, text
 from analysis.verdict import Verdict
+from analysis.window import aware_utc
 
 if TYPE_CHECKING:
     from analysis.diff import Charts, DiffResult, MetricResult
@@ -85,7 +86,7 @@ footer dt { font-weight: 600; } footer dd { margin: 0; }
 def render(result: DiffResult) -> str:
     r = result
     body = [_header(r)]
-    if r.treatment.requests and r.baseline.requests:
+    if r.compared:
         body += [_cohorts(r), _metrics(r), _charts(r), _breakdown(r), _health(r)]
     else:
         body.append(_section("no-comparison", "No comparison",
@@ -113,12 +114,14 @@ def _section(key: str, title: str, inner: str) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]],
            verdicts: Sequence[Verdict] = (), titles: Sequence[str] = (),
-           numeric_from: int = 2) -> str:
-    """A table of text cells (escaped); with `verdicts`, the last column becomes a badge."""
+           numeric_from: int = 2, leading: Sequence[str] = ()) -> str:
+    """A table of text cells (escaped); with `verdicts`, the last column becomes a badge;
+    `leading`: markup put before each row's first cell text (e.g. a colour swatch)."""
     head = "".join(f'<th scope="col">{escape(h)}</th>' for h in header)
     lines = []
     for i, row in enumerate(rows):
-        cells = [f"<td{_cell_class(c, j >= numeric_from)}>{escape(c)}</td>"
+        cells = [f"<td{_cell_class(c, j >= numeric_from)}>"
+                 f"{leading[i] if leading and j == 0 else ''}{escape(c)}</td>"
                  for j, c in enumerate(row)]
         if verdicts:
             tip = f' title="{escape(titles[i])}"' if titles else ""
@@ -148,17 +151,15 @@ def _header(r: DiffResult) -> str:
     return (f'<header><h1>{escape(o.flag)} <span class="muted">{escape(variants)}</span></h1>\n'
             f'<p class="summary">{badge(r.verdict)} <span id="summary">{escape(r.summary)}'
             f"</span></p>\n<p><strong>Why:</strong> {escape(r.reason)}</p>\n"
-            f'<p class="note" id="window">Window {o.start:%Y-%m-%d %H:%M} to '
-            f"{o.end:%Y-%m-%d %H:%M} UTC; {escape(text.exclusions(r))}"
+            f'<p class="note" id="window">Window {escape(text.window(r))}; '
+            f"{escape(text.exclusions(r))}"
             f"{'; ' + escape(scope) if scope else ''}.</p></header>")
 
 
 def _cohorts(r: DiffResult) -> str:
     header, rows = text.cohort_rows(r)
-    html = _table(header, rows)
-    for cohort in COHORTS:  # a swatch beside each cohort's name: the charts' key
-        html = html.replace(f"<td>{cohort}</td>", f"<td>{_swatch(cohort)}{cohort}</td>", 1)
-    return _section("cohorts", "Cohorts", html)
+    swatches = [_swatch(row[0]) for row in rows]  # beside each cohort's name: the charts' key
+    return _section("cohorts", "Cohorts", _table(header, rows, leading=swatches))
 
 
 def _metric_table(metrics: tuple[MetricResult, ...]) -> str:
@@ -179,7 +180,7 @@ def _metrics(r: DiffResult) -> str:
              '<p class="note">Verdicts come from the route-mix adjusted error rate and mean '
              "latency and each route's error rate and p95; overall quantiles are shown, not "
              "decisive. Hover a verdict for its reason.</p>")
-    return _section("overall", f"Overall ({round((1 - o.alpha) * 100)} % intervals{seq})", inner)
+    return _section("overall", f"Overall ({text.confidence_pct(r)} % intervals{seq})", inner)
 
 
 # -- charts ---------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def _pct(v: float) -> str:
 
 
 def _epoch(t: datetime) -> float:
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+    return aware_utc(t).timestamp()
 
 
 def _over_time(r: DiffResult, c: Charts) -> list[str]:
@@ -311,7 +312,7 @@ def _breakdown(r: DiffResult) -> str:
         return _section("breakdown", "Per service and route",
                         "<p>No route has requests in both cohorts.</p>")
     th = r.options.thresholds
-    pct = round((1 - r.options.alpha) * 100)
+    pct = text.confidence_pct(r)
     plots = [
         svg.forest_plot("forest-error-rate", "Error rate change by route",
                         f"Treatment minus baseline error rate per route in percentage points, "
@@ -351,7 +352,7 @@ def _footer(r: DiffResult) -> str:
     split = (", ".join(f"{k}={v:g}" for k, v in o.expected_split.items())
              if o.expected_split else "not given (no sample-ratio test)")
     settings = {
-        "alpha": f"{o.alpha:g} ({round((1 - o.alpha) * 100)} % intervals)",
+        "alpha": f"{o.alpha:g} ({text.confidence_pct(r)} % intervals)",
         "thresholds": f"error rate ±{th.error_rate_pp:g} pp, latency ±{th.latency_pct:g} %",
         "minimum users": f"{th.min_users} per cohort; crossover limit {th.max_crossover_share:.0%}",
         "sequential": "yes (always-valid confidence sequences)" if o.sequential else "no",

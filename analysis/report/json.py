@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from analysis.window import iso_z
+
 if TYPE_CHECKING:
     from analysis.diff import CohortSummary, DiffResult, MetricResult
 
@@ -53,7 +55,7 @@ def result_to_dict(r: DiffResult) -> dict[str, Any]:
         "flag": o.flag,
         "treatment_variant": o.variant,
         "baseline_variant": o.baseline,
-        "window": {"start": o.start.isoformat() + "Z", "end": o.end.isoformat() + "Z"},
+        "window": {"start": iso_z(o.start), "end": iso_z(o.end)},
         "filters": {"service": o.service, "route": o.route, "test_traffic": o.test_mode.value},
         "settings": {"alpha": o.alpha, "sequential": o.sequential,
                      "error_rate_threshold_pp": o.thresholds.error_rate_pp,

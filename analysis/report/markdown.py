@@ -21,11 +21,11 @@ def render(r: DiffResult) -> str:
     o = r.options
     out = [f"**{r.summary}**", "",
            f"Verdict **{r.verdict.value}**: {r.reason}", "",
-           f"Window {o.start:%Y-%m-%d %H:%M} to {o.end:%Y-%m-%d %H:%M} UTC; {text.exclusions(r)}."]
-    if r.treatment.requests and r.baseline.requests:
+           f"Window {text.window(r)}; {text.exclusions(r)}."]
+    if r.compared:
         seq = ", always-valid (sequential)" if o.sequential else ""
         out += ["", "### Cohorts", "", table(*text.cohort_rows(r)),
-                "", f"### Overall ({round((1 - o.alpha) * 100)} % intervals{seq})", "",
+                "", f"### Overall ({text.confidence_pct(r)} % intervals{seq})", "",
                 table(*text.metric_rows(r.metrics)),
                 "", "Adjusted for the service/route mix:", "", table(*text.metric_rows(r.adjusted))]
         if r.breakdown:

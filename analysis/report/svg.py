@@ -12,13 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
-from itertools import count
 
 FONT = 13
 TEXT = "#1f2328"
 MUTED = "#59636e"
 GRID = "#e3e6ea"
-_ids = count()
 
 
 @dataclass(frozen=True)
@@ -55,16 +53,15 @@ class Series:
     points: Sequence[tuple[float, float]]
     color: str
     dash: str = ""  # stroke-dasharray, e.g. "6 4"
-    marker: str = "circle"  # circle | square | none
+    marker: str = "circle"  # circle | square | diamond
 
 
 @dataclass(frozen=True)
 class Guide:
-    """A labelled reference line: horizontal at y (or vertical at x when `vertical`)."""
+    """A labelled horizontal reference line at y."""
 
     at: float
     label: str
-    vertical: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,17 +162,15 @@ def marker(shape: str, x: float, y: float, color: str, size: float = 3.5,
         s = size * 1.35
         return (f'<path d="M{_f(x)} {_f(y - s)}L{_f(x + s)} {_f(y)}L{_f(x)} {_f(y + s)}'
                 f'L{_f(x - s)} {_f(y)}Z" {common}/>')
-    if shape == "none":
-        return ""
     return f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{_f(size)}" {common}/>'
 
 
 def _open(kind: str, title: str, desc: str, width: int, height: int) -> tuple[str, str]:
-    n = next(_ids)
-    head = (f'<svg class="chart" data-chart="{escape(kind)}" viewBox="0 0 {width} {height}" '
-            f'width="100%" role="img" aria-labelledby="c{n}t c{n}d" '
+    n = escape(kind)  # a chart kind appears once per page: its ids are unique
+    head = (f'<svg class="chart" data-chart="{n}" viewBox="0 0 {width} {height}" '
+            f'width="100%" role="img" aria-labelledby="c-{n}-t c-{n}-d" '
             f'xmlns="http://www.w3.org/2000/svg" font-family="inherit">'
-            f'<title id="c{n}t">{escape(title)}</title><desc id="c{n}d">{escape(desc)}</desc>')
+            f'<title id="c-{n}-t">{escape(title)}</title><desc id="c-{n}-d">{escape(desc)}</desc>')
     return head, "</svg>"
 
 
@@ -206,10 +201,6 @@ def _axes(x: Axis, y: Axis, sx: Scale, sy: Scale) -> str:
 
 
 def _guide(g: Guide, sx: Scale, sy: Scale) -> str:
-    if g.vertical:
-        x = sx(g.at)
-        return (_line(x, sy.start, x, sy.end, MUTED, 1, "3 3")
-                + _text(x + 4, sy.end + 12, g.label, "start", 11))
     y = sy(g.at)
     return _line(sx.start, y, sx.end, y, MUTED, 1, "3 3") + _text(sx.start + 4, y - 4, g.label,
                                                                   "start", 11)

@@ -22,12 +22,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def render(r: DiffResult) -> str:
     o = r.options
     out = [r.summary, "", f"verdict: {r.verdict.value} — {r.reason}",
-           f"window: {o.start:%Y-%m-%d %H:%M} to {o.end:%Y-%m-%d %H:%M} UTC; {text.exclusions(r)}"]
-    if r.treatment.requests == 0 or r.baseline.requests == 0:
+           f"window: {text.window(r)}; {text.exclusions(r)}"]
+    if not r.compared:
         return "\n".join(out) + "\n"
     seq = " (always-valid intervals, sequential mode)" if o.sequential else ""
     out += ["", "cohorts", table(*text.cohort_rows(r)),
-            "", f"overall, {round((1 - o.alpha) * 100)} % intervals{seq}", table(*text.metric_rows(r.metrics)),
+            "", f"overall, {text.confidence_pct(r)} % intervals{seq}", table(*text.metric_rows(r.metrics)),
             "", "overall, adjusted for the service/route mix", table(*text.metric_rows(r.adjusted))]
     if r.breakdown:
         out += ["", "per service and route (Benjamini–Hochberg q-values)",

@@ -1,4 +1,4 @@
-"""Shared pieces of the human-readable renderings (terminal and Markdown)."""
+"""Shared pieces of the human-readable renderings (terminal, Markdown and HTML)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ if TYPE_CHECKING:
 
 LABELS = {"error_rate": "error rate", "mean_latency": "mean latency", "p50_latency": "p50",
           "p90_latency": "p90", "p95_latency": "p95", "p99_latency": "p99"}
+
+
+def window(r: DiffResult) -> str:
+    return f"{r.options.start:%Y-%m-%d %H:%M} to {r.options.end:%Y-%m-%d %H:%M} UTC"
+
+
+def confidence_pct(r: DiffResult) -> int:
+    """The intervals' confidence level in percent (95 for alpha 0.05)."""
+    return round((1 - r.options.alpha) * 100)
 
 
 def value(metric: str, x: float) -> str:

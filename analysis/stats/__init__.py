@@ -17,7 +17,6 @@ from analysis.stats.ratio import (
     design_effect,
     error_rate_difference,
     ratio_difference,
-    ratio_variance_from_moments,
 )
 from analysis.stats.sequential import (
     DEFAULT_TUNING,
@@ -50,7 +49,6 @@ __all__ = [
     "quantile_type7",
     "rare_difference",
     "ratio_difference",
-    "ratio_variance_from_moments",
     "sequential_estimate",
     "sequential_halfwidth",
     "sequential_p_value",

@@ -92,8 +92,7 @@ class RatioStats:
         by the inputs: sums of squares carry relative rounding eps ~ 1e-16, so the
         result keeps about 16 - log10(sum x^2 / residual_ss) digits — 10+ digits for
         latency data, where per-user mean latencies differ by percents, not parts per
-        million. Engines that can should send ``var_samp`` / ``covar_samp`` instead
-        (:func:`ratio_variance_from_moments`). A result within rounding noise of zero
+        million. A result within rounding noise of zero
         (every user has the same ratio, as far as doubles can tell) is exactly 0.
         """
         r = self.ratio
@@ -121,22 +120,6 @@ class RatioStats:
         if not (denominator > 0.0 and math.isfinite(denominator)):
             return math.inf
         return self.residual_ss() / denominator
-
-
-def ratio_variance_from_moments(
-    n: int, mean_x: float, mean_y: float, var_x: float, var_y: float, cov_xy: float
-) -> float:
-    """Delta-method variance of mean_x / mean_y from sample moments.
-
-    For engines that return stable ``var_samp`` / ``covar_samp`` directly (Deng,
-    Knoblich & Lu 2018, §2): (var_x - 2 R cov_xy + R^2 var_y) / (n mean_y^2), R =
-    mean_x / mean_y. Returns 0.0 for unusable input.
-    """
-    values = (mean_x, mean_y, var_x, var_y, cov_xy)
-    if n < 2 or mean_y == 0.0 or not all(math.isfinite(v) for v in values):
-        return 0.0
-    r = mean_x / mean_y
-    return max(0.0, var_x - 2.0 * r * cov_xy + r * r * var_y) / (n * mean_y * mean_y)
 
 
 def _worst_status(treatment: RatioStats, control: RatioStats) -> Status:
@@ -185,12 +168,14 @@ def design_effect(stats: RatioStats) -> float:
     return max(1.0, deff) if math.isfinite(deff) else 1.0
 
 
-def choose_error_method(treatment: RatioStats, control: RatioStats) -> Method:
+def choose_error_method(treatment: RatioStats, control: RatioStats,
+                        deff: float | None = None) -> Method:
     """NEWCOMBE when either cohort has fewer than RARE_EVENT_THRESHOLD *effective*
-    events or non-events (counts divided by the pooled design effect: 40 errors from
-    3 users are about 3 independent pieces of evidence, not 40), or a cohort has zero
+    events or non-events (counts divided by the pooled design effect `deff`: 40 errors
+    from 3 users are about 3 independent pieces of evidence, not 40), or a cohort has zero
     delta-method variance; else DELTA."""
-    deff = design_effect(treatment.merged(control))
+    if deff is None:
+        deff = design_effect(treatment.merged(control))
     for stats in (treatment, control):
         if is_rare(stats.sum_x / deff, stats.sum_y / deff) or stats.variance() == 0.0:
             return Method.NEWCOMBE
@@ -215,9 +200,9 @@ def error_rate_difference(
     status = _worst_status(treatment, control)
     if status is not Status.OK:
         return degenerate(status, alpha, Method.NONE, control.ratio, treatment.ratio)
-    if choose_error_method(treatment, control) is Method.DELTA:
-        return ratio_difference(treatment, control, alpha)
     deff = design_effect(treatment.merged(control))
+    if choose_error_method(treatment, control, deff) is Method.DELTA:
+        return ratio_difference(treatment, control, alpha)
     return rare_difference(
         treatment.sum_x / deff,
         treatment.sum_y / deff,
