@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "everyone for DAYS: ready to remove")
     flags.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
+    requeue = commands.add_parser(
+        "requeue", help="put quarantined WAL items back for conversion (collector stopped)",
+        description="Move every item the lake writers quarantined (WAL quarantine/*.items.wal) "
+        "back into the WAL as new segments; the next `flagscope serve` converts them. Run it "
+        "while no collector uses the data dir, after upgrading to a version that handles them.",
+    )
+    _common(requeue)
+
     query = commands.add_parser("query", help="run SQL over the lake's `events` view")
     _common(query)
     query.add_argument("sql", help='e.g. "SELECT service_name, count(*) FROM events GROUP BY 1"')
@@ -243,6 +251,19 @@ def _flags(args: argparse.Namespace) -> int:
     return 0
 
 
+def _requeue(args: argparse.Namespace) -> int:
+    from collector.datadir import lock_data_dir
+    from collector.quarantine import requeue_all
+
+    settings = _settings(args, ("data_dir", "lake_dir"))
+    with lock_data_dir(settings.data_dir, "requeue its quarantine"):
+        segments = requeue_all(settings.wal_path)
+    for segment in segments:
+        print(f"requeued as {segment}")
+    print(f"{len(segments)} quarantined item files requeued; start `flagscope serve` to convert them")
+    return 0
+
+
 def _settings(args: argparse.Namespace, names: Sequence[str]) -> config.Settings:
     overrides = {name: getattr(args, name, None) for name in names}
     return config.load(args.config, overrides=overrides)
@@ -268,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
         if args.command == "schedule":
             return _schedule(args)
+        if args.command == "requeue":
+            return _requeue(args)
         if args.command == "query":
             from analysis.query import format_rows, run
 

@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from collector.otlp import SIGNAL_BY_CODE, TRACES
+from collector.otlp import MAX_TIME_NS, SIGNAL_BY_CODE, TRACES
 from collector.rawproto import AttributeCache, TraceRequest
 from collector.tagging import FLAG_EVENT_NAMES, Tagger, evaluation
 
 SPAN_KIND_SERVER = 2
 STATUS_ERROR = 2
 SEVERITY_ERROR = 17  # OTLP SeverityNumber ERROR..ERROR4 = 17..20, FATAL = 21..24
+SEVERITY_MAX = 24
 
 _ts = pa.timestamp("ns")
 SCHEMA = pa.schema(
@@ -40,9 +41,9 @@ SCHEMA = pa.schema(
         ("scope_name", pa.string()),
         ("scope_version", pa.string()),
         ("name", pa.string()),
-        ("kind", pa.int8()),
+        ("kind", pa.int32()),  # OTLP enums are int32 on the wire: unknown values kept
         ("duration_ms", pa.float64()),
-        ("status_code", pa.int8()),
+        ("status_code", pa.int32()),
         ("status_message", pa.string()),
         ("is_error", pa.bool_()),
         ("http_method", pa.string()),
@@ -52,14 +53,14 @@ SCHEMA = pa.schema(
         ("flags", pa.map_(pa.string(), pa.string())),
         ("is_test", pa.bool_()),
         ("test_reason", pa.string()),
-        ("severity_number", pa.int8()),
+        ("severity_number", pa.int32()),
         ("severity_text", pa.string()),
         ("body", pa.string()),
         ("attributes", pa.string()),
         ("resource_attributes", pa.string()),
         ("span_events", pa.string()),
         ("span_links", pa.string()),
-        ("dropped_attributes_count", pa.int32()),
+        ("dropped_attributes_count", pa.int64()),  # uint32 on the wire
         # Join keys for the analysis, derived from the columns above (DESIGN contract 2
         # keeps the hex ids for people): decoding 32-character strings dominated a cohort
         # diff, while 16 fixed bytes and an integer read and hash several times faster.
@@ -122,13 +123,31 @@ def is_entry(kind: int | None, parent_span_id: bytes | str | None) -> bool:
     return kind == SPAN_KIND_SERVER or not parent_span_id
 
 
+# -- promoted columns: the value when it has the semantic conventions' type, else null ------
+# An attribute of another type (`http.route` as an integer, `service.name` as a list) stays
+# in `attributes`/`resource_attributes` as data; the typed column is null for it, so one
+# odd value never stops a conversion (DESIGN "A record never stops the lake").
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _http_status(attrs: dict[str, Any]) -> int | None:
+    """An HTTP status code (100–599) from the current or the old attribute name."""
     code = attrs.get("http.response.status_code", attrs.get("http.status_code"))
-    if isinstance(code, int) and not isinstance(code, bool):
+    if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) == 3:
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
         return code
-    if isinstance(code, str) and code.isdigit():
-        return int(code)
     return None
+
+
+def _method(attrs: dict[str, Any]) -> str | None:
+    return _text(attrs.get("http.request.method", attrs.get("http.method")))
+
+
+def _nanos(value: int) -> int | None:
+    """A time the lake can store (signed 64-bit nanoseconds), or None."""
+    return value if 0 < value <= MAX_TIME_NS else None
 
 
 JSON_COLUMNS = frozenset({"body", "attributes", "resource_attributes", "span_events", "span_links"})
@@ -170,6 +189,10 @@ def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) ->
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
+class Unconvertible(ValueError):
+    """An item the lake cannot hold (the lake writer quarantines it, DESIGN "The lake")."""
+
+
 class Converter:
     def __init__(self, tagger: Tagger) -> None:
         self.tagger = tagger
@@ -199,7 +222,7 @@ class Converter:
         tagger_marker = self.tagger.resource_marker
         for rs in request.resource_spans:
             resource = attributes(rs.resource.attributes)
-            context = (tagger_marker(resource), _json(resource), resource.get("service.name"))
+            context = (tagger_marker(resource), _json(resource), _text(resource.get("service.name")))
             for ss in rs.scope_spans:
                 scope = (ss.scope.name or None, ss.scope.version or None)
                 for span in ss.spans:
@@ -241,8 +264,8 @@ class Converter:
         raw_parent_id = span.parent_span_id
         trace_id = raw_trace_id.hex()
         span_id = raw_span_id.hex()
-        start = span.start_time_unix_nano
-        end = span.end_time_unix_nano
+        start = span.start_time_unix_nano  # in range: checked at decode time
+        end = _nanos(span.end_time_unix_nano)
         kind = span.kind
         status = span.status
         status_code = status.code
@@ -250,12 +273,11 @@ class Converter:
         return (
             start, end, trace_id + span_id, trace_id, span_id, _hex(raw_parent_id),
             span.trace_state or None, service, scope[0], scope[1], span.name, kind,
-            (end - start) / 1e6 if end >= start else None,
+            (end - start) / 1e6 if end is not None and end >= start else None,
             status_code, status.message or None,
             status_code == STATUS_ERROR
             or (kind == SPAN_KIND_SERVER and http_status is not None and http_status >= 500),
-            attrs.get("http.request.method", attrs.get("http.method")), attrs.get("http.route"),
-            http_status, user_id, list(flags.items()), reason is not None, reason,
+            _method(attrs), _text(attrs.get("http.route")), http_status, user_id, list(flags.items()), reason is not None, reason,
             _json(attrs), resource_json, events_json, links_json, span.dropped_attributes_count,
             raw_trace_id, span_key(raw_span_id), is_entry(kind, raw_parent_id),
         )
@@ -267,7 +289,7 @@ class Converter:
             resource = attributes(rl.resource.attributes)
             resource_json = _json(resource)
             resource_reason = tagger.resource_marker(resource)
-            service = resource.get("service.name")
+            service = _text(resource.get("service.name"))
             resource_bytes = rl.resource.SerializeToString()
             for sl in rl.scope_logs:
                 scope_name = sl.scope.name or None
@@ -285,16 +307,21 @@ class Converter:
                     digest.update(resource_bytes)
                     digest.update(scope_bytes)
                     digest.update(record.SerializeToString())
-                    observed = record.observed_time_unix_nano
+                    # Decode time gave every record a storable observed time; records
+                    # from before that rule may still lack one (then the time is None).
+                    observed = _nanos(record.observed_time_unix_nano)
+                    when = _nanos(record.time_unix_nano) or observed
+                    if when is None:
+                        raise Unconvertible("a log record without a storable time")
                     severity = record.severity_number
                     body = any_value(record.body) if record.HasField("body") else None
                     rows.append((
-                        record.time_unix_nano or observed, observed or None, digest.hexdigest(),
+                        when, observed, digest.hexdigest(),
                         _hex(record.trace_id), _hex(record.span_id), service, scope_name,
-                        scope_version, record.event_name or attrs.get("event.name") or None,
-                        severity >= SEVERITY_ERROR,
-                        attrs.get("http.request.method", attrs.get("http.method")),
-                        attrs.get("http.route"), _http_status(attrs), user_id,
+                        scope_version, record.event_name or _text(attrs.get("event.name")),
+                        SEVERITY_ERROR <= severity <= SEVERITY_MAX,
+                        _method(attrs), _text(attrs.get("http.route")), _http_status(attrs),
+                        user_id,
                         list(flags.items()), reason is not None, reason, severity,
                         record.severity_text or None, None if body is None else _json(body),
                         _json(attrs), resource_json, record.dropped_attributes_count,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from collector.otlp import JSON, PROTOBUF, Signal
+from collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
 
 ENCODINGS = ("identity", "gzip", "deflate")
 _HEX = re.compile(r"[0-9a-fA-F]*")
@@ -198,13 +199,25 @@ def _span_problem(span: Message) -> str | None:
     if (  # the common case, checked without function calls (this runs for every span)
         len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE
         and span_id != _ZERO_SPAN and (not parent or (len(parent) == 8 and parent != _ZERO_SPAN))
+        and 0 < span.start_time_unix_nano <= MAX_TIME_NS
     ):
         return None
     return (
         _id_problem(trace_id, 16, "trace_id", True)
         or _id_problem(span_id, 8, "span_id", True)
         or _id_problem(parent, 8, "parent_span_id", False)
+        or _time_problem(span.start_time_unix_nano, "start_time_unix_nano")
     )
+
+
+def _time_problem(value: int, name: str) -> str | None:
+    # A span is placed in time by its start: without one it would be stored in 1970 and
+    # expired at once by retention, so it is refused where the client can see it.
+    if value == 0:
+        return f"{name} is missing"
+    if value > MAX_TIME_NS:
+        return f"{name} {value} is beyond the year 2262"
+    return None
 
 
 def _log_problem(record: Message) -> str | None:
@@ -213,12 +226,34 @@ def _log_problem(record: Message) -> str | None:
     )
 
 
-def prepare(signal: Signal, body: bytes, content_type: str) -> Prepared:
-    """Parse and validate `body` (already decompressed); drop items that cannot be stored."""
+def _stamp_log(record: Message, received_ns: int) -> bool:
+    """Fill in a log record's missing or unstorable times; True if it changed.
+
+    The OTLP log data model: `observed_time` is when the collection system saw the record
+    (a receiver sets it when absent), and `time` is optional — readers use the observed
+    time then. A time beyond what the lake can store counts as absent.
+    """
+    changed = False
+    if not 0 < record.observed_time_unix_nano <= MAX_TIME_NS:
+        record.observed_time_unix_nano = received_ns
+        changed = True
+    if record.time_unix_nano > MAX_TIME_NS:
+        record.time_unix_nano = 0
+        changed = True
+    return changed
+
+
+def prepare(
+    signal: Signal, body: bytes, content_type: str, received_ns: int | None = None
+) -> Prepared:
+    """Parse and validate `body` (already decompressed); drop items that cannot be stored,
+    and give log records without a usable observed time the receive time."""
     request = parse(signal, body, content_type)
     traces = signal.name == "traces"
     problem_of = _span_problem if traces else _log_problem
+    received_ns = time.time_ns() if received_ns is None else received_ns
     accepted = rejected = 0
+    stamped = False
     problems: list[str] = []
     for r_index, resource in enumerate(request.resource_spans if traces else request.resource_logs):
         for s_index, scope in enumerate(resource.scope_spans if traces else resource.scope_logs):
@@ -232,6 +267,8 @@ def prepare(signal: Signal, body: bytes, content_type: str) -> Prepared:
                         problems.append(
                             f"resource {r_index} scope {s_index} item {i_index}: {problem}"
                         )
+                elif not traces and _stamp_log(item, received_ns):
+                    stamped = True
             for i_index in reversed(bad):
                 del items[i_index]
             accepted += len(items)
@@ -242,7 +279,7 @@ def prepare(signal: Signal, body: bytes, content_type: str) -> Prepared:
         message = f"rejected {rejected} {signal.item}: " + "; ".join(problems) + more
     if not accepted:
         payload = b""
-    elif rejected or content_type == JSON:
+    elif rejected or stamped or content_type == JSON:
         payload = request.SerializeToString()
     else:
         payload = body

@@ -18,19 +18,23 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from collector import failpoints, lake
 from collector.config import Settings
 from collector.convert import Converter
+from collector.quarantine import Quarantine, convert_chunk
 from collector.tagging import Tagger
-from collector.wal import SegmentReader, fsync_dir, list_segments, quarantine_tail
+from collector.wal import SegmentReader, fsync_dir, list_segments, quarantine_bytes
 
 log = logging.getLogger("flagscope.ingest")
 
 CHUNK_BYTES = 8 * 1024 * 1024  # payload converted into one table at a time (bounds memory)
 POLL_S = 0.1
+# What this lake writer set aside since it started (logged with each new case).
+STATS: Counter[str] = Counter()
 
 
 def file_stem(writer: str, seq: int) -> str:
@@ -39,8 +43,13 @@ def file_stem(writer: str, seq: int) -> str:
 
 
 def convert_segment(settings: Settings, converter: Converter, seq: int, path: Path) -> int:
-    """Convert one closed segment into lake files, then delete it; returns rows written."""
+    """Convert one closed segment into lake files, then delete it; returns rows written.
+
+    Neither a damaged stretch of the segment nor an item the converter cannot handle stops
+    it: both are quarantined (kept, logged, counted) and everything else converts.
+    """
     reader = SegmentReader(path)
+    quarantine = Quarantine(path.parent, seq)
     rows = records = 0
     chunk: list[tuple[int, bytes]] = []
     size = 0
@@ -49,7 +58,7 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
         for record in itertools.chain(reader, [None]):  # None flushes the last chunk
             if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
                 if chunk:
-                    table = converter.table(chunk)
+                    table = convert_chunk(converter, chunk, quarantine)
                     writer.write(table)
                     rows += table.num_rows
                 chunk, size = [], 0
@@ -57,21 +66,34 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
                 chunk.append(record)
                 size += len(record[1])
                 records += 1
+        kept = quarantine.save()
     except BaseException:
         writer.abort()
         raise
     writer.close()
-    if reader.tear is not None:
-        target = quarantine_tail(path, reader.tear)
-        log.warning(
-            "WAL segment %s is torn at byte %d: %d whole records recovered, the tail "
-            "(%d bytes) quarantined in %s",
-            path.name, reader.tear, records, path.stat().st_size - reader.tear, target,
+    _report_damage(path, reader, records)
+    if kept is not None:
+        STATS["items_quarantined"] += len(quarantine.items)
+        log.error(
+            "WAL segment %s: %d items could not be converted (first: %s); the rest of the "
+            "segment is in the lake, the items are kept in %s (%d quarantined since start)",
+            path.name, len(quarantine.items), quarantine.first_error, kept,
+            STATS["items_quarantined"],
         )
     failpoints.hit("lake.after_rename")
     path.unlink()
     fsync_dir(path.parent)
     return rows
+
+
+def _report_damage(path: Path, reader: SegmentReader, records: int) -> None:
+    for start, end in reader.damaged:
+        target = quarantine_bytes(path, start, end)
+        STATS["damaged_ranges"] += 1
+        log.warning(
+            "WAL segment %s is damaged at bytes %d-%d: %d whole records recovered around it, "
+            "the damaged bytes quarantined in %s", path.name, start, end, records, target,
+        )
 
 
 def _die_with_parent() -> None:

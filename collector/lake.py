@@ -173,7 +173,10 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
     first = min(seq for seq, _ in group)
     last = max(seq for seq, _ in group)
     target = paths[0].with_name(f"compact-{writer}-{first:012d}-{last:012d}.parquet")
-    schema = pa.unify_schemas([pq.read_schema(p) for p in paths] + [SCHEMA])
+    # Files from before a column was widened (kind int8 → int32, …) unify to the wider type.
+    schema = pa.unify_schemas(
+        [pq.read_schema(p) for p in paths] + [SCHEMA], promote_options="permissive"
+    )
 
     def write(handle) -> None:
         with pq.ParquetWriter(handle, schema, compression="zstd") as parquet:

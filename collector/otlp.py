@@ -21,6 +21,9 @@ JSON = "application/json"
 # Error messages are capped so a response never approaches the 4 MiB gRPC default
 # receive limit of clients, however many items were rejected (OTLP-RECEIVER item 30).
 MAX_MESSAGE_CHARS = 16_384
+# OTLP times are unsigned 64-bit nanoseconds; the lake's timestamps are signed (Arrow,
+# Parquet, every engine), so a time from the year 2262 on cannot be stored as a time.
+MAX_TIME_NS = 2**63 - 1
 
 
 @dataclass(frozen=True)

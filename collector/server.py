@@ -9,7 +9,6 @@ into the lake, release the lock.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from collector import failpoints, lake
 from collector.config import Settings, split_endpoint
+from collector.datadir import lock_data_dir
 from collector.errors import ConfigError
 from collector.grpc_server import GrpcFrontEnd
 from collector.http_server import HttpFrontEnd
@@ -59,7 +59,7 @@ class Collector:
         s = self.settings
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         s.lake_path.mkdir(parents=True, exist_ok=True)
-        self._lock_data_dir()
+        self._lock_file = lock_data_dir(s.data_dir)
         lake.remove_stale_temporaries(s.lake_path, s.writer)
         self.wal.start()
         self._start_workers()
@@ -80,19 +80,6 @@ class Collector:
             if not self.grpc_port:
                 raise ConfigError(f"cannot listen on grpc_endpoint {s.grpc_endpoint}")
             await self._grpc.start()
-
-    def _lock_data_dir(self) -> None:
-        path = Path(self.settings.data_dir) / ".lock"
-        handle = open(path, "a+")  # noqa: SIM115 - held while the collector runs
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            handle.close()
-            raise ConfigError(
-                f"another collector is using {self.settings.data_dir}; stop it or pass "
-                "--data-dir to use another directory"
-            ) from exc
-        self._lock_file = handle
 
     def _start_workers(self) -> None:
         os.environ[failpoints.COLLECTOR_PID_ENV] = str(os.getpid())

@@ -122,7 +122,7 @@ class Tagger:
         if self.marker_keys.isdisjoint(attrs):  # the common case, checked cheaply
             return None
         synthetic = attrs.get("user_agent.synthetic.type")
-        if synthetic in self.synthetic_types:
+        if isinstance(synthetic, str) and synthetic in self.synthetic_types:
             return f"{where}user_agent.synthetic.type={synthetic}"
         for name in self.test_attributes:
             value = attrs.get(name)

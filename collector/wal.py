@@ -106,49 +106,99 @@ def encode_record(signal: int, payload: bytes) -> bytes:
 class SegmentReader:
     """Iterates a segment's whole records from disk, one at a time (bounded memory).
 
-    After iteration, `tear` is the offset of a torn or corrupt tail, or None if clean.
+    A damaged stretch (a torn tail, a record whose checksum fails) is skipped: the reader
+    resynchronises at the next whole record, so one bad record never costs the intact ones
+    after it. After iteration, `damaged` lists the skipped byte ranges (start, end).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tear: int | None = None
+        self.damaged: list[tuple[int, int]] = []
+
+    @property
+    def tear(self) -> int | None:
+        """Offset of the first damaged byte, or None if the segment is clean."""
+        return self.damaged[0][0] if self.damaged else None
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         offset = 0
         with open(self.path, "rb") as handle:
             while header := handle.read(HEADER.size):
-                if len(header) < HEADER.size:
-                    self.tear = offset
-                    return
-                magic, length, crc, signal = HEADER.unpack(header)
-                payload = handle.read(length) if magic == MAGIC else b""
-                if (
-                    magic != MAGIC
-                    or len(payload) != length
-                    or zlib.crc32(payload, zlib.crc32(bytes((signal,)))) != crc
-                ):
-                    self.tear = offset
-                    return
-                yield signal, payload
-                offset += HEADER.size + length
+                record = _whole_record(header, handle)
+                if record is None:
+                    resume = _next_record_offset(handle, offset + 1)
+                    self.damaged.append((offset, resume))
+                    handle.seek(resume)
+                    offset = resume
+                    continue
+                yield record
+                offset += HEADER.size + len(record[1])
+
+
+def _whole_record(header: bytes, handle: BinaryIO) -> tuple[int, bytes] | None:
+    if len(header) < HEADER.size:
+        return None
+    magic, length, crc, signal = HEADER.unpack(header)
+    if magic != MAGIC:
+        return None
+    payload = handle.read(length)
+    if len(payload) != length or zlib.crc32(payload, zlib.crc32(bytes((signal,)))) != crc:
+        return None
+    return signal, payload
+
+
+def _next_record_offset(handle: BinaryIO, start: int) -> int:
+    """Offset of the first whole record at or after `start`, or the end of the file."""
+    handle.seek(start)
+    data = handle.read()  # a segment is bounded (segment_bytes), and damage is rare
+    view = memoryview(data)
+    magic = HEADER.pack(MAGIC, 0, 0, 0)[:4]
+    found = data.find(magic)
+    while 0 <= found and found + HEADER.size <= len(data):
+        _, length, crc, signal = HEADER.unpack_from(view, found)
+        payload = view[found + HEADER.size : found + HEADER.size + length]
+        if len(payload) == length and zlib.crc32(payload, zlib.crc32(bytes((signal,)))) == crc:
+            return start + found
+        found = data.find(magic, found + 1)
+    return start + len(data)
 
 
 def read_segment(path: Path) -> tuple[list[tuple[int, bytes]], int | None]:
-    """Whole records of a segment, and the offset of a torn or corrupt tail (None if clean)."""
+    """Whole records of a segment, and the offset of its first damage (None if clean)."""
     reader = SegmentReader(path)
     records = list(reader)
     return records, reader.tear
 
 
-def quarantine_tail(path: Path, offset: int) -> Path:
-    """Keep the bytes after a tear for inspection instead of deleting them silently."""
+def quarantine_bytes(path: Path, start: int, end: int | None = None) -> Path:
+    """Keep a damaged byte range of a segment for inspection instead of deleting it."""
     target_dir = path.parent / "quarantine"
     target_dir.mkdir(exist_ok=True)
-    target = target_dir / f"{path.stem}.{offset}.tail"
+    target = target_dir / f"{path.stem}.{start}.tail"
     with open(path, "rb") as source:
-        source.seek(offset)
-        target.write_bytes(source.read())
-    fsync_dir(target_dir)
+        source.seek(start)
+        data = source.read() if end is None else source.read(end - start)
+    write_atomically(target, lambda handle: handle.write(data))
+    return target
+
+
+def requeue(items: Path, directory: Path) -> Path:
+    """Put a quarantined file of whole records (`quarantine/<seq>.items.wal`) back into the
+    WAL `directory` as a new segment, which the lake writers then convert like any other.
+
+    Only while no collector runs on `directory` (the caller holds the data dir's lock): a
+    running WAL writer owns the next sequence number."""
+    records, tear = read_segment(items)
+    if tear is not None:
+        raise ValueError(f"{items} is not a file of whole WAL records (damaged at byte {tear})")
+    existing = list_segments(directory)
+    seq = max(existing[-1][0] if existing else 0, read_last_seq(directory)) + 1
+    target = directory / segment_name(seq)
+    data = b"".join(encode_record(signal, payload) for signal, payload in records)
+    write_atomically(target, lambda handle: handle.write(data))
+    _record_last_seq(directory, seq)
+    items.unlink()
+    fsync_dir(items.parent)
     return target
 
 

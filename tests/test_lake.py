@@ -261,14 +261,14 @@ def test_read_segment_returns_whole_records_and_the_tear_offset(tmp_path, damage
     assert records == (RECORDS if damage == "garbage" else RECORDS[:-1])
 
 
-def test_quarantine_tail_keeps_the_torn_bytes(tmp_path):
+def test_quarantine_bytes_keeps_the_torn_bytes(tmp_path):
     path = tmp_path / wal.segment_name(3)
     _segment(path, RECORDS[:1])
     whole = path.stat().st_size
     with open(path, "ab") as handle:
         handle.write(b"\x01torn tail")
 
-    target = wal.quarantine_tail(path, whole)
+    target = wal.quarantine_bytes(path, whole)
     assert target.parent == tmp_path / "quarantine"
     assert target.read_bytes() == b"\x01torn tail"
 

@@ -1,0 +1,113 @@
+"""Conversion that one record cannot stop: what the converter cannot handle is set aside.
+
+Decode time already refuses or normalises what the lake cannot hold (collector.decode,
+collector.convert); this is the second line. A chunk of WAL records converts as a whole
+in the common case. When it raises, each record is converted alone, and a record that
+still fails is split into one-item requests (same resource and scope) so that only the
+item at fault is quarantined: its siblings in the request and the rest of the segment
+reach the lake. Quarantined items are kept as WAL records (`<seq>.items.wal` in the WAL's
+`quarantine/` folder), so they can be inspected with the protobuf tools and re-imported
+with `flagscope requeue` once the converter handles them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from collector.convert import SCHEMA, Converter
+from collector.otlp import SIGNAL_BY_CODE, TRACES
+from collector.wal import encode_record, requeue, write_atomically
+
+log = logging.getLogger("flagscope.ingest")
+
+Record = tuple[int, bytes]
+
+
+class Quarantine:
+    """The items of one WAL segment that could not be converted, and why."""
+
+    def __init__(self, wal_dir: Path, seq: int) -> None:
+        self.path = wal_dir / "quarantine" / f"{seq:012d}.items.wal"
+        self.items: list[Record] = []
+        self.first_error = ""
+
+    def add(self, record: Record, error: BaseException) -> None:
+        if not self.items:
+            self.first_error = f"{type(error).__name__}: {error}"
+        self.items.append(record)
+
+    def save(self) -> Path | None:
+        """Write the items durably (before their segment is deleted); None if there are none."""
+        if not self.items:
+            return None
+        data = b"".join(encode_record(code, payload) for code, payload in self.items)
+        write_atomically(self.path, lambda handle: handle.write(data))
+        return self.path
+
+
+def requeue_all(wal_dir: Path) -> list[Path]:
+    """Every quarantined item file back into the WAL (the data dir's lock held by the
+    caller); returns the new segments. Items that still cannot be converted come back."""
+    return [requeue(path, wal_dir) for path in sorted((wal_dir / "quarantine").glob("*.items.wal"))]
+
+
+def convert_chunk(converter: Converter, chunk: list[Record], quarantine: Quarantine) -> pa.Table:
+    """`chunk` as one table of wide events; items that cannot be converted are quarantined."""
+    try:
+        return converter.table(chunk)
+    except Exception:  # noqa: BLE001 - any failure: find the item at fault below
+        pass
+    tables = [table for record in chunk if (table := _record(converter, record, quarantine))]
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def _record(converter: Converter, record: Record, quarantine: Quarantine) -> pa.Table | None:
+    try:
+        return converter.table([record])
+    except Exception:  # noqa: BLE001 - split it and keep what converts
+        pass
+    tables = []
+    for item in split(record):
+        try:
+            tables.append(converter.table([item]))
+        except Exception as exc:  # noqa: BLE001 - the item at fault
+            quarantine.add(item, exc)
+    return pa.concat_tables(tables) if tables else None
+
+
+def split(record: Record) -> Iterator[Record]:
+    """A WAL record as one record per span or log record, each with its resource and scope.
+
+    A payload that does not even parse is yielded whole (there is nothing to split)."""
+    code, payload = record
+    signal = SIGNAL_BY_CODE.get(code)
+    if signal is None:
+        yield record
+        return
+    try:
+        request = signal.request_type.FromString(payload)
+    except Exception:  # noqa: BLE001 - DecodeError and friends
+        yield record
+        return
+    traces = signal is TRACES
+    for resource in request.resource_spans if traces else request.resource_logs:
+        for scope in resource.scope_spans if traces else resource.scope_logs:
+            for item in scope.spans if traces else scope.log_records:
+                yield code, _one_item(signal.request_type, resource, scope, item, traces)
+
+
+def _one_item(request_type: Any, resource: Any, scope: Any, item: Any, traces: bool) -> bytes:
+    request = request_type()
+    outer = (request.resource_spans if traces else request.resource_logs).add()
+    outer.resource.CopyFrom(resource.resource)
+    outer.schema_url = resource.schema_url
+    inner = (outer.scope_spans if traces else outer.scope_logs).add()
+    inner.scope.CopyFrom(scope.scope)
+    inner.schema_url = scope.schema_url
+    (inner.spans if traces else inner.log_records).add().CopyFrom(item)
+    return request.SerializeToString()
