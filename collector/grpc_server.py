@@ -9,12 +9,12 @@ so grpcio answers UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 import grpc
 from grpc import aio
 
+from collector.auth import bearer_matches
 from collector.errors import CollectorError, Unauthenticated
 from collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
 from collector.pipeline import Ingestor
@@ -40,12 +40,12 @@ class _AuthInterceptor(aio.ServerInterceptor):
     (OTLP-RECEIVER item 48).
     """
 
-    def __init__(self, auth: str) -> None:
-        self.auth = auth.encode()
+    def __init__(self, token: bytes) -> None:
+        self.token = token
 
     async def intercept_service(self, continuation, details):
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(given).encode(), self.auth):
+        if bearer_matches(given, self.token):
             return await continuation(details)
         return grpc.stream_unary_rpc_method_handler(_refuse_unauthenticated)
 
@@ -61,7 +61,7 @@ class GrpcFrontEnd:
     def __init__(self, ingestor: Ingestor, auth_token: str) -> None:
         self.ingestor = ingestor
         # checked by _AuthInterceptor, before the message is even received
-        self.auth = f"Bearer {auth_token}" if auth_token else None
+        self.token = auth_token.encode() if auth_token else None
 
     def server(self) -> aio.Server:
         options = [
@@ -69,7 +69,7 @@ class GrpcFrontEnd:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
-        interceptors = [_AuthInterceptor(self.auth)] if self.auth else []
+        interceptors = [_AuthInterceptor(self.token)] if self.token else []
         server = aio.server(options=options, interceptors=interceptors)
         for signal in SIGNALS.values():
             handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 
 from aiohttp import web
 
+from collector.auth import bearer_matches
 from collector.decode import check_encoding, media_type
 from collector.errors import (
     CollectorError,
@@ -71,7 +71,7 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
 class HttpFrontEnd:
     def __init__(self, ingestor: Ingestor, auth_token: str, body_timeout_s: float) -> None:
         self.ingestor = ingestor
-        self.auth = f"Bearer {auth_token}".encode() if auth_token else None
+        self.token = auth_token.encode() if auth_token else None
         self.body_timeout_s = body_timeout_s
         self.in_flight = 0  # requests being received or answered, for a graceful stop
         self.closing = False  # set on shutdown: answer, then close the connection
@@ -84,10 +84,9 @@ class HttpFrontEnd:
         return app
 
     def _check_auth(self, request: web.Request) -> None:
-        if self.auth is None:
+        if self.token is None:
             return
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, self.auth):
+        if not bearer_matches(request.headers.get("Authorization"), self.token):
             raise Unauthenticated("missing or wrong bearer token (Authorization: Bearer <token>)")
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -425,8 +425,9 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCollecto
 @pytest.mark.parametrize(
     "metadata",
     [(), (("authorization", "Bearer wrong-token"),), (("authorization", "s3cret-token"),),
-     (("authorization", "Bearer s3cret-token-and-more"),)],
-    ids=["missing", "wrong-token", "no-bearer-scheme", "token-prefix-only"],
+     (("authorization", "Bearer s3cret-token-and-more"),),
+     (("authorization", "Basic s3cret-token"),)],
+    ids=["missing", "wrong-token", "no-bearer-scheme", "token-prefix-only", "basic-scheme"],
 )
 def test_missing_or_wrong_token_is_unauthenticated(authed, metadata):
     trace_id = _trace_id()
@@ -446,6 +447,14 @@ def test_missing_or_wrong_token_is_unauthenticated(authed, metadata):
                              metadata=(("authorization", "Bearer s3cret-token"),))
     assert stored(authed.lake, trace_id) == 0
     assert stored(authed.lake, trace_id, signal="log") == 0
+
+
+def test_the_bearer_scheme_is_case_insensitive(authed):
+    # RFC 7235 section 2.1 (issue 10 point 16)
+    before = total(authed.lake)
+    with grpc.insecure_channel(authed.grpc_target) as chan:
+        assert_keeps_serving(chan, authed.lake, before,
+                             metadata=(("authorization", "bearer s3cret-token"),))
 
 
 def test_unauthenticated_gzip_bomb_is_refused_before_it_is_inflated(authed):

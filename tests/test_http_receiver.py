@@ -833,6 +833,7 @@ def test_48_bearer_auth_401_before_any_decoding_nothing_stored(tmp_path, monkeyp
             (body, {"Authorization": "Bearer wrong"}),
             (body, {"Authorization": "s3cret-token"}),
             (body, {"Authorization": "Bearer s3cret-token-and-more"}),
+            (body, {"Authorization": "Basic s3cret-token"}),
             (gz_body, {"Content-Encoding": "gzip"}),
             (b"\x1f\x8b corrupt", {"Content-Encoding": "gzip"}),  # 401, not 400: never decoded
         ]
@@ -855,4 +856,9 @@ def test_48_bearer_auth_401_before_any_decoding_nothing_stored(tmp_path, monkeyp
         reply = post(srv, "/v1/traces", gz_body, PB, {"Content-Encoding": "gzip"})
         assert reply.status == 200
         assert decompressed, "the spy never saw a request: it proves nothing"
+        # RFC 7235: the auth scheme is case-insensitive (issue 10 point 16)
+        for scheme in ("bearer", "BEARER"):
+            reply = post(srv, "/v1/traces", body, PB, {"Authorization": f"{scheme} s3cret-token"},
+                         authorize=False)
+            assert reply.status == 200, scheme
         wait_rows(srv, "trace_id = ?", [trace_id.hex()], 1)
