@@ -33,8 +33,8 @@ log = logging.getLogger("flagscope.ingest")
 
 CHUNK_BYTES = 8 * 1024 * 1024  # payload converted into one table at a time (bounds memory)
 POLL_S = 0.1
-# What this lake writer set aside since it started (logged with each new case).
-STATS: Counter[str] = Counter()
+# Items this lake writer quarantined since it started (logged with each new case).
+QUARANTINED: Counter[str] = Counter()
 
 
 def file_stem(writer: str, seq: int) -> str:
@@ -73,12 +73,12 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     writer.close()
     _report_damage(path, reader, records)
     if kept is not None:
-        STATS["items_quarantined"] += len(quarantine.items)
+        QUARANTINED["items"] += len(quarantine.items)
         log.error(
             "WAL segment %s: %d items could not be converted (first: %s); the rest of the "
             "segment is in the lake, the items are kept in %s (%d quarantined since start)",
             path.name, len(quarantine.items), quarantine.first_error, kept,
-            STATS["items_quarantined"],
+            QUARANTINED["items"],
         )
     failpoints.hit("lake.after_rename")
     path.unlink()
@@ -89,7 +89,6 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
 def _report_damage(path: Path, reader: SegmentReader, records: int) -> None:
     for start, end in reader.damaged:
         target = quarantine_bytes(path, start, end)
-        STATS["damaged_ranges"] += 1
         log.warning(
             "WAL segment %s is damaged at bytes %d-%d: %d whole records recovered around it, "
             "the damaged bytes quarantined in %s", path.name, start, end, records, target,

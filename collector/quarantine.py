@@ -12,7 +12,6 @@ with `flagscope requeue` once the converter handles them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,7 @@ import pyarrow as pa
 
 from collector.convert import SCHEMA, Converter
 from collector.otlp import SIGNAL_BY_CODE, TRACES
-from collector.wal import encode_record, requeue, write_atomically
-
-log = logging.getLogger("flagscope.ingest")
+from collector.wal import SUFFIX, encode_record, requeue, segment_name, write_atomically
 
 Record = tuple[int, bytes]
 
@@ -32,7 +29,7 @@ class Quarantine:
     """The items of one WAL segment that could not be converted, and why."""
 
     def __init__(self, wal_dir: Path, seq: int) -> None:
-        self.path = wal_dir / "quarantine" / f"{seq:012d}.items.wal"
+        self.path = wal_dir / "quarantine" / segment_name(seq).replace(SUFFIX, ".items.wal")
         self.items: list[Record] = []
         self.first_error = ""
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from collector import failpoints
+from collector.errors import LakeError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ def read_last_seq(directory: Path) -> int:
         return int((directory / LAST_SEQ).read_text())
     except (FileNotFoundError, ValueError):
         return 0
+
+
+def next_seq(directory: Path) -> int:
+    """The number for a new segment: after every segment there is and ever was."""
+    existing = list_segments(directory)
+    return max(existing[-1][0] if existing else 0, read_last_seq(directory)) + 1
 
 
 def _record_last_seq(directory: Path, seq: int) -> None:
@@ -170,14 +177,14 @@ def read_segment(path: Path) -> tuple[list[tuple[int, bytes]], int | None]:
     return records, reader.tear
 
 
-def quarantine_bytes(path: Path, start: int, end: int | None = None) -> Path:
+def quarantine_bytes(path: Path, start: int, end: int) -> Path:
     """Keep a damaged byte range of a segment for inspection instead of deleting it."""
     target_dir = path.parent / "quarantine"
     target_dir.mkdir(exist_ok=True)
     target = target_dir / f"{path.stem}.{start}.tail"
     with open(path, "rb") as source:
         source.seek(start)
-        data = source.read() if end is None else source.read(end - start)
+        data = source.read(end - start)
     write_atomically(target, lambda handle: handle.write(data))
     return target
 
@@ -188,13 +195,13 @@ def requeue(items: Path, directory: Path) -> Path:
 
     Only while no collector runs on `directory` (the caller holds the data dir's lock): a
     running WAL writer owns the next sequence number."""
-    records, tear = read_segment(items)
+    _, tear = read_segment(items)
     if tear is not None:
-        raise ValueError(f"{items} is not a file of whole WAL records (damaged at byte {tear})")
-    existing = list_segments(directory)
-    seq = max(existing[-1][0] if existing else 0, read_last_seq(directory)) + 1
+        raise LakeError(f"{items} is not a file of whole WAL records (damaged at byte "
+                        f"{tear}); move it out of quarantine/ and run requeue again")
+    seq = next_seq(directory)
     target = directory / segment_name(seq)
-    data = b"".join(encode_record(signal, payload) for signal, payload in records)
+    data = items.read_bytes()
     write_atomically(target, lambda handle: handle.write(data))
     _record_last_seq(directory, seq)
     items.unlink()
@@ -248,8 +255,7 @@ class WalWriter:
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        existing = list_segments(self.directory)
-        self._seq = max(existing[-1][0] if existing else 0, read_last_seq(self.directory)) + 1
+        self._seq = next_seq(self.directory)
         self._open_segment()
         self._refresh_backlog(force=True)
         self._thread.start()

@@ -16,7 +16,7 @@ from collector.convert import Converter
 from collector.decode import prepare
 from collector.otlp import LOGS, PROTOBUF, SIGNAL_CODES, TRACES
 from collector.tagging import Tagger
-from tests.otlp_requests import kv, logs, make_span, new_trace_id, traces
+from tests.otlp_requests import any_value, kv, logs, make_span, new_trace_id, traces
 
 PROMOTED = ["service.name", "http.route", "http.request.method", "http.method",
             "http.response.status_code", "http.status_code", "user_agent.synthetic.type",
@@ -58,6 +58,6 @@ def test_every_accepted_span_converts(start, end, kind, status, dropped, attrs, 
        body=values)
 def test_every_accepted_log_record_converts(when, observed, severity, attrs, body):
     record = logs_pb2.LogRecord(time_unix_nano=when, observed_time_unix_nano=observed,
-                                severity_number=severity, body=kv("b", body).value,
+                                severity_number=severity, body=any_value(body),
                                 attributes=[kv(k, v) for k, v in attrs.items()])
     _converts(LOGS, logs(record))

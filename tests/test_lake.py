@@ -268,7 +268,7 @@ def test_quarantine_bytes_keeps_the_torn_bytes(tmp_path):
     with open(path, "ab") as handle:
         handle.write(b"\x01torn tail")
 
-    target = wal.quarantine_bytes(path, whole)
+    target = wal.quarantine_bytes(path, whole, path.stat().st_size)
     assert target.parent == tmp_path / "quarantine"
     assert target.read_bytes() == b"\x01torn tail"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
-from tests.helpers import query
+from collector import lake
 from tests.otlp_requests import (
     kv,
     logs,
@@ -64,7 +65,8 @@ def log_request(trace_id: bytes, **fields: Any) -> logs_service_pb2.ExportLogsSe
 
 
 def _now_ish(value: Any) -> bool:
-    return value is not None and abs(value.timestamp() - time.time()) < 600
+    """A lake time (naive UTC) within minutes of now."""
+    return value is not None and abs(value.replace(tzinfo=UTC).timestamp() - time.time()) < 600
 
 
 ODD = [
@@ -143,10 +145,10 @@ def _send_odd(srv, odd: Odd, trace_id: bytes):
 
 
 def _row(srv, trace_id: bytes) -> dict[str, Any]:
-    con_rows = query(srv.lake, "select * from events_raw where trace_id = ?", [trace_id.hex()])
-    columns = [c[0] for c in query(srv.lake, "describe select * from events_raw")]
-    assert len(con_rows) == 1, con_rows
-    return dict(zip(columns, con_rows[0], strict=True))
+    columns, rows = lake.fetch(srv.lake, "select * from events_raw where trace_id = ?",
+                               [trace_id.hex()])
+    assert len(rows) == 1, rows
+    return dict(zip(columns, rows[0], strict=True))
 
 
 def test_every_good_span_arrives_around_a_burst_of_odd_items(server):
