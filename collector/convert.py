@@ -222,7 +222,8 @@ class Converter:
         tagger_marker = self.tagger.resource_marker
         for rs in request.resource_spans:
             resource = attributes(rs.resource.attributes)
-            context = (tagger_marker(resource), _json(resource), _text(resource.get("service.name")))
+            service = _text(resource.get("service.name"))
+            context = (tagger_marker(resource), _json(resource), service)
             for ss in rs.scope_spans:
                 scope = (ss.scope.name or None, ss.scope.version or None)
                 for span in ss.spans:
@@ -277,7 +278,8 @@ class Converter:
             status_code, status.message or None,
             status_code == STATUS_ERROR
             or (kind == SPAN_KIND_SERVER and http_status is not None and http_status >= 500),
-            _method(attrs), _text(attrs.get("http.route")), http_status, user_id, list(flags.items()), reason is not None, reason,
+            _method(attrs), _text(attrs.get("http.route")), http_status,
+            user_id, list(flags.items()), reason is not None, reason,
             _json(attrs), resource_json, events_json, links_json, span.dropped_attributes_count,
             raw_trace_id, span_key(raw_span_id), is_entry(kind, raw_parent_id),
         )
