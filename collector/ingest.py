@@ -109,12 +109,15 @@ def _lock(path: Path):
 
 
 def run_worker(
-    settings: Settings, index: int, workers: int, parent_pid: int, drain: Event
+    settings: Settings, index: int, workers: int, parent_pid: int, drain: Event, ready: Event
 ) -> None:
-    """Process entry point; returns when `drain` is set and every segment is converted."""
+    """Process entry point; sets `ready` once it converts, returns when `drain` is set and
+    every segment is converted."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for stop in stop_signals:  # the parent decides when to stop; it started us with them
+        signal.signal(stop, signal.SIG_IGN)  # blocked, so none was lost before this line
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     wal_dir = settings.wal_path
     _lock_file = _lock(wal_dir / f".worker-{index}.lock")
@@ -122,6 +125,7 @@ def run_worker(
     # Conversion allocates millions of short-lived acyclic objects; the cyclic collector
     # would rescan them for nothing (~15 % of the time). Collect once per segment instead.
     gc.disable()
+    ready.set()
     next_maintenance = time.monotonic() + settings.compact_interval_s
     while True:
         if os.getppid() != parent_pid:

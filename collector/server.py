@@ -26,11 +26,13 @@ from collector.grpc_server import GrpcFrontEnd
 from collector.http_server import HttpFrontEnd
 from collector.ingest import run_worker
 from collector.pipeline import Ingestor
-from collector.wal import WalWriter
+from collector.wal import WalWriter, list_segments
 
 log = logging.getLogger("flagscope.collector")
 
 DRAIN_TIMEOUT_S = 300.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+WORKER_START_TIMEOUT_S = 30.0
 
 
 class Collector:
@@ -51,6 +53,7 @@ class Collector:
         self._http: HttpFrontEnd | None = None
         self._grpc = None
         self._processes: list[multiprocessing.Process] = []
+        self._ready: list = []  # per lake writer: set once it runs
         self._drain = None
         self._context = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -63,6 +66,9 @@ class Collector:
         lake.remove_stale_temporaries(s.lake_path, s.writer)
         self.wal.start()
         self._start_workers()
+        # Listen once the lake writers run: the WAL a crash left starts converting at once,
+        # so even a collector that crashes again soon after each start makes progress.
+        await self._workers_ready()
         if s.http_endpoint:
             host, port = split_endpoint(s.http_endpoint, "http_endpoint")
             self._http = HttpFrontEnd(self.ingestor, s.auth_token, s.body_timeout_s)
@@ -88,14 +94,30 @@ class Collector:
         self._processes = [self._start_worker(index) for index in range(self.workers)]
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
+    async def _workers_ready(self) -> None:
+        for process, ready in zip(self._processes, self._ready, strict=True):
+            if not await asyncio.to_thread(ready.wait, WORKER_START_TIMEOUT_S):
+                log.warning("lake writer %s has not started after %.0f s; listening anyway "
+                            "(acknowledged data waits in the WAL)", process.name,
+                            WORKER_START_TIMEOUT_S)
+
     def _start_worker(self, index: int) -> multiprocessing.Process:
+        ready = self._context.Event()
+        self._ready[index:index + 1] = [ready]
         process = self._context.Process(
             target=run_worker,
-            args=(self.settings, index, self.workers, os.getpid(), self._drain),
+            args=(self.settings, index, self.workers, os.getpid(), self._drain, ready),
             name=f"flagscope-lake-{index}",
             daemon=False,
         )
-        process.start()
+        # A SIGTERM for the whole process group (systemd, a terminal's Ctrl-C) must reach
+        # only this process, which then drains the WAL: the child starts with the stop
+        # signals blocked (the mask survives exec) until it has set them to be ignored.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return process
 
     async def _supervise(self) -> None:
@@ -130,21 +152,42 @@ class Collector:
         log.info("this run: %s", counts or "nothing received")
         if self._drain is not None:
             self._drain.set()
-        for process in self._processes:
-            await asyncio.to_thread(process.join, DRAIN_TIMEOUT_S)
-            if process.is_alive():
-                log.error("lake writer %s did not finish draining; its WAL is replayed on start",
-                          process.name)
-                process.kill()
+            await self._drain_workers()
         if self._lock_file is not None:
             self._lock_file.close()
+
+
+    async def _drain_workers(self) -> None:
+        """Wait until every lake writer has converted the whole WAL. One that died meanwhile
+        (killed with its process group, a bug) is started again: a stop converts everything
+        acknowledged, and a crash is the only way to leave segments for the next start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        for index in range(len(self._processes)):
+            while True:
+                process = self._processes[index]
+                await asyncio.to_thread(process.join, max(0.0, deadline - loop.time()))
+                if process.is_alive():
+                    log.error("lake writer %s did not finish draining; its WAL is replayed "
+                              "on start", process.name)
+                    process.kill()
+                    break
+                if process.exitcode == 0 or not self._segments_of(index):
+                    break
+                log.error("lake writer %s exited with %s before draining the WAL; restarting "
+                          "it", process.name, process.exitcode)
+                self._processes[index] = self._start_worker(index)
+
+    def _segments_of(self, index: int) -> list[int]:
+        return [seq for seq, _ in list_segments(self.settings.wal_path)
+                if seq % self.workers == index]
 
 
 async def _serve(settings: Settings) -> None:
     collector = Collector(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await collector.start()
     endpoints = []

@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -33,6 +34,7 @@ MAGIC = 0x46534331  # "FSC1"
 HEADER = struct.Struct("<IIIB")
 SUFFIX = ".wal"
 LAST_SEQ = "last-seq"  # highest segment number used, kept when the WAL is empty
+ROTATE_RETRY_S = 1.0  # after a failed rotation, how long to keep writing the current segment
 
 
 def segment_name(seq: int) -> str:
@@ -235,6 +237,9 @@ class WalWriter:
         self._opened_at = 0.0
         self._backlog = 0
         self._backlog_checked = 0.0
+        self._directory_synced = False
+        self._rotate_retry_at = 0.0
+        self._faults = FaultLog(log)
         self.fsyncs = 0
 
     # -- called from request handlers -------------------------------------------------
@@ -244,6 +249,9 @@ class WalWriter:
             future.set_exception(
                 WalFullError(errno.ENOSPC, "write-ahead log backlog is full; the lake is behind")
             )
+            return future
+        if not self._thread.is_alive():  # a request must get an answer, never wait forever
+            future.set_exception(OSError(errno.EIO, "the write-ahead log is not running"))
             return future
         self._queue.put((encode_record(signal, payload), future))
         return future
@@ -255,8 +263,7 @@ class WalWriter:
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._seq = next_seq(self.directory)
-        self._open_segment()
+        self._open_segment(next_seq(self.directory))
         self._refresh_backlog(force=True)
         self._thread.start()
 
@@ -273,43 +280,75 @@ class WalWriter:
         return self._seq
 
     # -- writer thread --------------------------------------------------------------
-    def _open_segment(self) -> None:
-        path = self.directory / segment_name(self._seq)
-        _record_last_seq(self.directory, self._seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = os.fstat(self._fd).st_size
+    def _open_segment(self, seq: int) -> int:
+        """Create segment `seq`, make it the one written, and return the previous descriptor
+        (-1 if none). Its directory entry is made durable before a record in it is acked."""
+        path = self.directory / segment_name(seq)
+        _record_last_seq(self.directory, seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        previous, self._fd, self._seq, self._size = self._fd, fd, seq, size
         self._opened_at = time.monotonic()
-        fsync_dir(self.directory)
+        self._directory_synced = False
+        return previous
 
     def _rotate(self) -> None:
-        old = self._fd
-        self._seq += 1
-        self._open_segment()  # the next segment exists before the old one counts as closed
-        os.close(old)
+        """Continue in the next segment. If it cannot be created (no inodes, no file
+        descriptors) writing goes on in the current one and rotation is retried."""
+        if time.monotonic() < self._rotate_retry_at:
+            return
+        try:
+            # The next segment exists before the old one counts as closed (lake writers
+            # convert every segment but the newest): nothing is appended to a closed one.
+            previous = self._open_segment(self._seq + 1)
+        except OSError as exc:
+            self._rotate_retry_at = time.monotonic() + ROTATE_RETRY_S
+            self._faults.report("could not start a new WAL segment", exc)
+            return
+        os.close(previous)
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            timeout = max(0.05, self._opened_at + self.flush_interval_s - time.monotonic())
             batch: list[tuple[bytes, Future[None]]] = []
             try:
-                item = self._queue.get(timeout=timeout)
-                while True:
-                    if item is None:
-                        stopping = True
-                        break
-                    batch.append(item)
-                    if sum(len(r) for r, _ in batch) > 8 * 1024 * 1024:
-                        break
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            if batch:
-                self._commit(batch)
-            aged = time.monotonic() - self._opened_at >= self.flush_interval_s
-            if self._size and (self._size >= self.segment_bytes or aged):
-                self._rotate()
-            self._refresh_backlog()
+                stopping = self._take(batch)
+                if batch:
+                    self._commit(batch)
+                    batch = []
+                aged = time.monotonic() - self._opened_at >= self.flush_interval_s
+                if self._size and (self._size >= self.segment_bytes or aged):
+                    self._rotate()
+                self._refresh_backlog()
+            except Exception as exc:  # noqa: BLE001 - no error may leave requests waiting
+                self._faults.report("WAL writer error", exc)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, OSError) else OSError(
+                            errno.EIO, f"write-ahead log error: {exc}"))
+                time.sleep(0.05)
+
+    def _take(self, batch: list[tuple[bytes, Future[None]]]) -> bool:
+        """Fill `batch` with what is queued (waiting until the segment is due to rotate);
+        True once `close` asked the thread to stop."""
+        timeout = max(0.05, self._opened_at + self.flush_interval_s - time.monotonic())
+        size = 0
+        try:
+            item = self._queue.get(timeout=timeout)
+            while True:
+                if item is None:
+                    return True
+                batch.append(item)
+                size += len(item[0])
+                if size > 8 * 1024 * 1024:
+                    return False
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return False
 
     def _commit(self, batch: list[tuple[bytes, Future[None]]]) -> None:
         data = b"".join(record for record, _ in batch)
@@ -320,6 +359,9 @@ class WalWriter:
                 view = view[written:]
             failpoints.hit("wal.before_fsync")
             os.fdatasync(self._fd)
+            if not self._directory_synced:
+                fsync_dir(self.directory)
+                self._directory_synced = True
             failpoints.hit("wal.after_fsync")
         except OSError as exc:
             self._recover_after_failed_write(exc)
@@ -340,10 +382,8 @@ class WalWriter:
             os.ftruncate(self._fd, self._size)
             os.fdatasync(self._fd)
         except OSError:
-            try:
-                self._rotate()
-            except OSError:
-                log.exception("could not open a new WAL segment")
+            self._rotate_retry_at = 0.0
+            self._rotate()
 
     def _refresh_backlog(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -351,9 +391,37 @@ class WalWriter:
             return
         self._backlog_checked = now
         total = 0
-        for _, path in list_segments(self.directory):
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:
-                pass  # converted and deleted meanwhile
+        try:
+            for _, path in list_segments(self.directory):
+                try:
+                    total += path.stat().st_size
+                except FileNotFoundError:
+                    pass  # converted and deleted meanwhile
+        except OSError as exc:  # e.g. out of file descriptors: keep the last figure
+            self._faults.report("could not measure the WAL backlog", exc)
+            return
         self._backlog = total
+
+
+class FaultLog:
+    """Logs an operational fault once per cause and interval, with how often it happened,
+    so a fault that repeats thousands of times a second neither floods nor goes unseen."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def report(self, cause: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last.get(cause, -self.interval_s) < self.interval_s:
+            self._suppressed[cause] += 1
+            return
+        self._last[cause] = now
+        again = self._suppressed.pop(cause, 0)
+        more = f" ({again} more since the last report)" if again else ""
+        if isinstance(exc, OSError):
+            self.logger.error("%s: %s%s; retrying", cause, exc, more)
+        else:
+            self.logger.error("%s%s; retrying", cause, more, exc_info=exc)

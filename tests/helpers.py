@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -98,8 +99,10 @@ class CollectorProcess:
 
     READY = re.compile(r"ready http=[\d.]+:(\d+) grpc=[\d.]+:(\d+)")
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                 max_open_files: int | None = None) -> None:
         self.data_dir = data_dir
+        self.max_open_files = max_open_files
         self.args = [sys.executable, "-m", "analysis.cli", "serve", "--data-dir", str(data_dir),
                      "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra]
         self.env = {**os.environ, "FLAGSCOPE_FLUSH_INTERVAL_S": "0.2", **(env or {})}
@@ -111,6 +114,9 @@ class CollectorProcess:
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
             start_new_session=True,
         )
+        if self.max_open_files:  # set on the running process: no preexec_fn in a threaded test
+            limit = self.max_open_files
+            resource.prlimit(self.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:

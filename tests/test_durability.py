@@ -5,6 +5,7 @@ a retry, SIGTERM. Real `flagscope serve` subprocesses on loopback port 0."""
 from __future__ import annotations
 
 import http.client
+import os
 import random
 import shutil
 import signal
@@ -502,3 +503,33 @@ def test_a_dead_lake_writer_is_restarted_and_nothing_is_lost(tmp_path, collector
     send_all(collector, [spans_request(t, 2) for t in traces])
     assert wait_until(lambda: span_counts(tmp_path / "lake") == {t.hex(): 2 for t in traces})
     assert collector.terminate() == 0
+
+
+# -- issue 10 point 3: a stop soon after a crash, and crash after crash -----------------
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_right_after_a_restart_drains_the_crash_wal(
+    tmp_path, collectors
+):
+    """systemd and a terminal's Ctrl-C signal the whole group, lake writers included, while
+    they may still be starting; the stop must still convert everything acknowledged."""
+    plan = acked_then_killed(tmp_path, collectors, seed=3, traces=20, spans=3)
+    second = collectors(tmp_path)
+    assert second.proc is not None
+    os.killpg(second.proc.pid, signal.SIGTERM)
+    assert second.proc.wait(120) == 0
+    assert list_segments(tmp_path / "wal") == []
+    assert span_counts(tmp_path / "lake", "events_raw") == {t.hex(): n for t, n in plan}
+
+
+@pytest.mark.slow
+def test_each_of_five_quick_crashes_converts_what_the_previous_run_acked(tmp_path, collectors):
+    rng = random.Random(5)
+    expected: dict[str, int] = {}
+    for cycle in range(5):
+        collector = collectors(tmp_path, env=HOLD)  # its own acks stay in its open segment
+        time.sleep(0.3)  # the restart's replay has this long
+        assert span_counts(tmp_path / "lake", "events_raw") == expected, f"cycle {cycle}"
+        traces = [rng.randbytes(16) for _ in range(10)]
+        send_all(collector, [spans_request(t, 2) for t in traces])
+        expected.update({t.hex(): 2 for t in traces})
+        collector.kill()
