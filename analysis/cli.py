@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from collector import config
-from collector.errors import CollectorError
+from flagscope import __version__
+from flagscope.collector import config
+from flagscope.collector.errors import CollectorError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Receive OpenTelemetry, keep it as wide events in a Parquet lake, and "
         "tell whether a feature flag's cohort is worse off than baseline.",
     )
+    parser.add_argument("--version", action="version", version=f"flagscope {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the OTLP collector (HTTP :4318, gRPC :4317)")
@@ -79,7 +81,7 @@ def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True)
     parser.add_argument("--expected-split", help="configured shares for the SRM check, e.g. on=0.2,off=0.8")
     parser.add_argument("--sequential", action="store_true",
                         help="always-valid intervals for repeated looks (scheduled reports)")
-    from analysis.verdict import DEFAULT_ALPHA, Thresholds
+    from flagscope.analysis.verdict import DEFAULT_ALPHA, Thresholds
 
     default = Thresholds()
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
@@ -140,10 +142,9 @@ def _split(text: str | None) -> dict[str, float] | None:
 
 
 def _options(args: argparse.Namespace):
-    from analysis import window
-    from analysis.cohorts import TrafficFilter
-    from analysis.diff import DiffOptions
-    from analysis.verdict import Thresholds
+    from flagscope.analysis import window
+    from flagscope.analysis.result import DiffOptions, TrafficFilter
+    from flagscope.analysis.verdict import Thresholds
 
     start, end = window.resolve(args.since, args.start, args.end)
     mode = (TrafficFilter.ONLY if args.only_test
@@ -157,8 +158,8 @@ def _options(args: argparse.Namespace):
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from analysis.diff import run_diff
-    from analysis.reports import render
+    from flagscope.analysis.diff import run_diff
+    from flagscope.analysis.report_archive import render
 
     settings = _settings(args, ("data_dir", "lake_dir"))
     result = run_diff(settings.lake_path, _options(args))
@@ -169,10 +170,10 @@ def _diff(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analysis.diff import run_diff
-    from analysis.reports import normalize_formats, write_report
-    from analysis.schedule import Scheduler, utc_now
-    from analysis.schedule_config import load_config
+    from flagscope.analysis.diff import run_diff
+    from flagscope.analysis.report_archive import normalize_formats, write_report
+    from flagscope.analysis.schedule.config import load_config
+    from flagscope.analysis.schedule.runner import Scheduler, utc_now
 
     settings = _settings(args, ("data_dir", "lake_dir"))
     config = load_config(args.config, require=args.flag is None)
@@ -188,7 +189,7 @@ def _report(args: argparse.Namespace) -> int:
             print(f"{outcome.flag}: {outcome.verdict.value if outcome.verdict else 'FAILED'} — {where}")
         codes = [o.files.verdict for o in outcomes if o.files]
         failed = any(o.error for o in outcomes)
-        from analysis.verdict import EXIT_CODES
+        from flagscope.analysis.verdict import EXIT_CODES
 
         return 2 if failed else max((EXIT_CODES[v] for v in codes), default=0)
     formats = normalize_formats([f.strip() for f in args.format.split(",") if f.strip()], "--format")
@@ -205,8 +206,8 @@ def _schedule(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from analysis.schedule import Scheduler
-    from analysis.schedule_config import load_config
+    from flagscope.analysis.schedule.config import load_config
+    from flagscope.analysis.schedule.runner import Scheduler
 
     settings = _settings(args, ("data_dir", "lake_dir"))
     scheduler = Scheduler(load_config(args.config), settings.lake_path)
@@ -226,13 +227,13 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _flags(args: argparse.Namespace) -> int:
-    from analysis import window
-    from analysis.flags import list_flags
-    from analysis.query import format_rows
+    from flagscope.analysis import window
+    from flagscope.analysis.flags import list_flags
+    from flagscope.analysis.query import format_rows
 
     settings = _settings(args, ("data_dir", "lake_dir"))
     if args.stale is not None:
-        from analysis.stale import stale_flags
+        from flagscope.analysis.stale import stale_flags
 
         found = stale_flags(settings.lake_path, args.stale)
         columns = ["flag", "kind", "variant", "last_seen", "days", "message"]
@@ -252,8 +253,8 @@ def _flags(args: argparse.Namespace) -> int:
 
 
 def _requeue(args: argparse.Namespace) -> int:
-    from collector.datadir import lock_data_dir
-    from collector.quarantine import requeue_all
+    from flagscope.collector.datadir import lock_data_dir
+    from flagscope.collector.quarantine import requeue_all
 
     settings = _settings(args, ("data_dir", "lake_dir"))
     with lock_data_dir(settings.data_dir, "requeue its quarantine"):
@@ -276,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.help_config:
                 print(config.describe())
                 return 0
-            from collector.server import serve
+            from flagscope.collector.server import serve
 
             settings = _settings(args, ("data_dir", "lake_dir", "http_endpoint", "grpc_endpoint",
                                         "max_request_bytes", "writer_id", "retention_days"))
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "requeue":
             return _requeue(args)
         if args.command == "query":
-            from analysis.query import format_rows, run
+            from flagscope.analysis.query import format_rows, run
 
             settings = _settings(args, ("data_dir", "lake_dir"))
             columns, rows = run(settings.lake_path, args.sql)

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import duckdb
+from flagscope.analysis.result import TrafficFilter
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # Probabilities around each quantile at which the empirical quantile function is read,
-# so a rank interval (analysis.stats.quantiles) can be mapped back to latencies by
+# so a rank interval (flagscope.analysis.stats.quantiles) can be mapped back to latencies by
 # interpolation without another pass over the data.
 _OFFSETS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08)
 
@@ -38,12 +38,6 @@ def quantile_grid() -> tuple[float, ...]:
     fine = {min(max(p + sign * d, 0.0), 1.0) for p in QUANTILES for d in _OFFSETS for sign in (-1, 1)}
     coarse = {i / 20 for i in range(21)}
     return tuple(sorted({round(g, 6) for g in fine | coarse}))
-
-
-class TrafficFilter(StrEnum):
-    EXCLUDE = "exclude"
-    INCLUDE = "include"
-    ONLY = "only"
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,35 @@
 """`flagscope diff`: a flag's treatment cohort against its baseline, as a result object.
 
 The flow: pick the variants → label requests by trace, exclude test traffic
-(analysis.cohorts, in DuckDB) → per-cohort sufficient statistics → estimates
-(analysis.stats, pure) → verdicts (analysis.verdict) → DiffResult, which renderers format
-and `to_dict()` turns into the documented JSON.
+(`cohorts`, in DuckDB) → per-cohort sufficient statistics → estimates (`stats`, pure) →
+verdicts (`verdict`) → a `result.DiffResult`, which renderers format and whose
+`to_dict()` is the documented JSON; `summary` words its one sentence.
 """
 
 from __future__ import annotations
 
 import difflib
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
-
-from analysis import cohorts
-from analysis.cohorts import QUANTILES, CohortQuery, TrafficFilter
-from analysis.errors import AnalysisError
-from analysis.stats import (
+from flagscope.analysis import cohorts
+from flagscope.analysis.cohorts import QUANTILES, CohortQuery
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.result import (
+    Charts,
+    CohortSummary,
+    DiffOptions,
+    DiffResult,
+    HealthCheck,
+    MetricResult,
+    StratumResult,
+)
+from flagscope.analysis.stats import (
     Estimate,
-    Method,
     RatioStats,
     SrmResult,
     benjamini_hochberg,
@@ -33,160 +40,16 @@ from analysis.stats import (
     sequential_estimate,
     srm_test,
 )
-from analysis.stats.estimate import normal_estimate
-from analysis.verdict import (
-    DEFAULT_ALPHA,
-    EXIT_CODES,
-    Judgement,
-    Thresholds,
-    Verdict,
-    check_alpha,
-    judge,
-)
-from analysis.window import naive_utc
-from collector import lake
-
-if TYPE_CHECKING:  # Polars costs ~75 ms to import; only the frame helpers need it
-    import polars as pl
+from flagscope.analysis.stats.mix import post_stratified_difference
+from flagscope.analysis.summary import summarize
+from flagscope.analysis.verdict import Verdict, judge, overall_verdict
+from flagscope.collector import lake
 
 TRUE_LIKE = ("on", "true", "enabled", "treatment", "yes", "variant", "new")
 FALSE_LIKE = ("off", "false", "disabled", "control", "no", "baseline", "old", "default")
 QUANTILE_METRICS = tuple(f"p{round(p * 100)}_latency" for p in QUANTILES)
 METRICS = ("error_rate", "mean_latency", *QUANTILE_METRICS)
 BREAKDOWN_METRICS = ("error_rate", "p95_latency")
-
-
-@dataclass(frozen=True)
-class DiffOptions:
-    flag: str
-    start: datetime
-    end: datetime
-    variant: str | None = None
-    baseline: str | None = None
-    service: str | None = None
-    route: str | None = None
-    test_mode: TrafficFilter = TrafficFilter.EXCLUDE
-    alpha: float = DEFAULT_ALPHA
-    sequential: bool = False
-    expected_split: dict[str, float] | None = None
-    thresholds: Thresholds = field(default_factory=Thresholds)
-
-    def __post_init__(self) -> None:
-        # The lake's timestamps are naive UTC; an aware time is converted, not refused.
-        for name in ("start", "end"):
-            object.__setattr__(self, name, naive_utc(getattr(self, name)))
-        check_alpha(self.alpha)
-
-
-@dataclass(frozen=True)
-class CohortSummary:
-    variant: str
-    users: int
-    requests: int
-    errors: int
-    error_rate: float
-    mean_ms: float
-    quantiles_ms: dict[str, float]  # "p50" … "p99"
-
-
-@dataclass(frozen=True)
-class MetricResult:
-    metric: str
-    estimate: Estimate
-    judgement: Judgement
-    q_value: float | None = None  # Benjamini–Hochberg, for breakdown rows
-
-
-@dataclass(frozen=True)
-class StratumResult:
-    service: str
-    route: str
-    treatment: CohortSummary
-    baseline: CohortSummary
-    metrics: tuple[MetricResult, ...]
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class Charts:
-    """What the HTML report draws: per-cohort time series and a latency histogram."""
-
-    bucket_seconds: int
-    series: tuple[dict[str, Any], ...]  # cohort, bucket (datetime), requests, errors, p95_ms
-    histogram_edges_ms: tuple[float, ...]  # log-spaced, len = bins + 1
-    histogram: dict[str, tuple[int, ...]]  # cohort -> counts per bin
-
-
-@dataclass(frozen=True)
-class DiffResult:
-    options: DiffOptions
-    treatment: CohortSummary
-    baseline: CohortSummary
-    metrics: tuple[MetricResult, ...]
-    adjusted: tuple[MetricResult, ...]  # overall, adjusted for the (service, route) mix
-    breakdown: tuple[StratumResult, ...]
-    health: tuple[HealthCheck, ...]
-    excluded: dict[str, int]
-    srm: SrmResult | None
-    verdict: Verdict
-    reason: str
-    summary: str
-    charts: Charts | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.verdict]
-
-    @property
-    def compared(self) -> bool:
-        """Both cohorts have requests (else there is nothing but the NO_DATA reason)."""
-        return bool(self.treatment.requests and self.baseline.requests)
-
-    def to_dict(self) -> dict[str, Any]:
-        from analysis.report.json import result_to_dict
-
-        return result_to_dict(self)
-
-    def cohorts_frame(self) -> pl.DataFrame:
-        import polars as pl
-
-        rows = [_summary_row("treatment", self.treatment), _summary_row("baseline", self.baseline)]
-        return pl.DataFrame(rows)
-
-    def metrics_frame(self) -> pl.DataFrame:
-        import polars as pl
-
-        rows = [_metric_row(m, "overall") for m in self.metrics]
-        rows += [_metric_row(m, "overall, route-mix adjusted") for m in self.adjusted]
-        return pl.DataFrame(rows)
-
-    def breakdown_frame(self) -> pl.DataFrame:
-        import polars as pl
-
-        rows = [{"service": s.service, "route": s.route, **_metric_row(m, "route")}
-                for s in self.breakdown for m in s.metrics]
-        return pl.DataFrame(rows) if rows else pl.DataFrame()
-
-
-def _summary_row(cohort: str, s: CohortSummary) -> dict[str, Any]:
-    return {"cohort": cohort, "variant": s.variant, "users": s.users, "requests": s.requests,
-            "errors": s.errors, "error_rate": s.error_rate, "mean_ms": s.mean_ms,
-            **{f"{k}_ms": v for k, v in s.quantiles_ms.items()}}
-
-
-def _metric_row(m: MetricResult, scope: str) -> dict[str, Any]:
-    e = m.estimate
-    return {"scope": scope, "metric": m.metric, "baseline": e.control, "treatment": e.treatment,
-            "diff": e.diff, "diff_lo": e.diff_lo, "diff_hi": e.diff_hi, "rel": e.rel,
-            "rel_lo": e.rel_lo, "rel_hi": e.rel_hi, "p_value": e.p_value, "q_value": m.q_value,
-            "method": e.method.value, "status": e.status.value,
-            "verdict": m.judgement.verdict.value, "reason": m.judgement.reason}
 
 
 # -- variants ----------------------------------------------------------------------------
@@ -299,26 +162,11 @@ def estimates(t: dict[str, Any], c: dict[str, Any], alpha: float,
 
 def mix_adjusted(strata: list[tuple[dict[str, Any], dict[str, Any]]], alpha: float
                  ) -> dict[str, Estimate]:
-    """Error rate and mean latency, each cohort re-weighted to the pooled (service, route)
-    mix: a flag that moves traffic between routes cannot fake a change (Simpson's paradox).
-
-    Post-stratification (e.g. Miratrix, Sekhon & Yu 2013): m_adj = Σ_s w_s m_s with w_s
-    the pooled share of requests in stratum s; Var = Σ_s w_s² Var(m_s), strata treated as
-    independent (users active on several routes make this slightly optimistic).
-    """
-    total = sum(float(t["req"]) + float(c["req"]) for t, c in strata)
-    out: dict[str, Estimate] = {}
-    for metric, x in (("error_rate", "err"), ("mean_latency", "lat")):
-        adj = {"t": 0.0, "c": 0.0}
-        var = {"t": 0.0, "c": 0.0}
-        for t, c in strata:
-            w = (float(t["req"]) + float(c["req"])) / total
-            for key, row in (("t", t), ("c", c)):
-                stats = _ratio(row, x)
-                adj[key] += w * stats.ratio
-                var[key] += w * w * stats.variance()
-        out[metric] = normal_estimate(adj["c"], adj["t"], var["c"], var["t"], alpha, Method.DELTA)
-    return out
+    """Error rate and mean latency re-weighted to the pooled (service, route) mix
+    (`stats.mix.post_stratified_difference`), from the per-stratum SQL rows."""
+    return {metric: post_stratified_difference(
+                [(_ratio(t, x), _ratio(c, x)) for t, c in strata], alpha)
+            for metric, x in (("error_rate", "err"), ("mean_latency", "lat"))}
 
 
 def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> dict[str, Estimate]:
@@ -410,7 +258,11 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
     breakdown, pairs = _breakdown(strata_rows, variant, baseline, options)
     adjusted = results(mix_adjusted(pairs, options.alpha))
     health, srm = _health(options, treatment, base, excluded)
-    verdict, reason = overall_verdict(metrics, adjusted, breakdown, health, options)
+    verdict, reason = overall_verdict(
+        [(f"overall {m.metric} (route-mix adjusted)", m.judgement) for m in adjusted],
+        [(f"{s.service} {s.route} {m.metric}", m.judgement) for s in breakdown for m in s.metrics],
+        [(h.name, h.detail) for h in health if not h.ok and h.name != "sample_size"],
+    )
     summary = summarize(options, treatment, base, adjusted, breakdown, verdict, excluded)
     return DiffResult(options, treatment, base, metrics, adjusted, breakdown, health, excluded,
                       srm, verdict, reason, summary)
@@ -470,68 +322,3 @@ def _health(options: DiffOptions, t: CohortSummary, c: CohortSummary,
                               f"users {t.variant}={t.users}, {c.variant}={c.users} "
                               f"(at least {minimum} per cohort for a verdict)"))
     return tuple(checks), srm
-
-
-def overall_verdict(metrics, adjusted, breakdown, health, options):
-    """UNHEALTHY > REGRESSION (any decisive metric) > INCONCLUSIVE > IMPROVEMENT > PASS.
-
-    Decisive: the route-mix adjusted error rate and mean latency, and the per-route error
-    rate and p95 after Benjamini–Hochberg. Overall quantiles are reported, not decisive:
-    a change of route mix moves them without any route getting slower.
-    """
-    broken = [h for h in health if not h.ok and h.name != "sample_size"]
-    if broken:
-        return Verdict.UNHEALTHY, "; ".join(f"{h.name}: {h.detail}" for h in broken)
-    overall = [(f"overall {m.metric} (route-mix adjusted)", m) for m in adjusted]
-    routes = [(f"{s.service} {s.route} {m.metric}", m) for s in breakdown for m in s.metrics]
-
-    def reasons(pairs, *verdicts: Verdict) -> str:
-        hits = [f"{name}: {m.judgement.reason}" for name, m in pairs
-                if m.judgement.verdict in verdicts]
-        more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
-        return "; ".join(hits[:3]) + more
-
-    if found := reasons(overall + routes, Verdict.REGRESSION):
-        return Verdict.REGRESSION, found
-    # A small route without a clear answer does not hold up the verdict; the overall does.
-    if found := reasons(overall, Verdict.INCONCLUSIVE, Verdict.NO_DATA):
-        return Verdict.INCONCLUSIVE, found
-    if found := reasons(overall + routes, Verdict.IMPROVEMENT):
-        return Verdict.IMPROVEMENT, found
-    return Verdict.PASS, "harm beyond the thresholds ruled out for error rate and mean latency"
-
-
-# -- the one sentence ---------------------------------------------------------------------
-def _ms(value: float) -> str:
-    return f"{value:+.0f} ms" if abs(value) >= 10 else f"{value:+.1f} ms"
-
-
-def describe(metric: str, est: Estimate) -> str:
-    """'p95 +38 ms (+41 %, CI +25…+52)' or 'error rate +2.1 pp (CI +1.2…+3.0)'."""
-    if not est.has_interval:
-        return f"{metric.replace('_', ' ')} n/a ({est.status.value.lower()})"
-    if metric == "error_rate":
-        return (f"error rate {est.diff * 100:+.1f} pp (CI {est.diff_lo * 100:+.1f}…"
-                f"{est.diff_hi * 100:+.1f})")
-    name = metric.removesuffix("_latency").replace("mean", "mean latency")
-    rel = f"{est.rel * 100:+.0f} %, " if est.has_relative else ""
-    return (f"{name} {_ms(est.diff)} ({rel}CI {_ms(est.diff_lo).removesuffix(' ms')}…"
-            f"{_ms(est.diff_hi).removesuffix(' ms')})")
-
-
-def summarize(options, t, c, adjusted, breakdown, verdict, excluded) -> str:
-    head = f"{options.flag} {t.variant} vs {c.variant}"
-    parts = []
-    worst = [(s, m) for s in breakdown for m in s.metrics
-             if m.judgement.verdict is Verdict.REGRESSION]
-    if worst:
-        stratum = worst[0][0]
-        parts.append(stratum.route + " " + ", ".join(
-            describe(m.metric, m.estimate) for m in stratum.metrics))
-    else:
-        parts.extend(describe(m.metric, m.estimate) for m in adjusted)
-    tail = ""
-    if options.test_mode is TrafficFilter.EXCLUDE and excluded.get("test_users"):
-        tail = (f" ({excluded['test_users']} test users, {excluded['test_requests']} "
-                "requests excluded)")
-    return f"{head}: {'; '.join(parts)} — {verdict.value}{tail}"

@@ -1,6 +1,6 @@
 """One exception root for the analysis; messages name the fix (CONVENTIONS.md)."""
 
-from collector.errors import CollectorError
+from flagscope.collector.errors import CollectorError
 
 
 class AnalysisError(CollectorError):

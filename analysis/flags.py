@@ -7,9 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
-
-from analysis.errors import AnalysisError
-from collector import lake
+from flagscope.analysis.errors import AnalysisError
+from flagscope.collector import lake
 
 
 @dataclass(frozen=True)

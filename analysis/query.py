@@ -9,9 +9,8 @@ from typing import Any
 
 import duckdb
 import orjson
-
-from collector import lake
-from collector.errors import LakeError
+from flagscope.collector import lake
+from flagscope.collector.errors import LakeError
 
 
 def run(lake_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

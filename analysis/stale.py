@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
-
-from analysis.errors import AnalysisError
-from analysis.window import naive_utc
-from collector import lake
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.window import naive_utc
+from flagscope.collector import lake
 
 
 class Staleness(StrEnum):

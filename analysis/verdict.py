@@ -16,12 +16,13 @@ the one the threshold is stated in: percentage points for error rate, percent fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from analysis.errors import AnalysisError
-from analysis.stats import Estimate, Status
-from analysis.stats.estimate import valid_alpha
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.stats import Estimate, Status
+from flagscope.analysis.stats.estimate import valid_alpha
 
 
 class Verdict(StrEnum):
@@ -126,3 +127,33 @@ def _judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int,
     if hi < limit:
         return Judgement(Verdict.PASS, f"harm beyond the threshold ruled out: {shown}")
     return Judgement(Verdict.INCONCLUSIVE, f"harm beyond the threshold not ruled out: {shown}")
+
+
+def overall_verdict(decisive_overall: Sequence[tuple[str, Judgement]],
+                    decisive_routes: Sequence[tuple[str, Judgement]],
+                    broken_checks: Sequence[tuple[str, str]]) -> tuple[Verdict, str]:
+    """UNHEALTHY > REGRESSION (any decisive metric) > INCONCLUSIVE > IMPROVEMENT > PASS.
+
+    Decisive: the route-mix adjusted error rate and mean latency (`decisive_overall`), and
+    the per-route error rate and p95 after Benjamini–Hochberg (`decisive_routes`), each as
+    (what it is, its judgement). Overall quantiles are reported, not decisive: a change of
+    route mix moves them without any route getting slower. `broken_checks`: (name, detail)
+    of failed health checks that make the comparison itself untrustworthy.
+    """
+    if broken_checks:
+        return Verdict.UNHEALTHY, "; ".join(f"{name}: {detail}" for name, detail in broken_checks)
+
+    def reasons(pairs: Sequence[tuple[str, Judgement]], *verdicts: Verdict) -> str:
+        hits = [f"{name}: {j.reason}" for name, j in pairs if j.verdict in verdicts]
+        more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
+        return "; ".join(hits[:3]) + more
+
+    everything = [*decisive_overall, *decisive_routes]
+    if found := reasons(everything, Verdict.REGRESSION):
+        return Verdict.REGRESSION, found
+    # A small route without a clear answer does not hold up the verdict; the overall does.
+    if found := reasons(decisive_overall, Verdict.INCONCLUSIVE, Verdict.NO_DATA):
+        return Verdict.INCONCLUSIVE, found
+    if found := reasons(everything, Verdict.IMPROVEMENT):
+        return Verdict.IMPROVEMENT, found
+    return Verdict.PASS, "harm beyond the thresholds ruled out for error rate and mean latency"

@@ -11,9 +11,9 @@ in the same run:
       first evaluation in a trace labels all its requests, user = the evaluation's user)
       and test traffic excluded by trace and by user. This is the yardstick.
   (a') bare + breakdown: the same query with GROUPING SETS adding per service/route rows.
-  (b) diff: `analysis.diff.run_diff(lake, DiffOptions(flag, start, end))` — everything the
+  (b) diff: `flagscope.analysis.diff.run_diff(lake, DiffOptions(flag, start, end))` — everything the
       report needs (statistics, health checks, breakdowns). Skipped, with a note, while
-      analysis.diff does not exist.
+      flagscope.analysis.diff does not exist.
 
 Each measurement runs in a fresh subprocess (so peak RSS is its own; psutil samples the
 process every 20 ms): wall time best of 3 for N <= 10 M, one run for 100 M, page cache
@@ -44,9 +44,10 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from flagscope.collector.convert import SCHEMA
+
 from bench.machine import machine
 from bench.make_lake import Effect, make_lake, read_manifest
-from collector.convert import SCHEMA
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lakes"
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "analysis.json"
@@ -151,7 +152,8 @@ def _run_bare(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdo
 
 
 def _run_diff(lake_dir: Path, flag: str, start: datetime, end: datetime) -> Any:
-    from analysis.diff import DiffOptions, run_diff
+    from flagscope.analysis.diff import run_diff
+    from flagscope.analysis.result import DiffOptions
 
     return run_diff(lake_dir, DiffOptions(flag=flag, start=start, end=end))  # normalises to UTC
 
@@ -242,7 +244,7 @@ def lake_for(cache: Path, events: int, seed: int) -> tuple[Path, dict, bool]:
 
 def diff_available() -> bool:
     try:
-        from analysis.diff import DiffOptions, run_diff  # noqa: F401
+        from flagscope.analysis.diff import run_diff  # noqa: F401
     except ImportError:
         return False
     return True
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
     has_diff = diff_available()
     if not has_diff:
-        print("analysis.diff not available yet")
+        print("flagscope.analysis.diff not available yet")
     host = machine()
     print(f"machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
           f"Python {host['python']}, duckdb {host['duckdb']}")

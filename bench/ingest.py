@@ -98,7 +98,7 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="flagscope-bench-"))
     env = {**os.environ, "FLAGSCOPE_RETENTION_DAYS": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "analysis.cli", "serve", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
          "--http", "127.0.0.1:0", "--grpc", ""],
         stdout=subprocess.PIPE, text=True, env=env,
     )

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from collector.errors import ConfigError
+from flagscope.collector.errors import ConfigError
 
 MiB = 1024 * 1024
 

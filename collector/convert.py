@@ -15,10 +15,9 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-
-from collector.otlp import MAX_TIME_NS, SIGNAL_BY_CODE, TRACES
-from collector.rawproto import AttributeCache, TraceRequest
-from collector.tagging import FLAG_EVENT_NAMES, Tagger, evaluation
+from flagscope.collector.otlp import MAX_TIME_NS, SIGNAL_BY_CODE, TRACES
+from flagscope.collector.rawproto import AttributeCache, TraceRequest
+from flagscope.collector.tagging import FLAG_EVENT_NAMES, Tagger, evaluation
 
 SPAN_KIND_SERVER = 2
 STATUS_ERROR = 2
@@ -196,7 +195,7 @@ class Unconvertible(ValueError):
 class Converter:
     def __init__(self, tagger: Tagger) -> None:
         self.tagger = tagger
-        # Span, event and link attributes come as raw KeyValue bytes (collector.rawproto).
+        # Span, event and link attributes come as raw KeyValue bytes (flagscope.collector.rawproto).
         self._cache = AttributeCache(any_value)
 
     def table(self, records: Iterable[tuple[int, bytes]]) -> pa.Table:

@@ -10,7 +10,7 @@ import fcntl
 from pathlib import Path
 from typing import IO
 
-from collector.errors import ConfigError
+from flagscope.collector.errors import ConfigError
 
 
 def lock_data_dir(data_dir: str | Path, purpose: str = "use it") -> IO[str]:

@@ -3,7 +3,7 @@
 The ack path does only what is needed to answer truthfully: decompress within the size
 limit, parse (protobuf with upb, or OTLP/JSON with hex ids), and drop the items that can
 never be stored (bad ids), reporting them as `partial_success`. Turning items into wide
-events happens later, off the ack path (`collector.convert`).
+events happens later, off the ack path (`flagscope.collector.convert`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import zlib
 from dataclasses import dataclass
 
 import orjson
+from flagscope.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-
-from collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
 
 ENCODINGS = ("identity", "gzip", "deflate")
 _HEX = re.compile(r"[0-9a-fA-F]*")

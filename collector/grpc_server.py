@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 
 import grpc
+from flagscope.collector.auth import bearer_matches
+from flagscope.collector.errors import CollectorError, Unauthenticated
+from flagscope.collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
+from flagscope.collector.receiver import Ingestor
 from grpc import aio
-
-from collector.auth import bearer_matches
-from collector.errors import CollectorError, Unauthenticated
-from collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
-from collector.pipeline import Ingestor
 
 log = logging.getLogger("flagscope.collector")
 

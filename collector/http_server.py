@@ -6,18 +6,17 @@ import asyncio
 import logging
 
 from aiohttp import web
-
-from collector.auth import bearer_matches
-from collector.decode import check_encoding, media_type
-from collector.errors import (
+from flagscope.collector.auth import bearer_matches
+from flagscope.collector.decode import check_encoding, media_type
+from flagscope.collector.errors import (
     CollectorError,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
     Unauthenticated,
 )
-from collector.otlp import JSON, PROTOBUF, SIGNALS, encode_message, status_message
-from collector.pipeline import Ingestor
+from flagscope.collector.otlp import JSON, PROTOBUF, SIGNALS, encode_message, status_message
+from flagscope.collector.receiver import Ingestor
 
 log = logging.getLogger("flagscope.collector")
 

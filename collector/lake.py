@@ -21,11 +21,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from collector import failpoints
-from collector.convert import KEY_COLUMNS, SCHEMA
-from collector.errors import LakeError
-from collector.wal import fsync_dir, publish, write_atomically
+from flagscope.collector import failpoints
+from flagscope.collector.convert import KEY_COLUMNS, SCHEMA
+from flagscope.collector.errors import LakeError
+from flagscope.collector.wal import fsync_dir, publish, write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Conversion that one record cannot stop: what the converter cannot handle is set aside.
 
-Decode time already refuses or normalises what the lake cannot hold (collector.decode,
-collector.convert); this is the second line. A chunk of WAL records converts as a whole
+Decode time already refuses or normalises what the lake cannot hold (flagscope.collector.decode,
+flagscope.collector.convert); this is the second line. A chunk of WAL records converts as a whole
 in the common case. When it raises, each record is converted alone, and a record that
 still fails is split into one-item requests (same resource and scope) so that only the
 item at fault is quarantined: its siblings in the request and the rest of the segment
@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
-from collector.convert import SCHEMA, Converter
-from collector.otlp import SIGNAL_BY_CODE, TRACES
-from collector.wal import SUFFIX, encode_record, requeue, segment_name, write_atomically
+from flagscope.collector.convert import SCHEMA, Converter
+from flagscope.collector.otlp import SIGNAL_BY_CODE, TRACES
+from flagscope.collector.wal import SUFFIX, encode_record, requeue, segment_name, write_atomically
 
 Record = tuple[int, bytes]
 

@@ -17,16 +17,15 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-
-from collector import failpoints, lake
-from collector.config import Settings, split_endpoint
-from collector.datadir import lock_data_dir
-from collector.errors import ConfigError
-from collector.grpc_server import GrpcFrontEnd
-from collector.http_server import HttpFrontEnd
-from collector.ingest import run_worker
-from collector.pipeline import Ingestor
-from collector.wal import WalWriter, list_segments
+from flagscope.collector import failpoints, lake
+from flagscope.collector.config import Settings, split_endpoint
+from flagscope.collector.datadir import lock_data_dir
+from flagscope.collector.errors import ConfigError
+from flagscope.collector.grpc_server import GrpcFrontEnd
+from flagscope.collector.http_server import HttpFrontEnd
+from flagscope.collector.lake_writer import run_worker
+from flagscope.collector.receiver import Ingestor
+from flagscope.collector.wal import WalWriter, list_segments
 
 log = logging.getLogger("flagscope.collector")
 

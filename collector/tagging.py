@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from collector.config import Settings
+from flagscope.collector.config import Settings
 
 FLAG_EVENT_NAMES = frozenset({"feature_flag.evaluation", "feature_flag"})
 FLAG_PREFIX = "feature_flag."

@@ -4,7 +4,7 @@ Layout: `<wal>/<seq>.wal` segments of records `[magic u32][length u32][crc32 u32
 [payload]` (little endian; crc over signal and payload). One writer thread appends and
 group-commits: every record queued while a fsync runs goes into the next one, so acks
 cost one fsync per batch of requests, not per request. A segment is rotated when large
-or old; the lake writer (`collector.ingest`) converts closed segments and deletes them.
+or old; the lake writer (`flagscope.collector.lake_writer`) converts closed segments and deletes them.
 A record torn by a crash is never acknowledged, so the tail after the last whole record
 is quarantined on replay (`SegmentReader`).
 """
@@ -25,8 +25,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
-from collector import failpoints
-from collector.errors import LakeError
+from flagscope.collector import failpoints
+from flagscope.collector.errors import LakeError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ FROM events GROUP BY ALL ORDER BY ALL
 
 
 def flagscope(*args: str) -> list[str]:
-    return [sys.executable, "-m", "analysis.cli", *args]
+    return [sys.executable, "-m", "flagscope", *args]
 
 
 def start_collector() -> tuple[subprocess.Popen[str], int, int]:

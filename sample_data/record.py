@@ -20,9 +20,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import shop
-
-from collector.config import Settings
-from collector.server import Collector
+from flagscope.collector.config import Settings
+from flagscope.collector.server import Collector
 
 
 async def record(target: Path) -> dict[str, int]:

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collector import lake
-from collector.config import Settings
-from collector.server import Collector
+from flagscope.collector import lake
+from flagscope.collector.config import Settings
+from flagscope.collector.server import Collector
 
 MiB = 1024 * 1024
 
@@ -103,7 +103,7 @@ class CollectorProcess:
                  max_open_files: int | None = None) -> None:
         self.data_dir = data_dir
         self.max_open_files = max_open_files
-        self.args = [sys.executable, "-m", "analysis.cli", "serve", "--data-dir", str(data_dir),
+        self.args = [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
                      "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra]
         self.env = {**os.environ, "FLAGSCOPE_FLUSH_INTERVAL_S": "0.2", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None

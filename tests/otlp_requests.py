@@ -255,7 +255,11 @@ def rows(srv: RunningCollector, where: str = "true", params: list[Any] | None = 
 
 def wait_rows(srv: RunningCollector, where: str, params: list[Any], expected: int) -> None:
     sql = f"select count(*) from events_raw where {where}"
-    assert wait_for_count(srv.lake, sql, expected, params=params) == expected, (where, params)
+    found = wait_for_count(srv.lake, sql, expected, params=params)
+    # What the lake writers left, should this ever fail: the WAL and the lake files.
+    wal = sorted(p.name for p in srv.settings.wal_path.rglob("*") if p.is_file())
+    files = sorted(p.name for p in srv.lake.rglob("*") if p.is_file())
+    assert found == expected, (where, params, found, {"wal": wal, "lake": files})
 
 
 def stored(srv: RunningCollector, trace_id: bytes | str, columns: str = "*") -> list[tuple]:

@@ -1,5 +1,5 @@
 """Lakes for the report, schedule and stale-flag tests, built with tests/synthetic.py
-(rows in the collector's exact schema, written with collector.lake.write_table)."""
+(rows in the collector's exact schema, written with flagscope.collector.lake.write_table)."""
 
 from __future__ import annotations
 

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
-from collector import lake
-from collector.convert import KEY_COLUMNS, SCHEMA
+from flagscope.collector import lake
+from flagscope.collector.convert import KEY_COLUMNS, SCHEMA
 
 _ids = itertools.count(1)
 NOW = datetime.now(UTC).replace(tzinfo=None)

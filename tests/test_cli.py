@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from analysis.cli import build_parser, main
-from collector import lake
-from collector.config import Settings
-from collector.convert import Converter
-from collector.tagging import Tagger
+from flagscope.analysis.cli import build_parser, main
+from flagscope.collector import lake
+from flagscope.collector.config import Settings
+from flagscope.collector.convert import Converter
+from flagscope.collector.tagging import Tagger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def lake_dir(tmp_path_factory, otlp_examples):
     """A lake holding the spec's example trace and logs, written by the real converter."""
-    from collector.decode import prepare
-    from collector.otlp import JSON, LOGS, SIGNAL_CODES, TRACES
+    from flagscope.collector.decode import prepare
+    from flagscope.collector.otlp import JSON, LOGS, SIGNAL_CODES, TRACES
 
     directory = tmp_path_factory.mktemp("lake")
     records = []
@@ -87,7 +86,7 @@ def test_every_subcommand_has_help_and_is_in_the_readme():
     commands = build_parser()._subparsers._group_actions[0].choices
     for name in commands:
         assert f"flagscope {name}" in readme, name
-        result = subprocess.run([sys.executable, "-m", "analysis.cli", name, "--help"],
+        result = subprocess.run([sys.executable, "-m", "flagscope", name, "--help"],
                                 capture_output=True, text=True, check=False)
         assert result.returncode == 0 and "usage: flagscope" in result.stdout
 
@@ -133,8 +132,8 @@ def test_diff_usage_mistakes_name_the_fix(tmp_path, capsys):
 
 
 def test_the_readme_toml_examples_are_valid(tmp_path):
-    from analysis.schedule_config import load_config
-    from collector import config
+    from flagscope.analysis.schedule.config import load_config
+    from flagscope.collector import config
 
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)

@@ -6,11 +6,11 @@ import random
 from datetime import timedelta
 
 import pytest
+from flagscope.analysis.diff import choose_variants, run_diff
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.result import DiffOptions, TrafficFilter
+from flagscope.analysis.verdict import Thresholds, Verdict
 
-from analysis.cohorts import TrafficFilter
-from analysis.diff import DiffOptions, choose_variants, run_diff
-from analysis.errors import AnalysisError
-from analysis.verdict import Thresholds, Verdict
 from tests.synthetic import NOW, population, request, span, write
 
 START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
@@ -209,7 +209,7 @@ def test_sample_ratio_mismatch_makes_the_comparison_unhealthy(tmp_path):
 
 
 def _lenient():
-    from analysis.verdict import Thresholds
+    from flagscope.analysis.verdict import Thresholds
 
     return Thresholds(min_users=1)
 
@@ -228,9 +228,9 @@ def test_aware_window_times_are_taken_as_utc(tmp_path):
 @pytest.mark.parametrize(("treatment", "decisive"), [(150.0, Verdict.REGRESSION),
                                                       (50.0, Verdict.IMPROVEMENT)])
 def test_a_route_verdict_must_survive_benjamini_hochberg_both_ways(treatment, decisive):
-    from analysis.stats import Method
-    from analysis.stats.estimate import normal_estimate
-    from analysis.verdict import Thresholds, judge
+    from flagscope.analysis.stats import Method
+    from flagscope.analysis.stats.estimate import normal_estimate
+    from flagscope.analysis.verdict import Thresholds, judge
 
     est = normal_estimate(100.0, treatment, 1.0, 1.0, 0.05, Method.DELTA)
     users, errors = (500, 500), (0.0, 0.0)

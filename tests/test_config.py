@@ -1,9 +1,8 @@
 """Settings layers: defaults < flagscope.toml < FLAGSCOPE_* environment < command line."""
 
 import pytest
-
-from collector import config
-from collector.errors import ConfigError
+from flagscope.collector import config
+from flagscope.collector.errors import ConfigError
 
 
 def test_defaults_bind_loopback_only(tmp_path, monkeypatch):

@@ -7,15 +7,15 @@ the converter promotes to columns); every item `decode.prepare` accepts must con
 
 from __future__ import annotations
 
+from flagscope.collector.config import Settings
+from flagscope.collector.convert import Converter
+from flagscope.collector.decode import prepare
+from flagscope.collector.otlp import LOGS, PROTOBUF, SIGNAL_CODES, TRACES
+from flagscope.collector.tagging import Tagger
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.logs.v1 import logs_pb2
 
-from collector.config import Settings
-from collector.convert import Converter
-from collector.decode import prepare
-from collector.otlp import LOGS, PROTOBUF, SIGNAL_CODES, TRACES
-from collector.tagging import Tagger
 from tests.otlp_requests import any_value, kv, logs, make_span, new_trace_id, traces
 
 PROMOTED = ["service.name", "http.route", "http.request.method", "http.method",

@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from flagscope.analysis.diff import run_diff
+from flagscope.analysis.result import DiffOptions
+from flagscope.analysis.verdict import Verdict
 
-from analysis.diff import DiffOptions, run_diff
-from analysis.verdict import Verdict
 from tests.helpers import RunningCollector, make_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
@@ -75,7 +76,7 @@ def test_requests_are_counted_at_the_root_and_testers_excluded(regressed):
 def test_cli_json_and_exit_code(regressed):
     lake, _ = regressed
     completed = subprocess.run(
-        [sys.executable, "-m", "analysis.cli", "diff", "--flag", "new-checkout", "--lake",
+        [sys.executable, "-m", "flagscope", "diff", "--flag", "new-checkout", "--lake",
          str(lake), "--since", "2h", "--format", "json", "--expected-split", "on=0.2,off=0.8"],
         capture_output=True, text=True, check=False,
     )

@@ -18,10 +18,10 @@ from pathlib import Path
 import duckdb
 import psutil
 import pytest
+from flagscope.collector import lake
+from flagscope.collector.wal import HEADER, list_segments, read_segment
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector import lake
-from collector.wal import HEADER, list_segments, read_segment
 from tests.helpers import CollectorProcess, query
 
 PROTOBUF = "application/x-protobuf"

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from flagscope.analysis.diff import run_diff
+from flagscope.analysis.render import html as html_report
+from flagscope.analysis.result import DiffOptions, DiffResult, HealthCheck, TrafficFilter
+from flagscope.analysis.verdict import Verdict
 
-from analysis.cohorts import TrafficFilter
-from analysis.diff import DiffOptions, DiffResult, HealthCheck, run_diff
-from analysis.report import html as html_report
-from analysis.verdict import Verdict
 from tests import browser
 from tests.helpers import MiB, RunningCollector, make_settings
 

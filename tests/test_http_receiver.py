@@ -28,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
 
+import flagscope.collector.receiver
 import psutil
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-import collector.pipeline
 from tests.helpers import RunningCollector, make_settings, query
 from tests.otlp_requests import (
     JSON,
@@ -782,7 +782,7 @@ def test_33_unexpected_exception_500_status_without_traceback(server, monkeypatc
 
     with nothing_stored(server, trace_id):
         with monkeypatch.context() as patch:
-            patch.setattr(collector.pipeline, "prepare", broken)
+            patch.setattr(flagscope.collector.receiver, "prepare", broken)
             replies = [post(server, "/v1/traces", body, PB),
                        post(server, "/v1/traces", dumps(otlp_json(traces(make_span()))), JSON)]
         for reply, content_type in zip(replies, (PB, JSON), strict=True):
@@ -818,13 +818,13 @@ def test_34_every_error_on_otlp_paths_has_status_body_in_request_encoding(server
 def test_48_bearer_auth_401_before_any_decoding_nothing_stored(tmp_path, monkeypatch):
     bomb = gzip_of_zeros(1024 * MiB)
     decompressed = []
-    real_decompress = collector.pipeline.decompress
+    real_decompress = flagscope.collector.receiver.decompress
 
     def spy(*args: Any, **kwargs: Any) -> bytes:
         decompressed.append(args[1:])
         return real_decompress(*args, **kwargs)
 
-    monkeypatch.setattr(collector.pipeline, "decompress", spy)
+    monkeypatch.setattr(flagscope.collector.receiver, "decompress", spy)
     with running(tmp_path, auth_token="s3cret-token") as srv:
         body, trace_id = one_span()
         gz_body = gzip.compress(body)

@@ -1,35 +1,103 @@
-"""Imports point one way: collector never imports analysis (CONVENTIONS.md)."""
+"""The package's shape: imports point one way (collector never imports analysis), no module
+imports itself through others, and everything is installed under the
+one name `flagscope` (CONVENTIONS.md; issue 8)."""
+
+from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Repository folder → installed package (pyproject.toml [tool.setuptools.package-dir]).
+FOLDERS = {"collector": "flagscope.collector", "analysis": "flagscope.analysis"}
+PACKAGE_ROOT = ROOT / "analysis" / "_root"  # installed as `flagscope` itself
 
 
-def _imported_modules(path: Path) -> set[str]:
-    modules = set()
+def module_name(path: Path) -> str:
+    if path.parent == PACKAGE_ROOT:
+        return "flagscope" if path.stem == "__init__" else f"flagscope.{path.stem}"
+    relative = path.relative_to(ROOT).with_suffix("")
+    parts = [FOLDERS[relative.parts[0]], *relative.parts[1:]]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def source_files() -> dict[str, Path]:
+    return {module_name(p): p for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")}
+
+
+def imported(path: Path, known: set[str]) -> set[str]:
+    """Modules `path` imports anywhere (also inside functions and TYPE_CHECKING blocks:
+    a dependency is one wherever it is written)."""
+    found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            modules.add(node.module)
-    return modules
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                found.add(child if child in known else node.module)
+    return found
 
 
-def _imported_roots(path: Path) -> set[str]:
-    return {name.split(".")[0] for name in _imported_modules(path)}
+def graph() -> dict[str, set[str]]:
+    files = source_files()
+    known = set(files)
+    return {name: {m for m in imported(path, known) if m in known} for name, path in files.items()}
 
 
 def test_collector_never_imports_analysis():
-    paths = list((ROOT / "collector").rglob("*.py"))
-    assert len(paths) > 5
-    assert [p.name for p in paths if "analysis" in _imported_roots(p)] == []
+    edges = graph()
+    collector = [name for name in edges if name.startswith("flagscope.collector")]
+    assert len(collector) > 5
+    assert {n: sorted(m for m in edges[n] if m.startswith("flagscope.analysis"))
+            for n in collector if any(m.startswith("flagscope.analysis") for m in edges[n])} == {}
 
 
-def test_statistics_import_neither_duckdb_nor_the_cli():
-    paths = list((ROOT / "analysis" / "stats").rglob("*.py"))
-    assert len(paths) > 5  # the package is where this test looks
-    for path in paths:
-        modules = _imported_modules(path)
-        assert "duckdb" not in {m.split(".")[0] for m in modules}, path
-        assert not any(m.startswith("analysis.cli") for m in modules), path
+def test_nothing_imports_the_repository_folders_by_their_own_names():
+    """`import collector` would load a second copy of a module from the checkout."""
+    bare = {}
+    for folder in ("collector", "analysis", "tests", "bench", "sample_data"):
+        for path in (ROOT / folder).rglob("*.py"):
+            roots = {m.split(".")[0] for m in imported(path, set())}
+            if roots & {"collector", "analysis"}:
+                bare[str(path.relative_to(ROOT))] = sorted(roots & {"collector", "analysis"})
+    assert bare == {}
+
+
+def test_every_package_folder_is_installed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {module_name(p) for folder in FOLDERS for p in (ROOT / folder).rglob("__init__.py")}
+    assert set(config["packages"]) == packages
+    assert config["package-dir"]["flagscope"] == PACKAGE_ROOT.relative_to(ROOT).as_posix()
+
+
+def test_no_module_imports_itself_through_others():
+    edges = graph()
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges[name]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target):], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_renderers_read_the_result_never_the_orchestration():
+    edges = graph()
+    renderers = [n for n in edges if n.startswith("flagscope.analysis.render.")]
+    assert len(renderers) >= 5
+    orchestration = {"flagscope.analysis.diff", "flagscope.analysis.cohorts",
+                     "flagscope.analysis.report_archive", "flagscope.collector.lake"}
+    assert {n: sorted(edges[n] & orchestration) for n in renderers if edges[n] & orchestration} == {}

@@ -9,14 +9,14 @@ import uuid
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from flagscope.analysis.diff import run_diff
+from flagscope.collector import lake
+from flagscope.collector.config import Settings
+from flagscope.collector.convert import KEY_COLUMNS, SCHEMA, Converter, is_entry, span_key
+from flagscope.collector.otlp import SIGNAL_CODES, TRACES
+from flagscope.collector.tagging import Tagger
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from analysis.diff import run_diff
-from collector import lake
-from collector.config import Settings
-from collector.convert import KEY_COLUMNS, SCHEMA, Converter, is_entry, span_key
-from collector.otlp import SIGNAL_CODES, TRACES
-from collector.tagging import Tagger
 from tests.helpers import query
 from tests.synthetic import request, write
 from tests.test_cohorts import _lenient, options

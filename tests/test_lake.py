@@ -1,4 +1,4 @@
-"""Unit tests of the lake (`collector.lake`) and the write-ahead log (`collector.wal`) on
+"""Unit tests of the lake (`flagscope.collector.lake`) and the write-ahead log (`flagscope.collector.wal`) on
 temporary directories, without a server."""
 
 from __future__ import annotations
@@ -13,10 +13,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from flagscope.collector import lake, wal
+from flagscope.collector.convert import SCHEMA
+from flagscope.collector.wal import (
+    WalFullError,
+    WalWriter,
+    encode_record,
+    list_segments,
+    read_segment,
+)
 
-from collector import lake, wal
-from collector.convert import SCHEMA
-from collector.wal import WalFullError, WalWriter, encode_record, list_segments, read_segment
 from tests.helpers import query
 
 HOUR_NS = 3_600_000_000_000

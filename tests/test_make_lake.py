@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from flagscope.collector import lake
+from flagscope.collector.convert import SCHEMA
 
 from bench.make_lake import Effect, make_lake, read_manifest
-from collector import lake
-from collector.convert import SCHEMA
 from tests.helpers import query
 
 END = datetime(2026, 1, 15, 12, 30, tzinfo=UTC)

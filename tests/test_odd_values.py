@@ -16,11 +16,11 @@ from datetime import UTC
 from typing import Any
 
 import pytest
+from flagscope.collector import lake
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
-from collector import lake
 from tests.otlp_requests import (
     kv,
     logs,

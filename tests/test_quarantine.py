@@ -11,15 +11,15 @@ import os
 import time
 
 import pytest
+from flagscope.collector import lake_writer, wal
+from flagscope.collector.config import Settings
+from flagscope.collector.convert import Converter
+from flagscope.collector.otlp import SIGNAL_CODES
+from flagscope.collector.quarantine import split
+from flagscope.collector.tagging import Tagger
+from flagscope.collector.wal import SegmentReader, encode_record
 from opentelemetry.proto.logs.v1 import logs_pb2
 
-from collector import ingest, wal
-from collector.config import Settings
-from collector.convert import Converter
-from collector.otlp import SIGNAL_CODES
-from collector.quarantine import split
-from collector.tagging import Tagger
-from collector.wal import SegmentReader, encode_record
 from tests.helpers import make_settings, query
 from tests.otlp_requests import logs, make_span, new_trace_id, traces
 
@@ -35,7 +35,7 @@ def convert(settings: Settings, seq: int, records: list[bytes]) -> int:
     path = settings.wal_path / wal.segment_name(seq)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(records))
-    rows = ingest.convert_segment(settings, Converter(Tagger.from_settings(settings)), seq, path)
+    rows = lake_writer.convert_segment(settings, Converter(Tagger.from_settings(settings)), seq, path)
     assert not path.exists(), "a converted segment is deleted"
     return rows
 
@@ -125,15 +125,15 @@ def test_quarantined_items_can_be_requeued_into_the_wal(settings):
     seq = int(target.stem)
     assert seq == used + 1 == wal.read_last_seq(settings.wal_path)
     assert target.parent == settings.wal_path
-    rows = ingest.convert_segment(settings, Converter(Tagger.from_settings(settings)), seq, target)
+    rows = lake_writer.convert_segment(settings, Converter(Tagger.from_settings(settings)), seq, target)
     assert rows == 3 and traces_in_lake(settings) == {trace_id.hex(): 3}
 
 
 def test_flagscope_requeue_moves_items_back_and_refuses_while_a_collector_runs(
     settings, capsys
 ):
-    from analysis.cli import main
-    from collector.datadir import lock_data_dir
+    from flagscope.analysis.cli import main
+    from flagscope.collector.datadir import lock_data_dir
 
     items = settings.wal_path / "quarantine" / f"{5:012d}.items.wal"
     items.parent.mkdir(parents=True)

@@ -2,13 +2,12 @@
 
 import math
 
+from flagscope.collector.convert import any_value, attributes
+from flagscope.collector.rawproto import AttributeCache, TraceRequest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-
-from collector.convert import any_value, attributes
-from collector.rawproto import AttributeCache, TraceRequest
 
 scalars = st.one_of(
     st.text(max_size=20).map(lambda s: AnyValue(string_value=s)),

@@ -1,5 +1,5 @@
 """Report files: one per run and format, a stable latest.*, history.jsonl and state.json,
-written atomically (analysis/reports.py) from real diffs of a synthetic lake."""
+written atomically (analysis/report_archive.py) from real diffs of a synthetic lake."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from flagscope.analysis import report_archive
+from flagscope.analysis.diff import run_diff
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.report_archive import previous_verdict, read_history, write_report
+from flagscope.analysis.result import DiffOptions
+from flagscope.analysis.verdict import Thresholds, Verdict
 
-from analysis import reports
-from analysis.diff import DiffOptions, run_diff
-from analysis.errors import AnalysisError
-from analysis.reports import previous_verdict, read_history, write_report
-from analysis.verdict import Thresholds, Verdict
 from tests.report_lakes import DAY1, DAY2, build_flip_lake
 
 NINE = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -104,7 +105,7 @@ def test_a_failed_render_writes_nothing(results, tmp_path, monkeypatch):
             raise RuntimeError("renderer bug")
         return "new markdown"
 
-    monkeypatch.setattr(reports, "render", broken)
+    monkeypatch.setattr(report_archive, "render", broken)
     with pytest.raises(RuntimeError):
         write_report(results["regression"], tmp_path, ["md", "json"], NINE + timedelta(hours=1))
     after = {p.name: p.read_bytes() for p in (tmp_path / "checkout-v2").iterdir()}
@@ -156,11 +157,11 @@ def test_unknown_format_names_the_choices(results, tmp_path):
     with pytest.raises(AnalysisError, match=r"unknown report format 'pdf'; choose from html, md, json"):
         write_report(results["pass"], tmp_path, ["md", "pdf"], NINE)
     assert not (tmp_path / "checkout-v2").exists()
-    assert reports.normalize_formats(["markdown", "JSON", "md"]) == ("md", "json")
+    assert report_archive.normalize_formats(["markdown", "JSON", "md"]) == ("md", "json")
 
 
 def test_flag_keys_that_are_not_file_names_get_a_safe_directory():
-    assert reports.flag_dir_name("new-checkout") == "new-checkout"
-    odd = reports.flag_dir_name("team/../checkout v2")
+    assert report_archive.flag_dir_name("new-checkout") == "new-checkout"
+    odd = report_archive.flag_dir_name("team/../checkout v2")
     assert "/" not in odd and not odd.startswith(".") and odd.startswith("team_.._checkout_v2-")
-    assert odd != reports.flag_dir_name("team/../checkout_v2")  # the hash keeps them apart
+    assert odd != report_archive.flag_dir_name("team/../checkout_v2")  # the hash keeps them apart

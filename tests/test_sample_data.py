@@ -9,7 +9,7 @@ LAKE = Path(__file__).resolve().parents[1] / "sample_data" / "lake"
 
 
 def flagscope(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "analysis.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "flagscope", *args], capture_output=True,
                           text=True, check=False)
 
 

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.report_archive import read_history
+from flagscope.analysis.schedule import cron, webhook
+from flagscope.analysis.schedule.runner import (
+    Scheduler,
+    load_config,
+    next_fire,
+    parse_config,
+    should_notify,
+)
+from flagscope.analysis.verdict import Verdict
 
-from analysis import cron, webhook
-from analysis.errors import AnalysisError
-from analysis.reports import read_history
-from analysis.schedule import Scheduler, load_config, next_fire, parse_config, should_notify
-from analysis.verdict import Verdict
 from tests.report_lakes import DAY1, build_flip_lake
 
 
@@ -271,7 +277,7 @@ def test_webhook_honours_retry_after(hook):
 
 def test_webhook_gives_up_after_the_retries_and_logs_one_line(hook, caplog):
     hook.script = [(500, {}, 0.0)] * 5
-    with caplog.at_level(logging.WARNING, logger="analysis.webhook"):
+    with caplog.at_level(logging.WARNING, logger="flagscope.analysis.schedule.webhook"):
         assert webhook.notify(hook.url, PAYLOAD, retries=2, backoff_s=0.0) is False
     assert len(hook.requests) == 3
     (record,) = caplog.records
@@ -288,7 +294,7 @@ def test_webhook_does_not_retry_a_client_error(hook):
 def test_webhook_times_out_each_attempt(hook, caplog):
     hook.script = [(200, {}, 30.0), (200, {}, 30.0)]  # answers only after 30 s
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="analysis.webhook"):
+    with caplog.at_level(logging.WARNING, logger="flagscope.analysis.schedule.webhook"):
         assert webhook.notify(hook.url, PAYLOAD, timeout_s=0.3, retries=1, backoff_s=0.0) is False
     assert time.monotonic() - started < 5 and len(hook.requests) == 2
     assert "timed out" in caplog.records[-1].getMessage()
@@ -406,7 +412,7 @@ def test_without_link_base_the_message_carries_the_file_path(lake, tmp_path, hoo
 def test_a_failing_report_does_not_stop_the_others(lake, tmp_path, caplog):
     config = config_for(tmp_path, None, {"flag": "no-such-flag"}, {"flag": "checkout-v2"})
     scheduler = Scheduler(config, lake, clock=Clock(SIX - timedelta(minutes=1)))
-    with caplog.at_level(logging.ERROR, logger="analysis.schedule"):
+    with caplog.at_level(logging.ERROR, logger="flagscope.analysis.schedule.runner"):
         outcomes = scheduler.run_due(SIX)
     assert [o.flag for o in outcomes] == ["no-such-flag", "checkout-v2"]
     assert "not in the lake" in outcomes[0].error and not outcomes[0].ok
@@ -423,7 +429,7 @@ def test_a_broken_lake_fails_every_report_but_the_scheduler_goes_on(tmp_path, ca
     (broken / "w-000000000001-000.parquet").write_bytes(b"not parquet at all")
     scheduler = Scheduler(config_for(tmp_path / "out"), tmp_path / "lake",
                           clock=Clock(SIX - timedelta(minutes=1)))
-    with caplog.at_level(logging.ERROR, logger="analysis.schedule"):
+    with caplog.at_level(logging.ERROR, logger="flagscope.analysis.schedule.runner"):
         outcomes = scheduler.run_due(SIX)
     assert [o.ok for o in outcomes] == [False, False]
     assert all(f"the lake at {tmp_path / 'lake'}" in o.error for o in outcomes)
@@ -432,14 +438,14 @@ def test_a_broken_lake_fails_every_report_but_the_scheduler_goes_on(tmp_path, ca
 
 
 def test_an_unexpected_error_is_logged_with_its_traceback(lake, tmp_path, caplog, monkeypatch):
-    from analysis import reports
+    from flagscope.analysis import report_archive
 
     def crash(*args, **kwargs):
         raise ZeroDivisionError("renderer bug")
 
-    monkeypatch.setattr(reports, "write_report", crash)
+    monkeypatch.setattr(report_archive, "write_report", crash)
     scheduler = Scheduler(config_for(tmp_path), lake, clock=Clock(SIX))
-    with caplog.at_level(logging.ERROR, logger="analysis.schedule"):
+    with caplog.at_level(logging.ERROR, logger="flagscope.analysis.schedule.runner"):
         outcomes = scheduler.run_once("search-v2", SIX)
     assert outcomes[0].error == "ZeroDivisionError: renderer bug"
     assert caplog.records[-1].exc_info is not None

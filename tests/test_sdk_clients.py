@@ -118,7 +118,7 @@ def hex_ids(span: trace.Span) -> tuple[str, str]:
 def flagscope_query(lake: Path, sql: str) -> list[dict[str, Any]]:
     """Rows of `flagscope query --format json`, run as the real command."""
     result = subprocess.run(
-        [sys.executable, "-m", "analysis.cli", "query", "--lake", str(lake),
+        [sys.executable, "-m", "flagscope", "query", "--lake", str(lake),
          "--format", "json", sql],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )

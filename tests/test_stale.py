@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.stale import Staleness, stale_flags
 
-from analysis.errors import AnalysisError
-from analysis.stale import Staleness, stale_flags
 from tests import synthetic
 from tests.report_lakes import write
 

@@ -1,4 +1,4 @@
-"""analysis.stats against independent oracles: scipy.stats on the same numbers, golden
+"""flagscope.analysis.stats against independent oracles: scipy.stats on the same numbers, golden
 values from the literature, and independent numpy implementations."""
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from scipy import optimize, special, stats
-
-from analysis.stats import (
+from flagscope.analysis.stats import (
     RatioStats,
     Status,
     benjamini_hochberg,
@@ -24,9 +22,10 @@ from analysis.stats import (
     srm_test,
     wilson_interval,
 )
-from analysis.stats.estimate import two_sided_p, z_value
-from analysis.stats.proportions import mover_ratio
-from analysis.stats.special import regularized_gamma_q
+from flagscope.analysis.stats.estimate import two_sided_p, z_value
+from flagscope.analysis.stats.proportions import mover_ratio
+from flagscope.analysis.stats.special import regularized_gamma_q
+from scipy import optimize, special, stats
 
 RNG_SEED = 20240611
 

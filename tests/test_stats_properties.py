@@ -1,4 +1,4 @@
-"""Invariants of analysis.stats under arbitrary inputs (hypothesis): swapping cohorts
+"""Invariants of flagscope.analysis.stats under arbitrary inputs (hypothesis): swapping cohorts
 flips signs, intervals contain their estimates, p-values are probabilities, and no
 input — however degenerate — raises or yields NaN."""
 
@@ -8,10 +8,7 @@ import math
 from dataclasses import fields
 
 import pytest
-from hypothesis import assume, example, given, settings
-from hypothesis import strategies as st
-
-from analysis.stats import (
+from flagscope.analysis.stats import (
     Estimate,
     Method,
     RatioStats,
@@ -27,6 +24,8 @@ from analysis.stats import (
     srm_test,
     wilson_interval,
 )
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 # Local settings (no global profile): no example database on disk, no deadline.
 examples = settings(max_examples=150, deadline=None, database=None)

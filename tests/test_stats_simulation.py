@@ -15,9 +15,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from scipy import stats
-
-from analysis.stats import (
+from flagscope.analysis.stats import (
     Method,
     RatioStats,
     error_rate_difference,
@@ -26,6 +24,7 @@ from analysis.stats import (
     ratio_difference,
     sequential_estimate,
 )
+from scipy import stats
 
 pytestmark = pytest.mark.simulation
 

@@ -1,4 +1,4 @@
-"""Behaviour of analysis.stats at the edges: rare events, degenerate inputs, statuses,
+"""Behaviour of flagscope.analysis.stats at the edges: rare events, degenerate inputs, statuses,
 health checks, and the package's import discipline."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from analysis.stats import (
+from flagscope.analysis.stats import (
     SRM_ALERT_P_VALUE,
     Method,
     RatioStats,
@@ -198,7 +197,7 @@ def test_benjamini_hochberg_textbook_example() -> None:
 
 
 def test_stats_package_imports_only_the_standard_library_and_itself() -> None:
-    allowed = set(sys.stdlib_module_names) | {"analysis"}
+    allowed = set(sys.stdlib_module_names) | {"flagscope"}
     for path in STATS_DIR.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
@@ -208,5 +207,5 @@ def test_stats_package_imports_only_the_standard_library_and_itself() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] in allowed, (path.name, name)
-                if name.startswith("analysis"):
-                    assert name.startswith("analysis.stats"), (path.name, name)
+                if name.startswith("flagscope"):
+                    assert name.startswith("flagscope.analysis.stats"), (path.name, name)

@@ -3,9 +3,8 @@
 import dataclasses
 
 import pytest
-
-from collector.config import Settings
-from collector.tagging import Tagger, evaluation, variant_of
+from flagscope.collector.config import Settings
+from flagscope.collector.tagging import Tagger, evaluation, variant_of
 
 TAGGER = Tagger.from_settings(Settings())
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from flagscope.collector import wal as wal_module
+from flagscope.collector.wal import ROTATE_RETRY_S, WalWriter, list_segments, read_segment
 
-from collector import wal as wal_module
-from collector.wal import ROTATE_RETRY_S, WalWriter, list_segments, read_segment
 from tests.helpers import CollectorProcess, query
 from tests.test_durability import PROTOBUF, QUIET, spans_request, wait_until
 

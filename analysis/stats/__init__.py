@@ -1,30 +1,34 @@
 """Pure inference for flagscope: sufficient statistics in, estimates out (stdlib only)."""
 
-from analysis.stats.estimate import Estimate, Method, Status
-from analysis.stats.multiple import benjamini_hochberg
-from analysis.stats.proportions import newcombe_difference, newcombe_p_value, wilson_interval
-from analysis.stats.quantiles import (
+from flagscope.analysis.stats.estimate import Estimate, Method, Status
+from flagscope.analysis.stats.multiple import benjamini_hochberg
+from flagscope.analysis.stats.proportions import (
+    newcombe_difference,
+    newcombe_p_value,
+    wilson_interval,
+)
+from flagscope.analysis.stats.quantiles import (
     QuantileInterval,
     quantile_difference,
     quantile_interval_from_samples,
     quantile_rank_interval,
     quantile_type7,
 )
-from analysis.stats.rare import RARE_EVENT_THRESHOLD, is_rare, rare_difference
-from analysis.stats.ratio import (
+from flagscope.analysis.stats.rare import RARE_EVENT_THRESHOLD, is_rare, rare_difference
+from flagscope.analysis.stats.ratio import (
     RatioStats,
     choose_error_method,
     design_effect,
     error_rate_difference,
     ratio_difference,
 )
-from analysis.stats.sequential import (
+from flagscope.analysis.stats.sequential import (
     DEFAULT_TUNING,
     sequential_estimate,
     sequential_halfwidth,
     sequential_p_value,
 )
-from analysis.stats.srm import SRM_ALERT_P_VALUE, SrmResult, srm_test
+from flagscope.analysis.stats.srm import SRM_ALERT_P_VALUE, SrmResult, srm_test
 
 __all__ = [
     "DEFAULT_TUNING",

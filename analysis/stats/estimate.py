@@ -51,7 +51,7 @@ class Estimate:
     ``diff = treatment - control``; ``rel = diff / control``. ``se`` is the standard
     error of ``diff`` (for Newcombe and quantile results it is the interval half-width
     divided by z). ``sequential`` is True when the intervals are always-valid
-    confidence sequences (see :mod:`analysis.stats.sequential`).
+    confidence sequences (see :mod:`flagscope.analysis.stats.sequential`).
     """
 
     status: Status

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from analysis.stats.estimate import z_value
+from flagscope.analysis.stats.estimate import z_value
 
 
 def _wilson_z(successes: float, n: float, z: float) -> tuple[float, float]:

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from analysis.stats.estimate import (
+from flagscope.analysis.stats.estimate import (
     Estimate,
     Method,
     Status,
@@ -30,7 +30,7 @@ from analysis.stats.estimate import (
     valid_alpha,
     z_value,
 )
-from analysis.stats.ratio import RatioStats
+from flagscope.analysis.stats.ratio import RatioStats
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from analysis.stats.estimate import (
+from flagscope.analysis.stats.estimate import (
     Estimate,
     Method,
     Status,
@@ -20,7 +20,7 @@ from analysis.stats.estimate import (
     valid_alpha,
     z_value,
 )
-from analysis.stats.proportions import (
+from flagscope.analysis.stats.proportions import (
     mover_ratio,
     newcombe_difference,
     newcombe_p_value,
@@ -44,7 +44,7 @@ def rare_difference(
     """Event-rate difference x_t/n_t - x_c/n_c by Newcombe 1998 method 10.
 
     Counts may be fractional *effective* counts (see
-    :func:`analysis.stats.ratio.error_rate_difference`, which divides by a design
+    :func:`flagscope.analysis.stats.ratio.error_rate_difference`, which divides by a design
     effect so the users, not the requests, are the unit).
 
     - interval: Newcombe's hybrid score interval (Newcombe 1998b, Stat Med 17:873,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from analysis.stats.estimate import (
+from flagscope.analysis.stats.estimate import (
     Estimate,
     Method,
     Status,
@@ -23,7 +23,7 @@ from analysis.stats.estimate import (
     normal_estimate,
     valid_alpha,
 )
-from analysis.stats.rare import is_rare, rare_difference
+from flagscope.analysis.stats.rare import is_rare, rare_difference
 
 _EPS = 2.0**-52
 

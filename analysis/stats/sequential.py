@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from analysis.stats.estimate import Estimate, valid_alpha, with_sequential, z_value
+from flagscope.analysis.stats.estimate import Estimate, valid_alpha, with_sequential, z_value
 
 DEFAULT_TUNING = 5000  # gbstats' default sequential_tuning_parameter N*
 

@@ -6,8 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from analysis.stats.estimate import Status
-from analysis.stats.special import chi2_sf
+from flagscope.analysis.stats.estimate import Status
+from flagscope.analysis.stats.special import chi2_sf
 
 # Alert when p < 0.001 (DESIGN.md; GrowthBook's default SRM threshold). Strict because
 # the check runs on every flag at every look, and a real SRM is usually gross (Fabijan
@@ -49,7 +49,7 @@ def srm_test(observed: Mapping[str, int], expected_share: Mapping[str, float]) -
 
     Pearson 1900 goodness of fit: chi2 = sum_k (O_k - E_k)^2 / E_k, E_k = N s_k with
     shares normalised to sum to 1; df = K - 1; p = Q((K - 1)/2, chi2/2) from
-    :func:`analysis.stats.special.chi2_sf`. Variants in ``expected_share`` but absent from
+    :func:`flagscope.analysis.stats.special.chi2_sf`. Variants in ``expected_share`` but absent from
     ``observed`` count 0 users. Statuses: NO_DATA (no users), INVALID_INPUT (fewer than
     two variants, an observed variant without a share, negative counts, shares <= 0).
     """

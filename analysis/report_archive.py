@@ -17,33 +17,31 @@ writing reports for the same flag at once are not coordinated.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-
-from analysis.errors import AnalysisError
-from analysis.verdict import Verdict
-from analysis.window import aware_utc, iso_z
-from collector import lake
-
-if TYPE_CHECKING:
-    from analysis.diff import DiffResult
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.render import html, json, markdown, terminal
+from flagscope.analysis.result import DiffResult
+from flagscope.analysis.verdict import Verdict
+from flagscope.analysis.window import aware_utc, iso_z
+from flagscope.collector import lake
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = {"html": "html", "md": "md", "json": "json"}  # format -> file extension
 ALIASES = {"markdown": "md", "htm": "html"}
-# format -> renderer module, imported when used ("table" is the terminal's, for `diff`)
-RENDERERS = {"html": "analysis.report.html", "md": "analysis.report.markdown",
-             "json": "analysis.report.json", "table": "analysis.report.terminal"}
+# format -> renderer ("table" is the terminal's, for `diff`)
+RENDERERS: dict[str, Callable[[DiffResult], str]] = {
+    "html": html.render, "md": markdown.render, "json": json.render, "table": terminal.render,
+}
 PREFERRED_LINK = ("html", "md", "json")  # which file a notification links to
 
 
@@ -103,8 +101,7 @@ def stamp_of(now: datetime) -> str:
 
 def render(result: DiffResult, fmt: str) -> str:
     """The report text in one format (a RENDERERS key or an alias such as "markdown")."""
-    module = importlib.import_module(RENDERERS[ALIASES.get(fmt, fmt)])
-    return module.render(result)
+    return RENDERERS[ALIASES.get(fmt, fmt)](result)
 
 
 def write_report(result: DiffResult, out_dir: Path, formats: Sequence[str],

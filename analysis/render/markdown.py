@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from analysis.report import text
+from flagscope.analysis.render import text
 
 if TYPE_CHECKING:
-    from analysis.diff import DiffResult
+    from flagscope.analysis.result import DiffResult
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

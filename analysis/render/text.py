@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from analysis.diff import CohortSummary, DiffResult, MetricResult
+    from flagscope.analysis.result import CohortSummary, DiffResult, MetricResult
 
 LABELS = {"error_rate": "error rate", "mean_latency": "mean latency", "p50_latency": "p50",
           "p90_latency": "p90", "p95_latency": "p95", "p99_latency": "p99"}

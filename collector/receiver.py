@@ -6,12 +6,11 @@ import asyncio
 import logging
 from collections import Counter
 
+from flagscope.collector.decode import decompress, prepare
+from flagscope.collector.errors import Unavailable
+from flagscope.collector.otlp import SIGNAL_CODES, Signal, response_message
+from flagscope.collector.wal import WalFullError, WalWriter
 from google.protobuf.message import Message
-
-from collector.decode import decompress, prepare
-from collector.errors import Unavailable
-from collector.otlp import SIGNAL_CODES, Signal, response_message
-from collector.wal import WalFullError, WalWriter
 
 log = logging.getLogger("flagscope.collector")
 

@@ -1,5 +1,5 @@
 """Scheduled reports (`flagscope schedule`): each declared flag is diffed on its cron, the
-report files written (analysis.reports), and a webhook POSTed when the verdict changes.
+report files written (flagscope.analysis.report_archive), and a webhook POSTed when the verdict changes.
 
 Declared in flagscope.toml (the collector's loader leaves `[reports]` to this module):
 
@@ -18,7 +18,7 @@ Declared in flagscope.toml (the collector's loader leaves `[reports]` to this mo
     service = "shop-frontend"            # optional: only this service's requests
     route = "POST /checkout"             # optional: only this route
     window = "24h"                       # default 24h: the window ending at each run
-    cron = "0 * * * *"                   # default hourly; five fields, UTC (analysis.cron)
+    cron = "0 * * * *"                   # default hourly; five fields, UTC (flagscope.analysis.schedule.cron)
     formats = ["html", "md", "json"]     # default: all available
     expected_split = { on = 0.2, off = 0.8 }   # optional: sample-ratio-mismatch check
     error_threshold_pp = 0.5             # optional, default 0.5
@@ -44,15 +44,21 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from analysis import reports, webhook
-from analysis.cron import next_fire
-from analysis.diff import run_diff
-from analysis.errors import AnalysisError
-from analysis.reports import ReportFiles
-from analysis.schedule_config import ReportsConfig, ScheduledReport, load_config, parse_config
-from analysis.verdict import Verdict
-from analysis.window import aware_utc
-from collector.errors import CollectorError
+from flagscope.analysis import report_archive
+from flagscope.analysis.diff import run_diff
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.report_archive import ReportFiles
+from flagscope.analysis.schedule import webhook
+from flagscope.analysis.schedule.config import (
+    ReportsConfig,
+    ScheduledReport,
+    load_config,
+    parse_config,
+)
+from flagscope.analysis.schedule.cron import next_fire
+from flagscope.analysis.verdict import Verdict
+from flagscope.analysis.window import aware_utc
+from flagscope.collector.errors import CollectorError
 
 __all__ = ["ReportsConfig", "RunOutcome", "ScheduledReport", "Scheduler", "load_config",
            "next_fire", "parse_config", "should_notify"]
@@ -158,7 +164,7 @@ class Scheduler:
         now = aware_utc(now)
         try:
             result = run_diff(self.lake_dir, report.options(now), charts="html" in report.formats)
-            files = reports.write_report(result, self.config.out_dir, report.formats, now)
+            files = report_archive.write_report(result, self.config.out_dir, report.formats, now)
         except Exception as exc:  # noqa: BLE001 - one report's failure must not stop the others
             return self._failed(report, now, exc)
         outcome = RunOutcome(report.flag, now, result.verdict, files.previous_verdict, files)
@@ -191,7 +197,7 @@ class Scheduler:
             message = f"{type(exc).__name__}: {exc}"
             log.exception("report %s failed: %s", report.flag, message)
         try:
-            reports.record_failure(self.config.out_dir, report.flag, now, message)
+            report_archive.record_failure(self.config.out_dir, report.flag, now, message)
         except OSError as write_error:
             log.error("report %s: cannot record the failure: %s", report.flag, write_error)
         return RunOutcome(report.flag, now, error=message)

@@ -4,7 +4,7 @@ rather look than read (latency CDF, error rate and p95 over time, a forest plot 
 Everything is inline — CSS, SVG, no script, no font or image to fetch — and a
 Content-Security-Policy forbids loading anything else, so the file reads the same offline.
 Every string that came from telemetry (flag, variants, services, routes, reasons) is
-escaped. Numbers are formatted as in the terminal report (analysis.report.text).
+escaped. Numbers are formatted as in the terminal report (flagscope.analysis.render.text).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING
 
-from analysis.report import svg, text
-from analysis.verdict import Verdict
-from analysis.window import aware_utc
+from flagscope.analysis.render import svg, text
+from flagscope.analysis.summary import describe  # the summary sentence's own wording
+from flagscope.analysis.verdict import Verdict
+from flagscope.analysis.window import aware_utc
 
 if TYPE_CHECKING:
-    from analysis.diff import Charts, DiffResult, MetricResult
+    from flagscope.analysis.result import Charts, DiffResult, MetricResult
 
 COHORTS = {  # colour (Okabe & Ito 2008, colour-blind safe), dash, marker
     "treatment": ("#d55e00", "", "circle"),
@@ -169,8 +170,6 @@ def _metric_table(metrics: tuple[MetricResult, ...]) -> str:
 
 
 def _metrics(r: DiffResult) -> str:
-    from analysis.diff import describe  # the summary sentence's own wording
-
     o = r.options
     seq = ", always-valid (sequential)" if o.sequential else ""
     adjusted = "; ".join(describe(m.metric, m.estimate) for m in r.adjusted)

@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-
-from analysis.window import aware_utc
+from flagscope.analysis.window import aware_utc
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from analysis import cron as cronlib
-from analysis import reports, window
-from analysis.cohorts import TrafficFilter
-from analysis.diff import DiffOptions
-from analysis.errors import AnalysisError
-from analysis.verdict import DEFAULT_ALPHA, Thresholds, check_alpha
-from analysis.window import naive_utc
-from collector.config import config_file
+from flagscope.analysis import report_archive, window
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.result import DiffOptions, TrafficFilter
+from flagscope.analysis.schedule import cron as cronlib
+from flagscope.analysis.verdict import DEFAULT_ALPHA, Thresholds, check_alpha
+from flagscope.analysis.window import naive_utc
+from flagscope.collector.config import config_file
 
 WEBHOOK_ENV = "FLAGSCOPE_WEBHOOK_URL"
 DEFAULT_CRON = "0 * * * *"
@@ -165,7 +164,7 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         raise AnalysisError(f"{where}: {exc}") from exc
     if span <= timedelta(0):
         raise AnalysisError(f'{where}: window must be longer than zero, e.g. window = "24h"')
-    fmts = reports.normalize_formats(_get(t, "formats", "list", where, tuple(reports.EXTENSIONS)),
+    fmts = report_archive.normalize_formats(_get(t, "formats", "list", where, tuple(report_archive.EXTENSIONS)),
                                      f"{where}: formats")
     variant, baseline = _get(t, "variant", "str", where), _get(t, "baseline", "str", where)
     if variant and variant == baseline:

@@ -22,12 +22,12 @@ from collections import Counter
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from collector import failpoints, lake
-from collector.config import Settings
-from collector.convert import Converter
-from collector.quarantine import Quarantine, convert_chunk
-from collector.tagging import Tagger
-from collector.wal import SegmentReader, fsync_dir, list_segments, quarantine_bytes
+from flagscope.collector import failpoints, lake
+from flagscope.collector.config import Settings
+from flagscope.collector.convert import Converter
+from flagscope.collector.quarantine import Quarantine, convert_chunk
+from flagscope.collector.tagging import Tagger
+from flagscope.collector.wal import SegmentReader, fsync_dir, list_segments, quarantine_bytes
 
 log = logging.getLogger("flagscope.ingest")
 

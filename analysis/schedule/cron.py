@@ -17,8 +17,8 @@ import calendar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from analysis.errors import AnalysisError
-from analysis.window import naive_utc
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.window import naive_utc
 
 EXAMPLE = "e.g. '0 * * * *' (hourly) or '0 9 * * MON-FRI' (09:00 UTC on weekdays)"
 FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
