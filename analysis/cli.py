@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from flagscope import __version__
 from flagscope.collector import config
-from flagscope.collector.errors import CollectorError
+from flagscope.collector.errors import ConfigError, FlagscopeError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +136,7 @@ def _split(text: str | None) -> dict[str, float] | None:
         except ValueError:
             sep = ""
         if not sep or not name.strip():
-            raise CollectorError(f"--expected-split {text!r}: expected variant=share pairs, "
+            raise ConfigError(f"--expected-split {text!r}: expected variant=share pairs, "
                                  "e.g. on=0.2,off=0.8")
     return shares
 
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             columns, rows = run(settings.lake_path, args.sql)
             sys.stdout.write(format_rows(columns, rows, args.format))
             return 0
-    except CollectorError as exc:
+    except FlagscopeError as exc:
         print(f"flagscope: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

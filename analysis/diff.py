@@ -43,7 +43,7 @@ from flagscope.analysis.stats import (
 from flagscope.analysis.stats.mix import post_stratified_difference
 from flagscope.analysis.summary import summarize
 from flagscope.analysis.verdict import Verdict, judge, overall_verdict
-from flagscope.collector import lake
+from flagscope.collector.lake.read import run
 
 TRUE_LIKE = ("on", "true", "enabled", "treatment", "yes", "variant", "new")
 FALSE_LIKE = ("off", "false", "disabled", "control", "no", "baseline", "old", "default")
@@ -180,20 +180,15 @@ def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> 
 # -- the diff ------------------------------------------------------------------------------
 def run_diff(lake_dir: Path, options: DiffOptions, charts: bool = False) -> DiffResult:
     """Compare the cohorts; `charts` adds the time series and histogram the HTML report draws.
-    A run that raced compaction (a file merged away mid-read) starts again (lake.fetch)."""
-    for attempt in range(1, 4):
-        con = lake.connect(lake_dir)
-        try:
-            result = _run(con, options)
-            if charts and result.compared:
-                result = replace(result, charts=_charts(con, result.options))
-            return result
-        except duckdb.Error as exc:
-            if attempt == 3 or not lake.raced_compaction(exc):
-                raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
-        finally:
-            con.close()
-    raise AssertionError("unreachable")
+    A run that raced compaction (a file merged away mid-read) starts again (lake.read.run)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> DiffResult:
+        result = _run(con, options)
+        if charts and result.compared:
+            result = replace(result, charts=_charts(con, result.options))
+        return result
+
+    return run(lake_dir, work)
 
 
 def _charts(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> Charts:

@@ -1,7 +1,7 @@
-"""One exception root for the analysis; messages name the fix (CONVENTIONS.md)."""
+"""The analysis's errors; messages name the fix (CONVENTIONS.md)."""
 
-from flagscope.collector.errors import CollectorError
+from flagscope.collector.errors import FlagscopeError
 
 
-class AnalysisError(CollectorError):
+class AnalysisError(FlagscopeError):
     """A user mistake or an impossible request; the CLI prints it and exits 2."""

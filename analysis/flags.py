@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
-from flagscope.analysis.errors import AnalysisError
-from flagscope.collector import lake
+from flagscope.collector.lake.read import fetch
 
 
 @dataclass(frozen=True)
@@ -36,8 +34,5 @@ def list_flags(lake_dir: Path, start: datetime | None = None) -> list[FlagVarian
     if start is not None:
         where += " AND time >= $start"
         params["start"] = start
-    try:
-        _, rows = lake.fetch(lake_dir, SQL.format(where=where), params)
-    except duckdb.Error as exc:
-        raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
+    _, rows = fetch(lake_dir, SQL.format(where=where), params)
     return [FlagVariant(*row) for row in rows]

@@ -7,10 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
-from flagscope.collector import lake
-from flagscope.collector.errors import LakeError
+from flagscope.collector.errors import LakeQueryError
+from flagscope.collector.lake.read import fetch
 
 
 def run(lake_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -20,11 +19,9 @@ def run(lake_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     file; such a query is retried with a fresh listing.
     """
     try:
-        return lake.fetch(lake_dir, sql)
-    except duckdb.IOException as exc:
-        raise LakeError(f"reading the lake at {lake_dir} failed: {exc}") from exc
-    except duckdb.Error as exc:
-        raise LakeError(
+        return fetch(lake_dir, sql)
+    except LakeQueryError as exc:
+        raise LakeQueryError(
             f"{exc}\nhint: query the view 'events' (one row per span or log record), e.g. "
             "SELECT service_name, count(*) FROM events GROUP BY 1"
         ) from exc

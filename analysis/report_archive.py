@@ -32,7 +32,7 @@ from flagscope.analysis.render import html, json, markdown, terminal
 from flagscope.analysis.result import DiffResult
 from flagscope.analysis.verdict import Verdict
 from flagscope.analysis.window import aware_utc, iso_z
-from flagscope.collector import lake
+from flagscope.collector.lake import durable
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def read_history(out_dir: Path, flag: str) -> list[dict[str, Any]]:
 
 # -- files ---------------------------------------------------------------------------------
 def write_atomically(path: Path, data: bytes) -> None:
-    lake.write_atomically(path, lambda handle: handle.write(data))
+    durable.write_atomically(path, lambda handle: handle.write(data))
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:

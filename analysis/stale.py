@@ -22,10 +22,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
-import duckdb
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.window import naive_utc
-from flagscope.collector import lake
+from flagscope.collector.lake.read import fetch
 
 
 class Staleness(StrEnum):
@@ -72,10 +71,7 @@ def stale_flags(lake_dir: Path, days: float, now: datetime | None = None) -> lis
         raise AnalysisError(f"--stale {days}: the number of days must be greater than 0, e.g. 30")
     now = naive_utc(now or datetime.now(UTC))
     cutoff = now - timedelta(days=days)
-    try:
-        _, rows = lake.fetch(lake_dir, SQL, {"now": now, "cutoff": cutoff})
-    except duckdb.Error as exc:
-        raise AnalysisError(f"reading the lake at {lake_dir} failed: {exc}") from exc
+    _, rows = fetch(lake_dir, SQL, {"now": now, "cutoff": cutoff})
     by_flag: dict[str, list[_Variant]] = defaultdict(list)
     for flag, *rest in rows:
         by_flag[flag].append(_Variant(*rest))

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from flagscope.collector.convert import SCHEMA
+from flagscope.collector.lake.schema import SCHEMA
 
 from bench.machine import machine
 from bench.make_lake import Effect, make_lake, read_manifest

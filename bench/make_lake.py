@@ -84,8 +84,7 @@ import duckdb
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flagscope.collector.convert import SCHEMA
-from flagscope.collector.lake import derived_keys
+from flagscope.collector.lake.schema import SCHEMA, derived_keys
 
 HOUR_NS = 3_600_000_000_000
 ROW_GROUP_ROWS = 128 * 1024

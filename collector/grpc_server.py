@@ -13,19 +13,20 @@ import logging
 
 import grpc
 from flagscope.collector.auth import bearer_matches
-from flagscope.collector.errors import CollectorError, Unauthenticated
+from flagscope.collector.errors import ProtocolError, Unauthenticated
 from flagscope.collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
-from flagscope.collector.receiver import Ingestor
+from flagscope.collector.receiver import Receiver
 from grpc import aio
 
 log = logging.getLogger("flagscope.collector")
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # google.rpc.Code → grpcio's
 
 
-async def _abort(context: aio.ServicerContext, error: CollectorError) -> None:
+async def _abort(context: aio.ServicerContext, error: ProtocolError) -> None:
     message = str(error) or error.__class__.__name__
-    status = status_message(error.grpc_code.value[0], message, error.retry_after_s)
+    status = status_message(error.grpc_code, message, error.retry_after_s)
     await context.abort(
-        error.grpc_code,
+        _STATUS_CODES[error.grpc_code],
         message,
         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
     )
@@ -57,14 +58,14 @@ async def _refuse_unauthenticated(_requests: object, context: aio.ServicerContex
 
 
 class GrpcFrontEnd:
-    def __init__(self, ingestor: Ingestor, auth_token: str) -> None:
-        self.ingestor = ingestor
+    def __init__(self, receiver: Receiver, auth_token: str) -> None:
+        self.receiver = receiver
         # checked by _AuthInterceptor, before the message is even received
         self.token = auth_token.encode() if auth_token else None
 
     def server(self) -> aio.Server:
         options = [
-            ("grpc.max_receive_message_length", self.ingestor.max_request_bytes),
+            ("grpc.max_receive_message_length", self.receiver.max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
@@ -80,16 +81,16 @@ class GrpcFrontEnd:
     def _handler(self, signal: Signal):
         async def export(request: bytes, context: aio.ServicerContext) -> bytes:
             try:
-                self.ingestor.budget.acquire(len(request))
+                self.receiver.budget.acquire(len(request))
                 try:
-                    response = await self.ingestor.export(signal, request, PROTOBUF)
+                    response = await self.receiver.export(signal, request, PROTOBUF)
                 finally:
-                    self.ingestor.budget.release(len(request))
-            except CollectorError as error:
+                    self.receiver.budget.release(len(request))
+            except ProtocolError as error:
                 await _abort(context, error)
             except Exception:
                 log.exception("unexpected error in gRPC %s Export", signal.name)
-                await _abort(context, CollectorError("internal error"))
+                await _abort(context, ProtocolError("internal error"))
             return response.SerializeToString()
 
         return export

@@ -9,21 +9,18 @@ from aiohttp import web
 from flagscope.collector.auth import bearer_matches
 from flagscope.collector.decode import check_encoding, media_type
 from flagscope.collector.errors import (
-    CollectorError,
     NotFound,
     PayloadTooLarge,
+    ProtocolError,
     RequestTimeout,
     Unauthenticated,
 )
 from flagscope.collector.otlp import JSON, PROTOBUF, SIGNALS, encode_message, status_message
-from flagscope.collector.receiver import Ingestor
+from flagscope.collector.receiver import Receiver
 
 log = logging.getLogger("flagscope.collector")
 
-_GRPC_CODE = {400: 3, 401: 16, 404: 12, 408: 4, 413: 8, 415: 3, 500: 13, 503: 14}
-
-
-def error_response(error: CollectorError, content_type: str | None) -> web.Response:
+def error_response(error: ProtocolError, content_type: str | None) -> web.Response:
     """A `google.rpc.Status` body in the request's encoding; plain text if it has none."""
     status = error.http_status
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else {}
@@ -31,7 +28,7 @@ def error_response(error: CollectorError, content_type: str | None) -> web.Respo
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind not in (JSON, PROTOBUF):
         return web.Response(status=status, text=message + "\n", headers=headers)
-    body = encode_message(status_message(_GRPC_CODE.get(status, 2), message), kind)
+    body = encode_message(status_message(error.grpc_code, message), kind)
     return web.Response(status=status, body=body, content_type=kind, headers=headers)
 
 
@@ -68,8 +65,8 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
 
 
 class HttpFrontEnd:
-    def __init__(self, ingestor: Ingestor, auth_token: str, body_timeout_s: float) -> None:
-        self.ingestor = ingestor
+    def __init__(self, receiver: Receiver, auth_token: str, body_timeout_s: float) -> None:
+        self.receiver = receiver
         self.token = auth_token.encode() if auth_token else None
         self.body_timeout_s = body_timeout_s
         self.in_flight = 0  # requests being received or answered, for a graceful stop
@@ -109,28 +106,28 @@ class HttpFrontEnd:
             self._check_auth(request)  # before the body is read or decompressed
             content_type = media_type(header)
             encoding = check_encoding(request.headers.get("Content-Encoding"))
-            limit = self.ingestor.max_request_bytes
+            limit = self.receiver.max_request_bytes
             length = request.content_length
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit}")
             reserved = length if length is not None else limit
             if encoding != "identity":
                 reserved += limit  # room for the inflated copy
-            self.ingestor.budget.acquire(reserved)
+            self.receiver.budget.acquire(reserved)
             try:
                 body = await read_body(request, limit, self.body_timeout_s)
-                response = await self.ingestor.export(signal, body, content_type, encoding)
+                response = await self.receiver.export(signal, body, content_type, encoding)
             finally:
-                self.ingestor.budget.release(reserved)
+                self.receiver.budget.release(reserved)
             return web.Response(
                 body=encode_message(response, content_type), content_type=content_type
             )
-        except CollectorError as error:
+        except ProtocolError as error:
             response = error_response(error, header)
             if request.content_length is None and not request.content.is_eof():
                 await _answer_and_close(request, response)
             return response
         except Exception:  # never a stack trace to the client; the process keeps serving
             log.exception("unexpected error handling %s", request.path)
-            return error_response(CollectorError("internal error"), header)
+            return error_response(ProtocolError("internal error"), header)
 

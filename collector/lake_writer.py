@@ -22,12 +22,16 @@ from collections import Counter
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from flagscope.collector import failpoints, lake
+from flagscope.collector import failpoints
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
+from flagscope.collector.lake.durable import fsync_dir
+from flagscope.collector.lake.layout import file_stem
+from flagscope.collector.lake.maintain import compact, expire
+from flagscope.collector.lake.write import PartitionedWriter
 from flagscope.collector.quarantine import Quarantine, convert_chunk
 from flagscope.collector.tagging import Tagger
-from flagscope.collector.wal import SegmentReader, fsync_dir, list_segments, quarantine_bytes
+from flagscope.collector.wal import SegmentReader, list_segments, quarantine_bytes
 
 log = logging.getLogger("flagscope.ingest")
 
@@ -35,11 +39,6 @@ CHUNK_BYTES = 8 * 1024 * 1024  # payload converted into one table at a time (bou
 POLL_S = 0.1
 # Items this lake writer quarantined since it started (logged with each new case).
 QUARANTINED: Counter[str] = Counter()
-
-
-def file_stem(writer: str, seq: int) -> str:
-    # The "-000" keeps the `<writer>-<seq>-<part>` form that compaction parses.
-    return f"{writer}-{seq:012d}-000"
 
 
 def convert_segment(settings: Settings, converter: Converter, seq: int, path: Path) -> int:
@@ -53,7 +52,7 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     rows = records = 0
     chunk: list[tuple[int, bytes]] = []
     size = 0
-    writer = lake.PartitionedWriter(settings.lake_path, file_stem(settings.writer, seq))
+    writer = PartitionedWriter(settings.lake_path, file_stem(settings.writer, seq))
     try:
         for record in itertools.chain(reader, [None]):  # None flushes the last chunk
             if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
@@ -153,11 +152,11 @@ def run_worker(
 def maintain(settings: Settings) -> None:
     live = [seq for seq, _ in list_segments(settings.wal_path)]
     try:
-        merged = lake.compact(
+        merged = compact(
             settings.lake_path, settings.compact_min_files, settings.compact_target_rows,
             writer=settings.writer, below_seq=min(live) if live else None,
         )
-        expired = lake.expire(settings.lake_path, settings.retention_days)
+        expired = expire(settings.lake_path, settings.retention_days)
     except OSError:
         log.exception("lake maintenance failed; will retry")
         return

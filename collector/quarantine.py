@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from flagscope.collector.convert import SCHEMA, Converter
+from flagscope.collector.convert import Converter
+from flagscope.collector.lake.durable import write_atomically
+from flagscope.collector.lake.schema import SCHEMA
 from flagscope.collector.otlp import SIGNAL_BY_CODE, TRACES
-from flagscope.collector.wal import SUFFIX, encode_record, requeue, segment_name, write_atomically
+from flagscope.collector.wal import SUFFIX, encode_record, requeue, segment_name
 
 Record = tuple[int, bytes]
 

@@ -34,7 +34,10 @@ class Budget:
         self.used -= size
 
 
-class Ingestor:
+class Receiver:
+    """The ack path both front ends share: a request is decoded, validated and in a
+    fsynced WAL record before it is answered 200."""
+
     def __init__(self, wal: WalWriter, max_request_bytes: int, max_inflight_bytes: int) -> None:
         self.wal = wal
         self.max_request_bytes = max_request_bytes

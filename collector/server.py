@@ -17,14 +17,15 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-from flagscope.collector import failpoints, lake
+from flagscope.collector import failpoints
 from flagscope.collector.config import Settings, split_endpoint
 from flagscope.collector.datadir import lock_data_dir
 from flagscope.collector.errors import ConfigError
 from flagscope.collector.grpc_server import GrpcFrontEnd
 from flagscope.collector.http_server import HttpFrontEnd
+from flagscope.collector.lake.write import remove_stale_temporaries
 from flagscope.collector.lake_writer import run_worker
-from flagscope.collector.receiver import Ingestor
+from flagscope.collector.receiver import Receiver
 from flagscope.collector.wal import WalWriter, list_segments
 
 log = logging.getLogger("flagscope.collector")
@@ -44,7 +45,7 @@ class Collector:
             settings.wal_path, settings.segment_bytes, settings.flush_interval_s,
             settings.wal_max_backlog_bytes,
         )
-        self.ingestor = Ingestor(self.wal, settings.max_request_bytes, settings.max_inflight_bytes)
+        self.receiver = Receiver(self.wal, settings.max_request_bytes, settings.max_inflight_bytes)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._lock_file = None
@@ -62,7 +63,7 @@ class Collector:
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         s.lake_path.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_data_dir(s.data_dir)
-        lake.remove_stale_temporaries(s.lake_path, s.writer)
+        remove_stale_temporaries(s.lake_path, s.writer)
         self.wal.start()
         self._start_workers()
         # Listen once the lake writers run: the WAL a crash left starts converting at once,
@@ -70,7 +71,7 @@ class Collector:
         await self._workers_ready()
         if s.http_endpoint:
             host, port = split_endpoint(s.http_endpoint, "http_endpoint")
-            self._http = HttpFrontEnd(self.ingestor, s.auth_token, s.body_timeout_s)
+            self._http = HttpFrontEnd(self.receiver, s.auth_token, s.body_timeout_s)
             self._runner = web.AppRunner(
                 self._http.app(), access_log=None, auto_decompress=False, shutdown_timeout=30
             )
@@ -80,7 +81,7 @@ class Collector:
             self.http_port = site._server.sockets[0].getsockname()[1]
         if s.grpc_endpoint:
             host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
-            self._grpc = GrpcFrontEnd(self.ingestor, s.auth_token).server()
+            self._grpc = GrpcFrontEnd(self.receiver, s.auth_token).server()
             self.grpc_port = self._grpc.add_insecure_port(f"{host}:{port}")
             if not self.grpc_port:
                 raise ConfigError(f"cannot listen on grpc_endpoint {s.grpc_endpoint}")
@@ -147,7 +148,7 @@ class Collector:
         if self._supervisor is not None:
             self._supervisor.cancel()
         await asyncio.to_thread(self.wal.close)
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.ingestor.counts.items()))
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.receiver.counts.items()))
         log.info("this run: %s", counts or "nothing received")
         if self._drain is not None:
             self._drain.set()

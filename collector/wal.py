@@ -20,13 +20,14 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
 from flagscope.collector import failpoints
 from flagscope.collector.errors import LakeError
+from flagscope.collector.lake.durable import fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +72,6 @@ def _record_last_seq(directory: Path, seq: int) -> None:
         write_atomically(directory / LAST_SEQ, lambda handle: handle.write(str(seq).encode()))
     except OSError as exc:
         log.warning("could not record WAL segment number %d in %s: %s", seq, LAST_SEQ, exc)
-
-
-# -- durable files (the WAL's, the lake's, the reports') ---------------------------------
-def publish(handle: BinaryIO, path: Path) -> None:
-    """Make the file written through `handle` (open on `<path>.tmp`) durable under `path`:
-    fsync, close, rename into place, fsync the directory. Readers see all or nothing."""
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
-    os.replace(handle.name, path)
-    fsync_dir(path.parent)
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write(file)` under `<name>.tmp`, then `publish` it as `path`. A failed write
-    leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    handle = open(tmp, "wb")  # noqa: SIM115 - publish() closes it
-    try:
-        write(handle)
-        publish(handle, path)
-    except BaseException:
-        handle.close()
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode_record(signal: int, payload: bytes) -> bytes:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flagscope.collector import lake
 from flagscope.collector.config import Settings
+from flagscope.collector.lake.read import connect
 from flagscope.collector.server import Collector
 
 MiB = 1024 * 1024
@@ -74,7 +74,7 @@ class RunningCollector:
 
 
 def query(lake_dir: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    con = lake.connect(lake_dir)
+    con = connect(lake_dir)
     try:
         return con.execute(sql, params or []).fetchall()
     finally:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from flagscope.collector import lake
-from flagscope.collector.convert import KEY_COLUMNS, SCHEMA
+from flagscope.collector.lake.schema import KEY_COLUMNS, SCHEMA, with_keys
+from flagscope.collector.lake.write import write_table
 
 _ids = itertools.count(1)
 NOW = datetime.now(UTC).replace(tzinfo=None)
@@ -59,7 +59,7 @@ def write(lake_dir: Path, rows: list[dict[str, Any]], name: str = "syn-000000000
     fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
     table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in fields},
                                  schema=pa.schema(fields))
-    lake.write_table(lake_dir, lake.with_keys(table).cast(SCHEMA), name)
+    write_table(lake_dir, with_keys(table).cast(SCHEMA), name)
     return lake_dir
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from flagscope.analysis.cli import build_parser, main
-from flagscope.collector import lake
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
+from flagscope.collector.lake.write import write_table
 from flagscope.collector.tagging import Tagger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def lake_dir(tmp_path_factory, otlp_examples):
         prepared = prepare(signal, (otlp_examples / name).read_bytes(), JSON)
         records.append((SIGNAL_CODES[signal.name], prepared.payload))
     table = Converter(Tagger.from_settings(Settings())).table(records)
-    lake.write_table(directory, table, "cli-000000000001-000")
+    write_table(directory, table, "cli-000000000001-000")
     return directory
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import psutil
 import pytest
-from flagscope.collector import lake
+from flagscope.collector.lake.layout import GLOB
 from flagscope.collector.wal import HEADER, list_segments, read_segment
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -106,7 +106,7 @@ def duplicated_event_ids(lake_dir: Path) -> list[tuple[str, int]]:
 
 def lake_files(lake_dir: Path) -> dict[str, int]:
     """Relative path → inode of every visible lake file."""
-    return {p.relative_to(lake_dir).as_posix(): p.stat().st_ino for p in lake_dir.glob(lake.GLOB)}
+    return {p.relative_to(lake_dir).as_posix(): p.stat().st_ino for p in lake_dir.glob(GLOB)}
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ class LakeReader(threading.Thread):
 
     def __init__(self, lake_dir: Path) -> None:
         super().__init__(daemon=True)
-        self.glob = str(lake_dir / lake.GLOB)
+        self.glob = str(lake_dir / GLOB)
         self.stop = threading.Event()
         self.reads = 0
         self.missing_file_races = 0
@@ -448,7 +448,7 @@ def test_a_running_collector_compacts_small_files_and_keeps_every_row_once(tmp_p
         send_all(collector, [spans_request(trace_id, 3)])
         time.sleep(0.15)
     lake_dir = tmp_path / "lake"
-    assert wait_until(lambda: any(p.name.startswith("compact-") for p in lake_dir.glob(lake.GLOB)))
+    assert wait_until(lambda: any(p.name.startswith("compact-") for p in lake_dir.glob(GLOB)))
     assert wait_until(lambda: span_counts(lake_dir, "events_raw") == {t.hex(): 3 for t in traces})
     assert duplicated_event_ids(lake_dir) == []
     assert len(lake_files(lake_dir)) < len(traces)
@@ -480,8 +480,8 @@ def test_a_crash_at_each_stage_loses_no_acked_span_and_shows_no_broken_file(
     assert crashing.proc is not None and crashing.proc.wait(30) != 0, "the failpoint did not fire"
     lake_dir = tmp_path / "lake"
     # Whatever the crash left, a reader never meets an unreadable file.
-    if any(lake_dir.glob(lake.GLOB)):
-        duckdb.sql(f"select count(*) from read_parquet('{lake_dir / lake.GLOB}')").fetchall()
+    if any(lake_dir.glob(GLOB)):
+        duckdb.sql(f"select count(*) from read_parquet('{lake_dir / GLOB}')").fetchall()
     restarted = collectors(tmp_path)
     assert restarted.terminate() == 0  # replays the WAL, then drains it into the lake
     stored = span_counts(lake_dir, "events_raw")

@@ -711,7 +711,7 @@ def test_31_inflight_budget_exhausted_503_retry_after_then_200(tmp_path):
             )
             # Synchronisation only: wait until the held request has reserved its bytes.
             deadline = time.monotonic() + 10
-            while srv.collector.ingestor.budget.used == 0 and time.monotonic() < deadline:
+            while srv.collector.receiver.budget.used == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
             for sent, content_type in ((body, PB), (json_body, JSON)):
                 reply = post(srv, "/v1/traces", sent, content_type)

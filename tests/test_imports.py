@@ -101,3 +101,25 @@ def test_renderers_read_the_result_never_the_orchestration():
     orchestration = {"flagscope.analysis.diff", "flagscope.analysis.cohorts",
                      "flagscope.analysis.report_archive", "flagscope.collector.lake"}
     assert {n: sorted(edges[n] & orchestration) for n in renderers if edges[n] & orchestration} == {}
+
+
+def within(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def test_the_analysis_reads_the_lake_contract_not_the_otlp_code():
+    """Only the CLI (which starts `serve` and `requeue`) reaches into the collector."""
+    edges = graph()
+    contract = ("flagscope.collector.lake", "flagscope.collector.errors",
+                "flagscope.collector.config")
+    reaching = {n: sorted(m for m in targets
+                          if within(m, "flagscope.collector") and not within(m, *contract))
+                for n, targets in edges.items()
+                if within(n, "flagscope.analysis") and n != "flagscope.analysis.cli"}
+    assert {n: m for n, m in reaching.items() if m} == {}
+    lake = [n for n in edges if within(n, "flagscope.collector.lake")]
+    assert len(lake) >= 5
+    otlp = {n: sorted(m for m in edges[n] if within(m, "flagscope.collector")
+                      and not within(m, *contract, "flagscope.collector.failpoints"))
+            for n in lake}
+    assert {n: m for n, m in otlp.items() if m} == {}

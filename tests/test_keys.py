@@ -10,9 +10,19 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from flagscope.analysis.diff import run_diff
-from flagscope.collector import lake
 from flagscope.collector.config import Settings
-from flagscope.collector.convert import KEY_COLUMNS, SCHEMA, Converter, is_entry, span_key
+from flagscope.collector.convert import Converter
+from flagscope.collector.lake.maintain import compact
+from flagscope.collector.lake.read import connect
+from flagscope.collector.lake.schema import (
+    KEY_COLUMNS,
+    SCHEMA,
+    derived_keys,
+    is_entry,
+    span_key,
+    with_keys,
+)
+from flagscope.collector.lake.write import write_table
 from flagscope.collector.otlp import SIGNAL_CODES, TRACES
 from flagscope.collector.tagging import Tagger
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -48,7 +58,7 @@ def test_the_collector_writes_the_ids_as_keys():
 
 def test_older_files_get_the_collectors_keys():
     table = _converted()
-    derived = lake.with_keys(table.drop_columns(list(KEY_COLUMNS)))
+    derived = with_keys(table.drop_columns(list(KEY_COLUMNS)))
     assert derived.select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
 
 
@@ -56,7 +66,7 @@ def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
     table = _converted()
     path = tmp_path / "keys.parquet"
     pq.write_table(table, path)
-    derived = lake.derived_keys()
+    derived = derived_keys()
     rows = duckdb.sql(
         f"SELECT trace_key = {derived['trace_key']}, span_key = {derived['span_key']}, "
         f"is_entry = {derived['is_entry']} FROM read_parquet('{path}')").fetchall()
@@ -119,7 +129,7 @@ def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_pa
     partition, table = _one_file(tmp_path / "new")
     directory = tmp_path / "lake"
     _put(directory, partition, table, "w-000000000001-000", legacy=True)
-    con = lake.connect(directory)  # the views are defined now, before the keyed file
+    con = connect(directory)  # the views are defined now, before the keyed file
     _put(directory, partition, table, "w-000000000002-000", legacy=False)  # e.g. upgraded
     rows = con.execute("SELECT count(*), count(trace_key), count(span_key) FROM events_raw")
     assert rows.fetchall() == [(2 * table.num_rows,) * 3]
@@ -131,7 +141,7 @@ def test_compaction_gives_older_files_their_keys(tmp_path):
     directory = tmp_path / "lake"
     _put(directory, partition, table.slice(0, 30), "w-000000000001-000", legacy=True)
     _put(directory, partition, table.slice(30), "w-000000000002-000", legacy=False)
-    lake.compact(directory, min_files=2, target_rows=10_000, writer="w")
+    compact(directory, min_files=2, target_rows=10_000, writer="w")
     (merged,) = directory.glob("**/*.parquet")
     assert pq.read_schema(merged).equals(SCHEMA)
     assert pq.read_table(merged).select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
@@ -147,7 +157,7 @@ def test_odd_ids_get_the_keys_the_collector_would_give(tmp_path):
     rows = request("u1", "on")  # a root and a child
     odd = [dict(rows[0], span_id="9"), dict(rows[0], span_id="zz" * 8),
            dict(rows[0], span_id="0" * 16, parent_span_id="", kind=1)]
-    keys = lake.with_keys(_without_keys(rows + odd)).select(list(KEY_COLUMNS)).to_pylist()
+    keys = with_keys(_without_keys(rows + odd)).select(list(KEY_COLUMNS)).to_pylist()
     assert [k["span_key"] for k in keys[2:]] == [None, None, span_key(bytes(8))]  # 8 bytes or none
     assert keys[4]["is_entry"] is is_entry(1, b"")  # an empty parent is no parent
     assert {k["trace_key"] for k in keys} == {uuid.UUID(rows[0]["trace_id"])}
@@ -159,6 +169,6 @@ def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
     rows += [dict(root, span_id="1", event_id=root["trace_id"] + "1"),
              dict(root, span_id="2", event_id=root["trace_id"] + "2"),
              dict(root)]  # and a real retry, so that de-duplication runs
-    lake.write_table(tmp_path, lake.with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
+    write_table(tmp_path, with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
     result = run_diff(tmp_path, options(thresholds=_lenient()))
     assert result.baseline.requests == 3  # the root once, both key-less entry spans

@@ -13,8 +13,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from flagscope.collector import lake, wal
-from flagscope.collector.convert import SCHEMA
+from flagscope.collector import wal
+from flagscope.collector.lake.layout import GLOB, has_files, partitions
+from flagscope.collector.lake.maintain import compact, expire
+from flagscope.collector.lake.read import connect
+from flagscope.collector.lake.schema import SCHEMA
+from flagscope.collector.lake.write import PartitionedWriter, remove_stale_temporaries, write_table
 from flagscope.collector.wal import (
     WalFullError,
     WalWriter,
@@ -51,7 +55,7 @@ def glob_count(lake_dir: Path) -> int:
     con = duckdb.connect()
     try:
         sql = "select count(*) from read_parquet(?)"
-        return con.execute(sql, [str(lake_dir / lake.GLOB)]).fetchone()[0]
+        return con.execute(sql, [str(lake_dir / GLOB)]).fetchone()[0]
     finally:
         con.close()
 
@@ -66,7 +70,7 @@ T10 = ns("2024-05-01T10:30:00")  # an hour partition date=2024-05-01/hour=10
 # -- writing -----------------------------------------------------------------------------
 def test_write_table_partitions_by_hour_with_deterministic_names(tmp_path):
     times = [ns("2024-05-01T11:15:00"), T10 + 5, ns("2024-05-01T11:00:00"), T10]
-    written = lake.write_table(tmp_path, table(times, event_ids("a", 4)), "w-000000000007-000")
+    written = write_table(tmp_path, table(times, event_ids("a", 4)), "w-000000000007-000")
 
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
         "date=2024-05-01/hour=10/w-000000000007-000.parquet",
@@ -79,12 +83,12 @@ def test_write_table_partitions_by_hour_with_deterministic_names(tmp_path):
 
 
 def test_write_table_of_no_rows_writes_no_file(tmp_path):
-    assert lake.write_table(tmp_path, table([], []), "w-000000000001-000") == []
-    assert not lake.has_files(tmp_path)
+    assert write_table(tmp_path, table([], []), "w-000000000001-000") == []
+    assert not has_files(tmp_path)
 
 
 def test_a_writer_aborted_midway_leaves_nothing_in_the_lake(tmp_path):
-    writer = lake.PartitionedWriter(tmp_path, "w-000000000001-000")
+    writer = PartitionedWriter(tmp_path, "w-000000000001-000")
     writer.write(table([T10, T10 + HOUR_NS], event_ids("a", 2)))  # two partitions
     assert len(list(tmp_path.glob("**/*.parquet.tmp"))) == 2
     writer.abort()
@@ -93,34 +97,34 @@ def test_a_writer_aborted_midway_leaves_nothing_in_the_lake(tmp_path):
 
 def test_rewriting_the_same_name_replaces_the_file(tmp_path):
     ids = event_ids("b", 3)
-    lake.write_table(tmp_path, table([T10] * 3, ids), "w-000000000001-000")
-    lake.write_table(tmp_path, table([T10] * 3, ids), "w-000000000001-000")  # a replay
+    write_table(tmp_path, table([T10] * 3, ids), "w-000000000001-000")
+    write_table(tmp_path, table([T10] * 3, ids), "w-000000000001-000")  # a replay
     partition = tmp_path / "date=2024-05-01/hour=10"
     assert files(partition) == ["w-000000000001-000.parquet"]
     assert query(tmp_path, "select count(*) from events_raw") == [(3,)]
 
-    lake.write_table(tmp_path, table([T10] * 2, ids[:2]), "w-000000000001-000")
+    write_table(tmp_path, table([T10] * 2, ids[:2]), "w-000000000001-000")
     assert pq.read_table(partition / "w-000000000001-000.parquet").num_rows == 2
 
 
 def test_temporary_files_are_not_matched_by_the_lake_glob(tmp_path):
-    lake.write_table(tmp_path, table([T10] * 2, event_ids("c", 2)), "w-000000000001-000")
+    write_table(tmp_path, table([T10] * 2, event_ids("c", 2)), "w-000000000001-000")
     partition = tmp_path / "date=2024-05-01/hour=10"
     (partition / "w-000000000002-000.parquet.tmp").write_bytes(b"PAR1 half a file")
 
     assert glob_count(tmp_path) == 2
-    assert [p.name for p in tmp_path.glob(lake.GLOB)] == ["w-000000000001-000.parquet"]
+    assert [p.name for p in tmp_path.glob(GLOB)] == ["w-000000000001-000.parquet"]
     assert query(tmp_path, "select count(*) from events_raw") == [(2,)]
 
 
 def test_remove_stale_temporaries_deletes_only_this_writers_tmp_files(tmp_path):
-    lake.write_table(tmp_path, table([T10], event_ids("d", 1)), "w-000000000001-000")
+    write_table(tmp_path, table([T10], event_ids("d", 1)), "w-000000000001-000")
     partition = tmp_path / "date=2024-05-01/hour=10"
     (partition / "w-000000000002-000.parquet.tmp").write_bytes(b"torn")
     (partition / "compact-w-000000000001-000000000002.parquet.tmp").write_bytes(b"torn")
     (partition / "other-000000000002-000.parquet.tmp").write_bytes(b"in progress")
 
-    assert lake.remove_stale_temporaries(tmp_path, "w") == 2
+    assert remove_stale_temporaries(tmp_path, "w") == 2
     assert files(partition) == ["other-000000000002-000.parquet.tmp", "w-000000000001-000.parquet"]
 
 
@@ -128,17 +132,17 @@ def test_remove_stale_temporaries_deletes_only_this_writers_tmp_files(tmp_path):
 def _small_files(lake_dir: Path, writer: str, seqs: range, rows: int = 3) -> None:
     for seq in seqs:
         ids = event_ids(f"{writer}{seq}", rows)
-        lake.write_table(lake_dir, table([T10 + seq] * rows, ids), f"{writer}-{seq:012d}-000")
+        write_table(lake_dir, table([T10 + seq] * rows, ids), f"{writer}-{seq:012d}-000")
 
 
 def test_compaction_merges_small_files_of_one_partition_and_keeps_every_row(tmp_path):
     _small_files(tmp_path, "w", range(1, 8))
     _small_files(tmp_path, "other", range(1, 4))
     lonely = ns("2024-05-01T12:00:00")
-    lake.write_table(tmp_path, table([lonely], event_ids("e", 1)), "w-000000000003-001")
+    write_table(tmp_path, table([lonely], event_ids("e", 1)), "w-000000000003-001")
     before = query(tmp_path, "select event_id from events_raw order by 1")
 
-    merges = lake.compact(tmp_path, min_files=2, target_rows=1000, writer="w", below_seq=6)
+    merges = compact(tmp_path, min_files=2, target_rows=1000, writer="w", below_seq=6)
 
     assert merges == 1
     assert files(tmp_path / "date=2024-05-01/hour=10") == [
@@ -162,7 +166,7 @@ def test_compaction_merges_small_files_of_one_partition_and_keeps_every_row(tmp_
 def test_compaction_groups_files_up_to_the_target_rows(tmp_path):
     _small_files(tmp_path, "w", range(1, 6), rows=30)  # 5 files of 30 rows, target 100
 
-    assert lake.compact(tmp_path, min_files=2, target_rows=100, writer="w") == 2
+    assert compact(tmp_path, min_files=2, target_rows=100, writer="w") == 2
     partition = tmp_path / "date=2024-05-01/hour=10"
     assert files(partition) == [  # 90 + 30 rows would pass the target: a second file
         "compact-w-000000000001-000000000003.parquet",
@@ -173,7 +177,7 @@ def test_compaction_groups_files_up_to_the_target_rows(tmp_path):
 
 def test_compaction_waits_for_min_files(tmp_path):
     _small_files(tmp_path, "w", range(1, 4))
-    assert lake.compact(tmp_path, min_files=4, target_rows=1000, writer="w") == 0
+    assert compact(tmp_path, min_files=4, target_rows=1000, writer="w") == 0
     assert len(files(tmp_path / "date=2024-05-01/hour=10")) == 3
 
 
@@ -186,26 +190,26 @@ def test_expire_deletes_only_partitions_older_than_the_retention(tmp_path):
         "2024-05-09T12:00:00",
         "2024-05-10T12:00:00",
     ):
-        lake.write_table(tmp_path, table([ns(iso)], event_ids("f", 1)), "w-000000000001-000")
+        write_table(tmp_path, table([ns(iso)], event_ids("f", 1)), "w-000000000001-000")
 
-    assert lake.expire(tmp_path, retention_days=1, now=now) == 2  # ended before 05-09 12:30
+    assert expire(tmp_path, retention_days=1, now=now) == 2  # ended before 05-09 12:30
 
-    remaining = [p.relative_to(tmp_path).as_posix() for p in lake.partitions(tmp_path)]
+    remaining = [p.relative_to(tmp_path).as_posix() for p in partitions(tmp_path)]
     assert remaining == ["date=2024-05-09/hour=12", "date=2024-05-10/hour=12"]
     assert not (tmp_path / "date=2024-05-08").exists()  # the emptied day is gone too
 
 
 def test_expire_with_zero_retention_keeps_everything(tmp_path):
-    lake.write_table(tmp_path, table([ns("2000-01-01T00:00:00")], event_ids("g", 1)), "w-1")
-    assert lake.expire(tmp_path, retention_days=0) == 0
-    assert len(lake.partitions(tmp_path)) == 1
+    write_table(tmp_path, table([ns("2000-01-01T00:00:00")], event_ids("g", 1)), "w-1")
+    assert expire(tmp_path, retention_days=0) == 0
+    assert len(partitions(tmp_path)) == 1
 
 
 # -- reading -----------------------------------------------------------------------------
 def test_events_view_deduplicates_by_event_id_and_events_raw_keeps_all_rows(tmp_path):
     ids = event_ids("h", 4)
-    lake.write_table(tmp_path, table([T10] * 3, ids[:3]), "w-000000000001-000")
-    lake.write_table(tmp_path, table([T10] * 3, ids[1:]), "w-000000000002-000")  # a retry
+    write_table(tmp_path, table([T10] * 3, ids[:3]), "w-000000000001-000")
+    write_table(tmp_path, table([T10] * 3, ids[1:]), "w-000000000002-000")  # a retry
 
     assert query(tmp_path, "select count(*) from events_raw") == [(6,)]
     assert query(tmp_path, "select event_id from events order by 1") == [(i,) for i in ids]
@@ -216,7 +220,7 @@ def test_empty_lake_gives_an_empty_events_view_with_the_full_schema(tmp_path, ex
     lake_dir = tmp_path / "lake"
     if exists:
         lake_dir.mkdir()
-    con = lake.connect(lake_dir)
+    con = connect(lake_dir)
     try:
         for view in ("events", "events_raw"):
             result = con.execute(f"select * from {view}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from flagscope.collector import lake
-from flagscope.collector.convert import SCHEMA
+from flagscope.collector.lake.schema import SCHEMA
+from flagscope.collector.lake.write import write_table
 
 from bench.make_lake import Effect, make_lake, read_manifest
 from tests.helpers import query
@@ -57,7 +57,7 @@ def test_the_lake_has_the_collectors_schema_and_layout(generated, tmp_path: Path
     one = {name: [None] for name in SCHEMA.names}
     one.update(time=[1_700_000_000_000_000_000], signal=["span"], event_id=["a" * 48],
                flags=[[("k", "v")]], is_test=[False])
-    lake.write_table(reference, pa.Table.from_pydict(one, schema=SCHEMA), "w-000000000001-000")
+    write_table(reference, pa.Table.from_pydict(one, schema=SCHEMA), "w-000000000001-000")
     assert query(lake_dir, "DESCRIBE events") == query(reference, "DESCRIBE events")
     assert [r[0] for r in query(lake_dir, "DESCRIBE events")] == SCHEMA.names
 

@@ -16,7 +16,7 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from flagscope.collector import lake
+from flagscope.collector.lake.read import fetch
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
@@ -145,7 +145,7 @@ def _send_odd(srv, odd: Odd, trace_id: bytes):
 
 
 def _row(srv, trace_id: bytes) -> dict[str, Any]:
-    columns, rows = lake.fetch(srv.lake, "select * from events_raw where trace_id = ?",
+    columns, rows = fetch(srv.lake, "select * from events_raw where trace_id = ?",
                                [trace_id.hex()])
     assert len(rows) == 1, rows
     return dict(zip(columns, rows[0], strict=True))

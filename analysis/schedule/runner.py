@@ -58,7 +58,7 @@ from flagscope.analysis.schedule.config import (
 from flagscope.analysis.schedule.cron import next_fire
 from flagscope.analysis.verdict import Verdict
 from flagscope.analysis.window import aware_utc
-from flagscope.collector.errors import CollectorError
+from flagscope.collector.errors import FlagscopeError
 
 __all__ = ["ReportsConfig", "RunOutcome", "ScheduledReport", "Scheduler", "load_config",
            "next_fire", "parse_config", "should_notify"]
@@ -190,7 +190,7 @@ class Scheduler:
         return self.config.link_base.rstrip("/") + "/" + urllib.parse.quote(relative)
 
     def _failed(self, report: ScheduledReport, now: datetime, exc: Exception) -> RunOutcome:
-        if isinstance(exc, CollectorError):  # flagscope's own errors: the message names the fix
+        if isinstance(exc, FlagscopeError):  # flagscope's own errors: the message names the fix
             message = str(exc)
             log.error("report %s failed: %s", report.flag, message)
         else:

@@ -1,0 +1,44 @@
+"""Where a row's file goes and what its name says: hour partitions, file stems."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+HOUR_NS = 3_600_000_000_000
+GLOB = "**/*.parquet"
+
+
+def partition_of(hour_index: int) -> str:
+    moment = datetime.fromtimestamp(hour_index * 3600, tz=UTC)
+    return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
+
+
+def file_stem(writer: str, seq: int) -> str:
+    """The stem of the files converted from WAL segment `seq` (the "-000" keeps the
+    `<writer>-<seq>-<part>` form that `covered_seq` parses)."""
+    return f"{writer}-{seq:012d}-000"
+
+
+def covered_seq(stem: str, writer: str) -> int | None:
+    """Highest WAL segment a file of `writer` holds data of, or None if not this writer's.
+
+    Stems: `<writer>-<seq>-<part>` (from a segment), `compact-<writer>-<first>-<last>`.
+    """
+    prefix = f"compact-{writer}-" if stem.startswith("compact-") else f"{writer}-"
+    if not stem.startswith(prefix):
+        return None
+    numbers = stem[len(prefix):].split("-")
+    if len(numbers) != 2 or not all(n.isdigit() for n in numbers):
+        return None
+    return int(numbers[1]) if stem.startswith("compact-") else int(numbers[0])
+
+
+def partitions(lake: Path) -> list[Path]:
+    if not lake.exists():
+        return []
+    return sorted(p for d in lake.glob("date=*") for p in d.glob("hour=*") if p.is_dir())
+
+
+def has_files(lake: Path) -> bool:
+    return any(lake.glob(GLOB)) if lake.exists() else False

@@ -1,0 +1,121 @@
+"""Reading the lake: DuckDB views over its files, and the one place DuckDB's errors become
+flagscope's.
+
+`events_raw` is every stored row, `events` one row per span or log record (retries
+de-duplicated). A reader lists the files when a query starts; the collector may compact
+or expire some before they are read, so a query that raced it runs again with a fresh
+listing (`run`). Every other DuckDB error is translated here: a `LakeQueryError` when the
+SQL itself was refused, a `LakeError` when the files could not be read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+from flagscope.collector.errors import LakeError, LakeQueryError
+from flagscope.collector.lake.layout import GLOB, has_files
+from flagscope.collector.lake.schema import SCHEMA, derived_keys
+
+T = TypeVar("T")
+ATTEMPTS = 3  # a query that raced compaction this many times in a row fails
+# DuckDB refused the statement itself when planning it; anything else (a damaged file, an
+# I/O error, a value that does not convert) is met while reading the lake.
+_QUERY_ERRORS = (duckdb.ParserException, duckdb.SyntaxException, duckdb.BinderException,
+                 duckdb.CatalogException)
+
+
+def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
+    """`events_raw`: every stored row; `events`: one row per span/log (retries de-duplicated)."""
+    select = "*"
+    con.register("_flagscope_empty", SCHEMA.empty_table())
+    source = "_flagscope_empty"
+    if has_files(lake):
+        glob = _sql_str(str(lake / GLOB))
+        source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+        keyed, files = con.execute(
+            "SELECT count(*) FILTER (WHERE has_key), count(*) FROM (SELECT file_name, "
+            f"bool_or(name = 'trace_key') AS has_key FROM parquet_schema('{glob}') GROUP BY 1)"
+        ).fetchall()[0]
+        if keyed < files:
+            # Files from before the keys: derive them for those rows. The view lists the
+            # files again at every query; the empty table in SCHEMA keeps the key columns
+            # defined whichever files exist by then.
+            source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_empty)"
+            select = "* REPLACE (" + ", ".join(
+                f"coalesce({name}, {sql}) AS {name}" for name, sql in derived_keys().items()) + ")"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {select} FROM {source}")
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW events AS "
+        "SELECT DISTINCT ON (event_id) * FROM events_raw"
+    )
+
+
+def _sql_str(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def raced_compaction(exc: BaseException) -> bool:
+    """A reader listed a file that compaction merged away before it was read: list again."""
+    return isinstance(exc, duckdb.IOException) and "No such file" in str(exc)
+
+
+def translate(exc: duckdb.Error, lake: Path) -> LakeError:
+    """The flagscope error for a DuckDB error met while reading `lake`."""
+    if isinstance(exc, _QUERY_ERRORS):
+        return LakeQueryError(str(exc))
+    return LakeError(f"reading the lake at {lake} failed: {exc}")
+
+
+def run(lake: Path, work: Callable[[duckdb.DuckDBPyConnection], T], threads: int | None = None
+        ) -> T:
+    """`work(con)` on a fresh connection with the lake's views; run again from the start
+    when it raced compaction. DuckDB errors come out as `LakeError`s."""
+    for attempt in range(1, ATTEMPTS + 1):
+        con = duckdb.connect()
+        try:
+            if threads:
+                con.execute(f"SET threads = {int(threads)}")
+            define_views(con, lake)
+            return work(con)
+        except duckdb.Error as exc:
+            if attempt == ATTEMPTS or not raced_compaction(exc):
+                raise translate(exc, lake) from exc
+            time.sleep(0.05)
+        finally:
+            con.close()
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def fetch(lake: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of `sql` over the lake's views."""
+
+    def query(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple[Any, ...]]]:
+        result = con.execute(sql, params) if params else con.execute(sql)
+        return [d[0] for d in result.description or ()], result.fetchall()
+
+    return run(lake, query)
+
+
+def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection with the lake's views, for a caller that runs several queries and
+    handles a compaction race itself (tests, benchmarks); prefer `run` or `fetch`."""
+    con = duckdb.connect()
+    try:
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                define_views(con, lake)
+                return con
+            except duckdb.Error as exc:
+                if attempt == ATTEMPTS or not raced_compaction(exc):
+                    raise translate(exc, lake) from exc
+                time.sleep(0.05)
+    except BaseException:
+        con.close()
+        raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
