@@ -12,7 +12,9 @@ from flagscope.collector.errors import ConfigError, FlagscopeError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="flagscope.toml to read (default: ./flagscope.toml if present)")
+    parser.add_argument(
+        "--config", help="flagscope.toml to read (default: ./flagscope.toml if present)"
+    )
     parser.add_argument("--data-dir", help="directory of the WAL and, by default, the lake")
     parser.add_argument("--lake", dest="lake_dir", help="the Parquet lake directory")
 
@@ -33,20 +35,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=int, help="size limit after decompression")
     serve.add_argument("--writer-id", help="name of this collector's files in a shared lake")
     serve.add_argument("--retention-days", type=float, help="delete partitions older than this")
-    serve.add_argument("--help-config", action="store_true",
-                       help="print every setting with its environment variable and default")
+    serve.add_argument(
+        "--help-config",
+        action="store_true",
+        help="print every setting with its environment variable and default",
+    )
 
     _add_diff(commands)
-    flags = commands.add_parser("flags", help="list the flags seen in the lake, with variants and users")
+    flags = commands.add_parser(
+        "flags", help="list the flags seen in the lake, with variants and users"
+    )
     _common(flags)
     flags.add_argument("--since", help="only evaluations in this recent window, e.g. 7d")
-    flags.add_argument("--stale", type=float, nargs="?", const=30.0, metavar="DAYS",
-                       help="flags not evaluated for DAYS (30), or serving one variant to "
-                       "everyone for DAYS: ready to remove")
+    flags.add_argument(
+        "--stale",
+        type=float,
+        nargs="?",
+        const=30.0,
+        metavar="DAYS",
+        help="flags not evaluated for DAYS (30), or serving one variant to "
+        "everyone for DAYS: ready to remove",
+    )
     flags.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     requeue = commands.add_parser(
-        "requeue", help="put quarantined WAL items back for conversion (collector stopped)",
+        "requeue",
+        help="put quarantined WAL items back for conversion (collector stopped)",
         description="Move every item the lake writers quarantined (WAL quarantine/*.items.wal) "
         "back into the WAL as new segments; the next `flagscope serve` converts them. Run it "
         "while no collector uses the data dir, after upgrading to a version that handles them.",
@@ -60,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXIT_HELP = ("Exit codes: 0 PASS, 10 IMPROVEMENT, 11 INCONCLUSIVE, 12 NO_DATA, 13 UNHEALTHY, "
-             "14 REGRESSION, 2 usage error.")
+EXIT_HELP = (
+    "Exit codes: 0 PASS, 10 IMPROVEMENT, 11 INCONCLUSIVE, 12 NO_DATA, 13 UNHEALTHY, "
+    "14 REGRESSION, 2 usage error."
+)
 
 
 def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True) -> None:
@@ -78,25 +94,41 @@ def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True)
     tests = parser.add_mutually_exclusive_group()
     tests.add_argument("--include-test", action="store_true", help="keep test traffic in")
     tests.add_argument("--only-test", action="store_true", help="compare test traffic only")
-    parser.add_argument("--expected-split", help="configured shares for the SRM check, e.g. on=0.2,off=0.8")
-    parser.add_argument("--sequential", action="store_true",
-                        help="always-valid intervals for repeated looks (scheduled reports)")
+    parser.add_argument(
+        "--expected-split", help="configured shares for the SRM check, e.g. on=0.2,off=0.8"
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="always-valid intervals for repeated looks (scheduled reports)",
+    )
     from flagscope.analysis.verdict import DEFAULT_ALPHA, Thresholds
 
     default = Thresholds()
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                        help=f"1 - confidence level ({DEFAULT_ALPHA})")
-    parser.add_argument("--error-threshold-pp", type=float, default=default.error_rate_pp,
-                        help="smallest error-rate change worth acting on, in percentage points")
-    parser.add_argument("--latency-threshold-pct", type=float, default=default.latency_pct,
-                        help="smallest latency change worth acting on, in percent")
-    parser.add_argument("--min-users", type=int, default=default.min_users,
-                        help="users per cohort for a verdict")
+    parser.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help=f"1 - confidence level ({DEFAULT_ALPHA})"
+    )
+    parser.add_argument(
+        "--error-threshold-pp",
+        type=float,
+        default=default.error_rate_pp,
+        help="smallest error-rate change worth acting on, in percentage points",
+    )
+    parser.add_argument(
+        "--latency-threshold-pct",
+        type=float,
+        default=default.latency_pct,
+        help="smallest latency change worth acting on, in percent",
+    )
+    parser.add_argument(
+        "--min-users", type=int, default=default.min_users, help="users per cohort for a verdict"
+    )
 
 
 def _add_diff(commands: argparse._SubParsersAction) -> None:
     diff = commands.add_parser(
-        "diff", help="compare a flag's treatment cohort with its baseline (exit code = verdict)",
+        "diff",
+        help="compare a flag's treatment cohort with its baseline (exit code = verdict)",
         description="Compare a flag's treatment cohort with its baseline: error rate and "
         "latency, per service and route, with the user as the unit and test traffic excluded. "
         + EXIT_HELP,
@@ -105,18 +137,21 @@ def _add_diff(commands: argparse._SubParsersAction) -> None:
     diff.add_argument("--format", choices=("table", "json", "markdown"), default="table")
 
     report = commands.add_parser(
-        "report", help="write a diff as HTML, Markdown and JSON files (one-shot, for cron)",
+        "report",
+        help="write a diff as HTML, Markdown and JSON files (one-shot, for cron)",
         description="Write the comparison as report files: <out>/<flag>/<time>.<ext> and a "
         "stable latest.<ext>, with a history. Without --flag, runs every report declared in "
         "flagscope.toml once (for cron or a Kubernetes CronJob). " + EXIT_HELP,
     )
     _add_comparison(report, flag_required=False)
-    report.add_argument("--out", help="directory for the reports (default: [reports] out_dir, "
-                        "else ./reports)")
+    report.add_argument(
+        "--out", help="directory for the reports (default: [reports] out_dir, else ./reports)"
+    )
     report.add_argument("--format", default="html,md,json", help="comma-separated: html, md, json")
 
     schedule = commands.add_parser(
-        "schedule", help="run the reports declared in flagscope.toml on their cron schedules",
+        "schedule",
+        help="run the reports declared in flagscope.toml on their cron schedules",
         description="Run the [[reports.flag]] of flagscope.toml on their crons (UTC), with "
         "always-valid intervals, keeping a history per flag and POSTing the webhook when a "
         "verdict changes. Stops on SIGTERM or Ctrl-C.",
@@ -136,8 +171,9 @@ def _split(text: str | None) -> dict[str, float] | None:
         except ValueError:
             sep = ""
         if not sep or not name.strip():
-            raise ConfigError(f"--expected-split {text!r}: expected variant=share pairs, "
-                                 "e.g. on=0.2,off=0.8")
+            raise ConfigError(
+                f"--expected-split {text!r}: expected variant=share pairs, e.g. on=0.2,off=0.8"
+            )
     return shares
 
 
@@ -147,12 +183,25 @@ def _options(args: argparse.Namespace):
     from flagscope.analysis.verdict import Thresholds
 
     start, end = window.resolve(args.since, args.start, args.end)
-    mode = (TrafficFilter.ONLY if args.only_test
-            else TrafficFilter.INCLUDE if args.include_test else TrafficFilter.EXCLUDE)
+    mode = (
+        TrafficFilter.ONLY
+        if args.only_test
+        else TrafficFilter.INCLUDE
+        if args.include_test
+        else TrafficFilter.EXCLUDE
+    )
     return DiffOptions(
-        flag=args.flag, start=start, end=end, variant=args.variant, baseline=args.baseline,
-        service=args.service, route=args.route, test_mode=mode, alpha=args.alpha,
-        sequential=args.sequential, expected_split=_split(args.expected_split),
+        flag=args.flag,
+        start=start,
+        end=end,
+        variant=args.variant,
+        baseline=args.baseline,
+        service=args.service,
+        route=args.route,
+        test_mode=mode,
+        alpha=args.alpha,
+        sequential=args.sequential,
+        expected_split=_split(args.expected_split),
         thresholds=Thresholds(args.error_threshold_pp, args.latency_threshold_pct, args.min_users),
     )
 
@@ -186,13 +235,17 @@ def _report(args: argparse.Namespace) -> int:
         outcomes = Scheduler(config, settings.lake_path).run_once()
         for outcome in outcomes:
             where = outcome.files.main_file() if outcome.files else outcome.error
-            print(f"{outcome.flag}: {outcome.verdict.value if outcome.verdict else 'FAILED'} — {where}")
+            print(
+                f"{outcome.flag}: {outcome.verdict.value if outcome.verdict else 'FAILED'} — {where}"
+            )
         codes = [o.files.verdict for o in outcomes if o.files]
         failed = any(o.error for o in outcomes)
         from flagscope.analysis.verdict import EXIT_CODES
 
         return 2 if failed else max((EXIT_CODES[v] for v in codes), default=0)
-    formats = normalize_formats([f.strip() for f in args.format.split(",") if f.strip()], "--format")
+    formats = normalize_formats(
+        [f.strip() for f in args.format.split(",") if f.strip()], "--format"
+    )
     result = run_diff(settings.lake_path, _options(args), charts="html" in formats)
     files = write_report(result, out, formats, utc_now())
     print(result.summary)
@@ -220,8 +273,11 @@ def _schedule(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"flagscope schedule: {len(scheduler.config.reports)} reports into "
-          f"{scheduler.config.out_dir}", flush=True)
+    print(
+        f"flagscope schedule: {len(scheduler.config.reports)} reports into "
+        f"{scheduler.config.out_dir}",
+        flush=True,
+    )
     scheduler.run_forever(stop)
     return 0
 
@@ -237,8 +293,10 @@ def _flags(args: argparse.Namespace) -> int:
 
         found = stale_flags(settings.lake_path, args.stale)
         columns = ["flag", "kind", "variant", "last_seen", "days", "message"]
-        rows = [(f.flag, f.kind.value, f.variant, f.last_seen, round(f.days, 1), f.message)
-                for f in found]
+        rows = [
+            (f.flag, f.kind.value, f.variant, f.last_seen, round(f.days, 1), f.message)
+            for f in found
+        ]
         sys.stdout.write(format_rows(columns, rows, args.format, max_width=100))
         return 0
     start = window.resolve(args.since, None, None)[0] if args.since else None
@@ -247,8 +305,11 @@ def _flags(args: argparse.Namespace) -> int:
     rows = [(f.flag, f.variant, f.users, f.evaluations, f.first_seen, f.last_seen) for f in found]
     sys.stdout.write(format_rows(columns, rows, args.format))
     if not found:
-        print("no flag evaluations in the lake: send spans with feature_flag.evaluation events "
-              "(see README, 'Tagging flags')", file=sys.stderr)
+        print(
+            "no flag evaluations in the lake: send spans with feature_flag.evaluation events "
+            "(see README, 'Tagging flags')",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -261,7 +322,9 @@ def _requeue(args: argparse.Namespace) -> int:
         segments = requeue_all(settings.wal_path)
     for segment in segments:
         print(f"requeued as {segment}")
-    print(f"{len(segments)} quarantined item files requeued; start `flagscope serve` to convert them")
+    print(
+        f"{len(segments)} quarantined item files requeued; start `flagscope serve` to convert them"
+    )
     return 0
 
 
@@ -279,8 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             from flagscope.collector.server import serve
 
-            settings = _settings(args, ("data_dir", "lake_dir", "http_endpoint", "grpc_endpoint",
-                                        "max_request_bytes", "writer_id", "retention_days"))
+            settings = _settings(
+                args,
+                (
+                    "data_dir",
+                    "lake_dir",
+                    "http_endpoint",
+                    "grpc_endpoint",
+                    "max_request_bytes",
+                    "writer_id",
+                    "retention_days",
+                ),
+            )
             return serve(settings)
         if args.command == "diff":
             return _diff(args)

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import duckdb
+
 from flagscope.analysis.result import TrafficFilter
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -35,7 +36,9 @@ _OFFSETS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08)
 def quantile_grid() -> tuple[float, ...]:
     """Fine steps around each reported quantile, and every 5th percentile as a coarse
     fallback for small samples (each probability costs time in DuckDB's quantile_cont)."""
-    fine = {min(max(p + sign * d, 0.0), 1.0) for p in QUANTILES for d in _OFFSETS for sign in (-1, 1)}
+    fine = {
+        min(max(p + sign * d, 0.0), 1.0) for p in QUANTILES for d in _OFFSETS for sign in (-1, 1)
+    }
     coarse = {i / 20 for i in range(21)}
     return tuple(sorted({round(g, 6) for g in fine | coarse}))
 
@@ -53,8 +56,13 @@ class CohortQuery:
 
 
 def _params(q: CohortQuery) -> dict[str, Any]:
-    return {"flag": q.flag, "treatment": q.treatment, "baseline": q.baseline,
-            "start": q.start, "end": q.end}
+    return {
+        "flag": q.flag,
+        "treatment": q.treatment,
+        "baseline": q.baseline,
+        "start": q.start,
+        "end": q.end,
+    }
 
 
 # Evaluations may precede the entry span's start a little (clock skew between services)
@@ -64,7 +72,9 @@ _SLACK = "INTERVAL 1 HOUR"
 # Arms: the compared variants coded as small integers, so the per-trace and per-user
 # bookkeeping over millions of rows moves bytes, not strings.
 TREATMENT, BASELINE, OTHER = 1, 0, 2
-_ARM = f"CASE variant WHEN $treatment THEN {TREATMENT} WHEN $baseline THEN {BASELINE} ELSE {OTHER} END"
+_ARM = (
+    f"CASE variant WHEN $treatment THEN {TREATMENT} WHEN $baseline THEN {BASELINE} ELSE {OTHER} END"
+)
 
 
 def _cohort_name(column: str = "cohort") -> str:
@@ -82,7 +92,7 @@ def _user_hash(column: str) -> str:
 # (`map_contains` first: it rejects the rows without the flag faster than extracting.)
 _EVALS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_evals AS
-SELECT trace_key, {_user_hash('user_id')} AS user_hash, time, flags[$flag] AS variant
+SELECT trace_key, {_user_hash("user_id")} AS user_hash, time, flags[$flag] AS variant
 FROM events_raw
 WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
   AND trace_key IS NOT NULL AND map_contains(flags, $flag) AND flags[$flag] IS NOT NULL
@@ -90,7 +100,7 @@ WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
 
 _TESTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_tests AS
-SELECT trace_key, {_user_hash('user_id')} AS user_hash FROM events_raw
+SELECT trace_key, {_user_hash("user_id")} AS user_hash FROM events_raw
 WHERE is_test AND time >= $start - {_SLACK} AND time < $end + {_SLACK}
 """
 
@@ -134,7 +144,7 @@ SELECT user_hash, max(first_arm) AS first_arm, bool_or(tester) AS tester FROM (
 CREATE OR REPLACE TEMP TABLE fs_labelled AS
 WITH r AS (
     SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
-           coalesce(t.eval_user, {_user_hash('r.user_id')}) AS user_hash,
+           coalesce(t.eval_user, {_user_hash("r.user_id")}) AS user_hash,
            coalesce(r.service_name, 'unknown_service') AS service_name,
            trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
            r.time, r.duration_ms, r.is_error
@@ -156,13 +166,16 @@ FROM r LEFT JOIN fs_user_marks um USING (user_hash)
 # share a span key, and two spans of different traces sharing one (~1e-7 at a million
 # spans) only sends the lake through the exact de-duplication.
 _DUPLICATES = "count(span_key) - count(DISTINCT span_key)"
-_DEDUP_SQL = ("CREATE OR REPLACE TEMP TABLE fs_labelled AS "
-              "SELECT DISTINCT ON (trace_key, span_key) * FROM fs_labelled WHERE span_key IS NOT NULL "
-              "UNION ALL SELECT * FROM fs_labelled WHERE span_key IS NULL")
+_DEDUP_SQL = (
+    "CREATE OR REPLACE TEMP TABLE fs_labelled AS "
+    "SELECT DISTINCT ON (trace_key, span_key) * FROM fs_labelled WHERE span_key IS NOT NULL "
+    "UNION ALL SELECT * FROM fs_labelled WHERE span_key IS NULL"
+)
 
 
-def collect_evaluations(con: duckdb.DuckDBPyConnection, flag: str, start: datetime,
-                        end: datetime) -> dict[str, int]:
+def collect_evaluations(
+    con: duckdb.DuckDBPyConnection, flag: str, start: datetime, end: datetime
+) -> dict[str, int]:
     """Create `fs_evals` (the flag's evaluations around the window, in one scan) and
     return the users (or traces, without a user) per variant inside the window."""
     con.execute(_EVALS_SQL, {"flag": flag, "start": start, "end": end})
@@ -185,13 +198,17 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> dict[str, 
         scope += " AND r.service_name = $service"
         params["service"] = q.service
     if q.route is not None:
-        scope += (" AND (coalesce(r.http_route, r.name) = $route OR "
-                  "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)")
+        scope += (
+            " AND (coalesce(r.http_route, r.name) = $route OR "
+            "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)"
+        )
         params["route"] = q.route
     con.execute(_TESTS_SQL, {"start": q.start, "end": q.end})
     one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
-    con.execute(_TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL,
-                {"treatment": q.treatment, "baseline": q.baseline})
+    con.execute(
+        _TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL,
+        {"treatment": q.treatment, "baseline": q.baseline},
+    )
     for statement in _ASSIGN_SQL.format(scope=scope).split(";"):
         if statement.strip():
             used = {k: v for k, v in params.items() if f"${k}" in statement}
@@ -200,8 +217,11 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> dict[str, 
     if duplicates:
         con.execute(_DEDUP_SQL)
         excluded, _ = _exclusions(con)
-    keep = {TrafficFilter.EXCLUDE: "NOT is_test", TrafficFilter.INCLUDE: "true",
-            TrafficFilter.ONLY: "is_test"}
+    keep = {
+        TrafficFilter.EXCLUDE: "NOT is_test",
+        TrafficFilter.INCLUDE: "true",
+        TrafficFilter.ONLY: "is_test",
+    }
     con.execute(
         "CREATE OR REPLACE TEMP VIEW fs_requests AS "
         "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err "
@@ -210,8 +230,13 @@ def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> dict[str, 
     return excluded
 
 
-_EXCLUSION_KEYS = ("test_requests", "test_users", "crossover_requests", "crossover_users",
-                   "requests_without_user")
+_EXCLUSION_KEYS = (
+    "test_requests",
+    "test_users",
+    "crossover_requests",
+    "crossover_users",
+    "requests_without_user",
+)
 
 
 def _exclusions(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, int], int]:
@@ -244,16 +269,30 @@ def unit_sums(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], lis
     # The quantile estimates join each request as plain columns (a 74-element list per
     # row would be copied through the join).
     cuts = ", ".join(f"{{q}}.qs[{grid.index(p) + 1}] AS cut{k}" for k, p in enumerate(QUANTILES))
-    below = ", ".join(f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "
-                      f"count(*) FILTER (WHERE r.duration_ms <= c.ocut{k}) AS o{k}" for k in ks)
+    below = ", ".join(
+        f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "
+        f"count(*) FILTER (WHERE r.duration_ms <= c.ocut{k}) AS o{k}"
+        for k in ks
+    )
 
     def sums(b: str) -> str:
         return ", ".join(
-            ["count(*) AS n", "sum(req) AS req", "sum(err) AS err", "sum(req * req) AS req2",
-             "sum(err * err) AS err2", "sum(err * req) AS err_req", "sum(lat) AS lat",
-             "sum(lat * lat) AS lat2", "sum(lat * req) AS lat_req"]
-            + [f"sum({b}{k}) AS b{k}, sum({b}{k} * {b}{k}) AS b{k}_2, sum({b}{k} * req) AS b{k}_req"
-               for k in ks])
+            [
+                "count(*) AS n",
+                "sum(req) AS req",
+                "sum(err) AS err",
+                "sum(req * req) AS req2",
+                "sum(err * err) AS err2",
+                "sum(err * req) AS err_req",
+                "sum(lat) AS lat",
+                "sum(lat * lat) AS lat2",
+                "sum(lat * req) AS lat_req",
+            ]
+            + [
+                f"sum({b}{k}) AS b{k}, sum({b}{k} * {b}{k}) AS b{k}_2, sum({b}{k} * req) AS b{k}_req"
+                for k in ks
+            ]
+        )
 
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE fs_quantiles AS
@@ -281,7 +320,7 @@ def unit_sums(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], lis
         UNION ALL
         SELECT cohort, NULL, {sums("o")} FROM per_cohort_unit GROUP BY ALL
     )
-    SELECT t.* REPLACE ({_cohort_name('t.cohort')} AS cohort), q.qs, q.service_name, q.route
+    SELECT t.* REPLACE ({_cohort_name("t.cohort")} AS cohort), q.qs, q.service_name, q.route
     FROM totals t JOIN fs_quantiles q ON q.cohort = t.cohort AND q.stratum IS NOT DISTINCT FROM t.stratum
     ORDER BY t.stratum IS NOT NULL, q.service_name, q.route, t.cohort
     """)
@@ -308,8 +347,9 @@ def time_series(con: duckdb.DuckDBPyConnection, bucket_seconds: int) -> list[dic
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
-def latency_histogram(con: duckdb.DuckDBPyConnection, bins: int = 40
-                      ) -> tuple[list[float], dict[str, list[int]]]:
+def latency_histogram(
+    con: duckdb.DuckDBPyConnection, bins: int = 40
+) -> tuple[list[float], dict[str, list[int]]]:
     """Log-spaced latency bins over both cohorts: (bin edges in ms, counts per cohort)."""
     low, high = con.execute(
         "SELECT min(duration_ms) FILTER (WHERE duration_ms > 0), max(duration_ms) FROM fs_requests"

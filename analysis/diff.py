@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
 from flagscope.analysis import cohorts
 from flagscope.analysis.cohorts import QUANTILES, CohortQuery
 from flagscope.analysis.errors import AnalysisError
@@ -65,8 +66,9 @@ def lake_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime | None, datetim
     return first, last
 
 
-def choose_variants(flag: str, available: dict[str, int], variant: str | None,
-                    baseline: str | None) -> tuple[str, str]:
+def choose_variants(
+    flag: str, available: dict[str, int], variant: str | None, baseline: str | None
+) -> tuple[str, str]:
     """Treatment and baseline: as asked, else the true-like and the other of two variants."""
     names = list(available)
     for chosen, option in ((variant, "--variant"), (baseline, "--baseline")):
@@ -110,8 +112,14 @@ def choose_variants(flag: str, available: dict[str, int], variant: str | None,
 def _ratio(row: dict[str, Any], x: str) -> RatioStats:
     """Per-user sums of numerator `x` over requests (x ∈ err, lat, b0…b3)."""
     x2 = {"err": "err2", "lat": "lat2"}.get(x, f"{x}_2")
-    return RatioStats(int(row["n"]), float(row[x]), float(row["req"]), float(row[x2]),
-                      float(row["req2"]), float(row[f"{x}_req"]))
+    return RatioStats(
+        int(row["n"]),
+        float(row[x]),
+        float(row["req"]),
+        float(row[x2]),
+        float(row["req2"]),
+        float(row[f"{x}_req"]),
+    )
 
 
 def _interpolate(grid: dict[float, float], p: float) -> float:
@@ -129,8 +137,12 @@ def _summary(row: dict[str, Any], variant: str) -> CohortSummary:
     grid = row["grid"]
     req = int(row["req"])
     return CohortSummary(
-        variant=variant, users=int(row["n"]), requests=req, errors=int(row["err"]),
-        error_rate=row["err"] / req if req else 0.0, mean_ms=row["lat"] / req if req else 0.0,
+        variant=variant,
+        users=int(row["n"]),
+        requests=req,
+        errors=int(row["err"]),
+        error_rate=row["err"] / req if req else 0.0,
+        mean_ms=row["lat"] / req if req else 0.0,
         quantiles_ms={f"p{round(p * 100)}": grid[round(p, 6)] for p in QUANTILES},
     )
 
@@ -144,8 +156,9 @@ def _quantile_interval(row: dict[str, Any], k: int, alpha: float) -> tuple[float
     return grid[round(p, 6)], _interpolate(grid, p_lo), _interpolate(grid, p_hi)
 
 
-def estimates(t: dict[str, Any], c: dict[str, Any], alpha: float,
-              metrics: tuple[str, ...] = METRICS) -> dict[str, Estimate]:
+def estimates(
+    t: dict[str, Any], c: dict[str, Any], alpha: float, metrics: tuple[str, ...] = METRICS
+) -> dict[str, Estimate]:
     out: dict[str, Estimate] = {}
     if "error_rate" in metrics:
         out["error_rate"] = error_rate_difference(_ratio(t, "err"), _ratio(c, "err"), alpha)
@@ -155,18 +168,21 @@ def estimates(t: dict[str, Any], c: dict[str, Any], alpha: float,
         if name in metrics:
             t_est, t_lo, t_hi = _quantile_interval(t, k, alpha)
             c_est, c_lo, c_hi = _quantile_interval(c, k, alpha)
-            out[name] = quantile_difference(QUANTILES[k], t_est, t_lo, t_hi, c_est, c_lo, c_hi,
-                                            alpha, int(t["n"]), int(c["n"]))
+            out[name] = quantile_difference(
+                QUANTILES[k], t_est, t_lo, t_hi, c_est, c_lo, c_hi, alpha, int(t["n"]), int(c["n"])
+            )
     return out
 
 
-def mix_adjusted(strata: list[tuple[dict[str, Any], dict[str, Any]]], alpha: float
-                 ) -> dict[str, Estimate]:
+def mix_adjusted(
+    strata: list[tuple[dict[str, Any], dict[str, Any]]], alpha: float
+) -> dict[str, Estimate]:
     """Error rate and mean latency re-weighted to the pooled (service, route) mix
     (`stats.mix.post_stratified_difference`), from the per-stratum SQL rows."""
-    return {metric: post_stratified_difference(
-                [(_ratio(t, x), _ratio(c, x)) for t, c in strata], alpha)
-            for metric, x in (("error_rate", "err"), ("mean_latency", "lat"))}
+    return {
+        metric: post_stratified_difference([(_ratio(t, x), _ratio(c, x)) for t, c in strata], alpha)
+        for metric, x in (("error_rate", "err"), ("mean_latency", "lat"))
+    }
 
 
 def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> dict[str, Estimate]:
@@ -196,12 +212,20 @@ def _charts(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> Charts:
     steps = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
     bucket = next((s for s in steps if span / s <= 48), 86400)  # at most ~48 points
     edges, counts = cohorts.latency_histogram(con)
-    return Charts(bucket, tuple(cohorts.time_series(con, bucket)), tuple(edges),
-                  {k: tuple(v) for k, v in counts.items()})
+    return Charts(
+        bucket,
+        tuple(cohorts.time_series(con, bucket)),
+        tuple(edges),
+        {k: tuple(v) for k, v in counts.items()},
+    )
 
 
-def _no_data(options: DiffOptions, reason: str, rows: dict[str, dict[str, Any]] | None = None,
-             excluded: dict[str, int] | None = None) -> DiffResult:
+def _no_data(
+    options: DiffOptions,
+    reason: str,
+    rows: dict[str, dict[str, Any]] | None = None,
+    excluded: dict[str, int] | None = None,
+) -> DiffResult:
     """A NO_DATA result; a cohort that has data is still summarized."""
     rows = rows or {}
 
@@ -210,9 +234,20 @@ def _no_data(options: DiffOptions, reason: str, rows: dict[str, dict[str, Any]] 
             return _summary(rows[cohort], variant or "")
         return CohortSummary(variant or "", 0, 0, 0, 0.0, 0.0, {})
 
-    return DiffResult(options, summary("treatment", options.variant),
-                      summary("baseline", options.baseline), (), (), (), (), excluded or {},
-                      None, Verdict.NO_DATA, reason, f"{options.flag}: no data — {reason}")
+    return DiffResult(
+        options,
+        summary("treatment", options.variant),
+        summary("baseline", options.baseline),
+        (),
+        (),
+        (),
+        (),
+        excluded or {},
+        None,
+        Verdict.NO_DATA,
+        reason,
+        f"{options.flag}: no data — {reason}",
+    )
 
 
 def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
@@ -222,32 +257,53 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
         if options.flag not in flags:
             close = difflib.get_close_matches(options.flag, flags, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise AnalysisError(f"flag {options.flag!r} is not in the lake; {hint}"
-                                "run 'flagscope flags' to list flags")
+            raise AnalysisError(
+                f"flag {options.flag!r} is not in the lake; {hint}"
+                "run 'flagscope flags' to list flags"
+            )
         first, last = lake_range(con)
-        return _no_data(options, f"flag {options.flag!r} has no evaluations between "
-                        f"{options.start:%Y-%m-%d %H:%M} and {options.end:%Y-%m-%d %H:%M} UTC; "
-                        f"the lake holds {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC")
+        return _no_data(
+            options,
+            f"flag {options.flag!r} has no evaluations between "
+            f"{options.start:%Y-%m-%d %H:%M} and {options.end:%Y-%m-%d %H:%M} UTC; "
+            f"the lake holds {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC",
+        )
     variant, baseline = choose_variants(options.flag, available, options.variant, options.baseline)
     options = replace(options, variant=variant, baseline=baseline)
-    query = CohortQuery(options.flag, variant, baseline, options.start, options.end,
-                        options.service, options.route, options.test_mode)
+    query = CohortQuery(
+        options.flag,
+        variant,
+        baseline,
+        options.start,
+        options.end,
+        options.service,
+        options.route,
+        options.test_mode,
+    )
     excluded = cohorts.label_requests(con, query)
     overall_rows, strata_rows = cohorts.unit_sums(con)
     overall = {row["cohort"]: row for row in overall_rows}
     if set(overall) != {"treatment", "baseline"}:
-        missing = [n for n, v in (("treatment", variant), ("baseline", baseline)) if n not in overall]
-        return _no_data(options, f"no requests in the {' and '.join(missing)} cohort "
-                        "(requests are entry spans of traces that evaluated the flag)",
-                        overall, excluded)
+        missing = [
+            n for n, v in (("treatment", variant), ("baseline", baseline)) if n not in overall
+        ]
+        return _no_data(
+            options,
+            f"no requests in the {' and '.join(missing)} cohort "
+            "(requests are entry spans of traces that evaluated the flag)",
+            overall,
+            excluded,
+        )
     t, c = overall["treatment"], overall["baseline"]
     treatment, base = _summary(t, variant), _summary(c, baseline)
     users = (treatment.users, base.users)
     errors = (float(t["err"]), float(c["err"]))
 
     def results(ests: dict[str, Estimate]) -> tuple[MetricResult, ...]:
-        return tuple(MetricResult(m, e, judge(m, e, options.thresholds, users, errors))
-                     for m, e in _final(ests, sum(users), options).items())
+        return tuple(
+            MetricResult(m, e, judge(m, e, options.thresholds, users, errors))
+            for m, e in _final(ests, sum(users), options).items()
+        )
 
     metrics = results(estimates(t, c, options.alpha))
     breakdown, pairs = _breakdown(strata_rows, variant, baseline, options)
@@ -259,8 +315,20 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
         [(h.name, h.detail) for h in health if not h.ok and h.name != "sample_size"],
     )
     summary = summarize(options, treatment, base, adjusted, breakdown, verdict, excluded)
-    return DiffResult(options, treatment, base, metrics, adjusted, breakdown, health, excluded,
-                      srm, verdict, reason, summary)
+    return DiffResult(
+        options,
+        treatment,
+        base,
+        metrics,
+        adjusted,
+        breakdown,
+        health,
+        excluded,
+        srm,
+        verdict,
+        reason,
+        summary,
+    )
 
 
 def _breakdown(rows, variant, baseline, options):
@@ -270,9 +338,19 @@ def _breakdown(rows, variant, baseline, options):
     for row in rows:
         by_key.setdefault((row["service_name"], row["route"]), {})[row["cohort"]] = row
     keyed = [(k, v["treatment"], v["baseline"]) for k, v in sorted(by_key.items()) if len(v) == 2]
-    raw = [(k, t, c, _final(estimates(t, c, options.alpha, BREAKDOWN_METRICS),
-                            int(t["n"]) + int(c["n"]), options))
-           for k, t, c in keyed]
+    raw = [
+        (
+            k,
+            t,
+            c,
+            _final(
+                estimates(t, c, options.alpha, BREAKDOWN_METRICS),
+                int(t["n"]) + int(c["n"]),
+                options,
+            ),
+        )
+        for k, t, c in keyed
+    ]
     p_values = [e.p_value for *_, ests in raw for e in ests.values()]
     q_values = iter(benjamini_hochberg(p_values)) if p_values else iter(())
     strata = []
@@ -284,36 +362,59 @@ def _breakdown(rows, variant, baseline, options):
             q = next(q_values)
             judgement = judge(metric, est, options.thresholds, users, errors, q)
             results.append(MetricResult(metric, est, judgement, q))
-        strata.append(StratumResult(service, route, _summary(t, variant), _summary(c, baseline),
-                                    tuple(results)))
+        strata.append(
+            StratumResult(
+                service, route, _summary(t, variant), _summary(c, baseline), tuple(results)
+            )
+        )
     return tuple(strata), [(t, c) for _, t, c in keyed]
 
 
-def _health(options: DiffOptions, t: CohortSummary, c: CohortSummary,
-            excluded: dict[str, int]) -> tuple[tuple[HealthCheck, ...], SrmResult | None]:
+def _health(
+    options: DiffOptions, t: CohortSummary, c: CohortSummary, excluded: dict[str, int]
+) -> tuple[tuple[HealthCheck, ...], SrmResult | None]:
     checks = []
     srm = None
     if options.expected_split:
         split = options.expected_split
         missing = [v for v in (t.variant, c.variant) if v not in split]
         if missing:
-            raise AnalysisError(f"--expected-split names no share for {', '.join(missing)}; "
-                                f"e.g. --expected-split {t.variant}=0.2,{c.variant}=0.8")
-        srm = srm_test({t.variant: t.users, c.variant: c.users},
-                       {t.variant: split[t.variant], c.variant: split[c.variant]})
-        checks.append(HealthCheck("sample_ratio", not srm.alert,
-                                  f"users {t.variant}={t.users}, {c.variant}={c.users} against "
-                                  f"{split[t.variant]:g}:{split[c.variant]:g}: χ² = {srm.chi2:.2f}, "
-                                  f"p = {srm.p_value:.3g} (alert below 0.001)"))
+            raise AnalysisError(
+                f"--expected-split names no share for {', '.join(missing)}; "
+                f"e.g. --expected-split {t.variant}=0.2,{c.variant}=0.8"
+            )
+        srm = srm_test(
+            {t.variant: t.users, c.variant: c.users},
+            {t.variant: split[t.variant], c.variant: split[c.variant]},
+        )
+        checks.append(
+            HealthCheck(
+                "sample_ratio",
+                not srm.alert,
+                f"users {t.variant}={t.users}, {c.variant}={c.users} against "
+                f"{split[t.variant]:g}:{split[c.variant]:g}: χ² = {srm.chi2:.2f}, "
+                f"p = {srm.p_value:.3g} (alert below 0.001)",
+            )
+        )
     compared = t.users + c.users + excluded.get("crossover_users", 0)
     share = excluded.get("crossover_users", 0) / compared if compared else 0.0
     limit = options.thresholds.max_crossover_share
-    checks.append(HealthCheck("crossover_users", share <= limit,
-                              f"{excluded.get('crossover_users', 0)} users saw both variants "
-                              f"({share:.1%}; limit {limit:.0%}); their later-variant requests "
-                              f"({excluded.get('crossover_requests', 0)}) are left out"))
+    checks.append(
+        HealthCheck(
+            "crossover_users",
+            share <= limit,
+            f"{excluded.get('crossover_users', 0)} users saw both variants "
+            f"({share:.1%}; limit {limit:.0%}); their later-variant requests "
+            f"({excluded.get('crossover_requests', 0)}) are left out",
+        )
+    )
     minimum = options.thresholds.min_users
-    checks.append(HealthCheck("sample_size", min(t.users, c.users) >= minimum,
-                              f"users {t.variant}={t.users}, {c.variant}={c.users} "
-                              f"(at least {minimum} per cohort for a verdict)"))
+    checks.append(
+        HealthCheck(
+            "sample_size",
+            min(t.users, c.users) >= minimum,
+            f"users {t.variant}={t.users}, {c.variant}={c.users} "
+            f"(at least {minimum} per cohort for a verdict)",
+        )
+    )
     return tuple(checks), srm

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from flagscope.collector.errors import LakeQueryError
 from flagscope.collector.lake.read import fetch
 
@@ -35,7 +36,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, max_width: int = 60) -> str:
+def format_rows(
+    columns: list[str], rows: list[tuple[Any, ...]], fmt: str, max_width: int = 60
+) -> str:
     if fmt == "json":
         records = [dict(zip(columns, row, strict=True)) for row in rows]
         return orjson.dumps(records, default=str, option=orjson.OPT_INDENT_2).decode() + "\n"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.render import html, json, markdown, terminal
 from flagscope.analysis.result import DiffResult
@@ -40,7 +41,10 @@ EXTENSIONS = {"html": "html", "md": "md", "json": "json"}  # format -> file exte
 ALIASES = {"markdown": "md", "htm": "html"}
 # format -> renderer ("table" is the terminal's, for `diff`)
 RENDERERS: dict[str, Callable[[DiffResult], str]] = {
-    "html": html.render, "md": markdown.render, "json": json.render, "table": terminal.render,
+    "html": html.render,
+    "md": markdown.render,
+    "json": json.render,
+    "table": terminal.render,
 }
 PREFERRED_LINK = ("html", "md", "json")  # which file a notification links to
 
@@ -77,12 +81,13 @@ def normalize_formats(formats: Sequence[str], source: str = "formats") -> tuple[
     for name in formats:
         key = ALIASES.get(str(name).lower(), str(name).lower())
         if key not in EXTENSIONS:
-            raise AnalysisError(f"{source}: unknown report format {name!r}; "
-                                f"choose from {', '.join(EXTENSIONS)}")
+            raise AnalysisError(
+                f"{source}: unknown report format {name!r}; choose from {', '.join(EXTENSIONS)}"
+            )
         if key not in out:
             out.append(key)
     if not out:
-        raise AnalysisError(f"{source}: no report format given; e.g. formats = [\"html\", \"json\"]")
+        raise AnalysisError(f'{source}: no report format given; e.g. formats = ["html", "json"]')
     return tuple(out)
 
 
@@ -104,8 +109,9 @@ def render(result: DiffResult, fmt: str) -> str:
     return RENDERERS[ALIASES.get(fmt, fmt)](result)
 
 
-def write_report(result: DiffResult, out_dir: Path, formats: Sequence[str],
-                 now: datetime) -> ReportFiles:
+def write_report(
+    result: DiffResult, out_dir: Path, formats: Sequence[str], now: datetime
+) -> ReportFiles:
     """Write `result` in each format to `out_dir/<flag>/<stamp>.<ext>`, refresh
     `latest.<ext>`, append to `history.jsonl` and record the verdict in `state.json`.
 
@@ -130,19 +136,29 @@ def write_report(result: DiffResult, out_dir: Path, formats: Sequence[str],
         write_atomically(files[fmt], text.encode())
         write_atomically(latest[fmt], text.encode())
     record = {
-        "time": iso_z(now), "flag": flag, "verdict": result.verdict.value,
+        "time": iso_z(now),
+        "flag": flag,
+        "verdict": result.verdict.value,
         "previous_verdict": previous.value if previous else None,
-        "exit_code": result.exit_code, "summary": result.summary, "reason": result.reason,
+        "exit_code": result.exit_code,
+        "summary": result.summary,
+        "reason": result.reason,
         "window": {"start": iso_z(result.options.start), "end": iso_z(result.options.end)},
         "files": {fmt: p.name for fmt, p in files.items()},
     }
     history, state = directory / "history.jsonl", directory / "state.json"
     append_line(history, record)
-    write_atomically(state, orjson.dumps(
-        {k: record[k] for k in ("time", "flag", "verdict", "summary", "files")},
-        option=orjson.OPT_INDENT_2) + b"\n")
-    return ReportFiles(flag, directory, stamp, files, latest, history, state, result.verdict,
-                       previous)
+    write_atomically(
+        state,
+        orjson.dumps(
+            {k: record[k] for k in ("time", "flag", "verdict", "summary", "files")},
+            option=orjson.OPT_INDENT_2,
+        )
+        + b"\n",
+    )
+    return ReportFiles(
+        flag, directory, stamp, files, latest, history, state, result.verdict, previous
+    )
 
 
 def record_failure(out_dir: Path, flag: str, now: datetime, error: str) -> Path:
@@ -226,6 +242,3 @@ def _free_stamp(directory: Path, now: datetime, fmts: Sequence[str]) -> str:
     while taken(candidate):
         candidate, n = f"{stamp}-{n}", n + 1
     return candidate
-
-
-

@@ -149,25 +149,47 @@ class DiffResult:
     def breakdown_frame(self) -> pl.DataFrame:
         import polars as pl
 
-        rows = [{"service": s.service, "route": s.route, **_metric_row(m, "route")}
-                for s in self.breakdown for m in s.metrics]
+        rows = [
+            {"service": s.service, "route": s.route, **_metric_row(m, "route")}
+            for s in self.breakdown
+            for m in s.metrics
+        ]
         return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
 def _summary_row(cohort: str, s: CohortSummary) -> dict[str, Any]:
-    return {"cohort": cohort, "variant": s.variant, "users": s.users, "requests": s.requests,
-            "errors": s.errors, "error_rate": s.error_rate, "mean_ms": s.mean_ms,
-            **{f"{k}_ms": v for k, v in s.quantiles_ms.items()}}
+    return {
+        "cohort": cohort,
+        "variant": s.variant,
+        "users": s.users,
+        "requests": s.requests,
+        "errors": s.errors,
+        "error_rate": s.error_rate,
+        "mean_ms": s.mean_ms,
+        **{f"{k}_ms": v for k, v in s.quantiles_ms.items()},
+    }
 
 
 def _metric_row(m: MetricResult, scope: str) -> dict[str, Any]:
     e = m.estimate
-    return {"scope": scope, "metric": m.metric, "baseline": e.control, "treatment": e.treatment,
-            "diff": e.diff, "diff_lo": e.diff_lo, "diff_hi": e.diff_hi, "rel": e.rel,
-            "rel_lo": e.rel_lo, "rel_hi": e.rel_hi, "p_value": e.p_value, "q_value": m.q_value,
-            "method": e.method.value, "status": e.status.value,
-            "verdict": m.judgement.verdict.value, "reason": m.judgement.reason}
-
+    return {
+        "scope": scope,
+        "metric": m.metric,
+        "baseline": e.control,
+        "treatment": e.treatment,
+        "diff": e.diff,
+        "diff_lo": e.diff_lo,
+        "diff_hi": e.diff_hi,
+        "rel": e.rel,
+        "rel_lo": e.rel_lo,
+        "rel_hi": e.rel_hi,
+        "p_value": e.p_value,
+        "q_value": m.q_value,
+        "method": e.method.value,
+        "status": e.status.value,
+        "verdict": m.judgement.verdict.value,
+        "reason": m.judgement.reason,
+    }
 
 
 # -- the dict form (JSON) -------------------------------------------------------------
@@ -179,21 +201,34 @@ def _num(value: float | None) -> float | None:
 
 
 def _cohort_dict(s: CohortSummary) -> dict[str, Any]:
-    return {"variant": s.variant, "users": s.users, "requests": s.requests, "errors": s.errors,
-            "error_rate": s.error_rate, "mean_ms": s.mean_ms,
-            "quantiles_ms": dict(s.quantiles_ms)}
+    return {
+        "variant": s.variant,
+        "users": s.users,
+        "requests": s.requests,
+        "errors": s.errors,
+        "error_rate": s.error_rate,
+        "mean_ms": s.mean_ms,
+        "quantiles_ms": dict(s.quantiles_ms),
+    }
 
 
 def _metric_dict(m: MetricResult) -> dict[str, Any]:
     e = m.estimate
     out = {
-        "metric": m.metric, "verdict": m.judgement.verdict.value, "reason": m.judgement.reason,
-        "status": e.status.value, "method": e.method.value, "sequential": e.sequential,
-        "baseline": _num(e.control), "treatment": _num(e.treatment),
-        "diff": _num(e.diff), "diff_ci": [_num(e.diff_lo), _num(e.diff_hi)],
+        "metric": m.metric,
+        "verdict": m.judgement.verdict.value,
+        "reason": m.judgement.reason,
+        "status": e.status.value,
+        "method": e.method.value,
+        "sequential": e.sequential,
+        "baseline": _num(e.control),
+        "treatment": _num(e.treatment),
+        "diff": _num(e.diff),
+        "diff_ci": [_num(e.diff_lo), _num(e.diff_hi)],
         "rel": _num(e.rel) if e.has_relative else None,
         "rel_ci": [_num(e.rel_lo), _num(e.rel_hi)] if e.has_relative else None,
-        "p_value": _num(e.p_value), "alpha": e.alpha,
+        "p_value": _num(e.p_value),
+        "alpha": e.alpha,
     }
     if m.q_value is not None:
         out["q_value"] = _num(m.q_value)
@@ -213,22 +248,32 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
         "baseline_variant": o.baseline,
         "window": {"start": iso_z(o.start), "end": iso_z(o.end)},
         "filters": {"service": o.service, "route": o.route, "test_traffic": o.test_mode.value},
-        "settings": {"alpha": o.alpha, "sequential": o.sequential,
-                     "error_rate_threshold_pp": o.thresholds.error_rate_pp,
-                     "latency_threshold_pct": o.thresholds.latency_pct,
-                     "min_users": o.thresholds.min_users,
-                     "expected_split": o.expected_split},
+        "settings": {
+            "alpha": o.alpha,
+            "sequential": o.sequential,
+            "error_rate_threshold_pp": o.thresholds.error_rate_pp,
+            "latency_threshold_pct": o.thresholds.latency_pct,
+            "min_users": o.thresholds.min_users,
+            "expected_split": o.expected_split,
+        },
         "cohorts": {"treatment": _cohort_dict(r.treatment), "baseline": _cohort_dict(r.baseline)},
         "metrics": [_metric_dict(m) for m in r.metrics],
         "adjusted_metrics": [_metric_dict(m) for m in r.adjusted],
         "breakdown": [
-            {"service": s.service, "route": s.route,
-             "cohorts": {"treatment": _cohort_dict(s.treatment), "baseline": _cohort_dict(s.baseline)},
-             "metrics": [_metric_dict(m) for m in s.metrics]}
+            {
+                "service": s.service,
+                "route": s.route,
+                "cohorts": {
+                    "treatment": _cohort_dict(s.treatment),
+                    "baseline": _cohort_dict(s.baseline),
+                },
+                "metrics": [_metric_dict(m) for m in s.metrics],
+            }
             for s in r.breakdown
         ],
         "health": [{"check": h.name, "ok": h.ok, "detail": h.detail} for h in r.health],
-        "srm": None if r.srm is None else {"chi2": r.srm.chi2, "df": r.srm.df,
-                                             "p_value": r.srm.p_value, "alert": r.srm.alert},
+        "srm": None
+        if r.srm is None
+        else {"chi2": r.srm.chi2, "df": r.srm.df, "p_value": r.srm.p_value, "alert": r.srm.alert},
         "excluded": dict(r.excluded),
     }

@@ -45,10 +45,14 @@ class StaleFlag:
     @property
     def message(self) -> str:
         if self.kind is Staleness.NOT_EVALUATED:
-            return (f"not evaluated for {self.days:.0f} days "
-                    f"(last seen {self.last_seen:%Y-%m-%d %H:%M} UTC): remove the flag")
-        return (f"serving {self.variant!r} to everyone since {self.since:%Y-%m-%d %H:%M} UTC "
-                f"({self.days:.0f} days): ready to remove the dead path")
+            return (
+                f"not evaluated for {self.days:.0f} days "
+                f"(last seen {self.last_seen:%Y-%m-%d %H:%M} UTC): remove the flag"
+            )
+        return (
+            f"serving {self.variant!r} to everyone since {self.since:%Y-%m-%d %H:%M} UTC "
+            f"({self.days:.0f} days): ready to remove the dead path"
+        )
 
 
 # Per flag and variant: last evaluation of any traffic, first and last of real traffic.
@@ -75,8 +79,11 @@ def stale_flags(lake_dir: Path, days: float, now: datetime | None = None) -> lis
     by_flag: dict[str, list[_Variant]] = defaultdict(list)
     for flag, *rest in rows:
         by_flag[flag].append(_Variant(*rest))
-    found = [s for flag, variants in by_flag.items()
-             if (s := _judge(flag, variants, now, cutoff)) is not None]
+    found = [
+        s
+        for flag, variants in by_flag.items()
+        if (s := _judge(flag, variants, now, cutoff)) is not None
+    ]
     return sorted(found, key=lambda s: (s.kind is not Staleness.NOT_EVALUATED, -s.days, s.flag))
 
 
@@ -88,11 +95,14 @@ class _Variant(NamedTuple):
     recent_real: int  # real evaluations since the cutoff
 
 
-def _judge(flag: str, variants: list[_Variant], now: datetime, cutoff: datetime
-           ) -> StaleFlag | None:
+def _judge(
+    flag: str, variants: list[_Variant], now: datetime, cutoff: datetime
+) -> StaleFlag | None:
     last_seen = max(v.last_seen for v in variants)
     if last_seen < cutoff:
-        return StaleFlag(flag, Staleness.NOT_EVALUATED, last_seen, last_seen, _days(now - last_seen))
+        return StaleFlag(
+            flag, Staleness.NOT_EVALUATED, last_seen, last_seen, _days(now - last_seen)
+        )
     recent = [v for v in variants if v.recent_real > 0]  # what real users got in the window
     if len(recent) != 1:
         return None
@@ -102,10 +112,16 @@ def _judge(flag: str, variants: list[_Variant], now: datetime, cutoff: datetime
     since = max(others) if others else served.first_real
     if since is None or since > cutoff:
         return None
-    return StaleFlag(flag, Staleness.SINGLE_VARIANT, last_seen, since, _days(now - since),
-                     served.variant, served.recent_real)
+    return StaleFlag(
+        flag,
+        Staleness.SINGLE_VARIANT,
+        last_seen,
+        since,
+        _days(now - since),
+        served.variant,
+        served.recent_real,
+    )
 
 
 def _days(delta: timedelta) -> float:
     return delta.total_seconds() / 86400
-

@@ -65,10 +65,15 @@ class Thresholds:
     max_crossover_share: float = 0.05  # users seen in both variants, of all compared users
 
     def __post_init__(self) -> None:
-        if (self.error_rate_pp < 0 or self.latency_pct < 0 or self.min_users < 1
-                or not 0 <= self.max_crossover_share <= 1):
-            raise AnalysisError("thresholds must be ≥ 0, min_users ≥ 1 and "
-                                "max_crossover_share between 0 and 1")
+        if (
+            self.error_rate_pp < 0
+            or self.latency_pct < 0
+            or self.min_users < 1
+            or not 0 <= self.max_crossover_share <= 1
+        ):
+            raise AnalysisError(
+                "thresholds must be ≥ 0, min_users ≥ 1 and max_crossover_share between 0 and 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,14 @@ def harm_scale(metric: str, est: Estimate) -> tuple[float, float, float, str] | 
     return est.rel * 100, est.rel_lo * 100, est.rel_hi * 100, "%"
 
 
-def judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int, int],
-          errors: tuple[float, float], q_value: float | None = None) -> Judgement:
+def judge(
+    metric: str,
+    est: Estimate,
+    thresholds: Thresholds,
+    users: tuple[int, int],
+    errors: tuple[float, float],
+    q_value: float | None = None,
+) -> Judgement:
     """The verdict of one metric from its estimate (treatment − baseline). `errors`:
     (treatment, baseline) error counts, for the never-a-pass rule of error rate. `q_value`
     (a breakdown row's, after Benjamini–Hochberg): a REGRESSION or IMPROVEMENT must also
@@ -95,18 +106,27 @@ def judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int, 
     judgement = _judge(metric, est, thresholds, users, errors)
     decisive = judgement.verdict in (Verdict.REGRESSION, Verdict.IMPROVEMENT)
     if decisive and q_value is not None and q_value >= est.alpha:
-        return Judgement(Verdict.INCONCLUSIVE, f"not significant after Benjamini–Hochberg "
-                         f"(q = {q_value:.3g}); {judgement.reason}")
+        return Judgement(
+            Verdict.INCONCLUSIVE,
+            f"not significant after Benjamini–Hochberg (q = {q_value:.3g}); {judgement.reason}",
+        )
     return judgement
 
 
-def _judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int, int],
-           errors: tuple[float, float]) -> Judgement:
+def _judge(
+    metric: str,
+    est: Estimate,
+    thresholds: Thresholds,
+    users: tuple[int, int],
+    errors: tuple[float, float],
+) -> Judgement:
     if est.status is Status.NO_DATA or min(users) == 0:
         return Judgement(Verdict.NO_DATA, "a cohort has no requests")
     if min(users) < thresholds.min_users:
-        return Judgement(Verdict.INCONCLUSIVE,
-                         f"too few users ({min(users)} < {thresholds.min_users} in a cohort)")
+        return Judgement(
+            Verdict.INCONCLUSIVE,
+            f"too few users ({min(users)} < {thresholds.min_users} in a cohort)",
+        )
     if not est.has_interval:
         return Judgement(Verdict.INCONCLUSIVE, f"no interval: {est.status.value.lower()}")
     scale = harm_scale(metric, est)
@@ -121,17 +141,20 @@ def _judge(metric: str, est: Estimate, thresholds: Thresholds, users: tuple[int,
         return Judgement(Verdict.IMPROVEMENT, f"better beyond the threshold: {shown}")
     treatment_errors, baseline_errors = errors
     if metric == "error_rate" and baseline_errors == 0 and treatment_errors > 0:
-        return Judgement(Verdict.INCONCLUSIVE,
-                         f"baseline has no errors and treatment has {treatment_errors:g}: "
-                         f"never a pass; {shown}")
+        return Judgement(
+            Verdict.INCONCLUSIVE,
+            f"baseline has no errors and treatment has {treatment_errors:g}: never a pass; {shown}",
+        )
     if hi < limit:
         return Judgement(Verdict.PASS, f"harm beyond the threshold ruled out: {shown}")
     return Judgement(Verdict.INCONCLUSIVE, f"harm beyond the threshold not ruled out: {shown}")
 
 
-def overall_verdict(decisive_overall: Sequence[tuple[str, Judgement]],
-                    decisive_routes: Sequence[tuple[str, Judgement]],
-                    broken_checks: Sequence[tuple[str, str]]) -> tuple[Verdict, str]:
+def overall_verdict(
+    decisive_overall: Sequence[tuple[str, Judgement]],
+    decisive_routes: Sequence[tuple[str, Judgement]],
+    broken_checks: Sequence[tuple[str, str]],
+) -> tuple[Verdict, str]:
     """UNHEALTHY > REGRESSION (any decisive metric) > INCONCLUSIVE > IMPROVEMENT > PASS.
 
     Decisive: the route-mix adjusted error rate and mean latency (`decisive_overall`), and

@@ -58,5 +58,7 @@ def resolve(
     else:
         begin = stop - parse_duration(since or DEFAULT_SINCE)
     if begin >= stop:
-        raise AnalysisError(f"the window is empty: --from {begin:%Y-%m-%d %H:%M} is not before --to {stop:%Y-%m-%d %H:%M}")
+        raise AnalysisError(
+            f"the window is empty: --from {begin:%Y-%m-%d %H:%M} is not before --to {stop:%Y-%m-%d %H:%M}"
+        )
     return begin, stop

@@ -44,10 +44,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from flagscope.collector.lake.schema import SCHEMA
-
 from bench.machine import machine
 from bench.make_lake import Effect, make_lake, read_manifest
+from flagscope.collector.lake.schema import SCHEMA
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lakes"
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "analysis.json"
@@ -60,7 +59,9 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def bare_sql(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdown: bool = False) -> str:
+def bare_sql(
+    lake_dir: Path, flag: str, start: datetime, end: datetime, breakdown: bool = False
+) -> str:
     """The yardstick: per-variant requests, users, errors, latency quantiles and mean.
 
     - rows: the lake's files (`**/*.parquet`), `time` in [start, end);
@@ -74,8 +75,10 @@ def bare_sql(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdow
     Traces are matched on `trace_key` (the trace id as a UUID), as the diff matches them:
     the yardstick uses the cheapest columns the lake offers, too.
     """
-    source = (f"read_parquet({_sql_str(str(lake_dir / '**' / '*.parquet'))}, "
-              "hive_partitioning = false)")
+    source = (
+        f"read_parquet({_sql_str(str(lake_dir / '**' / '*.parquet'))}, hive_partitioning = false)"
+    )
+
     def ts(moment: datetime) -> str:
         return f"TIMESTAMP_NS {_sql_str(moment.astimezone(UTC).replace(tzinfo=None).isoformat())}"
 
@@ -85,7 +88,9 @@ def bare_sql(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdow
     variant = f"element_at(flags, {_sql_str(flag)})[1]"
     if breakdown:
         select_keys = "variant, service_name, http_method, http_route"
-        group = "GROUP BY GROUPING SETS ((variant), (variant, service_name, http_method, http_route))"
+        group = (
+            "GROUP BY GROUPING SETS ((variant), (variant, service_name, http_method, http_route))"
+        )
     else:
         select_keys = "variant"
         group = "GROUP BY variant"
@@ -107,7 +112,7 @@ WITH evaluations AS (
            r.http_method, r.http_route, r.duration_ms, r.is_error
     FROM {source} AS r
     JOIN evaluations AS e ON e.trace_key = r.trace_key
-    WHERE {window('r.time')} AND r.is_entry
+    WHERE {window("r.time")} AND r.is_entry
       AND r.trace_key NOT IN (SELECT trace_key FROM test_traces)
 )
 SELECT {select_keys},
@@ -125,13 +130,20 @@ ORDER BY ALL
 def same_cohorts(bare: list[dict[str, Any]], diff: dict[str, Any]) -> bool:
     """Do the bare query's rows and the diff's cohorts agree: requests, users, errors exactly,
     mean and the four quantiles to 1e-9 relative?"""
-    cohorts = {c["variant"]: c for c in (diff.get("treatment"), diff.get("baseline"))
-               if isinstance(c, dict)}
+    cohorts = {
+        c["variant"]: c
+        for c in (diff.get("treatment"), diff.get("baseline"))
+        if isinstance(c, dict)
+    }
     if {row["variant"] for row in bare} != set(cohorts):
         return False
     for row in bare:
         c = cohorts[row["variant"]]
-        if (row["requests"], row["users"], row["errors"]) != (c["requests"], c["users"], c["errors"]):
+        if (row["requests"], row["users"], row["errors"]) != (
+            c["requests"],
+            c["users"],
+            c["errors"],
+        ):
             return False
         values = [*row["quantiles_ms"], row["mean_ms"]]
         others = [*c["quantiles_ms"].values(), c["mean_ms"]]
@@ -174,7 +186,9 @@ def _diff_summary(result: Any) -> dict[str, Any]:
     return summary
 
 
-def worker(kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime, repeat: int) -> None:
+def worker(
+    kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime, repeat: int
+) -> None:
     times = []
     result: Any = None
     for _ in range(repeat):
@@ -193,14 +207,29 @@ def worker(kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime,
     print(json.dumps({"seconds": times, "result": summary}, default=str))
 
 
-def measure(kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime,
-            repeat: int) -> dict[str, Any]:
+def measure(
+    kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime, repeat: int
+) -> dict[str, Any]:
     """Run one worker subprocess; its times, result and peak RSS (psutil, every 20 ms)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
-               "--lake", str(lake_dir), "--flag", flag, "--start", start.isoformat(),
-               "--end", end.isoformat(), "--repeat", str(repeat)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        kind,
+        "--lake",
+        str(lake_dir),
+        "--flag",
+        flag,
+        "--start",
+        start.isoformat(),
+        "--end",
+        end.isoformat(),
+        "--repeat",
+        str(repeat),
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     watched = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -227,16 +256,22 @@ def lake_for(cache: Path, events: int, seed: int) -> tuple[Path, dict, bool]:
     wanted = {"requested_events": events, "seed": seed, "flag": FLAG}
     manifest = read_manifest(lake_dir)
     files = sorted(lake_dir.glob("**/*.parquet"))
-    if manifest and all(manifest["params"].get(k) == v for k, v in wanted.items()) \
-            and files and pq.read_schema(files[0]).equals(SCHEMA):  # not an older layout
+    if (
+        manifest
+        and all(manifest["params"].get(k) == v for k, v in wanted.items())
+        and files
+        and pq.read_schema(files[0]).equals(SCHEMA)
+    ):  # not an older layout
         return lake_dir, manifest, False
     shutil.rmtree(lake_dir, ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)
     need = events * BYTES_PER_EVENT
     free = shutil.disk_usage(cache).free
     if free < need * 1.2:
-        raise OSError(f"not enough disk for {events:,} events: need ~{need / 2**30:.1f} GiB, "
-                      f"{free / 2**30:.1f} GiB free")
+        raise OSError(
+            f"not enough disk for {events:,} events: need ~{need / 2**30:.1f} GiB, "
+            f"{free / 2**30:.1f} GiB free"
+        )
     print(f"generating {events:,} events into {lake_dir} ...", flush=True)
     make_lake(lake_dir, events, seed=seed, flag=FLAG, effect=Effect(), progress=True)
     return lake_dir, read_manifest(lake_dir) or {}, True
@@ -261,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-breakdown", action="store_true", help="skip the (a') measurement")
-    parser.add_argument("--worker", choices=("bare", "bare_breakdown", "diff"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=("bare", "bare_breakdown", "diff"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--flag", default=FLAG, help=argparse.SUPPRESS)
     parser.add_argument("--start", type=datetime.fromisoformat, help=argparse.SUPPRESS)
@@ -277,8 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     if not has_diff:
         print("flagscope.analysis.diff not available yet")
     host = machine()
-    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
-          f"Python {host['python']}, duckdb {host['duckdb']}")
+    print(
+        f"machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
+        f"Python {host['python']}, duckdb {host['duckdb']}"
+    )
     results = []
     for events in sizes:
         try:
@@ -290,10 +329,14 @@ def main(argv: list[str] | None = None) -> None:
         end = datetime.fromisoformat(manifest["end"])
         repeat = 3 if events <= 10_000_000 else 1
         entry: dict[str, Any] = {
-            "events": manifest["events"], "requested_events": events, "files": manifest["files"],
+            "events": manifest["events"],
+            "requested_events": events,
+            "files": manifest["files"],
             "lake_mib": round(manifest["bytes"] / 2**20, 1),
-            "generation_s": manifest["seconds"], "generated_now": generated,
-            "window": [manifest["start"], manifest["end"]], "runs": repeat,
+            "generation_s": manifest["seconds"],
+            "generated_now": generated,
+            "window": [manifest["start"], manifest["end"]],
+            "runs": repeat,
         }
         print(f"N={events:,}: bare query ...", flush=True)
         entry["bare"] = measure("bare", lake_dir, FLAG, start, end, repeat)
@@ -304,51 +347,83 @@ def main(argv: list[str] | None = None) -> None:
             print(f"N={events:,}: diff ...", flush=True)
             try:
                 entry["diff"] = measure("diff", lake_dir, FLAG, start, end, repeat)
-                entry["ratio_diff_bare"] = round(entry["diff"]["best_s"] / entry["bare"]["best_s"], 2)
+                entry["ratio_diff_bare"] = round(
+                    entry["diff"]["best_s"] / entry["bare"]["best_s"], 2
+                )
             except RuntimeError as exc:
                 print(f"  diff failed: {exc}")
                 entry["diff_error"] = str(exc)[-2000:]
         results.append(entry)
         for row in entry["bare"]["result"]:
             q = ", ".join(f"{x:.1f}" for x in row["quantiles_ms"])
-            print(f"  bare {row['variant']:>4}: {row['requests']:,} requests, {row['users']:,} users, "
-                  f"{row['errors']:,} errors, p50/90/95/99 {q} ms, mean {row['mean_ms']:.1f} ms")
+            print(
+                f"  bare {row['variant']:>4}: {row['requests']:,} requests, {row['users']:,} users, "
+                f"{row['errors']:,} errors, p50/90/95/99 {q} ms, mean {row['mean_ms']:.1f} ms"
+            )
         diff_result = (entry.get("diff") or {}).get("result") or {}
         for name in ("treatment", "baseline"):
             c = diff_result.get(name)
             if isinstance(c, dict):
                 q = ", ".join(f"{v:.1f}" for v in (c.get("quantiles_ms") or {}).values())
-                print(f"  diff {c.get('variant')!s:>4}: {c.get('requests', 0):,} requests, "
-                      f"{c.get('users', 0):,} users, {c.get('errors', 0):,} errors, p50/90/95/99 {q} ms, "
-                      f"mean {c.get('mean_ms', 0):.1f} ms")
+                print(
+                    f"  diff {c.get('variant')!s:>4}: {c.get('requests', 0):,} requests, "
+                    f"{c.get('users', 0):,} users, {c.get('errors', 0):,} errors, p50/90/95/99 {q} ms, "
+                    f"mean {c.get('mean_ms', 0):.1f} ms"
+                )
         if "verdict" in diff_result:
             print(f"  diff verdict: {diff_result['verdict']}: {diff_result.get('summary')}")
             entry["diff_matches_bare"] = same_cohorts(entry["bare"]["result"], diff_result)
-            print(f"  per-cohort counts and quantiles identical: "
-                  f"{'yes' if entry['diff_matches_bare'] else 'NO'}")
+            print(
+                f"  per-cohort counts and quantiles identical: "
+                f"{'yes' if entry['diff_matches_bare'] else 'NO'}"
+            )
 
-    header = ("N events", "files", "lake MiB", "gen s", "bare s", "bare MiB", "bare+bd s",
-              "diff s", "diff MiB", "diff/bare")
+    header = (
+        "N events",
+        "files",
+        "lake MiB",
+        "gen s",
+        "bare s",
+        "bare MiB",
+        "bare+bd s",
+        "diff s",
+        "diff MiB",
+        "diff/bare",
+    )
     lines = [header]
     for e in results:
         diff = e.get("diff") or {}
-        lines.append((
-            f"{e['events']:,}", str(e["files"]), _fmt(e["lake_mib"], ",.0f"), _fmt(e["generation_s"], ".1f"),
-            _fmt(e["bare"]["best_s"], ".3f"), _fmt(e["bare"]["peak_rss_mib"], ",.0f"),
-            _fmt((e.get("bare_breakdown") or {}).get("best_s"), ".3f"),
-            _fmt(diff.get("best_s"), ".3f"), _fmt(diff.get("peak_rss_mib"), ",.0f"),
-            _fmt(e.get("ratio_diff_bare"), ".2f"),
-        ))
+        lines.append(
+            (
+                f"{e['events']:,}",
+                str(e["files"]),
+                _fmt(e["lake_mib"], ",.0f"),
+                _fmt(e["generation_s"], ".1f"),
+                _fmt(e["bare"]["best_s"], ".3f"),
+                _fmt(e["bare"]["peak_rss_mib"], ",.0f"),
+                _fmt((e.get("bare_breakdown") or {}).get("best_s"), ".3f"),
+                _fmt(diff.get("best_s"), ".3f"),
+                _fmt(diff.get("peak_rss_mib"), ",.0f"),
+                _fmt(e.get("ratio_diff_bare"), ".2f"),
+            )
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     print()
     for i, row in enumerate(lines):
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"\nmachine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
-          f"Python {host['python']}, duckdb {host['duckdb']}; best of 3 for N <= 10 M, 1 run above")
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": host,
-              "diff_available": has_diff, "flag": FLAG, "results": results}
+    print(
+        f"\nmachine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
+        f"Python {host['python']}, duckdb {host['duckdb']}; best of 3 for N <= 10 M, 1 run above"
+    )
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": host,
+        "diff_available": has_diff,
+        "flag": FLAG,
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")

@@ -70,7 +70,9 @@ def lake_count(lake: Path) -> int:
         try:
             con = duckdb.connect()
             try:
-                return con.execute(f"SELECT count(*) FROM read_parquet('{lake}/**/*.parquet')").fetchall()[0][0]
+                return con.execute(
+                    f"SELECT count(*) FROM read_parquet('{lake}/**/*.parquet')"
+                ).fetchall()[0][0]
             finally:
                 con.close()
         except duckdb.IOException:
@@ -91,16 +93,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--senders", type=int, default=4)
-    parser.add_argument("--payloads", type=int, default=256, help="distinct requests to cycle through")
+    parser.add_argument(
+        "--payloads", type=int, default=256, help="distinct requests to cycle through"
+    )
     args = parser.parse_args()
 
     payloads = [trace_request(SPANS_PER_REQUEST, seed=s) for s in range(args.payloads)]
     data_dir = Path(tempfile.mkdtemp(prefix="flagscope-bench-"))
     env = {**os.environ, "FLAGSCOPE_RETENTION_DAYS": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
-         "--http", "127.0.0.1:0", "--grpc", ""],
-        stdout=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "flagscope",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     line = proc.stdout.readline() if proc.stdout else ""
     port = int(re.search(r"http=[\d.]+:(\d+)", line)[1])
@@ -131,8 +147,10 @@ def main() -> int:
     results: multiprocessing.Queue = multiprocessing.Queue()
     start = time.monotonic()
     stop_at = start + args.seconds
-    procs = [multiprocessing.Process(target=sender, args=(port, payloads, stop_at, results))
-             for _ in range(args.senders)]
+    procs = [
+        multiprocessing.Process(target=sender, args=(port, payloads, stop_at, results))
+        for _ in range(args.senders)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=args.seconds + 120) for _ in procs]

@@ -19,7 +19,11 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": str(os.cpu_count()),
-            "memory_gib": f"{psutil.virtual_memory().total / 2**30:.0f}",
-            "python": platform.python_version(), "duckdb": duckdb.__version__,
-            "platform": platform.platform()}
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "memory_gib": f"{psutil.virtual_memory().total / 2**30:.0f}",
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "platform": platform.platform(),
+    }

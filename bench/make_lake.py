@@ -192,8 +192,9 @@ def expected_rows_per_trace(effect: Effect, rollout: float) -> float:
     checkout_only[CHECKOUT] = 1.0
     regular = 1 - QA_SHARE - MONITOR_SHARE
     qa = [QA_CHECKOUT * c + (1 - QA_CHECKOUT) * s for c, s in zip(checkout_only, shares)]
-    mix = [regular * s + QA_SHARE * q + MONITOR_SHARE * c
-           for s, q, c in zip(shares, qa, checkout_only)]
+    mix = [
+        regular * s + QA_SHARE * q + MONITOR_SHARE * c for s, q, c in zip(shares, qa, checkout_only)
+    ]
     eff = _effect_route(effect)
     rows = 1.0 + INFO_LOGS
     for r, p in enumerate(mix):
@@ -214,22 +215,28 @@ def _effect_route(effect: Effect) -> int:
 
 def hour_weights(first_hour: int, hours: int) -> list[float]:
     """Traffic per hour: a day curve peaking at 15:00 UTC."""
-    return [1 + 0.5 * math.sin(2 * math.pi * (((first_hour + h) % 24) - 9) / 24) for h in range(hours)]
+    return [
+        1 + 0.5 * math.sin(2 * math.pi * (((first_hour + h) % 24) - 9) / 24) for h in range(hours)
+    ]
 
 
 # The last, empty branch of the UNION (u_info < 1 always) keeps every column nullable:
 # DuckDB would otherwise write columns that are constant in every branch (signal,
 # service_name, ...) as Parquet REQUIRED, where the collector's files have them optional.
-def _trace_sql(seed: int, users: int, flag: str, rollout: float, effect: Effect,
-               hour_ns: int, t0: int, t1: int) -> str:
+def _trace_sql(
+    seed: int, users: int, flag: str, rollout: float, effect: Effect, hour_ns: int, t0: int, t1: int
+) -> str:
     """The SELECT producing every row of traces t0..t1 (global indices) in one hour."""
     eff = _effect_route(effect)
     cum, acc = [], 0.0
     for r in ROUTES[:-1]:
         acc += r[2]
         cum.append(acc)
-    route_case = ("CASE " + " ".join(f"WHEN u_route < {c!r} THEN {i}" for i, c in enumerate(cum))
-                  + f" ELSE {len(ROUTES) - 1} END")
+    route_case = (
+        "CASE "
+        + " ".join(f"WHEN u_route < {c!r} THEN {i}" for i, c in enumerate(cum))
+        + f" ELSE {len(ROUTES) - 1} END"
+    )
     n_qa = max(4, users // 2000)
     n_staff = max(2, users // 5000)
     methods = _case("r", [_lit(r[0]) for r in ROUTES])
@@ -252,47 +259,80 @@ def _trace_sql(seed: int, users: int, flag: str, rollout: float, effect: Effect,
         return f"printf('%016x', hash(xor(base, {_salt(k)}::UBIGINT)))"
 
     def evaluation(key: str, variant: str, user: str) -> str:
-        return (f"'{{\"feature_flag.key\":\"{key}\",\"feature_flag.provider.name\":\"InMemoryProvider\","
-                f"\"feature_flag.result.variant\":\"' || {variant} || '\",\"feature_flag.context.id\":\"' "
-                f"|| {user} || '\"}}'")
+        return (
+            f'\'{{"feature_flag.key":"{key}","feature_flag.provider.name":"InMemoryProvider",'
+            f'"feature_flag.result.variant":"\' || {variant} || \'","feature_flag.context.id":"\' '
+            f"|| {user} || '\"}}'"
+        )
 
     def event(key: str, variant: str, user: str, at: str) -> str:
-        return (f"'[{{\"name\":\"feature_flag.evaluation\",\"time_unix_nano\":' || ({at})::VARCHAR "
-                f"|| ',\"attributes\":' || {evaluation(key, variant, user)} || '}}]'")
+        return (
+            f'\'[{{"name":"feature_flag.evaluation","time_unix_nano":\' || ({at})::VARCHAR '
+            f"|| ',\"attributes\":' || {evaluation(key, variant, user)} || '}}]'"
+        )
 
     def resource(service: str) -> str:
-        return _lit(json.dumps({"service.name": service, "service.version": "2.3.0",
-                                "deployment.environment": "production"}, separators=(",", ":")))
+        return _lit(
+            json.dumps(
+                {
+                    "service.name": service,
+                    "service.version": "2.3.0",
+                    "deployment.environment": "production",
+                },
+                separators=(",", ":"),
+            )
+        )
 
     status_json = "',\"http.response.status_code\":' || status::VARCHAR"
     root = _select(
-        time=ts("ts"), end_time=ts("ts + dur_ns"), signal="'span'",
-        event_id="trace_id || root_span", trace_id="trace_id", span_id="root_span",
-        service_name="'shop-frontend'", scope_name="'shop.frontend'",
-        name="method || ' ' || route", kind="2", duration_ms="dur_ns / 1e6",
+        time=ts("ts"),
+        end_time=ts("ts + dur_ns"),
+        signal="'span'",
+        event_id="trace_id || root_span",
+        trace_id="trace_id",
+        span_id="root_span",
+        service_name="'shop-frontend'",
+        scope_name="'shop.frontend'",
+        name="method || ' ' || route",
+        kind="2",
+        duration_ms="dur_ns / 1e6",
         status_code="CASE WHEN err THEN 2 ELSE 0 END",
-        status_message="CASE WHEN err THEN 'upstream failure' END", is_error="err",
-        http_method="method", http_route="route", http_status_code="status",
+        status_message="CASE WHEN err THEN 'upstream failure' END",
+        is_error="err",
+        http_method="method",
+        http_route="route",
+        http_status_code="status",
         user_id="root_user",
         flags="CASE WHEN root_user IS NULL THEN MAP {} ELSE MAP {'dark-mode': dark} END",
-        is_test="root_reason IS NOT NULL", test_reason="root_reason",
-        attributes=("'{\"http.request.method\":\"' || method || '\",\"http.route\":\"' || route "
-                    "|| '\",\"url.path\":\"' || path || '\"' || " + status_json
-                    + " || coalesce(',\"enduser.id\":\"' || root_user || '\"', '') || CASE who "
-                    "WHEN 1 THEN ',\"test_user\":true' WHEN 3 THEN ',\"user_agent.synthetic.type\":\"bot\"'"
-                    " WHEN 2 THEN CASE WHEN staff_marked THEN ',\"app.user.is_test\":true' ELSE '' END"
-                    " ELSE '' END || '}'"),
+        is_test="root_reason IS NOT NULL",
+        test_reason="root_reason",
+        attributes=(
+            '\'{"http.request.method":"\' || method || \'","http.route":"\' || route '
+            '|| \'","url.path":"\' || path || \'"\' || '
+            + status_json
+            + " || coalesce(',\"enduser.id\":\"' || root_user || '\"', '') || CASE who "
+            'WHEN 1 THEN \',"test_user":true\' WHEN 3 THEN \',"user_agent.synthetic.type":"bot"\''
+            " WHEN 2 THEN CASE WHEN staff_marked THEN ',\"app.user.is_test\":true' ELSE '' END"
+            " ELSE '' END || '}'"
+        ),
         resource_attributes=resource("shop-frontend"),
         span_events=f"CASE WHEN root_user IS NOT NULL THEN {event('dark-mode', 'dark', 'root_user', 'ts + 1000000')} END",
         dropped_attributes_count="0",
     )
     flag_lit = _lit(flag)
     child = _select(
-        time=ts("ts + 2000000"), end_time=ts("ts + 2000000 + child_ns"), signal="'span'",
-        event_id="trace_id || child_span", trace_id="trace_id", span_id="child_span",
-        parent_span_id="root_span", service_name="'checkout-service'", scope_name="'shop.checkout'",
+        time=ts("ts + 2000000"),
+        end_time=ts("ts + 2000000 + child_ns"),
+        signal="'span'",
+        event_id="trace_id || child_span",
+        trace_id="trace_id",
+        span_id="child_span",
+        parent_span_id="root_span",
+        service_name="'checkout-service'",
+        scope_name="'shop.checkout'",
         name=f"CASE WHEN r = {CHECKOUT} THEN 'POST /orders' ELSE 'checkout.quote' END",
-        kind=f"CASE WHEN r = {CHECKOUT} THEN 2 ELSE 1 END", duration_ms="child_ns / 1e6",
+        kind=f"CASE WHEN r = {CHECKOUT} THEN 2 ELSE 1 END",
+        duration_ms="child_ns / 1e6",
         status_code=f"CASE WHEN r = {CHECKOUT} AND err THEN 2 ELSE 0 END",
         status_message=f"CASE WHEN r = {CHECKOUT} AND err THEN 'payment provider failure' END",
         is_error=f"r = {CHECKOUT} AND err",
@@ -303,66 +343,126 @@ def _trace_sql(seed: int, users: int, flag: str, rollout: float, effect: Effect,
         flags=f"CASE WHEN r <> {POST_CART} THEN MAP {{{flag_lit}: variant}} ELSE MAP {{}} END",
         is_test=f"who = 1 AND r <> {POST_CART}",
         test_reason=f"CASE WHEN who = 1 AND r <> {POST_CART} THEN 'user_id matches qa-*' END",
-        attributes=(f"CASE WHEN r = {CHECKOUT} THEN '{{\"http.request.method\":\"POST\","
-                    f"\"http.route\":\"/orders\"' || {status_json} || '}}' "
-                    "ELSE '{\"cart.items\":' || (1 + (u_misc * 7)::INTEGER)::VARCHAR || '}' END"),
+        attributes=(
+            f'CASE WHEN r = {CHECKOUT} THEN \'{{"http.request.method":"POST",'
+            f'"http.route":"/orders"\' || {status_json} || \'}}\' '
+            "ELSE '{\"cart.items\":' || (1 + (u_misc * 7)::INTEGER)::VARCHAR || '}' END"
+        ),
         resource_attributes=resource("checkout-service"),
         span_events=f"CASE WHEN r <> {POST_CART} THEN {event(flag, 'variant', 'uid', 'ts + 3000000')} END",
         dropped_attributes_count="0",
     )
     db = _select(
-        time=ts("ts + 4000000"), end_time=ts("ts + 4000000 + db_ns"), signal="'span'",
-        event_id="trace_id || db_span", trace_id="trace_id", span_id="db_span",
-        parent_span_id="child_span", service_name="'checkout-service'", scope_name="'shop.checkout'",
-        name="'INSERT orders'", kind="3", duration_ms="db_ns / 1e6", status_code="0",
-        is_error="false", flags="MAP {}", is_test="false",
-        attributes="'{\"db.system\":\"postgresql\",\"db.operation.name\":\"INSERT\",\"db.collection.name\":\"orders\"}'",
-        resource_attributes=resource("checkout-service"), dropped_attributes_count="0",
+        time=ts("ts + 4000000"),
+        end_time=ts("ts + 4000000 + db_ns"),
+        signal="'span'",
+        event_id="trace_id || db_span",
+        trace_id="trace_id",
+        span_id="db_span",
+        parent_span_id="child_span",
+        service_name="'checkout-service'",
+        scope_name="'shop.checkout'",
+        name="'INSERT orders'",
+        kind="3",
+        duration_ms="db_ns / 1e6",
+        status_code="0",
+        is_error="false",
+        flags="MAP {}",
+        is_test="false",
+        attributes='\'{"db.system":"postgresql","db.operation.name":"INSERT","db.collection.name":"orders"}\'',
+        resource_attributes=resource("checkout-service"),
+        dropped_attributes_count="0",
     )
     catalog = _select(
-        time=ts("ts + 1000000"), end_time=ts("ts + 1000000 + child_ns"), signal="'span'",
-        event_id="trace_id || catalog_span", trace_id="trace_id", span_id="catalog_span",
-        parent_span_id="root_span", service_name="'catalog-service'", scope_name="'shop.catalog'",
-        name="'GET /items/{id}'", kind="2", duration_ms="child_ns / 1e6",
-        status_code="CASE WHEN err THEN 2 ELSE 0 END", is_error="err",
-        http_method="'GET'", http_route="'/items/{id}'", http_status_code="status",
+        time=ts("ts + 1000000"),
+        end_time=ts("ts + 1000000 + child_ns"),
+        signal="'span'",
+        event_id="trace_id || catalog_span",
+        trace_id="trace_id",
+        span_id="catalog_span",
+        parent_span_id="root_span",
+        service_name="'catalog-service'",
+        scope_name="'shop.catalog'",
+        name="'GET /items/{id}'",
+        kind="2",
+        duration_ms="child_ns / 1e6",
+        status_code="CASE WHEN err THEN 2 ELSE 0 END",
+        is_error="err",
+        http_method="'GET'",
+        http_route="'/items/{id}'",
+        http_status_code="status",
         user_id="root_user",
         flags="CASE WHEN root_user IS NULL THEN MAP {} ELSE MAP {'recs-v2': recs} END",
-        is_test="who = 1", test_reason="CASE WHEN who = 1 THEN 'user_id matches qa-*' END",
-        attributes=("'{\"http.request.method\":\"GET\",\"http.route\":\"/items/{id}\"' || "
-                    + status_json + " || '}'"),
+        is_test="who = 1",
+        test_reason="CASE WHEN who = 1 THEN 'user_id matches qa-*' END",
+        attributes=(
+            '\'{"http.request.method":"GET","http.route":"/items/{id}"\' || '
+            + status_json
+            + " || '}'"
+        ),
         resource_attributes=resource("catalog-service"),
         span_events=f"CASE WHEN root_user IS NOT NULL THEN {event('recs-v2', 'recs', 'root_user', 'ts + 1500000')} END",
         dropped_attributes_count="0",
     )
     flag_log = _select(
-        time=ts("ts + 3000000"), observed_time=ts("ts + 8000000"), signal="'log'",
-        event_id="md5(trace_id || ':flag-log')", trace_id="trace_id", span_id="child_span",
-        service_name="'checkout-service'", scope_name="'shop.checkout'",
-        name="'feature_flag.evaluation'", is_error="false", user_id="uid",
-        flags=f"MAP {{{flag_lit}: variant}}", is_test="who = 1",
+        time=ts("ts + 3000000"),
+        observed_time=ts("ts + 8000000"),
+        signal="'log'",
+        event_id="md5(trace_id || ':flag-log')",
+        trace_id="trace_id",
+        span_id="child_span",
+        service_name="'checkout-service'",
+        scope_name="'shop.checkout'",
+        name="'feature_flag.evaluation'",
+        is_error="false",
+        user_id="uid",
+        flags=f"MAP {{{flag_lit}: variant}}",
+        is_test="who = 1",
         test_reason="CASE WHEN who = 1 THEN 'user_id matches qa-*' END",
-        severity_number="9", severity_text="'INFO'",
+        severity_number="9",
+        severity_text="'INFO'",
         attributes=evaluation(flag, "variant", "uid"),
-        resource_attributes=resource("checkout-service"), dropped_attributes_count="0",
+        resource_attributes=resource("checkout-service"),
+        dropped_attributes_count="0",
     )
     error_log = _select(
-        time=ts("ts + least(dur_ns * 9 // 10, 900000000)"), observed_time=ts("ts + least(dur_ns, 950000000)"),
-        signal="'log'", event_id="md5(trace_id || ':error-log')", trace_id="trace_id",
-        span_id="root_span", service_name="'shop-frontend'", scope_name="'shop.frontend'",
-        is_error="true", http_route="route", flags="MAP {}", is_test="false",
-        severity_number="17", severity_text="'ERROR'",
+        time=ts("ts + least(dur_ns * 9 // 10, 900000000)"),
+        observed_time=ts("ts + least(dur_ns, 950000000)"),
+        signal="'log'",
+        event_id="md5(trace_id || ':error-log')",
+        trace_id="trace_id",
+        span_id="root_span",
+        service_name="'shop-frontend'",
+        scope_name="'shop.frontend'",
+        is_error="true",
+        http_route="route",
+        flags="MAP {}",
+        is_test="false",
+        severity_number="17",
+        severity_text="'ERROR'",
         body="'\"upstream failure: HTTP ' || status::VARCHAR || '\"'",
-        attributes="'{\"exception.type\":\"UpstreamError\",\"http.route\":\"' || route || '\"}'",
-        resource_attributes=resource("shop-frontend"), dropped_attributes_count="0",
+        attributes='\'{"exception.type":"UpstreamError","http.route":"\' || route || \'"}\'',
+        resource_attributes=resource("shop-frontend"),
+        dropped_attributes_count="0",
     )
     info_log = _select(
-        time=ts("ts + 500000"), observed_time=ts("ts + 600000"), signal="'log'",
-        event_id="md5(trace_id || ':info-log')", trace_id="trace_id", span_id="root_span",
-        service_name="'shop-frontend'", scope_name="'shop.frontend'", is_error="false",
-        flags="MAP {}", is_test="false", severity_number="9", severity_text="'INFO'",
-        body="'\"handling ' || method || ' ' || path || '\"'", attributes="'{}'",
-        resource_attributes=resource("shop-frontend"), dropped_attributes_count="0",
+        time=ts("ts + 500000"),
+        observed_time=ts("ts + 600000"),
+        signal="'log'",
+        event_id="md5(trace_id || ':info-log')",
+        trace_id="trace_id",
+        span_id="root_span",
+        service_name="'shop-frontend'",
+        scope_name="'shop.frontend'",
+        is_error="false",
+        flags="MAP {}",
+        is_test="false",
+        severity_number="9",
+        severity_text="'INFO'",
+        body="'\"handling ' || method || ' ' || path || '\"'",
+        attributes="'{}'",
+        resource_attributes=resource("shop-frontend"),
+        dropped_attributes_count="0",
     )
     qa_end = QA_SHARE
     staff_end = qa_end + STAFF_SHARE
@@ -399,7 +499,7 @@ WITH seeded AS (
   SELECT *,
          CASE WHEN who = 3 OR (who = 0 AND r IN {BROWSE_ROUTES} AND u_anon < {ANONYMOUS!r})
               THEN NULL ELSE uid END AS root_user,
-         CASE WHEN who = 1 OR {bucket(flag, 'uid')} < {float(rollout)!r} THEN 'on' ELSE 'off' END AS variant
+         CASE WHEN who = 1 OR {bucket(flag, "uid")} < {float(rollout)!r} THEN 'on' ELSE 'off' END AS variant
   FROM routed
 ), traces AS (
   SELECT *,
@@ -424,8 +524,8 @@ WITH seeded AS (
          CASE WHEN r = {PRODUCT} THEN '/product/' || (u_misc * 5000)::INTEGER::VARCHAR ELSE route END AS path,
          CASE who WHEN 1 THEN 'test_user=true' WHEN 3 THEN 'user_agent.synthetic.type=bot'
               WHEN 2 THEN CASE WHEN staff_marked THEN 'app.user.is_test=true' END END AS root_reason,
-         CASE WHEN {bucket('dark-mode', 'root_user')} < 0.5 THEN 'on' ELSE 'off' END AS dark,
-         CASE WHEN {bucket('recs-v2', 'root_user')} < 0.5 THEN 'treatment' ELSE 'control' END AS recs,
+         CASE WHEN {bucket("dark-mode", "root_user")} < 0.5 THEN 'on' ELSE 'off' END AS dark,
+         CASE WHEN {bucket("recs-v2", "root_user")} < 0.5 THEN 'treatment' ELSE 'control' END AS recs,
          (dur_ns * 0.8)::BIGINT AS child_ns,
          (2e6 * exp(0.5 * sqrt(-2 * ln(1 - u_n3)) * cos(2 * pi() * u_n2)))::BIGINT + 1000 AS db_ns
   FROM measured
@@ -517,8 +617,10 @@ def make_lake(
 
     workers = max(1, min(int(threads or os.cpu_count() or 1), len(tasks)))
     limit_mb = max(256, _megabytes(memory_limit) // workers)
-    jobs = [(str(path), _trace_sql(seed, users, flag, rollout, effect, hour_ns, t0, t1), limit_mb)
-            for path, hour_ns, t0, t1 in tasks]
+    jobs = [
+        (str(path), _trace_sql(seed, users, flag, rollout, effect, hour_ns, t0, t1), limit_mb)
+        for path, hour_ns, t0, t1 in tasks
+    ]
     lake.mkdir(parents=True, exist_ok=True)
     rows_written = 0
     if workers == 1:
@@ -532,20 +634,38 @@ def make_lake(
         for done, rows in enumerate(results, 1):
             rows_written += rows
             if progress and (done % max(1, len(jobs) // 20) == 0 or done == len(jobs)):
-                print(f"  {done}/{len(jobs)} files, {rows_written:,} rows, "
-                      f"{time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+                print(
+                    f"  {done}/{len(jobs)} files, {rows_written:,} rows, "
+                    f"{time.perf_counter() - began:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if pool is not None:
             pool.close()
             pool.join()
     written = [task[0] for task in tasks]
     info = LakeInfo(
-        lake=str(lake), events=rows_written, traces=traces, users=users, files=len(written),
-        bytes=sum(p.stat().st_size for p in written), seconds=round(time.perf_counter() - began, 3),
+        lake=str(lake),
+        events=rows_written,
+        traces=traces,
+        users=users,
+        files=len(written),
+        bytes=sum(p.stat().st_size for p in written),
+        seconds=round(time.perf_counter() - began, 3),
         start=datetime.fromtimestamp(first_hour * 3600, tz=UTC).isoformat(),
-        end=(datetime.fromtimestamp(first_hour * 3600, tz=UTC) + timedelta(hours=hours)).isoformat(),
-        params={"requested_events": events, "seed": seed, "flag": flag, "rollout": rollout,
-                "effect": asdict(effect), "hours": hours, "rows_per_file": rows_per_file},
+        end=(
+            datetime.fromtimestamp(first_hour * 3600, tz=UTC) + timedelta(hours=hours)
+        ).isoformat(),
+        params={
+            "requested_events": events,
+            "seed": seed,
+            "flag": flag,
+            "rollout": rollout,
+            "effect": asdict(effect),
+            "hours": hours,
+            "rows_per_file": rows_per_file,
+        },
     )
     (lake / MANIFEST).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
@@ -573,18 +693,32 @@ def _number(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=_number, default=1_000_000, help="about how many rows (1e7 ok)")
+    parser.add_argument(
+        "--events", type=_number, default=1_000_000, help="about how many rows (1e7 ok)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="lake directory to write")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--flag", default="new-checkout")
     parser.add_argument("--rollout", type=float, default=0.2)
-    parser.add_argument("--effect-latency", type=float, default=Effect.latency,
-                        help="relative latency added to flag-on POST /checkout (0.3 = +30 %%)")
-    parser.add_argument("--effect-errors", type=float, default=Effect.errors,
-                        help="error rate added there (0.02 = +2 pp)")
+    parser.add_argument(
+        "--effect-latency",
+        type=float,
+        default=Effect.latency,
+        help="relative latency added to flag-on POST /checkout (0.3 = +30 %%)",
+    )
+    parser.add_argument(
+        "--effect-errors",
+        type=float,
+        default=Effect.errors,
+        help="error rate added there (0.02 = +2 pp)",
+    )
     parser.add_argument("--hours", type=int, default=24)
-    parser.add_argument("--end", type=datetime.fromisoformat, default=None,
-                        help="the window ends at this moment's hour (ISO, UTC; default now)")
+    parser.add_argument(
+        "--end",
+        type=datetime.fromisoformat,
+        default=None,
+        help="the window ends at this moment's hour (ISO, UTC; default now)",
+    )
     parser.add_argument("--rows-per-file", type=_number, default=1_000_000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--memory-limit", default="4GB")
@@ -592,13 +726,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists() and any(args.out.glob("**/*.parquet")):
         parser.error(f"{args.out} already holds Parquet files; choose an empty directory")
     info = make_lake(
-        args.out, args.events, seed=args.seed, flag=args.flag, rollout=args.rollout,
+        args.out,
+        args.events,
+        seed=args.seed,
+        flag=args.flag,
+        rollout=args.rollout,
         effect=Effect(latency=args.effect_latency, errors=args.effect_errors),
-        hours=args.hours, end=args.end, rows_per_file=args.rows_per_file, threads=args.threads,
-        memory_limit=args.memory_limit, progress=True,
+        hours=args.hours,
+        end=args.end,
+        rows_per_file=args.rows_per_file,
+        threads=args.threads,
+        memory_limit=args.memory_limit,
+        progress=True,
     )
-    print(f"{info.events:,} events ({info.traces:,} traces, {info.users:,} users) in {info.files} files, "
-          f"{info.bytes / 2**20:,.1f} MiB, {info.seconds:.1f} s; window {info.start} .. {info.end}")
+    print(
+        f"{info.events:,} events ({info.traces:,} traces, {info.users:,} users) in {info.files} files, "
+        f"{info.bytes / 2**20:,.1f} MiB, {info.seconds:.1f} s; window {info.start} .. {info.end}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,19 @@ def _kv(key: str, value: object) -> KeyValue:
     return kv
 
 
-def trace_request(spans: int = 512, seed: int = 1, start_ns: int = 1_764_000_000_000_000_000) -> bytes:
+def trace_request(
+    spans: int = 512, seed: int = 1, start_ns: int = 1_764_000_000_000_000_000
+) -> bytes:
     """Serialized ExportTraceServiceRequest with `spans` server spans of one service."""
     rng = random.Random(seed)
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
-    for key, value in (("service.name", "shop-frontend"), ("service.version", "1.4.2"),
-                       ("deployment.environment", "production"), ("host.name", "web-7")):
+    for key, value in (
+        ("service.name", "shop-frontend"),
+        ("service.version", "1.4.2"),
+        ("deployment.environment", "production"),
+        ("host.name", "web-7"),
+    ):
         rs.resource.attributes.append(_kv(key, value))
     ss = rs.scope_spans.add()
     ss.scope.name = "opentelemetry.instrumentation.flask"
@@ -50,12 +56,17 @@ def trace_request(spans: int = 512, seed: int = 1, start_ns: int = 1_764_000_000
         user = f"user-{rng.randint(1, 50_000)}"
         status = 500 if rng.random() < 0.01 else 200
         for key, value in (
-            ("http.request.method", "GET"), ("http.route", ROUTES[i % len(ROUTES)]),
-            ("http.response.status_code", status), ("url.scheme", "https"),
-            ("url.path", f"/product/{rng.randint(1, 20_000)}"), ("server.address", "shop.example"),
-            ("server.port", 443), ("client.address", f"198.51.{rng.randint(0, 255)}.{rng.randint(1, 254)}"),
+            ("http.request.method", "GET"),
+            ("http.route", ROUTES[i % len(ROUTES)]),
+            ("http.response.status_code", status),
+            ("url.scheme", "https"),
+            ("url.path", f"/product/{rng.randint(1, 20_000)}"),
+            ("server.address", "shop.example"),
+            ("server.port", 443),
+            ("client.address", f"198.51.{rng.randint(0, 255)}.{rng.randint(1, 254)}"),
             ("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64)"),
-            ("network.protocol.version", "1.1"), ("enduser.id", user),
+            ("network.protocol.version", "1.1"),
+            ("enduser.id", user),
             ("app.cart.items", rng.randint(0, 9)),
         ):
             span.attributes.append(_kv(key, value))
@@ -63,10 +74,12 @@ def trace_request(spans: int = 512, seed: int = 1, start_ns: int = 1_764_000_000
         event.name = "feature_flag.evaluation"
         event.time_unix_nano = t0 + 1000
         variant = "on" if rng.random() < 0.2 else "off"
-        for key, value in (("feature_flag.key", "new-checkout"),
-                           ("feature_flag.result.variant", variant),
-                           ("feature_flag.provider.name", "in-memory"),
-                           ("feature_flag.context.id", user)):
+        for key, value in (
+            ("feature_flag.key", "new-checkout"),
+            ("feature_flag.result.variant", variant),
+            ("feature_flag.provider.name", "in-memory"),
+            ("feature_flag.context.id", user),
+        ):
             event.attributes.append(_kv(key, value))
         if status == 500:
             span.status.code = 2

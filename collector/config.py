@@ -45,7 +45,12 @@ class Settings:
     # [tagging]
     flag_attribute_prefixes: tuple[str, ...] = ("app.flag.",)
     user_id_attributes: tuple[str, ...] = ("feature_flag.context.id", "enduser.id", "user.id")
-    test_attributes: tuple[str, ...] = ("test_user", "user.is_test", "app.user.is_test", "synthetic")
+    test_attributes: tuple[str, ...] = (
+        "test_user",
+        "user.is_test",
+        "app.user.is_test",
+        "synthetic",
+    )
     synthetic_types: tuple[str, ...] = ("test", "bot")
     test_user_patterns: tuple[str, ...] = ("qa-*", "test-*")
 
@@ -65,16 +70,31 @@ class Settings:
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "collector": (
-        "http_endpoint", "grpc_endpoint", "max_request_bytes", "max_inflight_bytes",
-        "body_timeout_s", "auth_token", "data_dir",
+        "http_endpoint",
+        "grpc_endpoint",
+        "max_request_bytes",
+        "max_inflight_bytes",
+        "body_timeout_s",
+        "auth_token",
+        "data_dir",
     ),
     "lake": (
-        "lake_dir", "writer_id", "flush_interval_s", "segment_bytes", "wal_max_backlog_bytes",
-        "compact_min_files", "compact_target_rows", "compact_interval_s", "retention_days",
+        "lake_dir",
+        "writer_id",
+        "flush_interval_s",
+        "segment_bytes",
+        "wal_max_backlog_bytes",
+        "compact_min_files",
+        "compact_target_rows",
+        "compact_interval_s",
+        "retention_days",
         "lake_writers",
     ),
     "tagging": (
-        "flag_attribute_prefixes", "user_id_attributes", "test_attributes", "synthetic_types",
+        "flag_attribute_prefixes",
+        "user_id_attributes",
+        "test_attributes",
+        "synthetic_types",
         "test_user_patterns",
     ),
 }
@@ -129,8 +149,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {name} = {value!r}: {exc}") from exc
 
 
-def config_file(config_path: str | os.PathLike[str] | None, env: Mapping[str, str]
-                ) -> tuple[Path, dict[str, Any]]:
+def config_file(
+    config_path: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> tuple[Path, dict[str, Any]]:
     """The flagscope.toml in use — `config_path`, else $FLAGSCOPE_CONFIG, else
     ./flagscope.toml if present — and its parsed content ({} when there is none)."""
     path = Path(config_path) if config_path else Path(env.get("FLAGSCOPE_CONFIG", "flagscope.toml"))

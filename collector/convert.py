@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+
 from flagscope.collector.lake.schema import SCHEMA, SPAN_KIND_SERVER, is_entry, span_key
 from flagscope.collector.otlp import MAX_TIME_NS, SIGNAL_BY_CODE, TRACES
 from flagscope.collector.rawproto import AttributeCache, TraceRequest
@@ -23,8 +24,6 @@ from flagscope.collector.tagging import FLAG_EVENT_NAMES, Tagger, evaluation
 STATUS_ERROR = 2
 SEVERITY_ERROR = 17  # OTLP SeverityNumber ERROR..ERROR4 = 17..20, FATAL = 21..24
 SEVERITY_MAX = 24
-
-
 
 
 # -- AnyValue → JSON-ready Python values -------------------------------------------------
@@ -101,17 +100,64 @@ JSON_COLUMNS = frozenset({"body", "attributes", "resource_attributes", "span_eve
 
 # Columns each signal fills row by row; every other column of SCHEMA is null for it.
 SPAN_FIELDS = (
-    "time", "end_time", "event_id", "trace_id", "span_id", "parent_span_id", "trace_state",
-    "service_name", "scope_name", "scope_version", "name", "kind", "duration_ms", "status_code",
-    "status_message", "is_error", "http_method", "http_route", "http_status_code", "user_id",
-    "flags", "is_test", "test_reason", "attributes", "resource_attributes", "span_events",
-    "span_links", "dropped_attributes_count", "trace_key", "span_key", "is_entry",
+    "time",
+    "end_time",
+    "event_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "trace_state",
+    "service_name",
+    "scope_name",
+    "scope_version",
+    "name",
+    "kind",
+    "duration_ms",
+    "status_code",
+    "status_message",
+    "is_error",
+    "http_method",
+    "http_route",
+    "http_status_code",
+    "user_id",
+    "flags",
+    "is_test",
+    "test_reason",
+    "attributes",
+    "resource_attributes",
+    "span_events",
+    "span_links",
+    "dropped_attributes_count",
+    "trace_key",
+    "span_key",
+    "is_entry",
 )
 LOG_FIELDS = (
-    "time", "observed_time", "event_id", "trace_id", "span_id", "service_name", "scope_name",
-    "scope_version", "name", "is_error", "http_method", "http_route", "http_status_code",
-    "user_id", "flags", "is_test", "test_reason", "severity_number", "severity_text", "body",
-    "attributes", "resource_attributes", "dropped_attributes_count", "trace_key", "span_key",
+    "time",
+    "observed_time",
+    "event_id",
+    "trace_id",
+    "span_id",
+    "service_name",
+    "scope_name",
+    "scope_version",
+    "name",
+    "is_error",
+    "http_method",
+    "http_route",
+    "http_status_code",
+    "user_id",
+    "flags",
+    "is_test",
+    "test_reason",
+    "severity_number",
+    "severity_text",
+    "body",
+    "attributes",
+    "resource_attributes",
+    "dropped_attributes_count",
+    "trace_key",
+    "span_key",
 )
 
 
@@ -160,7 +206,9 @@ class Converter:
             return _table(SPAN_FIELDS, spans, "span")
         if not spans:
             return _table(LOG_FIELDS, logs, "log")
-        return pa.concat_tables([_table(SPAN_FIELDS, spans, "span"), _table(LOG_FIELDS, logs, "log")])
+        return pa.concat_tables(
+            [_table(SPAN_FIELDS, spans, "span"), _table(LOG_FIELDS, logs, "log")]
+        )
 
     # -- spans ----------------------------------------------------------------------
     def _spans(self, request: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -176,7 +224,9 @@ class Converter:
                 for span in ss.spans:
                     append(span_row(span, context, scope))
 
-    def _span_row(self, span: Any, context: tuple[Any, ...], scope: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _span_row(
+        self, span: Any, context: tuple[Any, ...], scope: tuple[Any, ...]
+    ) -> tuple[Any, ...]:
         resource_reason, resource_json, service = context
         tagger = self.tagger
         span_attributes = self._cache.attributes
@@ -195,16 +245,26 @@ class Converter:
                         flags[found[0]] = found[1]
                     if not event_context:  # the first evaluation's context names the user
                         event_context = event_attrs
-                events.append({"name": event.name, "time_unix_nano": event.time_unix_nano,
-                               "attributes": event_attrs})
+                events.append(
+                    {
+                        "name": event.name,
+                        "time_unix_nano": event.time_unix_nano,
+                        "attributes": event_attrs,
+                    }
+                )
             events_json = _json(events)
         links_json = None
         if span.links:
-            links_json = _json([
-                {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
-                 "attributes": span_attributes(link.attributes)}
-                for link in span.links
-            ])
+            links_json = _json(
+                [
+                    {
+                        "trace_id": link.trace_id.hex(),
+                        "span_id": link.span_id.hex(),
+                        "attributes": span_attributes(link.attributes),
+                    }
+                    for link in span.links
+                ]
+            )
         user_id = tagger.user_id(attrs, event_context)
         reason = tagger.test_reason(attrs, resource_reason, user_id)
         raw_trace_id = span.trace_id
@@ -219,16 +279,38 @@ class Converter:
         status_code = status.code
         http_status = _http_status(attrs)
         return (
-            start, end, trace_id + span_id, trace_id, span_id, _hex(raw_parent_id),
-            span.trace_state or None, service, scope[0], scope[1], span.name, kind,
+            start,
+            end,
+            trace_id + span_id,
+            trace_id,
+            span_id,
+            _hex(raw_parent_id),
+            span.trace_state or None,
+            service,
+            scope[0],
+            scope[1],
+            span.name,
+            kind,
             (end - start) / 1e6 if end is not None and end >= start else None,
-            status_code, status.message or None,
+            status_code,
+            status.message or None,
             status_code == STATUS_ERROR
             or (kind == SPAN_KIND_SERVER and http_status is not None and http_status >= 500),
-            _method(attrs), _text(attrs.get("http.route")), http_status,
-            user_id, list(flags.items()), reason is not None, reason,
-            _json(attrs), resource_json, events_json, links_json, span.dropped_attributes_count,
-            raw_trace_id, span_key(raw_span_id), is_entry(kind, raw_parent_id),
+            _method(attrs),
+            _text(attrs.get("http.route")),
+            http_status,
+            user_id,
+            list(flags.items()),
+            reason is not None,
+            reason,
+            _json(attrs),
+            resource_json,
+            events_json,
+            links_json,
+            span.dropped_attributes_count,
+            raw_trace_id,
+            span_key(raw_span_id),
+            is_entry(kind, raw_parent_id),
         )
 
     # -- logs -----------------------------------------------------------------------
@@ -264,16 +346,32 @@ class Converter:
                         raise Unconvertible("a log record without a storable time")
                     severity = record.severity_number
                     body = any_value(record.body) if record.HasField("body") else None
-                    rows.append((
-                        when, observed, digest.hexdigest(),
-                        _hex(record.trace_id), _hex(record.span_id), service, scope_name,
-                        scope_version, record.event_name or _text(attrs.get("event.name")),
-                        SEVERITY_ERROR <= severity <= SEVERITY_MAX,
-                        _method(attrs), _text(attrs.get("http.route")), _http_status(attrs),
-                        user_id,
-                        list(flags.items()), reason is not None, reason, severity,
-                        record.severity_text or None, None if body is None else _json(body),
-                        _json(attrs), resource_json, record.dropped_attributes_count,
-                        record.trace_id if len(record.trace_id) == 16 else None,
-                        span_key(record.span_id),
-                    ))
+                    rows.append(
+                        (
+                            when,
+                            observed,
+                            digest.hexdigest(),
+                            _hex(record.trace_id),
+                            _hex(record.span_id),
+                            service,
+                            scope_name,
+                            scope_version,
+                            record.event_name or _text(attrs.get("event.name")),
+                            SEVERITY_ERROR <= severity <= SEVERITY_MAX,
+                            _method(attrs),
+                            _text(attrs.get("http.route")),
+                            _http_status(attrs),
+                            user_id,
+                            list(flags.items()),
+                            reason is not None,
+                            reason,
+                            severity,
+                            record.severity_text or None,
+                            None if body is None else _json(body),
+                            _json(attrs),
+                            resource_json,
+                            record.dropped_attributes_count,
+                            record.trace_id if len(record.trace_id) == 16 else None,
+                            span_key(record.span_id),
+                        )
+                    )

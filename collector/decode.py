@@ -15,10 +15,11 @@ import zlib
 from dataclasses import dataclass
 
 import orjson
-from flagscope.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+
+from flagscope.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
 
 ENCODINGS = ("identity", "gzip", "deflate")
 _HEX = re.compile(r"[0-9a-fA-F]*")
@@ -43,9 +44,7 @@ def media_type(content_type: str | None) -> str:
     if kind in (PROTOBUF, JSON):
         return kind
     shown = content_type or "none"
-    raise UnsupportedMediaType(
-        f"unsupported Content-Type {shown!r}; send {PROTOBUF} or {JSON}"
-    )
+    raise UnsupportedMediaType(f"unsupported Content-Type {shown!r}; send {PROTOBUF} or {JSON}")
 
 
 def check_encoding(encoding: str | None) -> str:
@@ -74,9 +73,7 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
             size += len(chunk)
             parts.append(chunk)
             if size > limit:
-                raise PayloadTooLarge(
-                    f"request body inflates beyond the limit of {limit} bytes"
-                )
+                raise PayloadTooLarge(f"request body inflates beyond the limit of {limit} bytes")
             data = inflater.unconsumed_tail
             if inflater.eof or (not data and not chunk):
                 break
@@ -138,8 +135,11 @@ def _parse_json(signal: Signal, body: bytes) -> Message:
 _ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
 _PATHS = {
     "traces": (("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans"), ("spans",)),
-    "logs": (("resourceLogs", "resource_logs"), ("scopeLogs", "scope_logs"),
-             ("logRecords", "log_records")),
+    "logs": (
+        ("resourceLogs", "resource_logs"),
+        ("scopeLogs", "scope_logs"),
+        ("logRecords", "log_records"),
+    ),
 }
 
 
@@ -196,8 +196,11 @@ _ZERO_SPAN = bytes(8)
 def _span_problem(span: Message) -> str | None:
     trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
     if (  # the common case, checked without function calls (this runs for every span)
-        len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE
-        and span_id != _ZERO_SPAN and (not parent or (len(parent) == 8 and parent != _ZERO_SPAN))
+        len(trace_id) == 16
+        and len(span_id) == 8
+        and trace_id != _ZERO_TRACE
+        and span_id != _ZERO_SPAN
+        and (not parent or (len(parent) == 8 and parent != _ZERO_SPAN))
         and 0 < span.start_time_unix_nano <= MAX_TIME_NS
     ):
         return None

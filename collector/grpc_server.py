@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 
 import grpc
+from grpc import aio
+
 from flagscope.collector.auth import bearer_matches
 from flagscope.collector.errors import ProtocolError, Unauthenticated
 from flagscope.collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
 from flagscope.collector.receiver import Receiver
-from grpc import aio
 
 log = logging.getLogger("flagscope.collector")
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # google.rpc.Code → grpcio's
@@ -51,9 +52,9 @@ class _AuthInterceptor(aio.ServerInterceptor):
 
 
 async def _refuse_unauthenticated(_requests: object, context: aio.ServicerContext) -> bytes:
-    await _abort(context, Unauthenticated(
-        "missing or wrong bearer token (authorization: Bearer <token>)"
-    ))
+    await _abort(
+        context, Unauthenticated("missing or wrong bearer token (authorization: Bearer <token>)")
+    )
     return b""
 
 

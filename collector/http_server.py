@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+
 from flagscope.collector.auth import bearer_matches
 from flagscope.collector.decode import check_encoding, media_type
 from flagscope.collector.errors import (
@@ -19,6 +20,7 @@ from flagscope.collector.otlp import JSON, PROTOBUF, SIGNALS, encode_message, st
 from flagscope.collector.receiver import Receiver
 
 log = logging.getLogger("flagscope.collector")
+
 
 def error_response(error: ProtocolError, content_type: str | None) -> web.Response:
     """A `google.rpc.Status` body in the request's encoding; plain text if it has none."""
@@ -86,7 +88,9 @@ class HttpFrontEnd:
             raise Unauthenticated("missing or wrong bearer token (Authorization: Bearer <token>)")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        error = NotFound("metrics are not supported yet; send traces to /v1/traces and logs to /v1/logs")
+        error = NotFound(
+            "metrics are not supported yet; send traces to /v1/traces and logs to /v1/logs"
+        )
         return error_response(error, request.headers.get("Content-Type"))
 
     async def _export(self, request: web.Request) -> web.Response:
@@ -109,7 +113,9 @@ class HttpFrontEnd:
             limit = self.receiver.max_request_bytes
             length = request.content_length
             if length is not None and length > limit:
-                raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit}")
+                raise PayloadTooLarge(
+                    f"request body of {length} bytes is over the limit of {limit}"
+                )
             reserved = length if length is not None else limit
             if encoding != "identity":
                 reserved += limit  # room for the inflated copy
@@ -130,4 +136,3 @@ class HttpFrontEnd:
         except Exception:  # never a stack trace to the client; the process keeps serving
             log.exception("unexpected error handling %s", request.path)
             return error_response(ProtocolError("internal error"), header)
-

@@ -76,7 +76,10 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
         log.error(
             "WAL segment %s: %d items could not be converted (first: %s); the rest of the "
             "segment is in the lake, the items are kept in %s (%d quarantined since start)",
-            path.name, len(quarantine.items), quarantine.first_error, kept,
+            path.name,
+            len(quarantine.items),
+            quarantine.first_error,
+            kept,
             QUARANTINED["items"],
         )
     failpoints.hit("lake.after_rename")
@@ -90,7 +93,12 @@ def _report_damage(path: Path, reader: SegmentReader, records: int) -> None:
         target = quarantine_bytes(path, start, end)
         log.warning(
             "WAL segment %s is damaged at bytes %d-%d: %d whole records recovered around it, "
-            "the damaged bytes quarantined in %s", path.name, start, end, records, target,
+            "the damaged bytes quarantined in %s",
+            path.name,
+            start,
+            end,
+            records,
+            target,
         )
 
 
@@ -153,8 +161,11 @@ def maintain(settings: Settings) -> None:
     live = [seq for seq, _ in list_segments(settings.wal_path)]
     try:
         merged = compact(
-            settings.lake_path, settings.compact_min_files, settings.compact_target_rows,
-            writer=settings.writer, below_seq=min(live) if live else None,
+            settings.lake_path,
+            settings.compact_min_files,
+            settings.compact_target_rows,
+            writer=settings.writer,
+            below_seq=min(live) if live else None,
         )
         expired = expire(settings.lake_path, settings.retention_days)
     except OSError:

@@ -37,14 +37,16 @@ class Signal:
 
 
 TRACES = Signal(
-    "traces", "spans",
+    "traces",
+    "spans",
     trace_service_pb2.ExportTraceServiceRequest,
     trace_service_pb2.ExportTraceServiceResponse,
     "rejected_spans",
     "opentelemetry.proto.collector.trace.v1.TraceService",
 )
 LOGS = Signal(
-    "logs", "log records",
+    "logs",
+    "log records",
     logs_service_pb2.ExportLogsServiceRequest,
     logs_service_pb2.ExportLogsServiceResponse,
     "rejected_log_records",

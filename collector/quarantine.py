@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from flagscope.collector.convert import Converter
 from flagscope.collector.lake.durable import write_atomically
 from flagscope.collector.lake.schema import SCHEMA

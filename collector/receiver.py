@@ -6,11 +6,12 @@ import asyncio
 import logging
 from collections import Counter
 
+from google.protobuf.message import Message
+
 from flagscope.collector.decode import decompress, prepare
 from flagscope.collector.errors import Unavailable
 from flagscope.collector.otlp import SIGNAL_CODES, Signal, response_message
 from flagscope.collector.wal import WalFullError, WalWriter
-from google.protobuf.message import Message
 
 log = logging.getLogger("flagscope.collector")
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+
 from flagscope.collector import failpoints
 from flagscope.collector.config import Settings, split_endpoint
 from flagscope.collector.datadir import lock_data_dir
@@ -42,7 +43,9 @@ class Collector:
         self.settings = settings
         self.workers = workers or settings.lake_writers or os.cpu_count() or 1
         self.wal = WalWriter(
-            settings.wal_path, settings.segment_bytes, settings.flush_interval_s,
+            settings.wal_path,
+            settings.segment_bytes,
+            settings.flush_interval_s,
             settings.wal_max_backlog_bytes,
         )
         self.receiver = Receiver(self.wal, settings.max_request_bytes, settings.max_inflight_bytes)
@@ -97,13 +100,16 @@ class Collector:
     async def _workers_ready(self) -> None:
         for process, ready in zip(self._processes, self._ready, strict=True):
             if not await asyncio.to_thread(ready.wait, WORKER_START_TIMEOUT_S):
-                log.warning("lake writer %s has not started after %.0f s; listening anyway "
-                            "(acknowledged data waits in the WAL)", process.name,
-                            WORKER_START_TIMEOUT_S)
+                log.warning(
+                    "lake writer %s has not started after %.0f s; listening anyway "
+                    "(acknowledged data waits in the WAL)",
+                    process.name,
+                    WORKER_START_TIMEOUT_S,
+                )
 
     def _start_worker(self, index: int) -> multiprocessing.Process:
         ready = self._context.Event()
-        self._ready[index:index + 1] = [ready]
+        self._ready[index : index + 1] = [ready]
         process = self._context.Process(
             target=run_worker,
             args=(self.settings, index, self.workers, os.getpid(), self._drain, ready),
@@ -127,8 +133,11 @@ class Collector:
             await asyncio.sleep(1.0)
             for index, process in enumerate(self._processes):
                 if not process.is_alive():
-                    log.error("lake writer %s exited with %s; restarting it", process.name,
-                              process.exitcode)
+                    log.error(
+                        "lake writer %s exited with %s; restarting it",
+                        process.name,
+                        process.exitcode,
+                    )
                     self._processes[index] = self._start_worker(index)
 
     async def stop(self) -> None:
@@ -156,7 +165,6 @@ class Collector:
         if self._lock_file is not None:
             self._lock_file.close()
 
-
     async def _drain_workers(self) -> None:
         """Wait until every lake writer has converted the whole WAL. One that died meanwhile
         (killed with its process group, a bug) is started again: a stop converts everything
@@ -168,19 +176,25 @@ class Collector:
                 process = self._processes[index]
                 await asyncio.to_thread(process.join, max(0.0, deadline - loop.time()))
                 if process.is_alive():
-                    log.error("lake writer %s did not finish draining; its WAL is replayed "
-                              "on start", process.name)
+                    log.error(
+                        "lake writer %s did not finish draining; its WAL is replayed on start",
+                        process.name,
+                    )
                     process.kill()
                     break
                 if process.exitcode == 0 or not self._segments_of(index):
                     break
-                log.error("lake writer %s exited with %s before draining the WAL; restarting "
-                          "it", process.name, process.exitcode)
+                log.error(
+                    "lake writer %s exited with %s before draining the WAL; restarting it",
+                    process.name,
+                    process.exitcode,
+                )
                 self._processes[index] = self._start_worker(index)
 
     def _segments_of(self, index: int) -> list[int]:
-        return [seq for seq, _ in list_segments(self.settings.wal_path)
-                if seq % self.workers == index]
+        return [
+            seq for seq, _ in list_segments(self.settings.wal_path) if seq % self.workers == index
+        ]
 
 
 async def _serve(settings: Settings) -> None:
@@ -204,7 +218,8 @@ async def _serve(settings: Settings) -> None:
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     asyncio.run(_serve(settings))

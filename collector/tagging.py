@@ -13,14 +13,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from flagscope.collector.config import Settings
 
 FLAG_EVENT_NAMES = frozenset({"feature_flag.evaluation", "feature_flag"})
 FLAG_PREFIX = "feature_flag."
 # Semantic-convention names under feature_flag.* that are not flag keys.
 _RESERVED = frozenset(
-    {"key", "variant", "value", "reason", "provider_name", "provider", "context", "set",
-     "version", "result", "evaluation", "error", "spec"}
+    {
+        "key",
+        "variant",
+        "value",
+        "reason",
+        "provider_name",
+        "provider",
+        "context",
+        "set",
+        "version",
+        "result",
+        "evaluation",
+        "error",
+        "spec",
+    }
 )
 _TRUE = frozenset({"true", "1", "yes"})
 
@@ -78,7 +92,11 @@ class Tagger:
     @classmethod
     def from_settings(cls, settings: Settings) -> Tagger:
         patterns = settings.test_user_patterns
-        regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)) if patterns else None
+        regex = (
+            re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+            if patterns
+            else None
+        )
         return cls(
             prefixes=(FLAG_PREFIX, *settings.flag_attribute_prefixes),
             user_id_attributes=settings.user_id_attributes,
@@ -100,7 +118,7 @@ class Tagger:
                 continue
             for prefix in prefixes:
                 if name.startswith(prefix):
-                    key = name[len(prefix):]
+                    key = name[len(prefix) :]
                     if prefix == FLAG_PREFIX and key.split(".", 1)[0] in _RESERVED:
                         break
                     variant = value if isinstance(value, str) else variant_of(value)
@@ -140,6 +158,8 @@ class Tagger:
         reason = self.marker(attrs) or resource_reason
         if reason is None and user_id is not None and self.test_user_regex is not None:
             if self.test_user_regex.match(user_id):
-                pattern = next(p for p in self.test_user_patterns if fnmatch.fnmatchcase(user_id, p))
+                pattern = next(
+                    p for p in self.test_user_patterns if fnmatch.fnmatchcase(user_id, p)
+                )
                 return f"user_id matches {pattern}"
         return reason

@@ -130,7 +130,7 @@ def _next_record_offset(handle: BinaryIO, start: int) -> int:
     view = memoryview(data)
     magic = HEADER.pack(MAGIC, 0, 0, 0)[:4]
     found = data.find(magic)
-    while 0 <= found and found + HEADER.size <= len(data):
+    while found >= 0 and found + HEADER.size <= len(data):
         _, length, crc, signal = HEADER.unpack_from(view, found)
         payload = view[found + HEADER.size : found + HEADER.size + length]
         if len(payload) == length and zlib.crc32(payload, zlib.crc32(bytes((signal,)))) == crc:
@@ -166,8 +166,10 @@ def requeue(items: Path, directory: Path) -> Path:
     running WAL writer owns the next sequence number."""
     _, tear = read_segment(items)
     if tear is not None:
-        raise LakeError(f"{items} is not a file of whole WAL records (damaged at byte "
-                        f"{tear}); move it out of quarantine/ and run requeue again")
+        raise LakeError(
+            f"{items} is not a file of whole WAL records (damaged at byte "
+            f"{tear}); move it out of quarantine/ and run requeue again"
+        )
     seq = next_seq(directory)
     target = directory / segment_name(seq)
     data = items.read_bytes()
@@ -295,8 +297,11 @@ class WalWriter:
                 self._faults.report("WAL writer error", exc)
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(exc if isinstance(exc, OSError) else OSError(
-                            errno.EIO, f"write-ahead log error: {exc}"))
+                        future.set_exception(
+                            exc
+                            if isinstance(exc, OSError)
+                            else OSError(errno.EIO, f"write-ahead log error: {exc}")
+                        )
                 time.sleep(0.05)
 
     def _take(self, batch: list[tuple[bytes, Future[None]]]) -> bool:

@@ -35,9 +35,11 @@ def flagscope(*args: str) -> list[str]:
 
 def start_collector() -> tuple[subprocess.Popen[str], int, int]:
     proc = subprocess.Popen(
-        flagscope("serve", "--data-dir", str(DATA_DIR), "--http", "127.0.0.1:0",
-                  "--grpc", "127.0.0.1:0"),
-        stdout=subprocess.PIPE, text=True,
+        flagscope(
+            "serve", "--data-dir", str(DATA_DIR), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -54,13 +56,18 @@ def main() -> int:
     print(f"1. starting the collector (data in {DATA_DIR}) …", flush=True)
     proc, http_port, grpc_port = start_collector()
     try:
-        print("2. running the sample shop: OpenTelemetry SDK + OpenFeature hook, "
-              "flag new-checkout at 20 % …", flush=True)
+        print(
+            "2. running the sample shop: OpenTelemetry SDK + OpenFeature hook, "
+            "flag new-checkout at 20 % …",
+            flush=True,
+        )
         counts = shop.run(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
         print(f"   sent {counts['requests']} requests ({counts['test_requests']} from QA testers)")
     finally:
-        print("3. stopping the collector (SIGTERM: in-flight answered, WAL drained to the lake) …",
-              flush=True)
+        print(
+            "3. stopping the collector (SIGTERM: in-flight answered, WAL drained to the lake) …",
+            flush=True,
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(300)
     print("4. what `flagscope query` sees:\n", flush=True)
@@ -70,21 +77,40 @@ def main() -> int:
     subprocess.run(flagscope("flags", *lake), check=True)
     print("\n6. flagscope diff --flag new-checkout --expected-split on=0.2,off=0.8\n", flush=True)
     verdict = subprocess.run(
-        flagscope("diff", *lake, "--flag", "new-checkout", "--since", "2h",
-                  "--expected-split", "on=0.2,off=0.8"),
+        flagscope(
+            "diff",
+            *lake,
+            "--flag",
+            "new-checkout",
+            "--since",
+            "2h",
+            "--expected-split",
+            "on=0.2,off=0.8",
+        ),
         check=False,
     )
-    print(f"\n   (exit code {verdict.returncode}: 0 PASS, 14 REGRESSION — see flagscope diff --help)")
+    print(
+        f"\n   (exit code {verdict.returncode}: 0 PASS, 14 REGRESSION — see flagscope diff --help)"
+    )
     print("\n7. flagscope report: the same as HTML, Markdown and JSON files\n", flush=True)
     subprocess.run(
-        flagscope("report", *lake, "--flag", "new-checkout", "--since", "2h",
-                  "--expected-split", "on=0.2,off=0.8", "--out", str(DATA_DIR / "reports")),
+        flagscope(
+            "report",
+            *lake,
+            "--flag",
+            "new-checkout",
+            "--since",
+            "2h",
+            "--expected-split",
+            "on=0.2,off=0.8",
+            "--out",
+            str(DATA_DIR / "reports"),
+        ),
         check=False,
     )
     html = (DATA_DIR / "reports" / "new-checkout" / "latest.html").resolve()
     print(f"\n   open the HTML report: {html.as_uri()}")
-    print(f"\nTry: .venv/bin/flagscope query --data-dir {DATA_DIR} "
-          "\"SELECT * FROM events LIMIT 5\"")
+    print(f'\nTry: .venv/bin/flagscope query --data-dir {DATA_DIR} "SELECT * FROM events LIMIT 5"')
     print(f"demo finished in {time.monotonic() - started:.1f} s")
     return 0
 

@@ -71,26 +71,38 @@ def build_flag(rollout: float) -> InMemoryFlag:
     def evaluate(flag: InMemoryFlag, ctx: EvaluationContext) -> FlagResolutionDetails:
         user = ctx.targeting_key or ""
         variant = "on" if user.startswith("qa-") or bucket(user) < rollout else "off"
-        return FlagResolutionDetails(value=flag.variants[variant], variant=variant,
-                                     reason=Reason.TARGETING_MATCH)
+        return FlagResolutionDetails(
+            value=flag.variants[variant], variant=variant, reason=Reason.TARGETING_MATCH
+        )
 
     return InMemoryFlag("off", {"on": True, "off": False}, context_evaluator=evaluate)
 
 
 def _provider(service: str, exporter) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({
-        "service.name": service, "service.version": "2.3.0", "deployment.environment": "production",
-    }))
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=100_000,
-                                                   max_export_batch_size=512))
+    provider = TracerProvider(
+        resource=Resource.create(
+            {
+                "service.name": service,
+                "service.version": "2.3.0",
+                "deployment.environment": "production",
+            }
+        )
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=100_000, max_export_batch_size=512)
+    )
     return provider
 
 
-def run(http_endpoint: str, grpc_endpoint: str, config: ShopConfig = ShopConfig()) -> dict[str, int]:
+def run(
+    http_endpoint: str, grpc_endpoint: str, config: ShopConfig = ShopConfig()
+) -> dict[str, int]:
     """Send the shop's traffic; returns counts of what was sent (requests, by cohort)."""
     rng = random.Random(config.seed)
     frontend = _provider("shop-frontend", HttpSpanExporter(endpoint=f"{http_endpoint}/v1/traces"))
-    checkout = _provider("checkout-service", GrpcSpanExporter(endpoint=grpc_endpoint, insecure=True))
+    checkout = _provider(
+        "checkout-service", GrpcSpanExporter(endpoint=grpc_endpoint, insecure=True)
+    )
     # A provider and hook of the shop's own (an OpenFeature domain), so that running the
     # shop twice in one process, as the tests do, adds nothing twice.
     api.set_provider(InMemoryProvider({FLAG: build_flag(config.rollout)}), domain="sample-shop")
@@ -99,33 +111,48 @@ def run(http_endpoint: str, grpc_endpoint: str, config: ShopConfig = ShopConfig(
     front_tracer = frontend.get_tracer("shop.frontend")
     checkout_tracer = checkout.get_tracer("shop.checkout")
 
-    users = [f"user-{i:04d}" for i in range(config.users)] + [f"qa-{i:02d}" for i in range(config.qa_users)]
+    users = [f"user-{i:04d}" for i in range(config.users)] + [
+        f"qa-{i:02d}" for i in range(config.qa_users)
+    ]
     weights = [1.0] * config.users + [3.0] * config.qa_users  # testers are busy
     now = time.time_ns()
     span_ns = int(config.hours * 3600e9)
-    counts = {"requests": 0, "checkout_on": 0, "checkout_off": 0, "checkout_test": 0,
-              "test_requests": 0}
+    counts = {
+        "requests": 0,
+        "checkout_on": 0,
+        "checkout_off": 0,
+        "checkout_test": 0,
+        "test_requests": 0,
+    }
     for _ in range(config.requests):
         user = rng.choices(users, weights)[0]
         method, route, _share, median, error_rate = rng.choices(ROUTES, [r[2] for r in ROUTES])[0]
         start = now - span_ns + rng.randrange(span_ns)
         latency = median * rng.lognormvariate(0, 0.35)
         is_test = user.startswith("qa-")
-        attrs = {"http.request.method": method, "http.route": route, "enduser.id": user,
-                 "url.path": route.replace("{id}", str(rng.randint(1, 500)))}
+        attrs = {
+            "http.request.method": method,
+            "http.route": route,
+            "enduser.id": user,
+            "url.path": route.replace("{id}", str(rng.randint(1, 500))),
+        }
         if is_test:
             attrs["test_user"] = True
             counts["test_requests"] += 1
-        root = front_tracer.start_span(f"{method} {route}", kind=SpanKind.SERVER,
-                                       attributes=attrs, start_time=start)
+        root = front_tracer.start_span(
+            f"{method} {route}", kind=SpanKind.SERVER, attributes=attrs, start_time=start
+        )
         if route == "/checkout":
             with trace.use_span(root, end_on_exit=False):
-                child = checkout_tracer.start_span("checkout.place_order", kind=SpanKind.INTERNAL,
-                                                   start_time=start + 2_000_000)
+                child = checkout_tracer.start_span(
+                    "checkout.place_order", kind=SpanKind.INTERNAL, start_time=start + 2_000_000
+                )
                 with trace.use_span(child, end_on_exit=False):
                     enabled = flags.get_boolean_value(FLAG, False, EvaluationContext(user))
                 child.end(end_time=start + int(latency * 0.8e6))
-            counts["checkout_test" if is_test else "checkout_on" if enabled else "checkout_off"] += 1
+            counts[
+                "checkout_test" if is_test else "checkout_on" if enabled else "checkout_off"
+            ] += 1
             if enabled:
                 latency *= 1 + config.regression_latency
                 error_rate += config.regression_errors

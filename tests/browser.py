@@ -23,9 +23,18 @@ from pathlib import Path
 import pytest
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+)
 CONSOLE = re.compile(r":CONSOLE[:(]\d*\)?\]\s*(.*)")
 PROBLEM = re.compile(r"error|uncaught|failed|refused|violat", re.IGNORECASE)
 FILE_LOAD = re.compile(r"FileURLLoader::Start: (file://\S+)")
@@ -40,8 +49,10 @@ def require_chromium() -> str:
     path = find_chromium()
     if path:
         return path
-    message = (f"no headless browser found (looked for {', '.join(CANDIDATES)} on PATH); "
-               "install Debian's package with: apt-get install -y chromium")
+    message = (
+        f"no headless browser found (looked for {', '.join(CANDIDATES)} on PATH); "
+        "install Debian's package with: apt-get install -y chromium"
+    )
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -58,9 +69,12 @@ class Run:
 
     def console_errors(self) -> list[str]:
         """Console errors, uncaught exceptions, refused or failed loads."""
-        lines = [line for line in self.log.splitlines()
-                 if "Failed to load resource" in line
-                 or ((m := CONSOLE.search(line)) and PROBLEM.search(m.group(1)))]
+        lines = [
+            line
+            for line in self.log.splitlines()
+            if "Failed to load resource" in line
+            or ((m := CONSOLE.search(line)) and PROBLEM.search(m.group(1)))
+        ]
         return lines
 
     def files_loaded(self) -> list[str]:
@@ -71,19 +85,29 @@ def run(browser: str, page: Path, *args: str, timeout: float = 60) -> Run:
     """Load `page` (a file://, nothing else) with extra switches; stdout and the log."""
     with tempfile.TemporaryDirectory(prefix="flagscope-chromium-") as profile:
         completed = subprocess.run(
-            [browser, *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=1",
-             *args, page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            [
+                browser,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=1",
+                *args,
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     if completed.returncode != 0:
-        raise AssertionError(f"{browser} exited {completed.returncode}: "
-                             f"{completed.stderr[-2000:]}")
+        raise AssertionError(f"{browser} exited {completed.returncode}: {completed.stderr[-2000:]}")
     return Run(completed.stdout, completed.stderr)
 
 
 def screenshot(browser: str, page: Path, png: Path, width: int, height: int) -> Run:
-    return run(browser, page, f"--window-size={width},{height}", f"--screenshot={png}",
-               "--hide-scrollbars")
+    return run(
+        browser, page, f"--window-size={width},{height}", f"--screenshot={png}", "--hide-scrollbars"
+    )
 
 
 def dump_dom(browser: str, page: Path) -> Run:
@@ -97,8 +121,8 @@ def png_pixels(png: Path) -> tuple[int, int, list[bytes]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
     pos, idat, header = 8, b"", None
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", chunk)
         elif kind == b"IDAT":
@@ -111,7 +135,7 @@ def png_pixels(png: Path) -> tuple[int, int, list[bytes]]:
     prev = bytearray(stride)
     for y in range(height):
         at = y * (stride + 1)
-        prev = _unfilter(raw[at], bytearray(raw[at + 1:at + 1 + stride]), prev, bpp)
+        prev = _unfilter(raw[at], bytearray(raw[at + 1 : at + 1 + stride]), prev, bpp)
         rows.append(bytes(prev))
     return width, height, rows
 
@@ -141,6 +165,6 @@ def colours(png: Path, step: int = 3) -> dict[tuple[int, int, int], int]:
     seen: dict[tuple[int, int, int], int] = {}
     for row in rows[::step]:
         for x in range(0, width, step):
-            rgb = tuple(row[x * bpp:x * bpp + 3])
+            rgb = tuple(row[x * bpp : x * bpp + 3])
             seen[rgb] = seen.get(rgb, 0) + 1
     return seen

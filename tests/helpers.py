@@ -81,8 +81,9 @@ def query(lake_dir: Path, sql: str, params: list[Any] | None = None) -> list[tup
         con.close()
 
 
-def wait_for_count(lake_dir: Path, sql: str, expected: int, timeout: float = 20.0,
-                   params: list[Any] | None = None) -> int:
+def wait_for_count(
+    lake_dir: Path, sql: str, expected: int, timeout: float = 20.0, params: list[Any] | None = None
+) -> int:
     """Poll `sql` (a single count) until it equals `expected`; return the last value seen."""
     deadline = time.monotonic() + timeout
     value = -1
@@ -99,19 +100,39 @@ class CollectorProcess:
 
     READY = re.compile(r"ready http=[\d.]+:(\d+) grpc=[\d.]+:(\d+)")
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None,
-                 max_open_files: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        max_open_files: int | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.max_open_files = max_open_files
-        self.args = [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
-                     "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "flagscope",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            *extra,
+        ]
         self.env = {**os.environ, "FLAGSCOPE_FLUSH_INTERVAL_S": "0.2", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.http_port = self.grpc_port = 0
 
     def start(self, timeout: float = 60) -> CollectorProcess:
         self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
             start_new_session=True,
         )
         if self.max_open_files:  # set on the running process: no preexec_fn in a threaded test
@@ -127,7 +148,9 @@ class CollectorProcess:
                 return self
             if not line and self.proc.poll() is not None:
                 break
-        raise RuntimeError(f"collector did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        raise RuntimeError(
+            f"collector did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
 
     @property
     def http_url(self) -> str:

@@ -72,8 +72,9 @@ def post(
         conn.close()
 
 
-def post_until_ok(srv: RunningCollector, path: str, body: bytes, content_type: str = PB,
-                  timeout: float = 15.0) -> Reply:
+def post_until_ok(
+    srv: RunningCollector, path: str, body: bytes, content_type: str = PB, timeout: float = 15.0
+) -> Reply:
     """Retry on 503 as an OTLP exporter does (without honouring Retry-After, to stay fast)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -138,8 +139,13 @@ def any_value(value: Any) -> common_pb2.AnyValue:
     return common_pb2.AnyValue(string_value=value)
 
 
-def make_span(trace_id: bytes | None = None, span_id: bytes | None = None, name: str = "op",
-              attrs: dict[str, Any] | None = None, **fields: Any) -> trace_pb2.Span:
+def make_span(
+    trace_id: bytes | None = None,
+    span_id: bytes | None = None,
+    name: str = "op",
+    attrs: dict[str, Any] | None = None,
+    **fields: Any,
+) -> trace_pb2.Span:
     start = fields.pop("start_time_unix_nano", time.time_ns())
     return trace_pb2.Span(
         trace_id=new_trace_id() if trace_id is None else trace_id,
@@ -218,6 +224,7 @@ def sized_request(size: int) -> tuple[bytes, bytes]:
     """A valid 1-span protobuf request of exactly `size` bytes, and its trace id."""
     trace_id = new_trace_id()
     for name_len in range(1, 6):
+
         def build(n: int, name_len: int = name_len) -> bytes:
             span = make_span(trace_id, name="x" * name_len, attrs={"pad": "p" * n})
             return traces(span).SerializeToString()
@@ -243,8 +250,11 @@ def gzip_of_zeros(size: int) -> bytes:
     for _ in range(size // chunk):
         crc = zlib.crc32(zeros, crc)
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
-    return header + block * (size // chunk) + deflater.flush() + struct.pack(
-        "<II", crc, size & 0xFFFFFFFF
+    return (
+        header
+        + block * (size // chunk)
+        + deflater.flush()
+        + struct.pack("<II", crc, size & 0xFFFFFFFF)
     )
 
 
@@ -271,7 +281,9 @@ def stored(srv: RunningCollector, trace_id: bytes | str, columns: str = "*") -> 
     )
 
 
-def stored_twice(srv: RunningCollector, trace_id: bytes, bodies: tuple[bytes, bytes]) -> list[tuple]:
+def stored_twice(
+    srv: RunningCollector, trace_id: bytes, bodies: tuple[bytes, bytes]
+) -> list[tuple]:
     """POST both JSON bodies of a one-span trace; the two rows they stored."""
     for body in bodies:
         reply = post(srv, "/v1/traces", body, JSON)

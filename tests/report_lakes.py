@@ -18,9 +18,19 @@ DAY1 = datetime(2026, 11, 20)
 DAY2 = DAY1 + timedelta(days=1)
 
 
-def cohort_traffic(rng: random.Random, flag: str, start: datetime, hours: float, users: int, *,
-                   ms_on: float = 100.0, ms_off: float = 100.0, err_on: float = 0.01,
-                   err_off: float = 0.01, share_on: float = 0.5) -> list[dict[str, Any]]:
+def cohort_traffic(
+    rng: random.Random,
+    flag: str,
+    start: datetime,
+    hours: float,
+    users: int,
+    *,
+    ms_on: float = 100.0,
+    ms_off: float = 100.0,
+    err_on: float = 0.01,
+    err_off: float = 0.01,
+    share_on: float = 0.5,
+) -> list[dict[str, Any]]:
     """`users` users (half on, half off), 2–4 requests each, spread over [start, start+hours)."""
     rows = []
     for i in range(users):
@@ -29,8 +39,9 @@ def cohort_traffic(rng: random.Random, flag: str, start: datetime, hours: float,
             at = start + timedelta(seconds=rng.random() * hours * 3600)
             ms = (ms_on if variant == "on" else ms_off) * rng.lognormvariate(0, 0.35)
             error = rng.random() < (err_on if variant == "on" else err_off)
-            rows += synthetic.request(f"{flag}-user-{i}", variant, flag=flag, ms=ms, error=error,
-                                      at=at)
+            rows += synthetic.request(
+                f"{flag}-user-{i}", variant, flag=flag, ms=ms, error=error, at=at
+            )
     return rows
 
 
@@ -48,7 +59,14 @@ def build_flip_lake(lake_dir: Path, users: int = 600) -> Path:
     rows = []
     for day in (DAY1, DAY2):
         bad = day == DAY2
-        rows += cohort_traffic(rng, "checkout-v2", day, 6, users,
-                               ms_on=160.0 if bad else 100.0, err_on=0.08 if bad else 0.01)
+        rows += cohort_traffic(
+            rng,
+            "checkout-v2",
+            day,
+            6,
+            users,
+            ms_on=160.0 if bad else 100.0,
+            err_on=0.08 if bad else 0.01,
+        )
         rows += cohort_traffic(rng, "search-v2", day, 6, users)
     return write(lake_dir, rows)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from flagscope.analysis.cli import build_parser, main
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
@@ -53,8 +54,19 @@ def test_query_prints_csv(lake_dir, capsys):
 
 
 def test_query_prints_json(lake_dir, capsys):
-    assert main(["query", "--lake", str(lake_dir), "--format", "json",
-                 "SELECT signal, flags, duration_ms FROM events ORDER BY signal"]) == 0
+    assert (
+        main(
+            [
+                "query",
+                "--lake",
+                str(lake_dir),
+                "--format",
+                "json",
+                "SELECT signal, flags, duration_ms FROM events ORDER BY signal",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert rows == [
         {"signal": "log", "flags": {}, "duration_ms": None},
@@ -69,8 +81,17 @@ def test_query_error_names_the_view_and_exits_non_zero(lake_dir, capsys):
 
 
 def test_query_on_an_empty_lake_sees_the_schema(tmp_path, capsys):
-    assert main(["query", "--lake", str(tmp_path / "none"), "SELECT count(*) AS n, "
-                 "count(flags) AS f FROM events"]) == 0
+    assert (
+        main(
+            [
+                "query",
+                "--lake",
+                str(tmp_path / "none"),
+                "SELECT count(*) AS n, count(flags) AS f FROM events",
+            ]
+        )
+        == 0
+    )
     assert "(1 row)" in capsys.readouterr().out
 
 
@@ -86,8 +107,12 @@ def test_every_subcommand_has_help_and_is_in_the_readme():
     commands = build_parser()._subparsers._group_actions[0].choices
     for name in commands:
         assert f"flagscope {name}" in readme, name
-        result = subprocess.run([sys.executable, "-m", "flagscope", name, "--help"],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "flagscope", name, "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0 and "usage: flagscope" in result.stdout
 
 
@@ -96,17 +121,23 @@ def test_serve_help_config_lists_the_settings(capsys):
     assert "FLAGSCOPE_MAX_REQUEST_BYTES" in capsys.readouterr().out
 
 
-
 def test_flags_lists_variants_users_and_dates(tmp_path, capsys):
     from tests.synthetic import request, write
 
-    lake_dir = write(tmp_path, request("u1", "on", flag="new-checkout")
-                     + request("u2", "off", flag="new-checkout") + request("u3", "off", flag="new-checkout")
-                     + request("u3", "blue", flag="theme"))
+    lake_dir = write(
+        tmp_path,
+        request("u1", "on", flag="new-checkout")
+        + request("u2", "off", flag="new-checkout")
+        + request("u3", "off", flag="new-checkout")
+        + request("u3", "blue", flag="theme"),
+    )
     assert main(["flags", "--lake", str(lake_dir), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["flag"], r["variant"], r["users"]) for r in rows] == [
-        ("new-checkout", "off", 2), ("new-checkout", "on", 1), ("theme", "blue", 1)]
+        ("new-checkout", "off", 2),
+        ("new-checkout", "on", 1),
+        ("theme", "blue", 1),
+    ]
     assert all(r["first_seen"] and r["last_seen"] for r in rows)
 
 
@@ -156,8 +187,21 @@ def _shop_like_lake(tmp_path):
 def test_report_writes_every_format_and_exits_with_the_verdict(tmp_path, capsys):
     lake_dir = _shop_like_lake(tmp_path)
     out = tmp_path / "reports"
-    code = main(["report", "--lake", str(lake_dir), "--flag", "f", "--since", "3h",
-                 "--out", str(out), "--format", "html,md,json"])
+    code = main(
+        [
+            "report",
+            "--lake",
+            str(lake_dir),
+            "--flag",
+            "f",
+            "--since",
+            "3h",
+            "--out",
+            str(out),
+            "--format",
+            "html,md,json",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 14 and printed.startswith("f on vs off: ")
     names = {p.name for p in (out / "f").iterdir()}
@@ -168,8 +212,10 @@ def test_report_writes_every_format_and_exits_with_the_verdict(tmp_path, capsys)
 def test_schedule_once_runs_the_declared_reports(tmp_path, capsys):
     lake_dir = _shop_like_lake(tmp_path)
     config = tmp_path / "flagscope.toml"
-    config.write_text(f'[reports]\nout_dir = "{tmp_path / "out"}"\n\n[[reports.flag]]\n'
-                      'flag = "f"\nwindow = "3h"\nformats = ["md", "json"]\n')
+    config.write_text(
+        f'[reports]\nout_dir = "{tmp_path / "out"}"\n\n[[reports.flag]]\n'
+        'flag = "f"\nwindow = "3h"\nformats = ["md", "json"]\n'
+    )
     assert main(["schedule", "--once", "--config", str(config), "--lake", str(lake_dir)]) == 0
     history = (tmp_path / "out" / "f" / "history.jsonl").read_text().splitlines()
     assert len(history) == 1 and json.loads(history[0])["verdict"] == "REGRESSION"
@@ -181,9 +227,12 @@ def test_flags_stale_lists_flags_ready_to_remove(tmp_path, capsys):
     from tests.synthetic import NOW, request, write
 
     old = NOW - timedelta(days=40)
-    lake_dir = write(tmp_path, request("u1", "on", flag="old-flag", at=old)
-                     + request("u2", "on", flag="live", at=NOW - timedelta(minutes=5))
-                     + request("u3", "off", flag="live", at=NOW - timedelta(minutes=5)))
+    lake_dir = write(
+        tmp_path,
+        request("u1", "on", flag="old-flag", at=old)
+        + request("u2", "on", flag="live", at=NOW - timedelta(minutes=5))
+        + request("u3", "off", flag="live", at=NOW - timedelta(minutes=5)),
+    )
     assert main(["flags", "--lake", str(lake_dir), "--stale", "30", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["flag"] for r in rows] == ["old-flag"]

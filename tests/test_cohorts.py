@@ -6,11 +6,11 @@ import random
 from datetime import timedelta
 
 import pytest
+
 from flagscope.analysis.diff import choose_variants, run_diff
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.result import DiffOptions, TrafficFilter
 from flagscope.analysis.verdict import Thresholds, Verdict
-
 from tests.synthetic import NOW, population, request, span, write
 
 START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
@@ -30,7 +30,8 @@ def test_a_flag_evaluated_in_a_child_span_labels_the_root_request(tmp_path):
 
 def test_test_traffic_is_excluded_by_trace_and_by_user(tmp_path):
     rows = (
-        request("u1", "on") + request("u2", "off")
+        request("u1", "on")
+        + request("u2", "off")
         + request("u3", "on", test_root="test_user=true")  # marker only on the root
         + request("qa-1", "on", test_child="user_id matches qa-*")  # marker only on the child
         + request("qa-1", "on")  # the same tester, unmarked trace: excluded by user
@@ -47,11 +48,21 @@ def test_test_traffic_is_excluded_by_trace_and_by_user(tmp_path):
 
 
 def test_a_test_marked_record_without_a_trace_excludes_only_its_user(tmp_path):
-    log = {**span("", user="staff-9", test="test_user=true"), "signal": "log",
-           "trace_id": None, "span_id": None, "kind": None, "duration_ms": None}
-    rows = (request("u1", "on", ms=200) + request("u2", "off") + request("u3", "on")
-            + request("staff-9", "on")  # unmarked, but the user is a tester
-            + [log])
+    log = {
+        **span("", user="staff-9", test="test_user=true"),
+        "signal": "log",
+        "trace_id": None,
+        "span_id": None,
+        "kind": None,
+        "duration_ms": None,
+    }
+    rows = (
+        request("u1", "on", ms=200)
+        + request("u2", "off")
+        + request("u3", "on")
+        + request("staff-9", "on")  # unmarked, but the user is a tester
+        + [log]
+    )
     result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
     assert (result.treatment.requests, result.baseline.requests) == (2, 1)
     assert result.excluded["test_requests"] == 1
@@ -59,9 +70,12 @@ def test_a_test_marked_record_without_a_trace_excludes_only_its_user(tmp_path):
 
 
 def test_crossover_users_keep_their_first_variant(tmp_path):
-    rows = (request("u1", "on", at=NOW - timedelta(minutes=50))
-            + request("u1", "off", at=NOW - timedelta(minutes=40))
-            + request("u2", "off") + request("u3", "on"))
+    rows = (
+        request("u1", "on", at=NOW - timedelta(minutes=50))
+        + request("u1", "off", at=NOW - timedelta(minutes=40))
+        + request("u2", "off")
+        + request("u3", "on")
+    )
     result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
     assert result.excluded["crossover_users"] == 1
     assert result.excluded["crossover_requests"] == 1
@@ -72,8 +86,15 @@ def test_crossover_users_keep_their_first_variant(tmp_path):
 def test_a_trace_that_evaluated_the_flag_twice_takes_the_first_evaluation(tmp_path):
     first = request(None, "on", at=NOW - timedelta(minutes=30))  # no user on the first one
     trace = first[0]["trace_id"]
-    later = span(trace, kind=1, parent=first[0]["span_id"], service="payments", user="u9",
-                 flags={"f": "off"}, at=NOW - timedelta(minutes=29))
+    later = span(
+        trace,
+        kind=1,
+        parent=first[0]["span_id"],
+        service="payments",
+        user="u9",
+        flags={"f": "off"},
+        at=NOW - timedelta(minutes=29),
+    )
     rows = [later] + first + request("u2", "off") + request("u3", "on")  # stored out of order
     result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
     assert (result.treatment.requests, result.baseline.requests) == (2, 1)
@@ -92,8 +113,14 @@ def test_requests_without_a_user_count_their_trace_as_the_unit(tmp_path):
 def test_the_result_gives_its_tables_as_polars_frames(tmp_path):
     result = run_diff(write(tmp_path, request("u1", "on") + request("u2", "off")), options())
     assert result.cohorts_frame()["requests"].to_list() == [1, 1]
-    assert set(result.metrics_frame()["metric"]) == {"error_rate", "mean_latency", "p50_latency",
-                                                     "p90_latency", "p95_latency", "p99_latency"}
+    assert set(result.metrics_frame()["metric"]) == {
+        "error_rate",
+        "mean_latency",
+        "p50_latency",
+        "p90_latency",
+        "p95_latency",
+        "p99_latency",
+    }
     assert result.breakdown_frame()["route"].to_list() == ["GET /checkout"] * 2
 
 
@@ -104,8 +131,12 @@ def test_a_retried_span_is_counted_once(tmp_path):
 
 
 def test_service_and_route_narrow_the_comparison(tmp_path):
-    rows = (request("u1", "on", route="/a") + request("u1", "on", route="/b", method="POST")
-            + request("u2", "off", route="/a") + request("u2", "off", route="/b", method="POST"))
+    rows = (
+        request("u1", "on", route="/a")
+        + request("u1", "on", route="/b", method="POST")
+        + request("u2", "off", route="/a")
+        + request("u2", "off", route="/b", method="POST")
+    )
     lake = write(tmp_path, rows)
     assert run_diff(lake, options(route="/a", thresholds=_lenient())).treatment.requests == 1
     assert run_diff(lake, options(route="POST /b", thresholds=_lenient())).treatment.requests == 1
@@ -219,14 +250,19 @@ def test_aware_window_times_are_taken_as_utc(tmp_path):
 
     lake = write(tmp_path, request("u1", "on") + request("u2", "off"))
     plus_two = timezone(timedelta(hours=2))
-    aware = DiffOptions("f", START.replace(tzinfo=UTC).astimezone(plus_two),
-                        END.replace(tzinfo=UTC).astimezone(plus_two), thresholds=_lenient())
+    aware = DiffOptions(
+        "f",
+        START.replace(tzinfo=UTC).astimezone(plus_two),
+        END.replace(tzinfo=UTC).astimezone(plus_two),
+        thresholds=_lenient(),
+    )
     assert (aware.start, aware.end) == (START, END)
     assert run_diff(lake, aware).treatment.requests == 1
 
 
-@pytest.mark.parametrize(("treatment", "decisive"), [(150.0, Verdict.REGRESSION),
-                                                      (50.0, Verdict.IMPROVEMENT)])
+@pytest.mark.parametrize(
+    ("treatment", "decisive"), [(150.0, Verdict.REGRESSION), (50.0, Verdict.IMPROVEMENT)]
+)
 def test_a_route_verdict_must_survive_benjamini_hochberg_both_ways(treatment, decisive):
     from flagscope.analysis.stats import Method
     from flagscope.analysis.stats.estimate import normal_estimate

@@ -1,6 +1,7 @@
 """Settings layers: defaults < flagscope.toml < FLAGSCOPE_* environment < command line."""
 
 import pytest
+
 from flagscope.collector import config
 from flagscope.collector.errors import ConfigError
 
@@ -15,8 +16,10 @@ def test_defaults_bind_loopback_only(tmp_path, monkeypatch):
 
 def test_precedence_file_then_environment_then_flags(tmp_path):
     path = tmp_path / "flagscope.toml"
-    path.write_text('[collector]\nhttp_endpoint = "127.0.0.1:1"\ngrpc_endpoint = "127.0.0.1:2"\n'
-                    'data_dir = "from-file"\n[tagging]\ntest_user_patterns = ["x-*"]\n')
+    path.write_text(
+        '[collector]\nhttp_endpoint = "127.0.0.1:1"\ngrpc_endpoint = "127.0.0.1:2"\n'
+        'data_dir = "from-file"\n[tagging]\ntest_user_patterns = ["x-*"]\n'
+    )
     env = {"FLAGSCOPE_GRPC_ENDPOINT": "127.0.0.1:3", "FLAGSCOPE_DATA_DIR": "from-env"}
     settings = config.load(path, env=env, overrides={"data_dir": "from-flag"})
     assert settings.http_endpoint == "127.0.0.1:1"

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions
 from flagscope.analysis.verdict import Verdict
-
 from tests.helpers import RunningCollector, make_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
@@ -38,8 +38,9 @@ def _window() -> tuple[datetime, datetime]:
 
 @pytest.fixture(scope="module")
 def regressed(tmp_path_factory):
-    config = shop.ShopConfig(users=500, requests=5000, regression_latency=0.4,
-                             regression_errors=0.05, seed=11)
+    config = shop.ShopConfig(
+        users=500, requests=5000, regression_latency=0.4, regression_errors=0.05, seed=11
+    )
     return _run_shop(tmp_path_factory.mktemp("regressed"), config)
 
 
@@ -56,7 +57,8 @@ def test_the_injected_regression_is_found_on_the_route(regressed):
     assert by_metric["error_rate"].estimate.diff_lo > 0  # injected +5 pp
     assert "POST /checkout" in result.summary and result.summary.endswith(
         f"— REGRESSION ({result.excluded['test_users']} test users, "
-        f"{result.excluded['test_requests']} requests excluded)")
+        f"{result.excluded['test_requests']} requests excluded)"
+    )
 
 
 def test_requests_are_counted_at_the_root_and_testers_excluded(regressed):
@@ -76,9 +78,25 @@ def test_requests_are_counted_at_the_root_and_testers_excluded(regressed):
 def test_cli_json_and_exit_code(regressed):
     lake, _ = regressed
     completed = subprocess.run(
-        [sys.executable, "-m", "flagscope", "diff", "--flag", "new-checkout", "--lake",
-         str(lake), "--since", "2h", "--format", "json", "--expected-split", "on=0.2,off=0.8"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "flagscope",
+            "diff",
+            "--flag",
+            "new-checkout",
+            "--lake",
+            str(lake),
+            "--since",
+            "2h",
+            "--format",
+            "json",
+            "--expected-split",
+            "on=0.2,off=0.8",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert completed.returncode == 14, completed.stderr
     doc = json.loads(completed.stdout)
@@ -88,8 +106,9 @@ def test_cli_json_and_exit_code(regressed):
 
 
 def test_no_effect_is_not_a_regression(tmp_path):
-    config = shop.ShopConfig(users=500, requests=4000, regression_latency=0.0,
-                             regression_errors=0.0, seed=12)
+    config = shop.ShopConfig(
+        users=500, requests=4000, regression_latency=0.0, regression_errors=0.0, seed=12
+    )
     lake, _ = _run_shop(tmp_path, config)
     start, end = _window()
     result = run_diff(lake, DiffOptions("new-checkout", start, end))

@@ -18,10 +18,10 @@ from pathlib import Path
 import duckdb
 import psutil
 import pytest
-from flagscope.collector.lake.layout import GLOB
-from flagscope.collector.wal import HEADER, list_segments, read_segment
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from flagscope.collector.lake.layout import GLOB
+from flagscope.collector.wal import HEADER, list_segments, read_segment
 from tests.helpers import CollectorProcess, query
 
 PROTOBUF = "application/x-protobuf"
@@ -65,8 +65,9 @@ def connection(collector: CollectorProcess) -> http.client.HTTPConnection:
     return http.client.HTTPConnection("127.0.0.1", collector.http_port, timeout=30)
 
 
-def acked_then_killed(tmp_path: Path, collectors, seed: int, traces: int, spans: int
-                      ) -> list[tuple[bytes, int]]:
+def acked_then_killed(
+    tmp_path: Path, collectors, seed: int, traces: int, spans: int
+) -> list[tuple[bytes, int]]:
     """`traces` traces of `spans` spans acked by a collector that keeps them in its WAL
     (no flush) and is then killed; returns the plan (trace id, spans)."""
     rng = random.Random(seed)
@@ -438,10 +439,14 @@ def test_kill_9_takes_the_lake_writers_down_too(tmp_path, collectors):
 
 
 def test_a_running_collector_compacts_small_files_and_keeps_every_row_once(tmp_path, collectors):
-    collector = collectors(tmp_path, env={
-        "FLAGSCOPE_COMPACT_INTERVAL_S": "0.5", "FLAGSCOPE_COMPACT_MIN_FILES": "4",
-        "FLAGSCOPE_FLUSH_INTERVAL_S": "0.1",
-    })
+    collector = collectors(
+        tmp_path,
+        env={
+            "FLAGSCOPE_COMPACT_INTERVAL_S": "0.5",
+            "FLAGSCOPE_COMPACT_MIN_FILES": "4",
+            "FLAGSCOPE_FLUSH_INTERVAL_S": "0.1",
+        },
+    )
     rng = random.Random(50)
     traces = [rng.randbytes(16) for _ in range(12)]
     for trace_id in traces:  # one small request per WAL segment: one small file each
@@ -457,10 +462,12 @@ def test_a_running_collector_compacts_small_files_and_keeps_every_row_once(tmp_p
 
 # -- item 43: the crash at each stage boundary ------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["wal.before_fsync", "wal.after_fsync",
-                                   "lake.before_rename", "lake.after_rename"])
+@pytest.mark.parametrize(
+    "stage", ["wal.before_fsync", "wal.after_fsync", "lake.before_rename", "lake.after_rename"]
+)
 def test_a_crash_at_each_stage_loses_no_acked_span_and_shows_no_broken_file(
-        tmp_path, collectors, stage):
+    tmp_path, collectors, stage
+):
     rng = random.Random(hash(stage) & 0xFFFF)
     # The failpoint fires on the 4th pass: some requests are acked and converted first.
     crashing = collectors(tmp_path, env={"FLAGSCOPE_FAILPOINT": f"{stage}:4"})
@@ -493,8 +500,11 @@ def test_a_crash_at_each_stage_loses_no_acked_span_and_shows_no_broken_file(
 def test_a_dead_lake_writer_is_restarted_and_nothing_is_lost(tmp_path, collectors):
     collector = collectors(tmp_path)
     assert collector.proc is not None
-    workers = [p for p in psutil.Process(collector.proc.pid).children()
-               if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
+    workers = [
+        p
+        for p in psutil.Process(collector.proc.pid).children()
+        if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())
+    ]
     assert workers
     for worker in workers:
         worker.kill()

@@ -39,7 +39,9 @@ def _attribute(key: str, value: str) -> common_pb2.KeyValue:
 
 
 def span_request(
-    trace_id: bytes, names: tuple[str, ...] = ("span",), service: str = "grpc-test",
+    trace_id: bytes,
+    names: tuple[str, ...] = ("span",),
+    service: str = "grpc-test",
     padding: str = "",
 ) -> trace_service_pb2.ExportTraceServiceRequest:
     request = trace_service_pb2.ExportTraceServiceRequest()
@@ -49,7 +51,10 @@ def span_request(
     scope.scope.name = "tests.grpc"
     for index, name in enumerate(names):
         span = scope.spans.add(
-            trace_id=trace_id, span_id=(index + 1).to_bytes(8, "big"), name=name, kind=2,
+            trace_id=trace_id,
+            span_id=(index + 1).to_bytes(8, "big"),
+            name=name,
+            kind=2,
             start_time_unix_nano=1_700_000_000_000_000_000,
             end_time_unix_nano=1_700_000_000_250_000_000,
         )
@@ -74,8 +79,11 @@ def log_request(trace_id: bytes, body: str) -> logs_service_pb2.ExportLogsServic
     resource_logs = request.resource_logs.add()
     resource_logs.resource.attributes.append(_attribute("service.name", "grpc-test"))
     record = resource_logs.scope_logs.add().log_records.add(
-        time_unix_nano=1_700_000_000_000_000_000, severity_number=9, severity_text="INFO",
-        trace_id=trace_id, span_id=b"\x00\x00\x00\x00\x00\x00\x00\x07",
+        time_unix_nano=1_700_000_000_000_000_000,
+        severity_number=9,
+        severity_text="INFO",
+        trace_id=trace_id,
+        span_id=b"\x00\x00\x00\x00\x00\x00\x00\x07",
     )
     record.body.string_value = body
     return request
@@ -156,8 +164,9 @@ def raw_export(channel: grpc.Channel):
 # -- 35, 36: valid requests ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("compression", [grpc.Compression.NoCompression, grpc.Compression.Gzip],
-                         ids=["identity", "gzip"])
+@pytest.mark.parametrize(
+    "compression", [grpc.Compression.NoCompression, grpc.Compression.Gzip], ids=["identity", "gzip"]
+)
 def test_trace_export_is_ok_and_stored(server, channel, compression):
     trace_id = _trace_id()
     stub = trace_service_pb2_grpc.TraceServiceStub(channel)
@@ -180,8 +189,9 @@ def test_trace_export_is_ok_and_stored(server, channel, compression):
     ]
 
 
-@pytest.mark.parametrize("compression", [grpc.Compression.NoCompression, grpc.Compression.Gzip],
-                         ids=["identity", "gzip"])
+@pytest.mark.parametrize(
+    "compression", [grpc.Compression.NoCompression, grpc.Compression.Gzip], ids=["identity", "gzip"]
+)
 def test_logs_export_is_ok_and_stored(server, channel, compression):
     trace_id = _trace_id()
     body = f"log over grpc {compression.name}"
@@ -424,9 +434,13 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCollecto
 
 @pytest.mark.parametrize(
     "metadata",
-    [(), (("authorization", "Bearer wrong-token"),), (("authorization", "s3cret-token"),),
-     (("authorization", "Bearer s3cret-token-and-more"),),
-     (("authorization", "Basic s3cret-token"),)],
+    [
+        (),
+        (("authorization", "Bearer wrong-token"),),
+        (("authorization", "s3cret-token"),),
+        (("authorization", "Bearer s3cret-token-and-more"),),
+        (("authorization", "Basic s3cret-token"),),
+    ],
     ids=["missing", "wrong-token", "no-bearer-scheme", "token-prefix-only", "basic-scheme"],
 )
 def test_missing_or_wrong_token_is_unauthenticated(authed, metadata):
@@ -443,8 +457,9 @@ def test_missing_or_wrong_token_is_unauthenticated(authed, metadata):
             assert "Bearer" in error.details()
             assert retry_info(error) is None
 
-        assert_keeps_serving(chan, authed.lake, before,
-                             metadata=(("authorization", "Bearer s3cret-token"),))
+        assert_keeps_serving(
+            chan, authed.lake, before, metadata=(("authorization", "Bearer s3cret-token"),)
+        )
     assert stored(authed.lake, trace_id) == 0
     assert stored(authed.lake, trace_id, signal="log") == 0
 
@@ -453,8 +468,9 @@ def test_the_bearer_scheme_is_case_insensitive(authed):
     # RFC 7235 section 2.1 (issue 10 point 16)
     before = total(authed.lake)
     with grpc.insecure_channel(authed.grpc_target) as chan:
-        assert_keeps_serving(chan, authed.lake, before,
-                             metadata=(("authorization", "bearer s3cret-token"),))
+        assert_keeps_serving(
+            chan, authed.lake, before, metadata=(("authorization", "bearer s3cret-token"),)
+        )
 
 
 def test_unauthenticated_gzip_bomb_is_refused_before_it_is_inflated(authed):
@@ -470,6 +486,7 @@ def test_unauthenticated_gzip_bomb_is_refused_before_it_is_inflated(authed):
         error = rpc_error(stub.Export, request, compression=grpc.Compression.Gzip)
 
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
-        assert_keeps_serving(chan, authed.lake, before,
-                             metadata=(("authorization", "Bearer s3cret-token"),))
+        assert_keeps_serving(
+            chan, authed.lake, before, metadata=(("authorization", "Bearer s3cret-token"),)
+        )
     assert stored(authed.lake, trace_id) == 0

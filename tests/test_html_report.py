@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.render import html as html_report
 from flagscope.analysis.result import DiffOptions, DiffResult, HealthCheck, TrafficFilter
 from flagscope.analysis.verdict import Verdict
-
 from tests import browser
 from tests.helpers import MiB, RunningCollector, make_settings
 
@@ -45,15 +45,21 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
     tmp = tmp_path_factory.mktemp("html")
     running = RunningCollector(make_settings(tmp, max_request_bytes=8 * MiB)).start()
     try:
-        shop.run(running.http_url, running.grpc_target,
-                 shop.ShopConfig(users=400, requests=3000, regression_latency=0.4,
-                                 regression_errors=0.05, seed=11))
+        shop.run(
+            running.http_url,
+            running.grpc_target,
+            shop.ShopConfig(
+                users=400, requests=3000, regression_latency=0.4, regression_errors=0.05, seed=11
+            ),
+        )
     finally:
         running.stop()  # drains the WAL into the lake
     start, end = _window()
-    result = run_diff(running.lake, DiffOptions("new-checkout", start, end,
-                                                expected_split={"on": 0.2, "off": 0.8}),
-                      charts=True)
+    result = run_diff(
+        running.lake,
+        DiffOptions("new-checkout", start, end, expected_split={"on": 0.2, "off": 0.8}),
+        charts=True,
+    )
     page = tmp / "report.html"
     page.write_text(html_report.render(result), encoding="utf-8")
     return Report(running.lake, result, page, page.read_text(encoding="utf-8"))
@@ -77,15 +83,24 @@ def test_the_report_is_one_file_that_loads_nothing(report):
 def test_the_report_leads_with_the_sentence_and_shows_every_part(report):
     r, text = report.result, report.text
     assert r.verdict is Verdict.REGRESSION  # the shop's injected regression on POST /checkout
-    header = text[text.index("<header>"):text.index("</header>")]
+    header = text[text.index("<header>") : text.index("</header>")]
     assert f'data-verdict="{r.verdict.value}"' in header
     assert html.escape(r.summary) in header
     for route in {s.route for s in r.breakdown}:
         assert html.escape(route) in text
     for check in ("sample_ratio", "crossover_users", "sample_size"):
         assert f'data-check="{check}"' in text
-    parts = ['id="summary"', 'id="window"', 'id="cohorts"', 'id="overall"', 'id="adjusted"',
-             'id="charts"', 'id="breakdown"', 'id="health"', 'id="settings"']
+    parts = [
+        'id="summary"',
+        'id="window"',
+        'id="cohorts"',
+        'id="overall"',
+        'id="adjusted"',
+        'id="charts"',
+        'id="breakdown"',
+        'id="health"',
+        'id="settings"',
+    ]
     positions = [text.index(p) for p in parts]
     assert positions == sorted(positions)
     assert "12 test users" in text and "alpha" in text and "±0.5 pp" in text
@@ -102,8 +117,10 @@ def test_every_chart_is_an_svg_with_the_data_in_it(report):
     assert SERIES.findall(charts["cdf"]) == [str(bins + 1)] * 2
     assert SERIES.findall(charts["histogram"]) == [str(2 * bins)] * 2
     for kind in ("error-rate", "p95"):  # one point per non-empty bucket, treatment first
-        expected = [str(sum(1 for row in data.series if row["cohort"] == c and row["requests"]))
-                    for c in ("treatment", "baseline")]
+        expected = [
+            str(sum(1 for row in data.series if row["cohort"] == c and row["requests"]))
+            for c in ("treatment", "baseline")
+        ]
         assert SERIES.findall(charts[kind]) == expected, kind
     for kind in ("forest-error-rate", "forest-p95"):
         assert charts[kind].count('<g class="interval">') == len(report.result.breakdown)
@@ -117,9 +134,13 @@ def test_names_and_reasons_from_telemetry_are_escaped(report):
     options = dataclasses.replace(r.options, flag=evil_flag, variant="<i>on</i>")
     strata = tuple(dataclasses.replace(s, route=evil_route) for s in r.breakdown)
     hostile = dataclasses.replace(
-        r, options=options, breakdown=strata, summary=f"{evil_flag} vs & co",
+        r,
+        options=options,
+        breakdown=strata,
+        summary=f"{evil_flag} vs & co",
         reason="<img src=x onerror=alert(2)>",
-        health=(HealthCheck("<u>check</u>", False, "detail <em>here</em>"),))
+        health=(HealthCheck("<u>check</u>", False, "detail <em>here</em>"),),
+    )
     text = html_report.render(hostile)
     for raw in (evil_flag, evil_route, "<i>on</i>", "<img src=x", "<u>check", "<em>here"):
         assert raw not in text
@@ -130,8 +151,11 @@ def test_names_and_reasons_from_telemetry_are_escaped(report):
 # -- degenerate results -------------------------------------------------------------------------
 def test_a_no_data_result_renders_without_charts(report):
     start, end = _window()
-    result = run_diff(report.lake, DiffOptions("new-checkout", start, end,
-                                               test_mode=TrafficFilter.ONLY), charts=True)
+    result = run_diff(
+        report.lake,
+        DiffOptions("new-checkout", start, end, test_mode=TrafficFilter.ONLY),
+        charts=True,
+    )
     assert result.verdict is Verdict.NO_DATA and result.charts is None
     text = html_report.render(result)
     assert 'data-verdict="NO_DATA"' in text and html.escape(result.summary) in text
@@ -150,8 +174,11 @@ def test_each_cohort_row_gets_its_own_swatch_whatever_the_variants_are_called(re
     treatment = dataclasses.replace(report.result.treatment, variant="baseline")
     text = html_report.render(dataclasses.replace(report.result, treatment=treatment))
     rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td>", text)
-    assert ('<span class="swatch treatment" style="background:' in rows[0][0]
-            and rows[0][0].endswith("treatment") and rows[0][1] == "baseline")
+    assert (
+        '<span class="swatch treatment" style="background:' in rows[0][0]
+        and rows[0][0].endswith("treatment")
+        and rows[0][1] == "baseline"
+    )
     assert '<span class="swatch baseline"' in rows[1][0] and "swatch" not in rows[0][1]
 
 
@@ -182,12 +209,13 @@ def test_the_browser_check_catches_console_errors_and_refused_loads(tmp_path):
     chromium = browser.require_chromium()
     page = tmp_path / "broken.html"
     page.write_text(
-        "<!doctype html><html><head><meta http-equiv=\"Content-Security-Policy\" "
+        '<!doctype html><html><head><meta http-equiv="Content-Security-Policy" '
         "content=\"default-src 'none'; script-src 'unsafe-inline'\"></head><body>"
         "<script>console.error('flagscope-check: boom')</script>"
         "<script>throw new Error('flagscope-check: uncaught')</script>"
-        "<img src=\"data:image/gif;base64,R0lGODlhAQABAAAAACw=\"></body></html>",
-        encoding="utf-8")
+        '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="></body></html>',
+        encoding="utf-8",
+    )
     run = browser.dump_dom(chromium, page)
     # Chromium's log drops the level of console.error: any message counts for a scriptless page.
     assert any("flagscope-check: boom" in m for m in run.console())

@@ -28,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
 
-import flagscope.collector.receiver
 import psutil
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+import flagscope.collector.receiver
 from tests.helpers import RunningCollector, make_settings, query
 from tests.otlp_requests import (
     JSON,
@@ -69,7 +69,6 @@ from tests.otlp_requests import (
 
 # allocator noise, thread stacks, DuckDB queries of the polling helpers.
 RSS_SLACK = 24 * MiB
-
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -136,13 +135,21 @@ def test_02_trace_json_example_stored_with_hex_ids_and_fields(server, otlp_examp
     assert reply.body == b"{}"
     wait_rows(server, "trace_id = ?", [TRACE_JSON_ID], 1)
     [row] = stored(
-        server, TRACE_JSON_ID,
+        server,
+        TRACE_JSON_ID,
         "trace_id, span_id, parent_span_id, kind, epoch_ns(time), service_name, scope_name, "
         "scope_version, name",
     )
     assert row == (
-        TRACE_JSON_ID, "eee19b7ec3c1b174", "eee19b7ec3c1b173", 2, 1544712660000000000,
-        "my.service", "my.library", "1.0.0", "I'm a server span",
+        TRACE_JSON_ID,
+        "eee19b7ec3c1b174",
+        "eee19b7ec3c1b173",
+        2,
+        1544712660000000000,
+        "my.service",
+        "my.library",
+        "1.0.0",
+        "I'm a server span",
     )
     assert len(bytes.fromhex(row[0])) == 16 and len(bytes.fromhex(row[1])) == 8
 
@@ -191,22 +198,36 @@ def test_05_metrics_not_supported_404_with_status_never_200(server, otlp_example
 def rich_request(trace_id: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     """A span using every field the lake stores, with every AnyValue type."""
     span = make_span(
-        trace_id, new_span_id(), name="POST /checkout", parent_span_id=new_span_id(),
-        trace_state="vendor=1", start_time_unix_nano=1_700_000_000_123_456_789,
-        end_time_unix_nano=1_700_000_000_223_456_789, dropped_attributes_count=3,
+        trace_id,
+        new_span_id(),
+        name="POST /checkout",
+        parent_span_id=new_span_id(),
+        trace_state="vendor=1",
+        start_time_unix_nano=1_700_000_000_123_456_789,
+        end_time_unix_nano=1_700_000_000_223_456_789,
+        dropped_attributes_count=3,
         attrs={
-            "http.route": "/checkout", "http.response.status_code": 503,
-            "http.request.method": "POST", "enduser.id": "user-42",
-            "app.flag.new-checkout": "on", "big": -(2**62), "ratio": 0.25, "ok": False,
-            "raw": b"\x00\xff", "list": [1, "two", 3.5, [True]], "map": {"a": {"b": 1}},
+            "http.route": "/checkout",
+            "http.response.status_code": 503,
+            "http.request.method": "POST",
+            "enduser.id": "user-42",
+            "app.flag.new-checkout": "on",
+            "big": -(2**62),
+            "ratio": 0.25,
+            "ok": False,
+            "raw": b"\x00\xff",
+            "list": [1, "two", 3.5, [True]],
+            "map": {"a": {"b": 1}},
             "empty": "",
         },
         status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR, message="boom"),
     )
-    event = span.events.add(name="feature_flag.evaluation",
-                            time_unix_nano=1_700_000_000_200_000_000)
-    event.attributes.extend([kv("feature_flag.key", "dark-mode"),
-                             kv("feature_flag.result.variant", "blue")])
+    event = span.events.add(
+        name="feature_flag.evaluation", time_unix_nano=1_700_000_000_200_000_000
+    )
+    event.attributes.extend(
+        [kv("feature_flag.key", "dark-mode"), kv("feature_flag.result.variant", "blue")]
+    )
     link = span.links.add(trace_id=new_trace_id(), span_id=new_span_id())
     link.attributes.append(kv("link.kind", "follows"))
     request = traces(span)
@@ -252,8 +273,10 @@ def test_08_empty_requests_200_and_nothing_stored(server):
     empty_resource = trace_service_pb2.ExportTraceServiceRequest()
     empty_resource.resource_spans.add().scope_spans.add()  # a ResourceSpans with no spans
     cases = [
-        (b"", PB), (b"{}", JSON),
-        (empty_resource.SerializeToString(), PB), (dumps(otlp_json(empty_resource)), JSON),
+        (b"", PB),
+        (b"{}", JSON),
+        (empty_resource.SerializeToString(), PB),
+        (dumps(otlp_json(empty_resource)), JSON),
     ]
     with nothing_stored(server):
         for body, content_type in cases:
@@ -285,8 +308,15 @@ def test_09_json_ids_upper_and_lower_case_store_identical_bytes(server):
 
 def test_10_json_enum_names_and_numeric_int64_accepted_identically(server):
     trace_id = new_trace_id()
-    doc = otlp_json(traces(make_span(trace_id, start_time_unix_nano=1544712660000000000,
-                                     end_time_unix_nano=1544712661000000000)))
+    doc = otlp_json(
+        traces(
+            make_span(
+                trace_id,
+                start_time_unix_nano=1544712660000000000,
+                end_time_unix_nano=1544712661000000000,
+            )
+        )
+    )
     lenient = copy.deepcopy(doc)
     span = lenient["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert span["kind"] == 2 and span["startTimeUnixNano"] == "1544712660000000000"
@@ -434,8 +464,14 @@ def test_19_seven_byte_span_id_rejected_by_partial_success_protobuf(server):
 def test_20_protobuf_logs_posted_to_traces_not_stored_as_spans(server):
     trace_id, span_id = new_trace_id(), new_span_id()
     records = [
-        logs_pb2.LogRecord(time_unix_nano=time.time_ns(), severity_number=9, trace_id=trace_id,
-                           span_id=span_id, body=any_value("hello"), attributes=[kv("a", 1)]),
+        logs_pb2.LogRecord(
+            time_unix_nano=time.time_ns(),
+            severity_number=9,
+            trace_id=trace_id,
+            span_id=span_id,
+            body=any_value("hello"),
+            attributes=[kv("a", 1)],
+        ),
         logs_pb2.LogRecord(time_unix_nano=time.time_ns(), body=any_value("no ids")),
     ]
     for request in (logs(*records), logs(records[1])):
@@ -443,8 +479,9 @@ def test_20_protobuf_logs_posted_to_traces_not_stored_as_spans(server):
             reply = post(server, "/v1/traces", request.SerializeToString(), PB)
             if reply.status == 200:
                 response = trace_service_pb2.ExportTraceServiceResponse.FromString(reply.body)
-                assert response.partial_success.rejected_spans == len(request.resource_logs[0]
-                                                                      .scope_logs[0].log_records)
+                assert response.partial_success.rejected_spans == len(
+                    request.resource_logs[0].scope_logs[0].log_records
+                )
             else:
                 assert reply.status == 400
                 status_body(reply, PB)
@@ -489,8 +526,9 @@ def nested_arrays(levels: int, leaf: bytes = b"") -> bytes:
 
 def logs_request_with_body(body: bytes, trace_id: bytes = b"") -> bytes:
     """ExportLogsServiceRequest bytes of one log record whose body is the AnyValue `body`."""
-    record = logs_pb2.LogRecord(time_unix_nano=time.time_ns(), trace_id=trace_id,
-                                span_id=new_span_id() if trace_id else b"")
+    record = logs_pb2.LogRecord(
+        time_unix_nano=time.time_ns(), trace_id=trace_id, span_id=new_span_id() if trace_id else b""
+    )
     record_bytes = record.SerializeToString() + field(5, body)  # LogRecord.body
     return field(1, field(2, field(2, record_bytes)))  # resource_logs.scope_logs.log_records
 
@@ -526,7 +564,9 @@ def test_23_deep_nesting_bombs_400_fast_without_memory_growth(server):
     depth = 3000
     json_bomb = (
         b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":'
-        + b'{"arrayValue":{"values":[' * depth + b'{"stringValue":"x"}' + b"]}}" * depth
+        + b'{"arrayValue":{"values":[' * depth
+        + b'{"stringValue":"x"}'
+        + b"]}}" * depth
         + b"}]}]}]}"
     )
     assert json_bomb.count(b"[") == json_bomb.count(b"]") == depth + 3  # well-formed
@@ -590,10 +630,14 @@ def test_27_chunked_body_over_limit_413_and_reading_stops_near_limit(server):
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
     piece = 64 * 1024
-    stream = head + b"".join(
-        f"{len(body[i:i + piece]):x}\r\n".encode() + body[i : i + piece] + b"\r\n"
-        for i in range(0, len(body), piece)
-    ) + b"0\r\n\r\n"
+    stream = (
+        head
+        + b"".join(
+            f"{len(body[i : i + piece]):x}\r\n".encode() + body[i : i + piece] + b"\r\n"
+            for i in range(0, len(body), piece)
+        )
+        + b"0\r\n\r\n"
+    )
     with nothing_stored(server, trace_id):
         sent, answer = 0, b""
         writing = reading = True
@@ -707,7 +751,8 @@ def test_31_inflight_budget_exhausted_503_retry_after_then_200(tmp_path):
             holder.sendall(
                 b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/x-protobuf\r\n"
-                + f"Content-Length: {len(held_body)}\r\n\r\n".encode() + held_body[:1000]
+                + f"Content-Length: {len(held_body)}\r\n\r\n".encode()
+                + held_body[:1000]
             )
             # Synchronisation only: wait until the held request has reserved its bytes.
             deadline = time.monotonic() + 10
@@ -783,8 +828,10 @@ def test_33_unexpected_exception_500_status_without_traceback(server, monkeypatc
     with nothing_stored(server, trace_id):
         with monkeypatch.context() as patch:
             patch.setattr(flagscope.collector.receiver, "prepare", broken)
-            replies = [post(server, "/v1/traces", body, PB),
-                       post(server, "/v1/traces", dumps(otlp_json(traces(make_span()))), JSON)]
+            replies = [
+                post(server, "/v1/traces", body, PB),
+                post(server, "/v1/traces", dumps(otlp_json(traces(make_span()))), JSON),
+            ]
         for reply, content_type in zip(replies, (PB, JSON), strict=True):
             assert reply.status == 500
             message = status_body(reply, content_type).message
@@ -840,8 +887,9 @@ def test_48_bearer_auth_401_before_any_decoding_nothing_stored(tmp_path, monkeyp
         with nothing_stored(srv, trace_id):
             decompressed.clear()
             with PeakRss() as rss:
-                reply = post(srv, "/v1/traces", bomb, PB, {"Content-Encoding": "gzip"},
-                             authorize=False)
+                reply = post(
+                    srv, "/v1/traces", bomb, PB, {"Content-Encoding": "gzip"}, authorize=False
+                )
             assert reply.status == 401
             status_body(reply, PB)
             assert rss.growth < limit(srv) + RSS_SLACK, rss.growth
@@ -858,7 +906,13 @@ def test_48_bearer_auth_401_before_any_decoding_nothing_stored(tmp_path, monkeyp
         assert decompressed, "the spy never saw a request: it proves nothing"
         # RFC 7235: the auth scheme is case-insensitive (issue 10 point 16)
         for scheme in ("bearer", "BEARER"):
-            reply = post(srv, "/v1/traces", body, PB, {"Authorization": f"{scheme} s3cret-token"},
-                         authorize=False)
+            reply = post(
+                srv,
+                "/v1/traces",
+                body,
+                PB,
+                {"Authorization": f"{scheme} s3cret-token"},
+                authorize=False,
+            )
             assert reply.status == 200, scheme
         wait_rows(srv, "trace_id = ?", [trace_id.hex()], 1)

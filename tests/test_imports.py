@@ -52,8 +52,11 @@ def test_collector_never_imports_analysis():
     edges = graph()
     collector = [name for name in edges if name.startswith("flagscope.collector")]
     assert len(collector) > 5
-    assert {n: sorted(m for m in edges[n] if m.startswith("flagscope.analysis"))
-            for n in collector if any(m.startswith("flagscope.analysis") for m in edges[n])} == {}
+    assert {
+        n: sorted(m for m in edges[n] if m.startswith("flagscope.analysis"))
+        for n in collector
+        if any(m.startswith("flagscope.analysis") for m in edges[n])
+    } == {}
 
 
 def test_nothing_imports_the_repository_folders_by_their_own_names():
@@ -83,7 +86,7 @@ def test_no_module_imports_itself_through_others():
         state[name] = 1
         for target in sorted(edges[name]):
             if state.get(target) == 1:
-                cycles.append([*path[path.index(target):], target])
+                cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[name] = 2
@@ -98,9 +101,15 @@ def test_renderers_read_the_result_never_the_orchestration():
     edges = graph()
     renderers = [n for n in edges if n.startswith("flagscope.analysis.render.")]
     assert len(renderers) >= 5
-    orchestration = {"flagscope.analysis.diff", "flagscope.analysis.cohorts",
-                     "flagscope.analysis.report_archive", "flagscope.collector.lake"}
-    assert {n: sorted(edges[n] & orchestration) for n in renderers if edges[n] & orchestration} == {}
+    orchestration = {
+        "flagscope.analysis.diff",
+        "flagscope.analysis.cohorts",
+        "flagscope.analysis.report_archive",
+        "flagscope.collector.lake",
+    }
+    assert {
+        n: sorted(edges[n] & orchestration) for n in renderers if edges[n] & orchestration
+    } == {}
 
 
 def within(name: str, *packages: str) -> bool:
@@ -110,16 +119,28 @@ def within(name: str, *packages: str) -> bool:
 def test_the_analysis_reads_the_lake_contract_not_the_otlp_code():
     """Only the CLI (which starts `serve` and `requeue`) reaches into the collector."""
     edges = graph()
-    contract = ("flagscope.collector.lake", "flagscope.collector.errors",
-                "flagscope.collector.config")
-    reaching = {n: sorted(m for m in targets
-                          if within(m, "flagscope.collector") and not within(m, *contract))
-                for n, targets in edges.items()
-                if within(n, "flagscope.analysis") and n != "flagscope.analysis.cli"}
+    contract = (
+        "flagscope.collector.lake",
+        "flagscope.collector.errors",
+        "flagscope.collector.config",
+    )
+    reaching = {
+        n: sorted(
+            m for m in targets if within(m, "flagscope.collector") and not within(m, *contract)
+        )
+        for n, targets in edges.items()
+        if within(n, "flagscope.analysis") and n != "flagscope.analysis.cli"
+    }
     assert {n: m for n, m in reaching.items() if m} == {}
     lake = [n for n in edges if within(n, "flagscope.collector.lake")]
     assert len(lake) >= 5
-    otlp = {n: sorted(m for m in edges[n] if within(m, "flagscope.collector")
-                      and not within(m, *contract, "flagscope.collector.failpoints"))
-            for n in lake}
+    otlp = {
+        n: sorted(
+            m
+            for m in edges[n]
+            if within(m, "flagscope.collector")
+            and not within(m, *contract, "flagscope.collector.failpoints")
+        )
+        for n in lake
+    }
     assert {n: m for n, m in otlp.items() if m} == {}

@@ -9,6 +9,8 @@ import uuid
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from flagscope.analysis.diff import run_diff
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
@@ -25,8 +27,6 @@ from flagscope.collector.lake.schema import (
 from flagscope.collector.lake.write import write_table
 from flagscope.collector.otlp import SIGNAL_CODES, TRACES
 from flagscope.collector.tagging import Tagger
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from tests.helpers import query
 from tests.synthetic import request, write
 from tests.test_cohorts import _lenient, options
@@ -39,9 +39,20 @@ CHILD = bytes.fromhex("0123456789abcdef")
 def _converted() -> pa.Table:
     req = ExportTraceServiceRequest()
     spans = req.resource_spans.add().scope_spans.add().spans
-    for span_id, parent, kind in ((ROOT, b"", 1), (CHILD, ROOT, 2), (b"\x00" * 7 + b"\x09", CHILD, 3)):
-        span = spans.add(trace_id=TRACE, span_id=span_id, parent_span_id=parent, kind=kind,
-                         name="s", start_time_unix_nano=1, end_time_unix_nano=2)
+    for span_id, parent, kind in (
+        (ROOT, b"", 1),
+        (CHILD, ROOT, 2),
+        (b"\x00" * 7 + b"\x09", CHILD, 3),
+    ):
+        span = spans.add(
+            trace_id=TRACE,
+            span_id=span_id,
+            parent_span_id=parent,
+            kind=kind,
+            name="s",
+            start_time_unix_nano=1,
+            end_time_unix_nano=2,
+        )
         span.attributes.add(key="k").value.string_value = "v"
     records = [(SIGNAL_CODES[TRACES.name], req.SerializeToString())]
     return Converter(Tagger.from_settings(Settings())).table(records)
@@ -69,7 +80,8 @@ def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
     derived = derived_keys()
     rows = duckdb.sql(
         f"SELECT trace_key = {derived['trace_key']}, span_key = {derived['span_key']}, "
-        f"is_entry = {derived['is_entry']} FROM read_parquet('{path}')").fetchall()
+        f"is_entry = {derived['is_entry']} FROM read_parquet('{path}')"
+    ).fetchall()
     assert rows == [(True, True, True)] * 3
 
 
@@ -82,8 +94,10 @@ def _one_file(directory) -> tuple[str, pa.Table]:
 def _put(directory, partition: str, table: pa.Table, name: str, legacy: bool) -> None:
     """A file in `partition` as written before the keys existed (`legacy`) or now."""
     (directory / partition).mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.drop_columns(list(KEY_COLUMNS)) if legacy else table,
-                   directory / partition / f"{name}.parquet")
+    pq.write_table(
+        table.drop_columns(list(KEY_COLUMNS)) if legacy else table,
+        directory / partition / f"{name}.parquet",
+    )
 
 
 def _traffic() -> list[dict]:
@@ -96,7 +110,9 @@ def _traffic() -> list[dict]:
     ids: dict[str, str] = {}
 
     def fresh(old: str | None, bits: int) -> str | None:
-        return None if old is None else ids.setdefault(old, f"{rng.getrandbits(bits):0{bits // 4}x}")
+        return (
+            None if old is None else ids.setdefault(old, f"{rng.getrandbits(bits):0{bits // 4}x}")
+        )
 
     for row in rows:
         row["trace_id"] = fresh(row["trace_id"], 128)
@@ -121,8 +137,9 @@ def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
         got = run_diff(directory, options(thresholds=_lenient())).to_dict()
         for key in ("verdict", "cohorts", "metrics", "breakdown", "excluded"):
             assert got[key] == expected[key], (directory.name, key)
-        assert query(directory, "SELECT count(*) FROM events_raw WHERE trace_key IS NULL "
-                                "OR span_key IS NULL") == [(0,)]
+        assert query(
+            directory, "SELECT count(*) FROM events_raw WHERE trace_key IS NULL OR span_key IS NULL"
+        ) == [(0,)]
 
 
 def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_path):
@@ -149,14 +166,18 @@ def test_compaction_gives_older_files_their_keys(tmp_path):
 
 def _without_keys(rows: list[dict]) -> pa.Table:
     fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
-    return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in fields},
-                                schema=pa.schema(fields))
+    return pa.Table.from_pydict(
+        {f.name: [r.get(f.name) for r in rows] for f in fields}, schema=pa.schema(fields)
+    )
 
 
 def test_odd_ids_get_the_keys_the_collector_would_give(tmp_path):
     rows = request("u1", "on")  # a root and a child
-    odd = [dict(rows[0], span_id="9"), dict(rows[0], span_id="zz" * 8),
-           dict(rows[0], span_id="0" * 16, parent_span_id="", kind=1)]
+    odd = [
+        dict(rows[0], span_id="9"),
+        dict(rows[0], span_id="zz" * 8),
+        dict(rows[0], span_id="0" * 16, parent_span_id="", kind=1),
+    ]
     keys = with_keys(_without_keys(rows + odd)).select(list(KEY_COLUMNS)).to_pylist()
     assert [k["span_key"] for k in keys[2:]] == [None, None, span_key(bytes(8))]  # 8 bytes or none
     assert keys[4]["is_entry"] is is_entry(1, b"")  # an empty parent is no parent
@@ -166,9 +187,11 @@ def test_odd_ids_get_the_keys_the_collector_would_give(tmp_path):
 def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
     rows = request("u2", "off") + request("u3", "on")
     root = rows[0]
-    rows += [dict(root, span_id="1", event_id=root["trace_id"] + "1"),
-             dict(root, span_id="2", event_id=root["trace_id"] + "2"),
-             dict(root)]  # and a real retry, so that de-duplication runs
+    rows += [
+        dict(root, span_id="1", event_id=root["trace_id"] + "1"),
+        dict(root, span_id="2", event_id=root["trace_id"] + "2"),
+        dict(root),
+    ]  # and a real retry, so that de-duplication runs
     write_table(tmp_path, with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
     result = run_diff(tmp_path, options(thresholds=_lenient()))
     assert result.baseline.requests == 3  # the root once, both key-less entry spans

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from flagscope.collector import wal
 from flagscope.collector.lake.layout import GLOB, has_files, partitions
 from flagscope.collector.lake.maintain import compact, expire
@@ -26,7 +27,6 @@ from flagscope.collector.wal import (
     list_segments,
     read_segment,
 )
-
 from tests.helpers import query
 
 HOUR_NS = 3_600_000_000_000

@@ -16,11 +16,11 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from flagscope.collector.lake.read import fetch
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
+from flagscope.collector.lake.read import fetch
 from tests.otlp_requests import (
     kv,
     logs,
@@ -59,8 +59,9 @@ def log_request(trace_id: bytes, **fields: Any) -> logs_service_pb2.ExportLogsSe
     attrs = fields.pop("attrs", {})
     fields.setdefault("time_unix_nano", time.time_ns())
     fields.setdefault("observed_time_unix_nano", time.time_ns())
-    record = logs_pb2.LogRecord(trace_id=trace_id, attributes=[kv(k, v) for k, v in attrs.items()],
-                                **fields)
+    record = logs_pb2.LogRecord(
+        trace_id=trace_id, attributes=[kv(k, v) for k, v in attrs.items()], **fields
+    )
     return logs(record)
 
 
@@ -70,61 +71,121 @@ def _now_ish(value: Any) -> bool:
 
 
 ODD = [
-    Odd("status.code=128", "traces",
+    Odd(
+        "status.code=128",
+        "traces",
         lambda t: span_request(t, status={"code": 128}),
-        {"status_code": 128, "is_error": False}),
+        {"status_code": 128, "is_error": False},
+    ),
     Odd("kind=128", "traces", lambda t: span_request(t, kind=128), {"kind": 128}),
-    Odd("start time 2^63", "traces",
+    Odd(
+        "start time 2^63",
+        "traces",
         lambda t: span_request(t, start_time_unix_nano=TOO_LATE, end_time_unix_nano=TOO_LATE),
-        refused_because="start_time_unix_nano"),
-    Odd("start time 0", "traces",
+        refused_because="start_time_unix_nano",
+    ),
+    Odd(
+        "start time 0",
+        "traces",
         lambda t: span_request(t, start_time_unix_nano=0, end_time_unix_nano=10),
-        refused_because="start_time_unix_nano is missing"),
-    Odd("end time 2^63", "traces",
+        refused_because="start_time_unix_nano is missing",
+    ),
+    Odd(
+        "end time 2^63",
+        "traces",
         lambda t: span_request(t, end_time_unix_nano=TOO_LATE),
-        {"end_time": None, "duration_ms": None}),
-    Odd("dropped_attributes_count=2^31", "traces",
+        {"end_time": None, "duration_ms": None},
+    ),
+    Odd(
+        "dropped_attributes_count=2^31",
+        "traces",
         lambda t: span_request(t, dropped_attributes_count=2**31),
-        {"dropped_attributes_count": 2**31}),
-    Odd("http.response.status_code=2^31", "traces",
+        {"dropped_attributes_count": 2**31},
+    ),
+    Odd(
+        "http.response.status_code=2^31",
+        "traces",
         lambda t: span_request(t, attrs={"http.response.status_code": 2**31}),
         {"http_status_code": None, "is_error": False},
-        lambda row: json.loads(row["attributes"])["http.response.status_code"] == 2**31),
-    Odd("http.status_code='99999999999'", "traces",
+        lambda row: json.loads(row["attributes"])["http.response.status_code"] == 2**31,
+    ),
+    Odd(
+        "http.status_code='99999999999'",
+        "traces",
         lambda t: span_request(t, attrs={"http.status_code": "99999999999"}),
-        {"http_status_code": None}),
-    Odd("http.status_code as a Unicode digit", "traces",
+        {"http_status_code": None},
+    ),
+    Odd(
+        "http.status_code as a Unicode digit",
+        "traces",
         lambda t: span_request(t, attrs={"http.status_code": "\u0665\u0660\u0663"}),
-        {"http_status_code": None}),
-    Odd("http.status_code='\u00b2'", "traces",
+        {"http_status_code": None},
+    ),
+    Odd(
+        "http.status_code='\u00b2'",
+        "traces",
         lambda t: span_request(t, attrs={"http.status_code": "\u00b2"}),
-        {"http_status_code": None}),
-    Odd("service.name as an integer", "traces",
+        {"http_status_code": None},
+    ),
+    Odd(
+        "service.name as an integer",
+        "traces",
         lambda t: span_request(t, resource={"service.name": 42}),
         {"service_name": None},
-        lambda row: json.loads(row["resource_attributes"])["service.name"] == 42),
-    Odd("http.route as an integer", "traces",
-        lambda t: span_request(t, attrs={"http.route": 7}), {"http_route": None}),
-    Odd("http.request.method as a bool", "traces",
-        lambda t: span_request(t, attrs={"http.request.method": True}), {"http_method": None}),
-    Odd("user_agent.synthetic.type as an array", "traces",
+        lambda row: json.loads(row["resource_attributes"])["service.name"] == 42,
+    ),
+    Odd(
+        "http.route as an integer",
+        "traces",
+        lambda t: span_request(t, attrs={"http.route": 7}),
+        {"http_route": None},
+    ),
+    Odd(
+        "http.request.method as a bool",
+        "traces",
+        lambda t: span_request(t, attrs={"http.request.method": True}),
+        {"http_method": None},
+    ),
+    Odd(
+        "user_agent.synthetic.type as an array",
+        "traces",
         lambda t: span_request(t, attrs={"user_agent.synthetic.type": ["test"]}),
-        {"is_test": False}),
-    Odd("user_agent.synthetic.type as a kvlist", "traces",
-        lambda t: span_request(t, resource={"service.name": "s",
-                                            "user_agent.synthetic.type": {"a": "test"}}),
-        {"is_test": False}),
-    Odd("log severity_number=128", "logs",
+        {"is_test": False},
+    ),
+    Odd(
+        "user_agent.synthetic.type as a kvlist",
+        "traces",
+        lambda t: span_request(
+            t, resource={"service.name": "s", "user_agent.synthetic.type": {"a": "test"}}
+        ),
+        {"is_test": False},
+    ),
+    Odd(
+        "log severity_number=128",
+        "logs",
         lambda t: log_request(t, severity_number=128),
-        {"severity_number": 128, "is_error": False}),
-    Odd("log observed_time=2^63", "logs",
+        {"severity_number": 128, "is_error": False},
+    ),
+    Odd(
+        "log observed_time=2^63",
+        "logs",
         lambda t: log_request(t, observed_time_unix_nano=TOO_LATE),
-        {}, lambda row: _now_ish(row["observed_time"])),
-    Odd("log without timestamps", "logs",
+        {},
+        lambda row: _now_ish(row["observed_time"]),
+    ),
+    Odd(
+        "log without timestamps",
+        "logs",
         lambda t: log_request(t, time_unix_nano=0, observed_time_unix_nano=0),
-        {}, lambda row: _now_ish(row["time"]) and row["time"] == row["observed_time"]),
-    Odd("log event.name as an integer", "logs",
-        lambda t: log_request(t, attrs={"event.name": 3}), {"name": None}),
+        {},
+        lambda row: _now_ish(row["time"]) and row["time"] == row["observed_time"],
+    ),
+    Odd(
+        "log event.name as an integer",
+        "logs",
+        lambda t: log_request(t, attrs={"event.name": 3}),
+        {"name": None},
+    ),
 ]
 
 
@@ -139,14 +200,16 @@ def _good(srv, count: int = 3) -> list[bytes]:
 def _send_odd(srv, odd: Odd, trace_id: bytes):
     reply = post(srv, f"/v1/{odd.signal}", odd.build(trace_id).SerializeToString())
     assert reply.status == 200, (odd.name, reply.status, reply.body)
-    response_type = (trace_service_pb2.ExportTraceServiceResponse if odd.signal == "traces"
-                     else logs_service_pb2.ExportLogsServiceResponse)
+    response_type = (
+        trace_service_pb2.ExportTraceServiceResponse
+        if odd.signal == "traces"
+        else logs_service_pb2.ExportLogsServiceResponse
+    )
     return response_type.FromString(reply.body).partial_success
 
 
 def _row(srv, trace_id: bytes) -> dict[str, Any]:
-    columns, rows = fetch(srv.lake, "select * from events_raw where trace_id = ?",
-                               [trace_id.hex()])
+    columns, rows = fetch(srv.lake, "select * from events_raw where trace_id = ?", [trace_id.hex()])
     assert len(rows) == 1, rows
     return dict(zip(columns, rows[0], strict=True))
 

@@ -11,6 +11,8 @@ import os
 import time
 
 import pytest
+from opentelemetry.proto.logs.v1 import logs_pb2
+
 from flagscope.collector import lake_writer, wal
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
@@ -18,8 +20,6 @@ from flagscope.collector.otlp import SIGNAL_CODES
 from flagscope.collector.quarantine import split
 from flagscope.collector.tagging import Tagger
 from flagscope.collector.wal import SegmentReader, encode_record
-from opentelemetry.proto.logs.v1 import logs_pb2
-
 from tests.helpers import make_settings, query
 from tests.otlp_requests import logs, make_span, new_trace_id, traces
 
@@ -35,7 +35,9 @@ def convert(settings: Settings, seq: int, records: list[bytes]) -> int:
     path = settings.wal_path / wal.segment_name(seq)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(records))
-    rows = lake_writer.convert_segment(settings, Converter(Tagger.from_settings(settings)), seq, path)
+    rows = lake_writer.convert_segment(
+        settings, Converter(Tagger.from_settings(settings)), seq, path
+    )
     assert not path.exists(), "a converted segment is deleted"
     return rows
 
@@ -61,8 +63,9 @@ def test_a_corrupt_record_mid_segment_costs_only_its_own_bytes(settings):
     assert convert(settings, 1, records) == 2 * 9
     stored = traces_in_lake(settings)
     assert set(stored) == {t.hex() for i, t in enumerate(ids) if i != 1}
-    kept = sorted((settings.wal_path / "quarantine").glob("*.tail"),
-                  key=lambda p: int(p.name.split(".")[1]))  # <segment>.<offset>.tail
+    kept = sorted(
+        (settings.wal_path / "quarantine").glob("*.tail"), key=lambda p: int(p.name.split(".")[1])
+    )  # <segment>.<offset>.tail
     assert [p.read_bytes() for p in kept] == [records[1], records[5]]
 
 
@@ -89,8 +92,9 @@ def test_an_unconvertible_item_is_quarantined_and_its_siblings_stored(settings):
     request = logs(
         logs_pb2.LogRecord(trace_id=trace_id, time_unix_nano=now, body={"string_value": "a"}),
         logs_pb2.LogRecord(trace_id=trace_id, body={"string_value": "no time"}),
-        logs_pb2.LogRecord(trace_id=trace_id, observed_time_unix_nano=now,
-                           body={"string_value": "b"}),
+        logs_pb2.LogRecord(
+            trace_id=trace_id, observed_time_unix_nano=now, body={"string_value": "b"}
+        ),
     )
     bad_item = list(split((LOGS, request.SerializeToString())))[1]
     before, after = new_trace_id(), new_trace_id()
@@ -106,7 +110,9 @@ def test_an_unconvertible_item_is_quarantined_and_its_siblings_stored(settings):
     assert traces_in_lake(settings) == {before.hex(): 2, trace_id.hex(): 2, after.hex(): 2}
     kept = settings.wal_path / "quarantine" / f"{7:012d}.items.wal"
     assert list(SegmentReader(kept)) == [
-        bad_item, (9, b"a signal from a future version"), (TRACES, b"\xff\xff not protobuf")
+        bad_item,
+        (9, b"a signal from a future version"),
+        (TRACES, b"\xff\xff not protobuf"),
     ]
 
 
@@ -125,13 +131,13 @@ def test_quarantined_items_can_be_requeued_into_the_wal(settings):
     seq = int(target.stem)
     assert seq == used + 1 == wal.read_last_seq(settings.wal_path)
     assert target.parent == settings.wal_path
-    rows = lake_writer.convert_segment(settings, Converter(Tagger.from_settings(settings)), seq, target)
+    rows = lake_writer.convert_segment(
+        settings, Converter(Tagger.from_settings(settings)), seq, target
+    )
     assert rows == 3 and traces_in_lake(settings) == {trace_id.hex(): 3}
 
 
-def test_flagscope_requeue_moves_items_back_and_refuses_while_a_collector_runs(
-    settings, capsys
-):
+def test_flagscope_requeue_moves_items_back_and_refuses_while_a_collector_runs(settings, capsys):
     from flagscope.analysis.cli import main
     from flagscope.collector.datadir import lock_data_dir
 

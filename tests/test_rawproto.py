@@ -2,12 +2,13 @@
 
 import math
 
-from flagscope.collector.convert import any_value, attributes
-from flagscope.collector.rawproto import AttributeCache, TraceRequest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from flagscope.collector.convert import any_value, attributes
+from flagscope.collector.rawproto import AttributeCache, TraceRequest
 
 scalars = st.one_of(
     st.text(max_size=20).map(lambda s: AnyValue(string_value=s)),
@@ -45,7 +46,10 @@ def test_raw_attributes_decode_like_the_messages(pairs):
     raw = TraceRequest.FromString(request.SerializeToString())
     raw_span = raw.resource_spans[0].scope_spans[0].spans[0]
     cache = AttributeCache(any_value)
-    for decoded in (cache.attributes(raw_span.attributes), cache.attributes(raw_span.events[0].attributes)):
+    for decoded in (
+        cache.attributes(raw_span.attributes),
+        cache.attributes(raw_span.events[0].attributes),
+    ):
         expected = attributes(span.attributes)
         assert decoded.keys() == expected.keys()
         assert all(_same(decoded[k], expected[k]) for k in expected)

@@ -8,13 +8,13 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from flagscope.analysis import report_archive
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.report_archive import previous_verdict, read_history, write_report
 from flagscope.analysis.result import DiffOptions
 from flagscope.analysis.verdict import Thresholds, Verdict
-
 from tests.report_lakes import DAY1, DAY2, build_flip_lake
 
 NINE = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -27,11 +27,20 @@ def results(tmp_path_factory):
     lake = build_flip_lake(tmp_path_factory.mktemp("lake"))
 
     def diff(start, hours=6):
-        options = DiffOptions("checkout-v2", start, start + timedelta(hours=hours),
-                              sequential=True, thresholds=LENIENT)
+        options = DiffOptions(
+            "checkout-v2",
+            start,
+            start + timedelta(hours=hours),
+            sequential=True,
+            thresholds=LENIENT,
+        )
         return run_diff(lake, options, charts=True)
 
-    out = {"pass": diff(DAY1), "regression": diff(DAY2), "no_data": diff(DAY1 + timedelta(hours=12))}
+    out = {
+        "pass": diff(DAY1),
+        "regression": diff(DAY2),
+        "no_data": diff(DAY1 + timedelta(hours=12)),
+    }
     assert [r.verdict for r in out.values()] == [Verdict.PASS, Verdict.REGRESSION, Verdict.NO_DATA]
     return out
 
@@ -41,7 +50,10 @@ def test_files_per_format_latest_and_state(results, tmp_path):
     files = write_report(r, tmp_path, ["md", "json"], NINE)
     flag_dir = tmp_path / "checkout-v2"
     assert files.directory == flag_dir and files.stamp == "20261128T0900Z"
-    assert files.files == {"md": flag_dir / "20261128T0900Z.md", "json": flag_dir / "20261128T0900Z.json"}
+    assert files.files == {
+        "md": flag_dir / "20261128T0900Z.md",
+        "json": flag_dir / "20261128T0900Z.json",
+    }
     assert files.latest == {"md": flag_dir / "latest.md", "json": flag_dir / "latest.json"}
     for fmt in ("md", "json"):
         assert files.files[fmt].read_bytes() == files.latest[fmt].read_bytes()
@@ -51,8 +63,13 @@ def test_files_per_format_latest_and_state(results, tmp_path):
     state = json.loads((flag_dir / "state.json").read_text())
     assert state["verdict"] == "REGRESSION" and state["time"] == "2026-11-28T09:00:00Z"
     assert sorted(p.name for p in flag_dir.iterdir()) == [
-        "20261128T0900Z.json", "20261128T0900Z.md", "history.jsonl", "latest.json", "latest.md",
-        "state.json"]
+        "20261128T0900Z.json",
+        "20261128T0900Z.md",
+        "history.jsonl",
+        "latest.json",
+        "latest.md",
+        "state.json",
+    ]
 
 
 def test_history_and_previous_verdict_across_runs(results, tmp_path):
@@ -60,12 +77,18 @@ def test_history_and_previous_verdict_across_runs(results, tmp_path):
     second = write_report(results["regression"], tmp_path, ["json"], NINE + timedelta(hours=1))
     third = write_report(results["regression"], tmp_path, ["json"], NINE + timedelta(hours=2))
     assert (first.previous_verdict, second.previous_verdict, third.previous_verdict) == (
-        None, Verdict.PASS, Verdict.REGRESSION)
+        None,
+        Verdict.PASS,
+        Verdict.REGRESSION,
+    )
     assert (first.changed, second.changed, third.changed) == (False, True, False)
     history = read_history(tmp_path, "checkout-v2")
     assert [h["verdict"] for h in history] == ["PASS", "REGRESSION", "REGRESSION"]
-    assert [h["time"] for h in history] == ["2026-11-28T09:00:00Z", "2026-11-28T10:00:00Z",
-                                            "2026-11-28T11:00:00Z"]
+    assert [h["time"] for h in history] == [
+        "2026-11-28T09:00:00Z",
+        "2026-11-28T10:00:00Z",
+        "2026-11-28T11:00:00Z",
+    ]
     assert history[1]["summary"] == results["regression"].summary
     assert history[1]["files"] == {"json": "20261128T1000Z.json"}
     assert history[1]["previous_verdict"] == "PASS"
@@ -138,7 +161,8 @@ def test_readers_never_see_a_partial_latest(results, tmp_path):
         reader.join()
     assert not errors and set(seen) <= {"PASS", "REGRESSION"} and len(seen) > 0
     assert not list((tmp_path / "checkout-v2").glob("*.tmp")) and not list(
-        (tmp_path / "checkout-v2").glob(".*"))
+        (tmp_path / "checkout-v2").glob(".*")
+    )
 
 
 def test_a_torn_history_line_is_skipped(results, tmp_path):
@@ -154,7 +178,9 @@ def test_a_torn_history_line_is_skipped(results, tmp_path):
 
 
 def test_unknown_format_names_the_choices(results, tmp_path):
-    with pytest.raises(AnalysisError, match=r"unknown report format 'pdf'; choose from html, md, json"):
+    with pytest.raises(
+        AnalysisError, match=r"unknown report format 'pdf'; choose from html, md, json"
+    ):
         write_report(results["pass"], tmp_path, ["md", "pdf"], NINE)
     assert not (tmp_path / "checkout-v2").exists()
     assert report_archive.normalize_formats(["markdown", "JSON", "md"]) == ("md", "json")

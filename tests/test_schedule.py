@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.report_archive import read_history
 from flagscope.analysis.schedule import cron, webhook
@@ -26,7 +27,6 @@ from flagscope.analysis.schedule.runner import (
     should_notify,
 )
 from flagscope.analysis.verdict import Verdict
-
 from tests.report_lakes import DAY1, build_flip_lake
 
 
@@ -36,45 +36,63 @@ def utc(*args: int) -> datetime:
 
 # -- cron ------------------------------------------------------------------------------------
 # 2026-11-27 is a Friday, 2026-11-30 a Monday, 2028 a leap year.
-@pytest.mark.parametrize(("expr", "after", "expected"), [
-    ("*/15 * * * *", utc(2026, 11, 28, 10, 7), utc(2026, 11, 28, 10, 15)),
-    ("*/15 * * * *", utc(2026, 11, 28, 10, 15), utc(2026, 11, 28, 10, 30)),  # strictly after
-    ("*/15 * * * *", utc(2026, 11, 28, 10, 15, 59, 999), utc(2026, 11, 28, 10, 30)),
-    ("*/15 * * * *", utc(2026, 11, 28, 23, 50), utc(2026, 11, 29, 0, 0)),
-    ("0 9 * * MON-FRI", utc(2026, 11, 26, 8, 59), utc(2026, 11, 26, 9, 0)),
-    ("0 9 * * MON-FRI", utc(2026, 11, 27, 9, 0), utc(2026, 11, 30, 9, 0)),  # skips the weekend
-    ("0 9 * * 1-5", utc(2026, 11, 27, 9, 0), utc(2026, 11, 30, 9, 0)),
-    ("0 0 31 * *", utc(2026, 11, 1), utc(2026, 12, 31)),  # November has 30 days
-    ("0 0 31 * *", utc(2027, 1, 31), utc(2027, 3, 31)),  # nor has February
-    ("0 12 29 FEB *", utc(2026, 3, 1), utc(2028, 2, 29, 12, 0)),  # leap day
-    ("0 0 1 1 *", utc(2026, 12, 31, 23, 59), utc(2027, 1, 1)),
-    ("30 23 31 12 *", utc(2026, 12, 31, 23, 30), utc(2027, 12, 31, 23, 30)),  # year rollover
-    ("0 9 1 * MON", utc(2026, 11, 28), utc(2026, 11, 30, 9, 0)),  # dom and dow: either (Monday)
-    ("0 9 1 * MON", utc(2026, 11, 30, 9, 0), utc(2026, 12, 1, 9, 0)),  # … or the 1st (a Tuesday)
-    ("0 9 1 * MON", utc(2026, 12, 1, 9, 0), utc(2026, 12, 7, 9, 0)),
-    ("0 9 1 * *", utc(2026, 11, 28), utc(2026, 12, 1, 9, 0)),  # only dom restricted
-    ("0 0 */2 * MON", utc(2026, 11, 28), utc(2026, 12, 7)),  # `*/2` is unrestricted: AND (Vixie)
-    ("0 0 * * 7", utc(2026, 11, 27), utc(2026, 11, 29)),  # 7 is Sunday
-    ("0 0 * * SUN", utc(2026, 11, 27), utc(2026, 11, 29)),
-    ("5/20 8-10/2 * jan,Jul *", utc(2026, 11, 28), utc(2027, 1, 1, 8, 5)),
-    ("0 22-23,1 * * *", utc(2026, 11, 28, 23, 0), utc(2026, 11, 29, 1, 0)),
-    ("@hourly", utc(2026, 11, 28, 10, 7), utc(2026, 11, 28, 11, 0)),
-    ("@weekly", utc(2026, 11, 28), utc(2026, 11, 29)),
-])
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        ("*/15 * * * *", utc(2026, 11, 28, 10, 7), utc(2026, 11, 28, 10, 15)),
+        ("*/15 * * * *", utc(2026, 11, 28, 10, 15), utc(2026, 11, 28, 10, 30)),  # strictly after
+        ("*/15 * * * *", utc(2026, 11, 28, 10, 15, 59, 999), utc(2026, 11, 28, 10, 30)),
+        ("*/15 * * * *", utc(2026, 11, 28, 23, 50), utc(2026, 11, 29, 0, 0)),
+        ("0 9 * * MON-FRI", utc(2026, 11, 26, 8, 59), utc(2026, 11, 26, 9, 0)),
+        ("0 9 * * MON-FRI", utc(2026, 11, 27, 9, 0), utc(2026, 11, 30, 9, 0)),  # skips the weekend
+        ("0 9 * * 1-5", utc(2026, 11, 27, 9, 0), utc(2026, 11, 30, 9, 0)),
+        ("0 0 31 * *", utc(2026, 11, 1), utc(2026, 12, 31)),  # November has 30 days
+        ("0 0 31 * *", utc(2027, 1, 31), utc(2027, 3, 31)),  # nor has February
+        ("0 12 29 FEB *", utc(2026, 3, 1), utc(2028, 2, 29, 12, 0)),  # leap day
+        ("0 0 1 1 *", utc(2026, 12, 31, 23, 59), utc(2027, 1, 1)),
+        ("30 23 31 12 *", utc(2026, 12, 31, 23, 30), utc(2027, 12, 31, 23, 30)),  # year rollover
+        ("0 9 1 * MON", utc(2026, 11, 28), utc(2026, 11, 30, 9, 0)),  # dom and dow: either (Monday)
+        (
+            "0 9 1 * MON",
+            utc(2026, 11, 30, 9, 0),
+            utc(2026, 12, 1, 9, 0),
+        ),  # … or the 1st (a Tuesday)
+        ("0 9 1 * MON", utc(2026, 12, 1, 9, 0), utc(2026, 12, 7, 9, 0)),
+        ("0 9 1 * *", utc(2026, 11, 28), utc(2026, 12, 1, 9, 0)),  # only dom restricted
+        (
+            "0 0 */2 * MON",
+            utc(2026, 11, 28),
+            utc(2026, 12, 7),
+        ),  # `*/2` is unrestricted: AND (Vixie)
+        ("0 0 * * 7", utc(2026, 11, 27), utc(2026, 11, 29)),  # 7 is Sunday
+        ("0 0 * * SUN", utc(2026, 11, 27), utc(2026, 11, 29)),
+        ("5/20 8-10/2 * jan,Jul *", utc(2026, 11, 28), utc(2027, 1, 1, 8, 5)),
+        ("0 22-23,1 * * *", utc(2026, 11, 28, 23, 0), utc(2026, 11, 29, 1, 0)),
+        ("@hourly", utc(2026, 11, 28, 10, 7), utc(2026, 11, 28, 11, 0)),
+        ("@weekly", utc(2026, 11, 28), utc(2026, 11, 29)),
+    ],
+)
 def test_next_fire_known_cases(expr, after, expected):
     assert next_fire(expr, after) == expected
 
 
 def test_next_fire_keeps_naive_and_converts_zones():
-    assert next_fire("*/15 * * * *", datetime(2026, 11, 28, 10, 7)) == datetime(2026, 11, 28, 10, 15)
+    assert next_fire("*/15 * * * *", datetime(2026, 11, 28, 10, 7)) == datetime(
+        2026, 11, 28, 10, 15
+    )
     plus_two = datetime(2026, 11, 28, 10, 7, tzinfo=timezone(timedelta(hours=2)))
     assert next_fire("*/15 * * * *", plus_two) == utc(2026, 11, 28, 8, 15)
 
 
 def test_next_fire_agrees_with_a_minute_by_minute_search():
     rng = random.Random(3)
-    fields = [["*", "*/7", "5,35", "10-20/5", "0"], ["*", "9-17", "*/6", "0,12"],
-              ["*", "1,15", "10-12", "*/3"], ["*", "11-12,1", "NOV,DEC,JAN"], ["*", "MON-FRI", "0,6", "3"]]
+    fields = [
+        ["*", "*/7", "5,35", "10-20/5", "0"],
+        ["*", "9-17", "*/6", "0,12"],
+        ["*", "1,15", "10-12", "*/3"],
+        ["*", "11-12,1", "NOV,DEC,JAN"],
+        ["*", "MON-FRI", "0,6", "3"],
+    ]
     for _ in range(25):
         expr = " ".join(rng.choice(f) for f in fields)
         parsed = cron.parse(expr)
@@ -87,21 +105,24 @@ def test_next_fire_agrees_with_a_minute_by_minute_search():
         assert parsed.matches(found) and found > after
 
 
-@pytest.mark.parametrize(("expr", "message"), [
-    ("* * * *", r"expected five fields \(minute hour day-of-month month day-of-week\), got 4"),
-    ("0 9 * * * *", "got 6"),
-    ("60 * * * *", "minute 60 is out of range 0-59"),
-    ("0 24 * * *", "hour 24 is out of range 0-23"),
-    ("0 0 0 * *", "day-of-month 0 is out of range 1-31"),
-    ("0 0 * 13 *", "month 13 is out of range 1-12"),
-    ("*/0 * * * *", "step '0' must be a whole number ≥ 1"),
-    ("0 9 * * FRI-MON", "day-of-week range 'FRI-MON' runs backwards; Sunday is 0"),
-    ("0 0 30 2 *", "day 30 never occurs in FEB: it never fires"),
-    ("0 0 * * FUNDAY", "day-of-week 'FUNDAY' is not a number or a name"),
-    ("1,,2 * * * *", "empty list item"),
-    ("@reboot", "unknown macro"),
-    ("", "expected five fields"),
-])
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("* * * *", r"expected five fields \(minute hour day-of-month month day-of-week\), got 4"),
+        ("0 9 * * * *", "got 6"),
+        ("60 * * * *", "minute 60 is out of range 0-59"),
+        ("0 24 * * *", "hour 24 is out of range 0-23"),
+        ("0 0 0 * *", "day-of-month 0 is out of range 1-31"),
+        ("0 0 * 13 *", "month 13 is out of range 1-12"),
+        ("*/0 * * * *", "step '0' must be a whole number ≥ 1"),
+        ("0 9 * * FRI-MON", "day-of-week range 'FRI-MON' runs backwards; Sunday is 0"),
+        ("0 0 30 2 *", "day 30 never occurs in FEB: it never fires"),
+        ("0 0 * * FUNDAY", "day-of-week 'FUNDAY' is not a number or a name"),
+        ("1,,2 * * * *", "empty list item"),
+        ("@reboot", "unknown macro"),
+        ("", "expected five fields"),
+    ],
+)
 def test_invalid_cron_is_rejected_with_the_fix(expr, message):
     with pytest.raises(AnalysisError, match=message) as caught:
         cron.parse(expr)
@@ -140,33 +161,63 @@ webhook_url = ""
     assert config.out_dir == Path("out") and config.link_base == "https://reports.example.com/"
     first, second = config.reports
     assert (first.flag, first.variant, first.baseline, first.window) == (
-        "new-checkout", "on", "off", timedelta(hours=24))
+        "new-checkout",
+        "on",
+        "off",
+        timedelta(hours=24),
+    )
     assert first.formats == ("md", "json") and first.expected_split == {"on": 0.2, "off": 0.8}
-    assert first.thresholds.min_users == 20 and second.thresholds.min_users == 20  # [reports] default
+    assert (
+        first.thresholds.min_users == 20 and second.thresholds.min_users == 20
+    )  # [reports] default
     assert first.webhook_url is None and second.webhook_url == ""  # inherit / turned off
     assert second.cron.expr == "0 * * * *" and second.window == timedelta(hours=24)
     options = first.options(utc(2026, 11, 28, 9))
     assert options.sequential and options.end == datetime(2026, 11, 28, 9)
     assert options.start == datetime(2026, 11, 27, 9)
     assert load_config(path, env={"FLAGSCOPE_WEBHOOK_URL": "https://h.example/x"}).webhook_url == (
-        "https://h.example/x")
+        "https://h.example/x"
+    )
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ('[[reports.flag]]\nflag = "f"\nwindw = "1h"', r"unknown setting 'windw'; did you mean 'window'\?"),
-    ('[[reports.flag]]\nflag = "f"\ncron = "0 25 * * *"', r"\(f\): cron '0 25 \* \* \*': hour 25"),
-    ('[[reports.flag]]\nflag = "f"\nwindow = "1 day"', r"window '1 day': expected a number and a unit"),
-    ('[[reports.flag]]\nflag = "f"\nformats = ["pdf"]', r"unknown report format 'pdf'; choose from"),
-    ('[[reports.flag]]\nflag = "f"\nvariant = "on"\nexpected_split = { a = 0.5, b = 0.5 }',
-     "expected_split needs a share > 0 for each compared variant"),
-    ('[[reports.flag]]\nflag = "f"\n[[reports.flag]]\nflag = "f"', "'f' has two \\[\\[reports.flag\\]\\] tables"),
-    ('[[reports.flag]]\nvariant = "on"', 'flag is required, e.g. flag = "new-checkout"'),
-    ('[[reports.flag]]\nflag = "f"\nmin_users = "many"', "min_users = 'many': expected e.g. min_users = 50"),
-    ('[[reports.flag]]\nflag = "f"\ntest_traffic = "skip"', "choose exclude, include or only"),
-    ('[reports]\nwebhook_url = "hooks.example.com/x"', "expected an http:// or https:// URL"),
-    ('[reports]\nflag = "f"', r"flag must be \[\[reports.flag\]\] tables"),
-    ('[report]\nout_dir = "x"', r"unknown section \[report\]"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '[[reports.flag]]\nflag = "f"\nwindw = "1h"',
+            r"unknown setting 'windw'; did you mean 'window'\?",
+        ),
+        (
+            '[[reports.flag]]\nflag = "f"\ncron = "0 25 * * *"',
+            r"\(f\): cron '0 25 \* \* \*': hour 25",
+        ),
+        (
+            '[[reports.flag]]\nflag = "f"\nwindow = "1 day"',
+            r"window '1 day': expected a number and a unit",
+        ),
+        (
+            '[[reports.flag]]\nflag = "f"\nformats = ["pdf"]',
+            r"unknown report format 'pdf'; choose from",
+        ),
+        (
+            '[[reports.flag]]\nflag = "f"\nvariant = "on"\nexpected_split = { a = 0.5, b = 0.5 }',
+            "expected_split needs a share > 0 for each compared variant",
+        ),
+        (
+            '[[reports.flag]]\nflag = "f"\n[[reports.flag]]\nflag = "f"',
+            "'f' has two \\[\\[reports.flag\\]\\] tables",
+        ),
+        ('[[reports.flag]]\nvariant = "on"', 'flag is required, e.g. flag = "new-checkout"'),
+        (
+            '[[reports.flag]]\nflag = "f"\nmin_users = "many"',
+            "min_users = 'many': expected e.g. min_users = 50",
+        ),
+        ('[[reports.flag]]\nflag = "f"\ntest_traffic = "skip"', "choose exclude, include or only"),
+        ('[reports]\nwebhook_url = "hooks.example.com/x"', "expected an http:// or https:// URL"),
+        ('[reports]\nflag = "f"', r"flag must be \[\[reports.flag\]\] tables"),
+        ('[report]\nout_dir = "x"', r"unknown section \[report\]"),
+    ],
+)
 def test_config_errors_name_the_fix(tmp_path, body, message):
     path = tmp_path / "flagscope.toml"
     path.write_text(body)
@@ -210,8 +261,9 @@ class Hook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                hook.requests.append({"path": self.path, "headers": dict(self.headers),
-                                      "json": json.loads(body)})
+                hook.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
+                )
                 status, headers, delay = hook.script.pop(0) if hook.script else (200, {}, 0.0)
                 if delay and hook.release.wait(delay):
                     return
@@ -227,8 +279,7 @@ class Hook:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -304,7 +355,9 @@ def test_webhook_never_raises_on_a_bad_url_or_a_closed_port(caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    assert webhook.notify(f"http://127.0.0.1:{closed}/x", PAYLOAD, retries=1, backoff_s=0.0) is False
+    assert (
+        webhook.notify(f"http://127.0.0.1:{closed}/x", PAYLOAD, retries=1, backoff_s=0.0) is False
+    )
     assert webhook.notify("ftp://127.0.0.1/x", PAYLOAD) is False
     assert webhook.notify("http://[::1", PAYLOAD) is False
     assert webhook.notify("http://127.0.0.1:1/x", {"not json": object()}) is False
@@ -312,10 +365,16 @@ def test_webhook_never_raises_on_a_bad_url_or_a_closed_port(caplog):
 
 def test_verdict_changed_payload():
     payload = webhook.verdict_changed_payload(
-        "new-checkout", Verdict.PASS, Verdict.REGRESSION, "a <b> & c — REGRESSION",
-        "https://reports.example.com/new-checkout/20261128T0900Z.html")
-    assert payload["text"] == ("a &lt;b&gt; &amp; c — REGRESSION — "
-                               "https://reports.example.com/new-checkout/20261128T0900Z.html")
+        "new-checkout",
+        Verdict.PASS,
+        Verdict.REGRESSION,
+        "a <b> & c — REGRESSION",
+        "https://reports.example.com/new-checkout/20261128T0900Z.html",
+    )
+    assert payload["text"] == (
+        "a &lt;b&gt; &amp; c — REGRESSION — "
+        "https://reports.example.com/new-checkout/20261128T0900Z.html"
+    )
     assert "PASS → REGRESSION" in payload["blocks"][0]["text"]["text"]
     first = webhook.verdict_changed_payload("f", None, "UNHEALTHY", "s", "reports/f/x.md")
     assert first["text"] == "s — reports/f/x.md" and "first verdict UNHEALTHY" in json.dumps(first)
@@ -329,9 +388,16 @@ def lake(tmp_path_factory) -> Path:
 
 def config_for(out_dir: Path, webhook_url: str | None = None, *flags: dict):
     flags = flags or ({"flag": "checkout-v2"}, {"flag": "search-v2"})
-    body = {"out_dir": str(out_dir), "window": "6h", "cron": "0 6 * * *", "formats": ["json", "md"],
-            "error_threshold_pp": 4.0, "latency_threshold_pct": 15.0,
-            "link_base": "https://reports.example.com/", "flag": list(flags)}
+    body = {
+        "out_dir": str(out_dir),
+        "window": "6h",
+        "cron": "0 6 * * *",
+        "formats": ["json", "md"],
+        "error_threshold_pp": 4.0,
+        "latency_threshold_pct": 15.0,
+        "link_base": "https://reports.example.com/",
+        "flag": list(flags),
+    }
     if webhook_url:
         body["webhook_url"] = webhook_url
     return parse_config({"reports": body})
@@ -359,10 +425,14 @@ def test_runs_due_reports_on_time_not_early(lake, tmp_path):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     outcomes = scheduler.run_due(SIX)
     assert [(o.flag, o.verdict, o.error) for o in outcomes] == [
-        ("checkout-v2", Verdict.PASS, None), ("search-v2", Verdict.PASS, None)]
+        ("checkout-v2", Verdict.PASS, None),
+        ("search-v2", Verdict.PASS, None),
+    ]
     assert scheduler.run_due(SIX + timedelta(seconds=30)) == []  # once per fire
-    assert scheduler.next_fires == {"checkout-v2": SIX + timedelta(days=1),
-                                    "search-v2": SIX + timedelta(days=1)}
+    assert scheduler.next_fires == {
+        "checkout-v2": SIX + timedelta(days=1),
+        "search-v2": SIX + timedelta(days=1),
+    }
     history = read_history(tmp_path, "checkout-v2")
     assert [(h["time"], h["verdict"]) for h in history] == [("2026-11-20T06:00:00Z", "PASS")]
     assert history[0]["window"] == {"start": "2026-11-20T00:00:00Z", "end": "2026-11-20T06:00:00Z"}
@@ -380,7 +450,8 @@ def test_webhook_is_posted_on_a_verdict_change_and_not_otherwise(lake, tmp_path,
     day2 = scheduler.run_due(SIX + timedelta(days=1))  # checkout-v2 regressed
     assert [(o.flag, o.previous_verdict, o.verdict, o.notified) for o in day2] == [
         ("checkout-v2", Verdict.PASS, Verdict.REGRESSION, True),
-        ("search-v2", Verdict.PASS, Verdict.PASS, None)]
+        ("search-v2", Verdict.PASS, Verdict.PASS, None),
+    ]
     (request,) = hook.requests
     text = request["json"]["text"]
     assert text.startswith("checkout-v2 on vs off:") and "REGRESSION" in text
@@ -395,15 +466,25 @@ def test_a_first_run_notifies_only_bad_news(lake, tmp_path, hook):
     scheduler = Scheduler(config_for(tmp_path, hook.url), lake, clock=Clock(SIX))
     outcomes = scheduler.run_once(now=SIX + timedelta(days=1))
     assert [(o.flag, o.verdict, o.notified) for o in outcomes] == [
-        ("checkout-v2", Verdict.REGRESSION, True), ("search-v2", Verdict.PASS, None)]
+        ("checkout-v2", Verdict.REGRESSION, True),
+        ("search-v2", Verdict.PASS, None),
+    ]
     (request,) = hook.requests
     assert "first verdict REGRESSION" in json.dumps(request["json"], ensure_ascii=False)
 
 
 def test_without_link_base_the_message_carries_the_file_path(lake, tmp_path, hook):
-    config = parse_config({"reports": {"out_dir": str(tmp_path), "webhook_url": hook.url,
-                                       "window": "6h", "formats": ["md"],
-                                       "flag": [{"flag": "checkout-v2"}]}})
+    config = parse_config(
+        {
+            "reports": {
+                "out_dir": str(tmp_path),
+                "webhook_url": hook.url,
+                "window": "6h",
+                "formats": ["md"],
+                "flag": [{"flag": "checkout-v2"}],
+            }
+        }
+    )
     Scheduler(config, lake, clock=Clock(SIX)).run_once(now=SIX + timedelta(days=1))
     expected = (tmp_path / "checkout-v2" / "20261121T0600Z.md").resolve()
     assert hook.requests[0]["json"]["text"].endswith(f" — {expected}")
@@ -427,8 +508,9 @@ def test_a_broken_lake_fails_every_report_but_the_scheduler_goes_on(tmp_path, ca
     broken = tmp_path / "lake" / "date=2026-11-20" / "hour=03"
     broken.mkdir(parents=True)
     (broken / "w-000000000001-000.parquet").write_bytes(b"not parquet at all")
-    scheduler = Scheduler(config_for(tmp_path / "out"), tmp_path / "lake",
-                          clock=Clock(SIX - timedelta(minutes=1)))
+    scheduler = Scheduler(
+        config_for(tmp_path / "out"), tmp_path / "lake", clock=Clock(SIX - timedelta(minutes=1))
+    )
     with caplog.at_level(logging.ERROR, logger="flagscope.analysis.schedule.runner"):
         outcomes = scheduler.run_due(SIX)
     assert [o.ok for o in outcomes] == [False, False]

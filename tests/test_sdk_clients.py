@@ -58,11 +58,14 @@ def _service(purpose: str, transport: str) -> str:
 def _span_exporter(server: RunningCollector, transport: str, gzip: bool = False):
     if transport == "http":
         return HttpSpanExporter(
-            endpoint=f"{server.http_url}/v1/traces", timeout=EXPORT_TIMEOUT_S,
+            endpoint=f"{server.http_url}/v1/traces",
+            timeout=EXPORT_TIMEOUT_S,
             compression=HttpCompression.Gzip if gzip else HttpCompression.NoCompression,
         )
     return GrpcSpanExporter(
-        endpoint=server.grpc_target, insecure=True, timeout=EXPORT_TIMEOUT_S,
+        endpoint=server.grpc_target,
+        insecure=True,
+        timeout=EXPORT_TIMEOUT_S,
         compression=grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression,
     )
 
@@ -75,7 +78,10 @@ def _log_exporter(server: RunningCollector, transport: str):
 
 @contextmanager
 def sdk_tracer(
-    server: RunningCollector, transport: str, service: str, batch: bool = False,
+    server: RunningCollector,
+    transport: str,
+    service: str,
+    batch: bool = False,
     gzip: bool = False,
 ) -> Iterator[trace.Tracer]:
     """A tracer of a local TracerProvider exporting over `transport`; flushed on exit."""
@@ -118,9 +124,11 @@ def hex_ids(span: trace.Span) -> tuple[str, str]:
 def flagscope_query(lake: Path, sql: str) -> list[dict[str, Any]]:
     """Rows of `flagscope query --format json`, run as the real command."""
     result = subprocess.run(
-        [sys.executable, "-m", "flagscope", "query", "--lake", str(lake),
-         "--format", "json", sql],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        [sys.executable, "-m", "flagscope", "query", "--lake", str(lake), "--format", "json", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -148,23 +156,35 @@ def test_span_exporter_spans_are_stored_exactly_once(server, transport, gzip):
     start = (time.time_ns() // 1_000_000) * 1_000_000
     with sdk_tracer(server, transport, service, batch=True, gzip=gzip) as tracer:
         root = tracer.start_span(
-            "GET /items/{id}", kind=SpanKind.SERVER, start_time=start,
-            attributes={"http.route": "/items/{id}", "http.request.method": "GET",
-                        "http.response.status_code": 200},
+            "GET /items/{id}",
+            kind=SpanKind.SERVER,
+            start_time=start,
+            attributes={
+                "http.route": "/items/{id}",
+                "http.request.method": "GET",
+                "http.response.status_code": 200,
+            },
         )
         inside = trace.set_span_in_context(root)
-        child = tracer.start_span("SELECT items", context=inside, kind=SpanKind.CLIENT,
-                                  start_time=start + 5_000_000)
+        child = tracer.start_span(
+            "SELECT items", context=inside, kind=SpanKind.CLIENT, start_time=start + 5_000_000
+        )
         child.end(end_time=start + 45_500_000)
         render = tracer.start_span("render", context=inside, start_time=start + 50_000_000)
         render.end(end_time=start + 60_000_000)
         root.end(end_time=start + 123_456_000)
-        other = tracer.start_span("POST /cart", kind=SpanKind.SERVER, start_time=start,
-                                  attributes={"http.route": "/cart"})
+        other = tracer.start_span(
+            "POST /cart", kind=SpanKind.SERVER, start_time=start, attributes={"http.route": "/cart"}
+        )
         other.end(end_time=start + 2_000_000)
 
-    rows = rows_of(server, service, 4, "trace_id, span_id, parent_span_id, kind, duration_ms, "
-                   "http_route, http_method, http_status_code, is_error, is_test, flags")
+    rows = rows_of(
+        server,
+        service,
+        4,
+        "trace_id, span_id, parent_span_id, kind, duration_ms, "
+        "http_route, http_method, http_status_code, is_error, is_test, flags",
+    )
     trace_id, root_id = hex_ids(root)
     assert set(rows) == {"GET /items/{id}", "SELECT items", "render", "POST /cart"}
     in_trace = ("GET /items/{id}", "SELECT items", "render")
@@ -196,36 +216,65 @@ def test_span_flag_events_and_attributes_land_in_flags(server, transport):
     service = _service("flags", transport)
     with sdk_tracer(server, transport, service) as tracer:
         with tracer.start_as_current_span("event.current") as span:
-            span.add_event("feature_flag.evaluation", {
-                "feature_flag.key": "new-checkout", "feature_flag.result.variant": "on",
-                "feature_flag.provider.name": "acme", "feature_flag.context.id": "user-1",
-            })
+            span.add_event(
+                "feature_flag.evaluation",
+                {
+                    "feature_flag.key": "new-checkout",
+                    "feature_flag.result.variant": "on",
+                    "feature_flag.provider.name": "acme",
+                    "feature_flag.context.id": "user-1",
+                },
+            )
         with tracer.start_as_current_span("event.old") as span:
-            span.add_event("feature_flag", {
-                "feature_flag.key": "old-banner", "feature_flag.variant": "b",
-                "feature_flag.provider_name": "legacy",
-            })
+            span.add_event(
+                "feature_flag",
+                {
+                    "feature_flag.key": "old-banner",
+                    "feature_flag.variant": "b",
+                    "feature_flag.provider_name": "legacy",
+                },
+            )
         with tracer.start_as_current_span("event.value-only") as span:
             # The OpenFeature Python hook JSON-encodes values when there is no variant.
-            span.add_event("feature_flag.evaluation",
-                           {"feature_flag.key": "dark-mode", "feature_flag.result.value": "true"})
-            span.add_event("feature_flag.evaluation",
-                           {"feature_flag.key": "theme", "feature_flag.result.value": '"blue"'})
-            span.add_event("unrelated", {"feature_flag.key": "not-a-flag-event",
-                                         "feature_flag.result.variant": "x"})
-        with tracer.start_as_current_span("attr.pair", attributes={
-            "feature_flag.key": "search-v2", "feature_flag.result.variant": "treatment",
-        }):
+            span.add_event(
+                "feature_flag.evaluation",
+                {"feature_flag.key": "dark-mode", "feature_flag.result.value": "true"},
+            )
+            span.add_event(
+                "feature_flag.evaluation",
+                {"feature_flag.key": "theme", "feature_flag.result.value": '"blue"'},
+            )
+            span.add_event(
+                "unrelated",
+                {"feature_flag.key": "not-a-flag-event", "feature_flag.result.variant": "x"},
+            )
+        with tracer.start_as_current_span(
+            "attr.pair",
+            attributes={
+                "feature_flag.key": "search-v2",
+                "feature_flag.result.variant": "treatment",
+            },
+        ):
             pass
-        with tracer.start_as_current_span("attr.per-flag", attributes={
-            "feature_flag.beta-nav": "enabled", "app.flag.pricing": "annual",
-            "app.flag.recs": True, "app.flag.max-items": 20,
-        }):
+        with tracer.start_as_current_span(
+            "attr.per-flag",
+            attributes={
+                "feature_flag.beta-nav": "enabled",
+                "app.flag.pricing": "annual",
+                "app.flag.recs": True,
+                "app.flag.max-items": 20,
+            },
+        ):
             pass
-        with tracer.start_as_current_span("attr.reserved-only", attributes={
-            "feature_flag.provider.name": "acme", "feature_flag.result.reason": "static",
-            "feature_flag.context.id": "user-2", "other.flag.x": "on",
-        }):
+        with tracer.start_as_current_span(
+            "attr.reserved-only",
+            attributes={
+                "feature_flag.provider.name": "acme",
+                "feature_flag.result.reason": "static",
+                "feature_flag.context.id": "user-2",
+                "other.flag.x": "on",
+            },
+        ):
             pass
 
     rows = rows_of(server, service, 6, "flags, user_id")
@@ -235,7 +284,10 @@ def test_span_flag_events_and_attributes_land_in_flags(server, transport):
     assert rows["event.value-only"]["flags"] == {"dark-mode": "true", "theme": "blue"}
     assert rows["attr.pair"]["flags"] == {"search-v2": "treatment"}
     assert rows["attr.per-flag"]["flags"] == {
-        "beta-nav": "enabled", "pricing": "annual", "recs": "true", "max-items": "20",
+        "beta-nav": "enabled",
+        "pricing": "annual",
+        "recs": "true",
+        "max-items": "20",
     }
     assert rows["attr.reserved-only"]["flags"] == {}
     assert rows["attr.reserved-only"]["user_id"] == "user-2"
@@ -246,24 +298,40 @@ def test_span_flag_events_and_attributes_land_in_flags(server, transport):
 
 def test_log_exporter_flag_evaluation_event_is_linked_to_its_span(server, transport):
     service = _service("logs", transport)
-    with sdk_tracer(server, transport, service) as tracer, \
-            sdk_logger(server, transport, service, batch=True) as logger:
+    with (
+        sdk_tracer(server, transport, service) as tracer,
+        sdk_logger(server, transport, service, batch=True) as logger,
+    ):
         with tracer.start_as_current_span("checkout", kind=SpanKind.SERVER) as span:
             logger.emit(
-                event_name="feature_flag.evaluation", severity_number=SeverityNumber.INFO,
-                attributes={"feature_flag.key": "checkout-flow",
-                            "feature_flag.result.variant": "v2",
-                            "feature_flag.context.id": "user-7"},
+                event_name="feature_flag.evaluation",
+                severity_number=SeverityNumber.INFO,
+                attributes={
+                    "feature_flag.key": "checkout-flow",
+                    "feature_flag.result.variant": "v2",
+                    "feature_flag.context.id": "user-7",
+                },
             )
-            logger.emit(event_name="payment.failed", severity_number=SeverityNumber.ERROR,
-                        body="card declined")
-            logger.emit(event_name="payment.slow", severity_number=SeverityNumber.WARN,
-                        body="took 3 s")
-            logger.emit(event_name="process.crash", severity_number=SeverityNumber.FATAL,
-                        body="out of memory")
+            logger.emit(
+                event_name="payment.failed",
+                severity_number=SeverityNumber.ERROR,
+                body="card declined",
+            )
+            logger.emit(
+                event_name="payment.slow", severity_number=SeverityNumber.WARN, body="took 3 s"
+            )
+            logger.emit(
+                event_name="process.crash",
+                severity_number=SeverityNumber.FATAL,
+                body="out of memory",
+            )
 
-    rows = rows_of(server, service, 5, "signal, trace_id, span_id, flags, user_id, "
-                   "severity_number, is_error, body")
+    rows = rows_of(
+        server,
+        service,
+        5,
+        "signal, trace_id, span_id, flags, user_id, severity_number, is_error, body",
+    )
     trace_id, span_id = hex_ids(span)
     event = rows["feature_flag.evaluation"]
     assert event["signal"] == "log"
@@ -356,13 +424,18 @@ def test_openfeature_tracing_hook_evaluation_lands_in_flags(server, transport):
     def by_user(flag: InMemoryFlag, context: EvaluationContext) -> FlagResolutionDetails:
         on = context.targeting_key in ("user-on", "qa-tester")
         variant = "on" if on else flag.default_variant
-        return FlagResolutionDetails(value=flag.variants[variant], variant=variant,
-                                     reason=Reason.TARGETING_MATCH)
+        return FlagResolutionDetails(
+            value=flag.variants[variant], variant=variant, reason=Reason.TARGETING_MATCH
+        )
 
-    provider = InMemoryProvider({
-        "new-checkout": InMemoryFlag("off", {"on": True, "off": False}, context_evaluator=by_user),
-        "button-color": InMemoryFlag("green", {"blue": "#00f", "green": "#0f0"}),
-    })
+    provider = InMemoryProvider(
+        {
+            "new-checkout": InMemoryFlag(
+                "off", {"on": True, "off": False}, context_evaluator=by_user
+            ),
+            "button-color": InMemoryFlag("green", {"blue": "#00f", "green": "#0f0"}),
+        }
+    )
     domain = f"flagscope-tests-{uuid.uuid4().hex[:8]}"
     api.set_provider_and_wait(provider, domain)
     client = api.get_client(domain)

@@ -14,12 +14,15 @@ def test_a_slow_body_is_refused_after_the_timeout_while_others_are_served(tmp_pa
     running = RunningCollector(make_settings(tmp_path, body_timeout_s=1.0)).start()
     try:
         slow = socket.create_connection(("127.0.0.1", running.collector.http_port), timeout=10)
-        slow.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{")
+        slow.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
         started = time.monotonic()
         body = (otlp_examples / "trace.json").read_bytes()
-        request = urllib.request.Request(running.http_url + "/v1/traces", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            running.http_url + "/v1/traces", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=5) as response:  # not held up by the slow one
             assert response.status == 200
         assert time.monotonic() - started < 1.0

@@ -7,25 +7,29 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.stale import Staleness, stale_flags
-
 from tests import synthetic
 from tests.report_lakes import write
 
 NOW = datetime(2026, 11, 28, 12, 0)
 
 
-def daily(flag: str, variants: tuple[str, ...], first_day: int, last_day: int,
-          test: bool = False) -> list[dict]:
+def daily(
+    flag: str, variants: tuple[str, ...], first_day: int, last_day: int, test: bool = False
+) -> list[dict]:
     """One evaluation per variant per day, `first_day`…`last_day` days before NOW."""
     rows = []
     for days_ago in range(first_day, last_day - 1, -1):
         for i, variant in enumerate(variants):
             rows += synthetic.request(
-                f"{'qa' if test else 'user'}-{flag}-{i}", variant, flag=flag,
+                f"{'qa' if test else 'user'}-{flag}-{i}",
+                variant,
+                flag=flag,
                 at=NOW - timedelta(days=days_ago, hours=1),
-                test_child="test_user=true" if test else None)
+                test_child="test_user=true" if test else None,
+            )
     return rows
 
 
@@ -33,10 +37,12 @@ def daily(flag: str, variants: tuple[str, ...], first_day: int, last_day: int,
 def lake(tmp_path_factory) -> Path:
     rows = (
         daily("old-banner", ("on", "off"), 70, 40)  # last seen 40 days ago
-        + daily("dark-mode", ("on", "off"), 60, 30) + daily("dark-mode", ("on",), 29, 0)
+        + daily("dark-mode", ("on", "off"), 60, 30)
+        + daily("dark-mode", ("on",), 29, 0)
         + daily("new-checkout", ("on", "off"), 20, 0)  # a live experiment
         + daily("fresh-flag", ("on",), 3, 0)  # one variant, but only for three days
-        + daily("qa-forced", ("on",), 50, 0) + daily("qa-forced", ("off",), 5, 0, test=True)
+        + daily("qa-forced", ("on",), 50, 0)
+        + daily("qa-forced", ("off",), 5, 0, test=True)
         + daily("future-flag", ("on", "off"), 0, 0)
         + synthetic.request("user-x", "on", flag="future-flag", at=NOW + timedelta(days=2))
     )
@@ -54,13 +60,18 @@ def test_finds_the_unevaluated_and_the_single_variant_flags(lake):
     assert dark.kind is Staleness.SINGLE_VARIANT and dark.variant == "on"
     assert dark.since == NOW - timedelta(days=30, hours=1) and round(dark.days) == 30
     assert dark.evaluations == 21  # real evaluations in the last 21 days
-    assert dark.message == ("serving 'on' to everyone since 2026-10-29 11:00 UTC (30 days): "
-                            "ready to remove the dead path")
+    assert dark.message == (
+        "serving 'on' to everyone since 2026-10-29 11:00 UTC (30 days): "
+        "ready to remove the dead path"
+    )
 
 
 def test_order_is_unevaluated_first_then_longest(lake):
     assert [s.flag for s in stale_flags(lake, days=21, now=NOW)] == [
-        "old-banner", "qa-forced", "dark-mode"]
+        "old-banner",
+        "qa-forced",
+        "dark-mode",
+    ]
 
 
 def test_testers_forcing_another_variant_do_not_keep_a_dead_path_alive(lake):

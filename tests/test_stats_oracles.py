@@ -8,6 +8,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from scipy import optimize, special, stats
+
 from flagscope.analysis.stats import (
     RatioStats,
     Status,
@@ -25,7 +27,6 @@ from flagscope.analysis.stats import (
 from flagscope.analysis.stats.estimate import two_sided_p, z_value
 from flagscope.analysis.stats.proportions import mover_ratio
 from flagscope.analysis.stats.special import regularized_gamma_q
-from scipy import optimize, special, stats
 
 RNG_SEED = 20240611
 

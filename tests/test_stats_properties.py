@@ -8,6 +8,9 @@ import math
 from dataclasses import fields
 
 import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
 from flagscope.analysis.stats import (
     Estimate,
     Method,
@@ -24,8 +27,6 @@ from flagscope.analysis.stats import (
     srm_test,
     wilson_interval,
 )
-from hypothesis import assume, example, given, settings
-from hypothesis import strategies as st
 
 # Local settings (no global profile): no example database on disk, no deadline.
 examples = settings(max_examples=150, deadline=None, database=None)
@@ -89,8 +90,9 @@ def busy_cohort(draw: st.DrawFn, rate: float) -> RatioStats:
 
 
 @examples
-@given(st.floats(0.1, 0.3).flatmap(lambda r: st.tuples(busy_cohort(r), busy_cohort(r * 1.1))),
-       ALPHAS)
+@given(
+    st.floats(0.1, 0.3).flatmap(lambda r: st.tuples(busy_cohort(r), busy_cohort(r * 1.1))), ALPHAS
+)
 def test_interval_excludes_zero_exactly_when_p_is_below_alpha(cohorts_tc, alpha) -> None:
     est = error_rate_difference(*cohorts_tc, alpha)
     assume(est.method is Method.DELTA and est.has_interval and abs(est.p_value - alpha) > 1e-6)

@@ -15,6 +15,8 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from flagscope.analysis.stats import (
     Method,
     RatioStats,
@@ -24,7 +26,6 @@ from flagscope.analysis.stats import (
     ratio_difference,
     sequential_estimate,
 )
-from scipy import stats
 
 pytestmark = pytest.mark.simulation
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from flagscope.analysis.stats import (
     SRM_ALERT_P_VALUE,
     Method,

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 from flagscope.collector.config import Settings
 from flagscope.collector.tagging import Tagger, evaluation, variant_of
 
@@ -11,16 +12,27 @@ TAGGER = Tagger.from_settings(Settings())
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("true", "true"), ('"blue"', "blue"), ("plain", "plain"), (True, "true"), (False, "false"),
-     (3, "3"), ('{"a": 1}', '{"a":1}'), (None, None)],
+    [
+        ("true", "true"),
+        ('"blue"', "blue"),
+        ("plain", "plain"),
+        (True, "true"),
+        (False, "false"),
+        (3, "3"),
+        ('{"a": 1}', '{"a":1}'),
+        (None, None),
+    ],
 )
 def test_variant_of_decodes_json_encoded_values(raw, expected):
     assert variant_of(raw) == expected
 
 
 def test_evaluation_prefers_result_variant_over_value():
-    attrs = {"feature_flag.key": "f", "feature_flag.result.variant": "on",
-             "feature_flag.result.value": "false"}
+    attrs = {
+        "feature_flag.key": "f",
+        "feature_flag.result.variant": "on",
+        "feature_flag.result.value": "false",
+    }
     assert evaluation(attrs) == ("f", "on")
 
 
@@ -29,7 +41,10 @@ def test_evaluation_accepts_deprecated_variant_name():
 
 
 def test_evaluation_falls_back_to_the_json_encoded_value():
-    assert evaluation({"feature_flag.key": "f", "feature_flag.result.value": '"blue"'}) == ("f", "blue")
+    assert evaluation({"feature_flag.key": "f", "feature_flag.result.value": '"blue"'}) == (
+        "f",
+        "blue",
+    )
 
 
 def test_evaluation_needs_a_key():
@@ -39,9 +54,14 @@ def test_evaluation_needs_a_key():
 def test_per_flag_attributes_and_configured_prefix():
     flags: dict[str, str] = {}
     TAGGER.attribute_flags(
-        {"feature_flag.new-checkout": "on", "app.flag.dark-mode": True,
-         "feature_flag.provider.name": "x", "feature_flag.context.id": "u1",
-         "feature_flag.result.reason": "static", "http.route": "/"},
+        {
+            "feature_flag.new-checkout": "on",
+            "app.flag.dark-mode": True,
+            "feature_flag.provider.name": "x",
+            "feature_flag.context.id": "u1",
+            "feature_flag.result.reason": "static",
+            "http.route": "/",
+        },
         flags,
     )
     assert flags == {"new-checkout": "on", "dark-mode": "true"}
@@ -73,9 +93,13 @@ def test_test_traffic_markers_name_the_rule(attrs, resource, user, reason):
 
 
 def test_markers_are_configurable():
-    tagger = Tagger.from_settings(dataclasses.replace(
-        Settings(), test_attributes=("is_canary",), test_user_patterns=("staff-*",),
-    ))
+    tagger = Tagger.from_settings(
+        dataclasses.replace(
+            Settings(),
+            test_attributes=("is_canary",),
+            test_user_patterns=("staff-*",),
+        )
+    )
     assert tagger.test_reason({"is_canary": True}, None, None) == "is_canary=true"
     assert tagger.test_reason({"test_user": True}, None, "qa-1") is None
     assert tagger.test_reason({}, None, "staff-9") == "user_id matches staff-*"

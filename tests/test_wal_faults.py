@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from flagscope.collector import wal as wal_module
 from flagscope.collector.wal import ROTATE_RETRY_S, WalWriter, list_segments, read_segment
-
 from tests.helpers import CollectorProcess, query
 from tests.test_durability import PROTOBUF, QUIET, spans_request, wait_until
 
@@ -36,24 +36,32 @@ def writer(tmp_path: Path):
     wal.close()
 
 
-def fail_under(directory: Path, name: str, error: int, active: threading.Event, monkeypatch,
-               only_creating: bool = False):
+def fail_under(
+    directory: Path,
+    name: str,
+    error: int,
+    active: threading.Event,
+    monkeypatch,
+    only_creating: bool = False,
+):
     """Make `os.<name>` fail with `error` for paths under `directory` while `active` is set
     (with `only_creating`, only calls that would create a file, as out of inodes)."""
     real = getattr(os, name)
 
     def faulty(path, *args, **kwargs):
         creating = bool(args and args[0] & os.O_CREAT)
-        if (active.is_set() and str(path).startswith(str(directory))
-                and (creating or not only_creating)):
+        if (
+            active.is_set()
+            and str(path).startswith(str(directory))
+            and (creating or not only_creating)
+        ):
             raise OSError(error, os.strerror(error))
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(wal_module.os, name, faulty)
 
 
-def test_a_segment_that_cannot_be_created_does_not_stop_the_writer(writer, tmp_path,
-                                                                     monkeypatch):
+def test_a_segment_that_cannot_be_created_does_not_stop_the_writer(writer, tmp_path, monkeypatch):
     no_inodes = threading.Event()
     no_inodes.set()
     fail_under(tmp_path, "open", errno.ENOSPC, no_inodes, monkeypatch, only_creating=True)
@@ -72,8 +80,9 @@ def test_a_segment_that_cannot_be_created_does_not_stop_the_writer(writer, tmp_p
     assert all_records(tmp_path) == sent
 
 
-def test_a_wal_directory_that_cannot_be_listed_does_not_stop_the_writer(writer, tmp_path,
-                                                                          monkeypatch):
+def test_a_wal_directory_that_cannot_be_listed_does_not_stop_the_writer(
+    writer, tmp_path, monkeypatch
+):
     no_descriptors = threading.Event()
     no_descriptors.set()
     fail_under(tmp_path, "scandir", errno.EMFILE, no_descriptors, monkeypatch)
@@ -85,8 +94,9 @@ def test_a_wal_directory_that_cannot_be_listed_does_not_stop_the_writer(writer, 
     assert all_records(tmp_path) == [b"first", b"second", b"third"]
 
 
-def test_an_unexpected_error_fails_its_batch_and_the_next_request_is_acked(writer, tmp_path,
-                                                                           monkeypatch):
+def test_an_unexpected_error_fails_its_batch_and_the_next_request_is_acked(
+    writer, tmp_path, monkeypatch
+):
     real_write = os.write
     failures = iter([ValueError("a bug")])
 
@@ -125,8 +135,12 @@ def test_out_of_file_descriptors_the_collector_answers_and_recovers(tmp_path):
         trace_ids = [os.urandom(16) for _ in range(30)]
 
         def post(trace_id: bytes) -> int:
-            conn.request("POST", "/v1/traces", body=spans_request(trace_id, 2),
-                         headers={"Content-Type": PROTOBUF})
+            conn.request(
+                "POST",
+                "/v1/traces",
+                body=spans_request(trace_id, 2),
+                headers={"Content-Type": PROTOBUF},
+            )
             response = conn.getresponse()
             response.read()
             return response.status
@@ -148,8 +162,7 @@ def test_out_of_file_descriptors_the_collector_answers_and_recovers(tmp_path):
         assert [post(trace_id) for trace_id in trace_ids[20:]] == [200] * 10
         conn.close()
         assert collector.terminate() == 0
-        stored = dict(query(tmp_path / "lake",
-                            "select trace_id, count(*) from events group by 1"))
+        stored = dict(query(tmp_path / "lake", "select trace_id, count(*) from events group by 1"))
         assert stored == {trace_id.hex(): 2 for trace_id in trace_ids}
         assert list_segments(tmp_path / "wal") == []
         log = collector.proc.stderr.read()

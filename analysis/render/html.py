@@ -27,9 +27,12 @@ COHORTS = {  # colour (Okabe & Ito 2008, colour-blind safe), dash, marker
     "baseline": ("#0072b2", "6 4", "square"),
 }
 BADGE = {
-    Verdict.REGRESSION: ("#b3261e", "#fff"), Verdict.UNHEALTHY: ("#6f1d8a", "#fff"),
-    Verdict.INCONCLUSIVE: ("#f2c94c", "#1f2328"), Verdict.PASS: ("#1a7f37", "#fff"),
-    Verdict.IMPROVEMENT: ("#0a6b74", "#fff"), Verdict.NO_DATA: ("#6e7781", "#fff"),
+    Verdict.REGRESSION: ("#b3261e", "#fff"),
+    Verdict.UNHEALTHY: ("#6f1d8a", "#fff"),
+    Verdict.INCONCLUSIVE: ("#f2c94c", "#1f2328"),
+    Verdict.PASS: ("#1a7f37", "#fff"),
+    Verdict.IMPROVEMENT: ("#0a6b74", "#fff"),
+    Verdict.NO_DATA: ("#6e7781", "#fff"),
 }
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 CSS = """
@@ -90,54 +93,81 @@ def render(result: DiffResult) -> str:
     if r.compared:
         body += [_cohorts(r), _metrics(r), _charts(r), _breakdown(r), _health(r)]
     else:
-        body.append(_section("no-comparison", "No comparison",
-                             "<p>A cohort has no requests in the window, so there are no "
-                             "metrics, charts or breakdown to show (why: above).</p>"))
+        body.append(
+            _section(
+                "no-comparison",
+                "No comparison",
+                "<p>A cohort has no requests in the window, so there are no "
+                "metrics, charts or breakdown to show (why: above).</p>",
+            )
+        )
     body.append(_footer(r))
     title = f"flagscope: {r.options.flag} — {r.verdict.value}"
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-            + "\n".join(body) + "\n</main></body></html>\n")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+        + "\n".join(body)
+        + "\n</main></body></html>\n"
+    )
 
 
 # -- building blocks ------------------------------------------------------------------------
 def badge(verdict: Verdict) -> str:
     bg, fg = BADGE[verdict]
-    return (f'<span class="badge verdict" data-verdict="{verdict.value}" '
-            f'style="background:{bg};color:{fg}">{verdict.value}</span>')
+    return (
+        f'<span class="badge verdict" data-verdict="{verdict.value}" '
+        f'style="background:{bg};color:{fg}">{verdict.value}</span>'
+    )
 
 
 def _section(key: str, title: str, inner: str) -> str:
     return f'<section id="{key}"><h2>{escape(title)}</h2>\n{inner}\n</section>'
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]],
-           verdicts: Sequence[Verdict] = (), titles: Sequence[str] = (),
-           numeric_from: int = 2, leading: Sequence[str] = ()) -> str:
+def _table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    verdicts: Sequence[Verdict] = (),
+    titles: Sequence[str] = (),
+    numeric_from: int = 2,
+    leading: Sequence[str] = (),
+) -> str:
     """A table of text cells (escaped); with `verdicts`, the last column becomes a badge;
     `leading`: markup put before each row's first cell text (e.g. a colour swatch)."""
     head = "".join(f'<th scope="col">{escape(h)}</th>' for h in header)
     lines = []
     for i, row in enumerate(rows):
-        cells = [f"<td{_cell_class(c, j >= numeric_from)}>"
-                 f"{leading[i] if leading and j == 0 else ''}{escape(c)}</td>"
-                 for j, c in enumerate(row)]
+        cells = [
+            f"<td{_cell_class(c, j >= numeric_from)}>"
+            f"{leading[i] if leading and j == 0 else ''}{escape(c)}</td>"
+            for j, c in enumerate(row)
+        ]
         if verdicts:
             tip = f' title="{escape(titles[i])}"' if titles else ""
             cells[-1] = f"<td{tip}>{badge(verdicts[i])}</td>"
         lines.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
-            + "".join(lines) + "</tbody></table></div>")
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
+        + "".join(lines)
+        + "</tbody></table></div>"
+    )
 
 
 def _cell_class(cell: str, numeric: bool) -> str:
     """Numbers stay on one line; at narrow widths long ones ("+6.99 pp [+2.94, +13.71]") may
     wrap, short ones ("2.68e-12") still do not; long names break anywhere rather than push
     the table wider than the page."""
-    names = [n for n, on in (("num", numeric), ("short", numeric and len(cell) <= 16),
-                             ("long", not numeric and len(cell) > 16)) if on]
+    names = [
+        n
+        for n, on in (
+            ("num", numeric),
+            ("short", numeric and len(cell) <= 16),
+            ("long", not numeric and len(cell) > 16),
+        )
+        if on
+    ]
     return f' class="{" ".join(names)}"' if names else ""
 
 
@@ -147,14 +177,16 @@ def _swatch(cohort: str) -> str:
 
 def _header(r: DiffResult) -> str:
     o = r.options
-    variants = (f"{o.variant} vs {o.baseline}" if o.variant and o.baseline else "")
+    variants = f"{o.variant} vs {o.baseline}" if o.variant and o.baseline else ""
     scope = " · ".join(f"{k} {v}" for k, v in (("service", o.service), ("route", o.route)) if v)
-    return (f'<header><h1>{escape(o.flag)} <span class="muted">{escape(variants)}</span></h1>\n'
-            f'<p class="summary">{badge(r.verdict)} <span id="summary">{escape(r.summary)}'
-            f"</span></p>\n<p><strong>Why:</strong> {escape(r.reason)}</p>\n"
-            f'<p class="note" id="window">Window {escape(text.window(r))}; '
-            f"{escape(text.exclusions(r))}"
-            f"{'; ' + escape(scope) if scope else ''}.</p></header>")
+    return (
+        f'<header><h1>{escape(o.flag)} <span class="muted">{escape(variants)}</span></h1>\n'
+        f'<p class="summary">{badge(r.verdict)} <span id="summary">{escape(r.summary)}'
+        f"</span></p>\n<p><strong>Why:</strong> {escape(r.reason)}</p>\n"
+        f'<p class="note" id="window">Window {escape(text.window(r))}; '
+        f"{escape(text.exclusions(r))}"
+        f"{'; ' + escape(scope) if scope else ''}.</p></header>"
+    )
 
 
 def _cohorts(r: DiffResult) -> str:
@@ -165,20 +197,27 @@ def _cohorts(r: DiffResult) -> str:
 
 def _metric_table(metrics: tuple[MetricResult, ...]) -> str:
     header, rows = text.metric_rows(metrics)
-    return _table(header, rows, [m.judgement.verdict for m in metrics],
-                  [m.judgement.reason for m in metrics], numeric_from=1)
+    return _table(
+        header,
+        rows,
+        [m.judgement.verdict for m in metrics],
+        [m.judgement.reason for m in metrics],
+        numeric_from=1,
+    )
 
 
 def _metrics(r: DiffResult) -> str:
     o = r.options
     seq = ", always-valid (sequential)" if o.sequential else ""
     adjusted = "; ".join(describe(m.metric, m.estimate) for m in r.adjusted)
-    inner = (f"{_metric_table(r.metrics)}\n"
-             "<h3>Adjusted for the service/route mix</h3>"
-             f'<p id="adjusted">{escape(adjusted)}</p>\n{_metric_table(r.adjusted)}\n'
-             '<p class="note">Verdicts come from the route-mix adjusted error rate and mean '
-             "latency and each route's error rate and p95; overall quantiles are shown, not "
-             "decisive. Hover a verdict for its reason.</p>")
+    inner = (
+        f"{_metric_table(r.metrics)}\n"
+        "<h3>Adjusted for the service/route mix</h3>"
+        f'<p id="adjusted">{escape(adjusted)}</p>\n{_metric_table(r.adjusted)}\n'
+        '<p class="note">Verdicts come from the route-mix adjusted error rate and mean '
+        "latency and each route's error rate and p95; overall quantiles are shown, not "
+        "decisive. Hover a verdict for its reason.</p>"
+    )
     return _section("overall", f"Overall ({text.confidence_pct(r)} % intervals{seq})", inner)
 
 
@@ -190,11 +229,18 @@ def _figure(chart: str, caption: str) -> str:
 def _charts(r: DiffResult) -> str:
     c = r.charts
     if c is None:
-        return _section("charts", "Charts", '<p class="note" id="no-charts">This result carries '
-                        "no chart data (the comparison was run without charts).</p>")
+        return _section(
+            "charts",
+            "Charts",
+            '<p class="note" id="no-charts">This result carries '
+            "no chart data (the comparison was run without charts).</p>",
+        )
     figures = [*_distribution(r, c), *_over_time(r, c)]
-    return _section("charts", "Latency and errors by cohort", '<div class="charts">'
-                    + "".join(figures) + "</div>")
+    return _section(
+        "charts",
+        "Latency and errors by cohort",
+        '<div class="charts">' + "".join(figures) + "</div>",
+    )
 
 
 def _series(r: DiffResult, cohort: str, points: list[tuple[float, float]]) -> svg.Series:
@@ -210,32 +256,60 @@ def _ms(v: float) -> str:
 def _distribution(r: DiffResult, c: Charts) -> list[str]:
     """The latency CDF and histogram per cohort, both on a log x axis."""
     edges = c.histogram_edges_ms
-    shares = {k: [n / sum(c.histogram[k]) for n in c.histogram[k]]
-              for k in COHORTS if sum(c.histogram.get(k, ())) > 0}
+    shares = {
+        k: [n / sum(c.histogram[k]) for n in c.histogram[k]]
+        for k in COHORTS
+        if sum(c.histogram.get(k, ())) > 0
+    }
     if len(edges) < 2 or not shares:
         return [_figure("", "No latency histogram: too few distinct latencies to draw.")]
-    x = svg.Axis("latency (ms, log scale)", edges[0], edges[-1],
-                 svg.log_ticks(edges[0], edges[-1]), _ms, log=True)
-    cdf = {k: [(edges[0], 0.0)] + [(edge, sum(v[:i + 1])) for i, edge in enumerate(edges[1:])]
-           for k, v in shares.items()}
-    steps = {k: [(e, share) for i, share in enumerate(v) for e in (edges[i], edges[i + 1])]
-             for k, v in shares.items()}
-    y_cdf = svg.Axis("share of requests at or below", 0, 1, [0, .25, .5, .75, 1], _pct)
+    x = svg.Axis(
+        "latency (ms, log scale)",
+        edges[0],
+        edges[-1],
+        svg.log_ticks(edges[0], edges[-1]),
+        _ms,
+        log=True,
+    )
+    cdf = {
+        k: [(edges[0], 0.0)] + [(edge, sum(v[: i + 1])) for i, edge in enumerate(edges[1:])]
+        for k, v in shares.items()
+    }
+    steps = {
+        k: [(e, share) for i, share in enumerate(v) for e in (edges[i], edges[i + 1])]
+        for k, v in shares.items()
+    }
+    y_cdf = svg.Axis("share of requests at or below", 0, 1, [0, 0.25, 0.5, 0.75, 1], _pct)
     _, top, ticks = svg.nice_range(0, max(max(v) for v in shares.values()), 4)
     y_hist = svg.Axis("share of requests per bin", 0, top, ticks, _pct)
     bins = f"{len(edges) - 1} log-spaced bins"
     return [
-        _figure(svg.line_chart("cdf", "Latency distribution (CDF)",
-                               "Cumulative share of each cohort's requests by latency, log x "
-                               "axis; a curve further right is slower.",
-                               [_series(r, k, p) for k, p in cdf.items()], x, y_cdf,
-                               [svg.Guide(.5, "p50"), svg.Guide(.95, "p95")], markers=False),
-                f"Cumulative, from a histogram of {bins}; further right is slower."),
-        _figure(svg.line_chart("histogram", "Latency histogram",
-                               "Share of each cohort's requests per log-spaced latency bin.",
-                               [_series(r, k, p) for k, p in steps.items()], x, y_hist,
-                               markers=False),
-                f"Share of each cohort's requests in each of {bins}."),
+        _figure(
+            svg.line_chart(
+                "cdf",
+                "Latency distribution (CDF)",
+                "Cumulative share of each cohort's requests by latency, log x "
+                "axis; a curve further right is slower.",
+                [_series(r, k, p) for k, p in cdf.items()],
+                x,
+                y_cdf,
+                [svg.Guide(0.5, "p50"), svg.Guide(0.95, "p95")],
+                markers=False,
+            ),
+            f"Cumulative, from a histogram of {bins}; further right is slower.",
+        ),
+        _figure(
+            svg.line_chart(
+                "histogram",
+                "Latency histogram",
+                "Share of each cohort's requests per log-spaced latency bin.",
+                [_series(r, k, p) for k, p in steps.items()],
+                x,
+                y_hist,
+                markers=False,
+            ),
+            f"Share of each cohort's requests in each of {bins}.",
+        ),
     ]
 
 
@@ -253,23 +327,59 @@ def _over_time(r: DiffResult, c: Charts) -> list[str]:
         return [_figure("", "No requests over time to draw.")]
     times = [_epoch(row["bucket"]) for row in rows]
     lo, hi = min(times), max(times) + c.bucket_seconds
-    x = svg.Axis(f"time (UTC), {_duration(c.bucket_seconds)} buckets", lo, hi,
-                 svg.time_ticks(lo, hi), svg.clock(hi - lo))
-    err = {k: [(_epoch(w["bucket"]) + c.bucket_seconds / 2,
-                float(w["errors"] or 0) / float(w["requests"])) for w in rows if w["cohort"] == k]
-           for k in COHORTS}
-    p95 = {k: [(_epoch(w["bucket"]) + c.bucket_seconds / 2, float(w["p95_ms"]))
-               for w in rows if w["cohort"] == k and w.get("p95_ms") is not None]
-           for k in COHORTS}
-    return [_time_chart(r, "error-rate", "Error rate over time", err, x,
-                        "error rate", _pct, "errors / requests"),
-            _time_chart(r, "p95", "p95 latency over time", p95, x, "p95 latency (ms)", _ms,
-                        "95th percentile of request latency")]
+    x = svg.Axis(
+        f"time (UTC), {_duration(c.bucket_seconds)} buckets",
+        lo,
+        hi,
+        svg.time_ticks(lo, hi),
+        svg.clock(hi - lo),
+    )
+    err = {
+        k: [
+            (
+                _epoch(w["bucket"]) + c.bucket_seconds / 2,
+                float(w["errors"] or 0) / float(w["requests"]),
+            )
+            for w in rows
+            if w["cohort"] == k
+        ]
+        for k in COHORTS
+    }
+    p95 = {
+        k: [
+            (_epoch(w["bucket"]) + c.bucket_seconds / 2, float(w["p95_ms"]))
+            for w in rows
+            if w["cohort"] == k and w.get("p95_ms") is not None
+        ]
+        for k in COHORTS
+    }
+    return [
+        _time_chart(
+            r, "error-rate", "Error rate over time", err, x, "error rate", _pct, "errors / requests"
+        ),
+        _time_chart(
+            r,
+            "p95",
+            "p95 latency over time",
+            p95,
+            x,
+            "p95 latency (ms)",
+            _ms,
+            "95th percentile of request latency",
+        ),
+    ]
 
 
-def _time_chart(r: DiffResult, kind: str, title: str,
-                points: dict[str, list[tuple[float, float]]], x: svg.Axis, y_title: str,
-                fmt: Callable[[float], str], what: str) -> str:
+def _time_chart(
+    r: DiffResult,
+    kind: str,
+    title: str,
+    points: dict[str, list[tuple[float, float]]],
+    x: svg.Axis,
+    y_title: str,
+    fmt: Callable[[float], str],
+    what: str,
+) -> str:
     values = [v for pts in points.values() for _, v in pts]
     _, top, ticks = svg.nice_range(0, max(values, default=0) * 1.05 or 1, 4)
     y = svg.Axis(y_title, 0, top, ticks, fmt)
@@ -298,8 +408,9 @@ def _forest_rows(r: DiffResult, metric: str) -> list[svg.Interval]:
         elif metric != "error_rate" and e.has_relative:
             est, lo, hi = e.rel * 100, e.rel_lo * 100, e.rel_hi * 100
         else:
-            rows.append(svg.Interval(s.route, s.service, None, 0, 0,
-                                     f"n/a ({e.status.value.lower()})"))
+            rows.append(
+                svg.Interval(s.route, s.service, None, 0, 0, f"n/a ({e.status.value.lower()})")
+            )
             continue
         label = f"{est:+.1f} [{lo:+.1f}, {hi:+.1f}]"
         rows.append(svg.Interval(s.route, s.service, est, lo, hi, label, tone))
@@ -308,31 +419,55 @@ def _forest_rows(r: DiffResult, metric: str) -> list[svg.Interval]:
 
 def _breakdown(r: DiffResult) -> str:
     if not r.breakdown:
-        return _section("breakdown", "Per service and route",
-                        "<p>No route has requests in both cohorts.</p>")
+        return _section(
+            "breakdown", "Per service and route", "<p>No route has requests in both cohorts.</p>"
+        )
     th = r.options.thresholds
     pct = text.confidence_pct(r)
     plots = [
-        svg.forest_plot("forest-error-rate", "Error rate change by route",
-                        f"Treatment minus baseline error rate per route in percentage points, "
-                        f"with {pct} % intervals, the zero line and ±{th.error_rate_pp:g} pp "
-                        "thresholds.", _forest_rows(r, "error_rate"),
-                        "change in error rate (pp)", _signed(""), th.error_rate_pp),
-        svg.forest_plot("forest-p95", "p95 latency change by route",
-                        f"Relative change of p95 latency per route in percent, with {pct} % "
-                        f"intervals, the zero line and ±{th.latency_pct:g} % thresholds.",
-                        _forest_rows(r, "p95_latency"), "change in p95 latency (%)",
-                        _signed(" %"), th.latency_pct),
+        svg.forest_plot(
+            "forest-error-rate",
+            "Error rate change by route",
+            f"Treatment minus baseline error rate per route in percentage points, "
+            f"with {pct} % intervals, the zero line and ±{th.error_rate_pp:g} pp "
+            "thresholds.",
+            _forest_rows(r, "error_rate"),
+            "change in error rate (pp)",
+            _signed(""),
+            th.error_rate_pp,
+        ),
+        svg.forest_plot(
+            "forest-p95",
+            "p95 latency change by route",
+            f"Relative change of p95 latency per route in percent, with {pct} % "
+            f"intervals, the zero line and ±{th.latency_pct:g} % thresholds.",
+            _forest_rows(r, "p95_latency"),
+            "change in p95 latency (%)",
+            _signed(" %"),
+            th.latency_pct,
+        ),
     ]
-    legend = ('<p class="note">Each line is a route\'s interval: ◆ red = REGRESSION, '
-              "● green = IMPROVEMENT, ○ grey = neither. Dashed lines are the thresholds of "
-              "practical significance; q-values are Benjamini–Hochberg over all route tests.</p>")
+    legend = (
+        '<p class="note">Each line is a route\'s interval: ◆ red = REGRESSION, '
+        "● green = IMPROVEMENT, ○ grey = neither. Dashed lines are the thresholds of "
+        "practical significance; q-values are Benjamini–Hochberg over all route tests.</p>"
+    )
     header, rows = text.breakdown_rows(r)
     ms = [m for s in r.breakdown for m in s.metrics]
-    table = _table(header, rows, [m.judgement.verdict for m in ms],
-                   [m.judgement.reason for m in ms], numeric_from=2)
-    return _section("breakdown", "Per service and route", '<div class="forest">'
-                    + "".join(_figure(p, "") for p in plots) + f"</div>{legend}\n{table}")
+    table = _table(
+        header,
+        rows,
+        [m.judgement.verdict for m in ms],
+        [m.judgement.reason for m in ms],
+        numeric_from=2,
+    )
+    return _section(
+        "breakdown",
+        "Per service and route",
+        '<div class="forest">'
+        + "".join(_figure(p, "") for p in plots)
+        + f"</div>{legend}\n{table}",
+    )
 
 
 def _signed(unit: str) -> Callable[[float], str]:
@@ -340,16 +475,22 @@ def _signed(unit: str) -> Callable[[float], str]:
 
 
 def _health(r: DiffResult) -> str:
-    items = "".join(f'<li data-check="{escape(h.name)}"><span class="{"ok" if h.ok else "fail"}">'
-                    f'{"✓ ok" if h.ok else "✗ FAIL"}</span> <strong>{escape(h.name)}</strong>: '
-                    f"{escape(h.detail)}</li>" for h in r.health)
+    items = "".join(
+        f'<li data-check="{escape(h.name)}"><span class="{"ok" if h.ok else "fail"}">'
+        f"{'✓ ok' if h.ok else '✗ FAIL'}</span> <strong>{escape(h.name)}</strong>: "
+        f"{escape(h.detail)}</li>"
+        for h in r.health
+    )
     return _section("health", "Health of the comparison", f'<ul class="health">{items}</ul>')
 
 
 def _footer(r: DiffResult) -> str:
     o, th = r.options, r.options.thresholds
-    split = (", ".join(f"{k}={v:g}" for k, v in o.expected_split.items())
-             if o.expected_split else "not given (no sample-ratio test)")
+    split = (
+        ", ".join(f"{k}={v:g}" for k, v in o.expected_split.items())
+        if o.expected_split
+        else "not given (no sample-ratio test)"
+    )
     settings = {
         "alpha": f"{o.alpha:g} ({text.confidence_pct(r)} % intervals)",
         "thresholds": f"error rate ±{th.error_rate_pp:g} pp, latency ±{th.latency_pct:g} %",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+
 from flagscope.analysis.result import DiffResult
 
 

@@ -19,15 +19,29 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def render(r: DiffResult) -> str:
     o = r.options
-    out = [f"**{r.summary}**", "",
-           f"Verdict **{r.verdict.value}**: {r.reason}", "",
-           f"Window {text.window(r)}; {text.exclusions(r)}."]
+    out = [
+        f"**{r.summary}**",
+        "",
+        f"Verdict **{r.verdict.value}**: {r.reason}",
+        "",
+        f"Window {text.window(r)}; {text.exclusions(r)}.",
+    ]
     if r.compared:
         seq = ", always-valid (sequential)" if o.sequential else ""
-        out += ["", "### Cohorts", "", table(*text.cohort_rows(r)),
-                "", f"### Overall ({text.confidence_pct(r)} % intervals{seq})", "",
-                table(*text.metric_rows(r.metrics)),
-                "", "Adjusted for the service/route mix:", "", table(*text.metric_rows(r.adjusted))]
+        out += [
+            "",
+            "### Cohorts",
+            "",
+            table(*text.cohort_rows(r)),
+            "",
+            f"### Overall ({text.confidence_pct(r)} % intervals{seq})",
+            "",
+            table(*text.metric_rows(r.metrics)),
+            "",
+            "Adjusted for the service/route mix:",
+            "",
+            table(*text.metric_rows(r.adjusted)),
+        ]
         if r.breakdown:
             out += ["", "### Per service and route", "", table(*text.breakdown_rows(r))]
         out += ["", "### Health", ""]

@@ -120,8 +120,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 def time_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     """Epoch seconds on round clock times (whole minutes, quarter hours, hours, days)."""
-    steps = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800,
-             604800)
+    steps = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800)
     step = next((s for s in steps if (hi - lo) / s <= target), steps[-1])
     first = math.ceil(lo / step) * step
     return [float(t) for t in range(int(first), int(hi) + 1, step)]
@@ -138,39 +137,58 @@ def _f(v: float) -> str:
     return f"{v:.1f}".removesuffix(".0")
 
 
-def _text(x: float, y: float, s: str, anchor: str = "middle", size: int = FONT,
-          color: str = MUTED, extra: str = "") -> str:
-    return (f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="{size}" '
-            f'fill="{color}"{extra}>{escape(s)}</text>')
+def _text(
+    x: float,
+    y: float,
+    s: str,
+    anchor: str = "middle",
+    size: int = FONT,
+    color: str = MUTED,
+    extra: str = "",
+) -> str:
+    return (
+        f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="{size}" '
+        f'fill="{color}"{extra}>{escape(s)}</text>'
+    )
 
 
-def _line(x1: float, y1: float, x2: float, y2: float, color: str = GRID, width: float = 1,
-          dash: str = "") -> str:
+def _line(
+    x1: float, y1: float, x2: float, y2: float, color: str = GRID, width: float = 1, dash: str = ""
+) -> str:
     d = f' stroke-dasharray="{dash}"' if dash else ""
-    return (f'<line x1="{_f(x1)}" y1="{_f(y1)}" x2="{_f(x2)}" y2="{_f(y2)}" stroke="{color}" '
-            f'stroke-width="{width}"{d}/>')
+    return (
+        f'<line x1="{_f(x1)}" y1="{_f(y1)}" x2="{_f(x2)}" y2="{_f(y2)}" stroke="{color}" '
+        f'stroke-width="{width}"{d}/>'
+    )
 
 
-def marker(shape: str, x: float, y: float, color: str, size: float = 3.5,
-           filled: bool = True) -> str:
+def marker(
+    shape: str, x: float, y: float, color: str, size: float = 3.5, filled: bool = True
+) -> str:
     fill = color if filled else "#fff"
     common = f'fill="{fill}" stroke="{color}" stroke-width="1.5"'
     if shape == "square":
-        return (f'<rect x="{_f(x - size)}" y="{_f(y - size)}" width="{_f(2 * size)}" '
-                f'height="{_f(2 * size)}" {common}/>')
+        return (
+            f'<rect x="{_f(x - size)}" y="{_f(y - size)}" width="{_f(2 * size)}" '
+            f'height="{_f(2 * size)}" {common}/>'
+        )
     if shape == "diamond":
         s = size * 1.35
-        return (f'<path d="M{_f(x)} {_f(y - s)}L{_f(x + s)} {_f(y)}L{_f(x)} {_f(y + s)}'
-                f'L{_f(x - s)} {_f(y)}Z" {common}/>')
+        return (
+            f'<path d="M{_f(x)} {_f(y - s)}L{_f(x + s)} {_f(y)}L{_f(x)} {_f(y + s)}'
+            f'L{_f(x - s)} {_f(y)}Z" {common}/>'
+        )
     return f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{_f(size)}" {common}/>'
 
 
 def _open(kind: str, title: str, desc: str, width: int, height: int) -> tuple[str, str]:
     n = escape(kind)  # a chart kind appears once per page: its ids are unique
-    head = (f'<svg class="chart" data-chart="{n}" viewBox="0 0 {width} {height}" '
-            f'width="100%" role="img" aria-labelledby="c-{n}-t c-{n}-d" '
-            f'xmlns="http://www.w3.org/2000/svg" font-family="inherit">'
-            f'<title id="c-{n}-t">{escape(title)}</title><desc id="c-{n}-d">{escape(desc)}</desc>')
+    head = (
+        f'<svg class="chart" data-chart="{n}" viewBox="0 0 {width} {height}" '
+        f'width="100%" role="img" aria-labelledby="c-{n}-t c-{n}-d" '
+        f'xmlns="http://www.w3.org/2000/svg" font-family="inherit">'
+        f'<title id="c-{n}-t">{escape(title)}</title><desc id="c-{n}-d">{escape(desc)}</desc>'
+    )
     return head, "</svg>"
 
 
@@ -202,8 +220,9 @@ def _axes(x: Axis, y: Axis, sx: Scale, sy: Scale) -> str:
 
 def _guide(g: Guide, sx: Scale, sy: Scale) -> str:
     y = sy(g.at)
-    return _line(sx.start, y, sx.end, y, MUTED, 1, "3 3") + _text(sx.start + 4, y - 4, g.label,
-                                                                  "start", 11)
+    return _line(sx.start, y, sx.end, y, MUTED, 1, "3 3") + _text(
+        sx.start + 4, y - 4, g.label, "start", 11
+    )
 
 
 def _polyline(s: Series, sx: Scale, sy: Scale, markers: bool) -> str:
@@ -212,31 +231,55 @@ def _polyline(s: Series, sx: Scale, sy: Scale, markers: bool) -> str:
         return ""
     d = "M" + "L".join(f"{_f(px)} {_f(py)}" for px, py in pts)
     dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-    out = [(f'<path class="series" data-points="{len(pts)}" d="{d}" fill="none" '
+    out = [
+        (
+            f'<path class="series" data-points="{len(pts)}" d="{d}" fill="none" '
             f'stroke="{s.color}" stroke-width="2" stroke-linejoin="round"{dash}>'
-            f"<title>{escape(s.label)}</title></path>")]
+            f"<title>{escape(s.label)}</title></path>"
+        )
+    ]
     if markers or len(pts) == 1:
         out += [marker(s.marker, px, py, s.color, 3) for px, py in pts]
     return "".join(out)
 
 
 # -- charts ---------------------------------------------------------------------------------
-def line_chart(kind: str, title: str, desc: str, series: Sequence[Series], x: Axis, y: Axis,
-               guides: Sequence[Guide] = (), markers: bool = True, width: int = 560,
-               height: int = 320) -> str:
+def line_chart(
+    kind: str,
+    title: str,
+    desc: str,
+    series: Sequence[Series],
+    x: Axis,
+    y: Axis,
+    guides: Sequence[Guide] = (),
+    markers: bool = True,
+    width: int = 560,
+    height: int = 320,
+) -> str:
     """Lines (with markers) on a linear or log x axis; the legend sits above the plot."""
     head, tail = _open(kind, title, desc, width, height)
     sx = Scale(x.lo, x.hi, 64, width - 16, x.log)
     sy = Scale(y.lo, y.hi, height - 50, 62, y.log)
-    body = [_text(8, 20, title, "start", 16, TEXT, ' font-weight="600"'),
-            _legend(series, 12, 42), _axes(x, y, sx, sy), *(_guide(g, sx, sy) for g in guides),
-            *(_polyline(s, sx, sy, markers) for s in series)]
+    body = [
+        _text(8, 20, title, "start", 16, TEXT, ' font-weight="600"'),
+        _legend(series, 12, 42),
+        _axes(x, y, sx, sy),
+        *(_guide(g, sx, sy) for g in guides),
+        *(_polyline(s, sx, sy, markers) for s in series),
+    ]
     return head + "".join(body) + tail
 
 
-def forest_plot(kind: str, title: str, desc: str, rows: Sequence[Interval], axis_title: str,
-                fmt: Callable[[float], str], threshold: float | None = None,
-                width: int = 600) -> str:
+def forest_plot(
+    kind: str,
+    title: str,
+    desc: str,
+    rows: Sequence[Interval],
+    axis_title: str,
+    fmt: Callable[[float], str],
+    threshold: float | None = None,
+    width: int = 600,
+) -> str:
     """Each row's estimate and interval against the zero line (and ±threshold, dashed)."""
     row_h, top, label_w, value_w = 40, 52, 170, 130
     height = top + row_h * max(len(rows), 1) + 44
@@ -251,8 +294,9 @@ def forest_plot(kind: str, title: str, desc: str, rows: Sequence[Interval], axis
         out += [_line(sx(t), top - 6, sx(t), bottom, GRID), _text(sx(t), bottom + 18, fmt(t))]
     out.append(_text(sx((lo + hi) / 2), bottom + 37, axis_title))
     for t in th:
-        out.append(_line(sx(t), top - 6, sx(t), bottom, "#b3261e" if t > 0 else "#1a7f37", 1,
-                         "5 4"))
+        out.append(
+            _line(sx(t), top - 6, sx(t), bottom, "#b3261e" if t > 0 else "#1a7f37", 1, "5 4")
+        )
     if threshold:
         out.append(_text(sx(threshold) + 3, top - 12, f"threshold {fmt(threshold)}", "start", 12))
     out.append(_line(sx(0), top - 6, sx(0), bottom, TEXT, 1.5))
@@ -261,24 +305,42 @@ def forest_plot(kind: str, title: str, desc: str, rows: Sequence[Interval], axis
     return head + "".join(out) + tail
 
 
-_TONES = {"bad": ("#b3261e", "diamond", True), "good": ("#1a7f37", "circle", True),
-          "neutral": ("#3d4651", "circle", False)}
+_TONES = {
+    "bad": ("#b3261e", "diamond", True),
+    "good": ("#1a7f37", "circle", True),
+    "neutral": ("#3d4651", "circle", False),
+}
 
 
 def _interval_row(r: Interval, y: float, sx: Scale, value_x: float) -> str:
     color, shape, filled = _TONES.get(r.tone, _TONES["neutral"])
     label = r.label if len(r.label) <= 26 else r.label[:25] + "…"
-    out = [(f'<g class="interval"><title>{escape(r.sublabel)} {escape(r.label)}: '
-            f"{escape(r.text)}</title>"),
-           _text(8, y - 1, label, "start", FONT, TEXT),
-           _text(8, y + 13, r.sublabel[:30], "start", 10)]
+    out = [
+        (
+            f'<g class="interval"><title>{escape(r.sublabel)} {escape(r.label)}: '
+            f"{escape(r.text)}</title>"
+        ),
+        _text(8, y - 1, label, "start", FONT, TEXT),
+        _text(8, y + 13, r.sublabel[:30], "start", 10),
+    ]
     if r.estimate is None:
-        out.append(_text((sx.start + sx.end) / 2, y + 4, r.text, "middle", 12, TEXT,
-                         ' stroke="#fff" stroke-width="4" paint-order="stroke"'))
+        out.append(
+            _text(
+                (sx.start + sx.end) / 2,
+                y + 4,
+                r.text,
+                "middle",
+                12,
+                TEXT,
+                ' stroke="#fff" stroke-width="4" paint-order="stroke"',
+            )
+        )
     else:
-        out += [_line(sx(r.lo), y, sx(r.hi), y, color, 2.5),
-                _line(sx(r.lo), y - 5, sx(r.lo), y + 5, color, 2),
-                _line(sx(r.hi), y - 5, sx(r.hi), y + 5, color, 2),
-                marker(shape, sx(r.estimate), y, color, 5, filled),
-                _text(value_x, y + 4, r.text, "start", 12, TEXT)]
+        out += [
+            _line(sx(r.lo), y, sx(r.hi), y, color, 2.5),
+            _line(sx(r.lo), y - 5, sx(r.lo), y + 5, color, 2),
+            _line(sx(r.hi), y - 5, sx(r.hi), y + 5, color, 2),
+            marker(shape, sx(r.estimate), y, color, 5, filled),
+            _text(value_x, y + 4, r.text, "start", 12, TEXT),
+        ]
     return "".join(out) + "</g>"

@@ -11,26 +11,46 @@ if TYPE_CHECKING:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def render(r: DiffResult) -> str:
     o = r.options
-    out = [r.summary, "", f"verdict: {r.verdict.value} — {r.reason}",
-           f"window: {text.window(r)}; {text.exclusions(r)}"]
+    out = [
+        r.summary,
+        "",
+        f"verdict: {r.verdict.value} — {r.reason}",
+        f"window: {text.window(r)}; {text.exclusions(r)}",
+    ]
     if not r.compared:
         return "\n".join(out) + "\n"
     seq = " (always-valid intervals, sequential mode)" if o.sequential else ""
-    out += ["", "cohorts", table(*text.cohort_rows(r)),
-            "", f"overall, {text.confidence_pct(r)} % intervals{seq}", table(*text.metric_rows(r.metrics)),
-            "", "overall, adjusted for the service/route mix", table(*text.metric_rows(r.adjusted))]
+    out += [
+        "",
+        "cohorts",
+        table(*text.cohort_rows(r)),
+        "",
+        f"overall, {text.confidence_pct(r)} % intervals{seq}",
+        table(*text.metric_rows(r.metrics)),
+        "",
+        "overall, adjusted for the service/route mix",
+        table(*text.metric_rows(r.adjusted)),
+    ]
     if r.breakdown:
-        out += ["", "per service and route (Benjamini–Hochberg q-values)",
-                table(*text.breakdown_rows(r))]
-    out += ["", "health"] + [f"  {'ok  ' if h.ok else 'FAIL'}  {h.name}: {h.detail}" for h in r.health]
+        out += [
+            "",
+            "per service and route (Benjamini–Hochberg q-values)",
+            table(*text.breakdown_rows(r)),
+        ]
+    out += ["", "health"] + [
+        f"  {'ok  ' if h.ok else 'FAIL'}  {h.name}: {h.detail}" for h in r.health
+    ]
     return "\n".join(out) + "\n"

@@ -7,8 +7,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from flagscope.analysis.result import CohortSummary, DiffResult, MetricResult
 
-LABELS = {"error_rate": "error rate", "mean_latency": "mean latency", "p50_latency": "p50",
-          "p90_latency": "p90", "p95_latency": "p95", "p99_latency": "p99"}
+LABELS = {
+    "error_rate": "error rate",
+    "mean_latency": "mean latency",
+    "p50_latency": "p50",
+    "p90_latency": "p90",
+    "p95_latency": "p95",
+    "p99_latency": "p99",
+}
 
 
 def window(r: DiffResult) -> str:
@@ -33,19 +39,39 @@ def change(m: MetricResult) -> tuple[str, str, str]:
         absolute = f"{e.diff * 100:+.2f} pp [{e.diff_lo * 100:+.2f}, {e.diff_hi * 100:+.2f}]"
     else:
         absolute = f"{e.diff:+.1f} ms [{e.diff_lo:+.1f}, {e.diff_hi:+.1f}]"
-    relative = (f"{e.rel * 100:+.1f} % [{e.rel_lo * 100:+.1f}, {e.rel_hi * 100:+.1f}]"
-                if e.has_relative else "")
+    relative = (
+        f"{e.rel * 100:+.1f} % [{e.rel_lo * 100:+.1f}, {e.rel_hi * 100:+.1f}]"
+        if e.has_relative
+        else ""
+    )
     return absolute, relative, f"{e.p_value:.3g}"
 
 
 def cohort_rows(r: DiffResult) -> tuple[list[str], list[list[str]]]:
-    header = ["cohort", "variant", "users", "requests", "error rate", "mean", "p50", "p90",
-              "p95", "p99"]
+    header = [
+        "cohort",
+        "variant",
+        "users",
+        "requests",
+        "error rate",
+        "mean",
+        "p50",
+        "p90",
+        "p95",
+        "p99",
+    ]
 
     def row(name: str, s: CohortSummary) -> list[str]:
         q = s.quantiles_ms
-        return [name, s.variant, f"{s.users:,}", f"{s.requests:,}", f"{s.error_rate * 100:.2f} %",
-                f"{s.mean_ms:.1f} ms", *(f"{q.get(k, 0.0):.1f} ms" for k in ("p50", "p90", "p95", "p99"))]
+        return [
+            name,
+            s.variant,
+            f"{s.users:,}",
+            f"{s.requests:,}",
+            f"{s.error_rate * 100:.2f} %",
+            f"{s.mean_ms:.1f} ms",
+            *(f"{q.get(k, 0.0):.1f} ms" for k in ("p50", "p90", "p95", "p99")),
+        ]
 
     return header, [row("treatment", r.treatment), row("baseline", r.baseline)]
 
@@ -55,22 +81,48 @@ def metric_rows(metrics: tuple[MetricResult, ...]) -> tuple[list[str], list[list
     rows = []
     for m in metrics:
         absolute, relative, p = change(m)
-        rows.append([LABELS[m.metric], value(m.metric, m.estimate.control),
-                     value(m.metric, m.estimate.treatment), absolute, relative, p,
-                     m.judgement.verdict.value])
+        rows.append(
+            [
+                LABELS[m.metric],
+                value(m.metric, m.estimate.control),
+                value(m.metric, m.estimate.treatment),
+                absolute,
+                relative,
+                p,
+                m.judgement.verdict.value,
+            ]
+        )
     return header, rows
 
 
 def breakdown_rows(r: DiffResult) -> tuple[list[str], list[list[str]]]:
-    header = ["service", "route", "users t/b", "metric", "change [CI]", "relative [CI]", "q (BH)",
-              "verdict"]
+    header = [
+        "service",
+        "route",
+        "users t/b",
+        "metric",
+        "change [CI]",
+        "relative [CI]",
+        "q (BH)",
+        "verdict",
+    ]
     rows = []
     for s in r.breakdown:
         for m in s.metrics:
             absolute, relative, _ = change(m)
             q = f"{m.q_value:.3g}" if m.q_value is not None else ""
-            rows.append([s.service, s.route, f"{s.treatment.users}/{s.baseline.users}",
-                         LABELS[m.metric], absolute, relative, q, m.judgement.verdict.value])
+            rows.append(
+                [
+                    s.service,
+                    s.route,
+                    f"{s.treatment.users}/{s.baseline.users}",
+                    LABELS[m.metric],
+                    absolute,
+                    relative,
+                    q,
+                    m.judgement.verdict.value,
+                ]
+            )
     return header, rows
 
 
@@ -84,5 +136,7 @@ def exclusions(r: DiffResult) -> str:
     }
     text = parts[mode]
     if e.get("requests_without_user"):
-        text += f"; {e['requests_without_user']} requests without a user id (the trace is their unit)"
+        text += (
+            f"; {e['requests_without_user']} requests without a user id (the trace is their unit)"
+        )
     return text

@@ -27,18 +27,38 @@ DEFAULT_CRON = "0 * * * *"
 
 # Settings of one report; all but `flag` may be given in [reports] as defaults.
 FLAG_KEYS: dict[str, str] = {
-    "flag": "str", "variant": "str", "baseline": "str", "service": "str", "route": "str",
-    "window": "str", "cron": "str", "formats": "list", "expected_split": "split",
-    "error_threshold_pp": "float", "latency_threshold_pct": "float", "min_users": "int",
-    "max_crossover_share": "float", "alpha": "float", "test_traffic": "str",
+    "flag": "str",
+    "variant": "str",
+    "baseline": "str",
+    "service": "str",
+    "route": "str",
+    "window": "str",
+    "cron": "str",
+    "formats": "list",
+    "expected_split": "split",
+    "error_threshold_pp": "float",
+    "latency_threshold_pct": "float",
+    "min_users": "int",
+    "max_crossover_share": "float",
+    "alpha": "float",
+    "test_traffic": "str",
     "webhook_url": "str",
 }
 GLOBAL_KEYS: dict[str, str] = {
-    "out_dir": "str", "link_base": "str", "webhook_timeout_s": "float", "webhook_retries": "int",
+    "out_dir": "str",
+    "link_base": "str",
+    "webhook_timeout_s": "float",
+    "webhook_retries": "int",
     "flag": "tables",
 }
-_EXAMPLES = {"str": '"text"', "list": '["html", "md", "json"]', "split": "{ on = 0.2, off = 0.8 }",
-             "float": "0.5", "int": "50", "tables": '[[reports.flag]] tables with flag = "…"'}
+_EXAMPLES = {
+    "str": '"text"',
+    "list": '["html", "md", "json"]',
+    "split": "{ on = 0.2, off = 0.8 }",
+    "float": "0.5",
+    "int": "50",
+    "tables": '[[reports.flag]] tables with flag = "…"',
+}
 
 
 @dataclass(frozen=True)
@@ -61,10 +81,19 @@ class ScheduledReport:
         """The diff of a run at `now`: the window ending then, always-valid intervals."""
         end = naive_utc(now)
         return DiffOptions(
-            flag=self.flag, start=end - self.window, end=end, variant=self.variant,
-            baseline=self.baseline, service=self.service, route=self.route,
-            test_mode=self.test_mode, alpha=self.alpha, sequential=True,
-            expected_split=self.expected_split, thresholds=self.thresholds)
+            flag=self.flag,
+            start=end - self.window,
+            end=end,
+            variant=self.variant,
+            baseline=self.baseline,
+            service=self.service,
+            route=self.route,
+            test_mode=self.test_mode,
+            alpha=self.alpha,
+            sequential=True,
+            expected_split=self.expected_split,
+            thresholds=self.thresholds,
+        )
 
 
 @dataclass(frozen=True)
@@ -86,12 +115,17 @@ class ReportsConfig:
         close = difflib.get_close_matches(flag, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         declared = f"declared: {', '.join(names)}" if names else "none is declared"
-        raise AnalysisError(f"no report for flag {flag!r} in {self.source}; {hint}{declared} "
-                            "(add a [[reports.flag]] table with flag = \"…\")")
+        raise AnalysisError(
+            f"no report for flag {flag!r} in {self.source}; {hint}{declared} "
+            '(add a [[reports.flag]] table with flag = "…")'
+        )
 
 
-def load_config(config_path: str | os.PathLike[str] | None = None,
-                env: Mapping[str, str] | None = None, require: bool = True) -> ReportsConfig:
+def load_config(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    require: bool = True,
+) -> ReportsConfig:
     """The [reports] of flagscope.toml, found as the collector finds it: `config_path`, else
     $FLAGSCOPE_CONFIG, else ./flagscope.toml. `require`: at least one report must be
     declared. $FLAGSCOPE_WEBHOOK_URL overrides `webhook_url` (keep secrets out of files)."""
@@ -101,28 +135,36 @@ def load_config(config_path: str | os.PathLike[str] | None = None,
     if require and not config.reports:
         raise AnalysisError(
             f"no reports declared in {path}: add a [reports] section with a [[reports.flag]] "
-            'table, e.g.\n\n[[reports.flag]]\nflag = "new-checkout"\ncron = "0 * * * *"\n')
+            'table, e.g.\n\n[[reports.flag]]\nflag = "new-checkout"\ncron = "0 * * * *"\n'
+        )
     return config
 
 
-def parse_config(doc: Mapping[str, Any], source: str = "flagscope.toml",
-                 env: Mapping[str, str] | None = None) -> ReportsConfig:
+def parse_config(
+    doc: Mapping[str, Any], source: str = "flagscope.toml", env: Mapping[str, str] | None = None
+) -> ReportsConfig:
     """Validate a parsed TOML document (only its `reports` table is read)."""
     env = {} if env is None else env
     if "report" in doc:
-        raise AnalysisError(f"{source}: unknown section [report]; scheduled reports are "
-                            "declared as [reports] with [[reports.flag]] tables")
+        raise AnalysisError(
+            f"{source}: unknown section [report]; scheduled reports are "
+            "declared as [reports] with [[reports.flag]] tables"
+        )
     body = doc.get("reports", {})
     where = f"{source} [reports]"
     if not isinstance(body, Mapping):
         raise AnalysisError(f"{source}: reports must be a table: write [reports]")
     _known(body, {**GLOBAL_KEYS, **FLAG_KEYS}, where)
     if "flag" in body and not isinstance(body["flag"], list):
-        raise AnalysisError(f"{where}: flag must be [[reports.flag]] tables, one per flag, "
-                            'e.g.\n[[reports.flag]]\nflag = "new-checkout"')
+        raise AnalysisError(
+            f"{where}: flag must be [[reports.flag]] tables, one per flag, "
+            'e.g.\n[[reports.flag]]\nflag = "new-checkout"'
+        )
     # [reports] webhook_url is the fallback, not a per-flag default: $FLAGSCOPE_WEBHOOK_URL
     # must be able to replace it.
-    defaults = {k: v for k, v in body.items() if k in FLAG_KEYS and k not in ("flag", "webhook_url")}
+    defaults = {
+        k: v for k, v in body.items() if k in FLAG_KEYS and k not in ("flag", "webhook_url")
+    }
     reports_ = []
     for i, table in enumerate(body.get("flag", [])):
         if not isinstance(table, Mapping):
@@ -133,8 +175,10 @@ def parse_config(doc: Mapping[str, Any], source: str = "flagscope.toml",
     seen: set[str] = set()
     for r in reports_:
         if r.flag in seen:
-            raise AnalysisError(f"{source}: flag {r.flag!r} has two [[reports.flag]] tables; "
-                                "keep one (a flag has one report directory)")
+            raise AnalysisError(
+                f"{source}: flag {r.flag!r} has two [[reports.flag]] tables; "
+                "keep one (a flag has one report directory)"
+            )
         seen.add(r.flag)
     webhook_url = env.get(WEBHOOK_ENV) or _get(body, "webhook_url", "str", where) or None
     if webhook_url:
@@ -147,8 +191,15 @@ def parse_config(doc: Mapping[str, Any], source: str = "flagscope.toml",
     retries = _get(body, "webhook_retries", "int", where, default.webhook_retries)
     if timeout <= 0 or retries < 0:
         raise AnalysisError(f"{where}: webhook_timeout_s must be > 0 and webhook_retries ≥ 0")
-    return ReportsConfig(Path(_get(body, "out_dir", "str", where, str(default.out_dir))),
-                         tuple(reports_), webhook_url, link_base, timeout, retries, source)
+    return ReportsConfig(
+        Path(_get(body, "out_dir", "str", where, str(default.out_dir))),
+        tuple(reports_),
+        webhook_url,
+        link_base,
+        timeout,
+        retries,
+        source,
+    )
 
 
 def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
@@ -159,13 +210,16 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
     cron_text = _get(t, "cron", "str", where, DEFAULT_CRON)
     try:
         cron = cronlib.parse(cron_text)
-        span = window.parse_duration(_get(t, "window", "str", where, window.DEFAULT_SINCE), "window")
+        span = window.parse_duration(
+            _get(t, "window", "str", where, window.DEFAULT_SINCE), "window"
+        )
     except AnalysisError as exc:
         raise AnalysisError(f"{where}: {exc}") from exc
     if span <= timedelta(0):
         raise AnalysisError(f'{where}: window must be longer than zero, e.g. window = "24h"')
-    fmts = report_archive.normalize_formats(_get(t, "formats", "list", where, tuple(report_archive.EXTENSIONS)),
-                                     f"{where}: formats")
+    fmts = report_archive.normalize_formats(
+        _get(t, "formats", "list", where, tuple(report_archive.EXTENSIONS)), f"{where}: formats"
+    )
     variant, baseline = _get(t, "variant", "str", where), _get(t, "baseline", "str", where)
     if variant and variant == baseline:
         raise AnalysisError(f"{where}: variant and baseline must differ")
@@ -173,14 +227,18 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
     if split is not None:
         missing = [v for v in (variant, baseline) if v and v not in split]
         if missing or any(s <= 0 for s in split.values()):
-            raise AnalysisError(f"{where}: expected_split needs a share > 0 for each compared "
-                                f"variant, e.g. expected_split = {_EXAMPLES['split']}")
+            raise AnalysisError(
+                f"{where}: expected_split needs a share > 0 for each compared "
+                f"variant, e.g. expected_split = {_EXAMPLES['split']}"
+            )
     default = Thresholds()
     try:
-        th = Thresholds(_get(t, "error_threshold_pp", "float", where, default.error_rate_pp),
-                        _get(t, "latency_threshold_pct", "float", where, default.latency_pct),
-                        _get(t, "min_users", "int", where, default.min_users),
-                        _get(t, "max_crossover_share", "float", where, default.max_crossover_share))
+        th = Thresholds(
+            _get(t, "error_threshold_pp", "float", where, default.error_rate_pp),
+            _get(t, "latency_threshold_pct", "float", where, default.latency_pct),
+            _get(t, "min_users", "int", where, default.min_users),
+            _get(t, "max_crossover_share", "float", where, default.max_crossover_share),
+        )
         alpha = check_alpha(_get(t, "alpha", "float", where, DEFAULT_ALPHA))
     except AnalysisError as exc:
         raise AnalysisError(f"{where}: {exc}") from exc
@@ -190,9 +248,21 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
     hook = _get(t, "webhook_url", "str", where)
     if hook:
         _check_url(hook, "webhook_url", where)
-    return ScheduledReport(flag, cron, span, fmts, variant, baseline,
-                           _get(t, "service", "str", where), _get(t, "route", "str", where),
-                           split, th, alpha, TrafficFilter(mode), hook)
+    return ScheduledReport(
+        flag,
+        cron,
+        span,
+        fmts,
+        variant,
+        baseline,
+        _get(t, "service", "str", where),
+        _get(t, "route", "str", where),
+        split,
+        th,
+        alpha,
+        TrafficFilter(mode),
+        hook,
+    )
 
 
 def _known(table: Mapping[str, Any], keys: Mapping[str, str], where: str) -> None:
@@ -212,8 +282,8 @@ def _get(table: Mapping[str, Any], key: str, kind: str, where: str, default: Any
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "list": isinstance(value, (list, str)) and all(isinstance(v, str) for v in value),
-        "split": isinstance(value, Mapping) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()),
+        "split": isinstance(value, Mapping)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()),
     }[kind]
     if not ok:
         raise AnalysisError(f"{where}: {key} = {value!r}: expected e.g. {key} = {_EXAMPLES[kind]}")
@@ -230,4 +300,3 @@ def _check_url(url: str, key: str, where: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise AnalysisError(f"{where}: {key} = {url!r}: expected an http:// or https:// URL")
-

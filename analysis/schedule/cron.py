@@ -26,9 +26,15 @@ _BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 _MONTHS = {m.upper(): i for i, m in enumerate(calendar.month_abbr) if m}
 _DAYS = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
 _NAMES = (None, None, None, _MONTHS, _DAYS)
-_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
-           "@hourly": "0 * * * *"}
+_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 _SEARCH_YEARS = 9  # Feb 29 can be 8 years away (2096 → 2104)
 
 
@@ -51,8 +57,12 @@ class Cron:
         return in_days and in_weekdays
 
     def matches(self, moment: datetime) -> bool:
-        return (moment.minute in self.minutes and moment.hour in self.hours
-                and moment.month in self.months and self.day_matches(moment))
+        return (
+            moment.minute in self.minutes
+            and moment.hour in self.hours
+            and moment.month in self.months
+            and self.day_matches(moment)
+        )
 
 
 def _fail(expr: str, problem: str) -> AnalysisError:
@@ -119,8 +129,12 @@ def parse(expr: str) -> Cron:
     if len(parts) != 5:
         raise _fail(expr, f"expected five fields ({' '.join(FIELDS)}), got {len(parts)}")
     sets = [_field(expr, i, p) for i, p in enumerate(parts)]
-    cron = Cron(expr, *sets, days_restricted=not parts[2].startswith("*"),
-                weekdays_restricted=not parts[4].startswith("*"))
+    cron = Cron(
+        expr,
+        *sets,
+        days_restricted=not parts[2].startswith("*"),
+        weekdays_restricted=not parts[4].startswith("*"),
+    )
     if cron.days_restricted and not cron.weekdays_restricted:
         longest = max(calendar.monthrange(2024, m)[1] for m in cron.months)  # 2024: leap year
         if min(cron.days) > longest:

@@ -60,8 +60,16 @@ from flagscope.analysis.verdict import Verdict
 from flagscope.analysis.window import aware_utc
 from flagscope.collector.errors import FlagscopeError
 
-__all__ = ["ReportsConfig", "RunOutcome", "ScheduledReport", "Scheduler", "load_config",
-           "next_fire", "parse_config", "should_notify"]
+__all__ = [
+    "ReportsConfig",
+    "RunOutcome",
+    "ScheduledReport",
+    "Scheduler",
+    "load_config",
+    "next_fire",
+    "parse_config",
+    "should_notify",
+]
 
 log = logging.getLogger(__name__)
 MAX_WAIT_S = 60.0  # run_forever re-reads the clock at least this often (clock jumps, suspend)
@@ -107,10 +115,14 @@ class Scheduler:
     `notify` is `webhook.notify` or a stand-in with its signature.
     """
 
-    def __init__(self, config: ReportsConfig, lake_dir: Path,
-                 clock: Callable[[], datetime] = utc_now,
-                 sleep: Callable[[float], None] | None = None,
-                 notify: Callable[..., bool] = webhook.notify) -> None:
+    def __init__(
+        self,
+        config: ReportsConfig,
+        lake_dir: Path,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] | None = None,
+        notify: Callable[..., bool] = webhook.notify,
+    ) -> None:
         self.config = config
         self.lake_dir = Path(lake_dir)
         self._clock = clock
@@ -135,8 +147,9 @@ class Scheduler:
                 self._next[report.flag] = next_fire(report.cron, now)
         return outcomes
 
-    def run_once(self, flag_name: str | None = None, now: datetime | None = None
-                 ) -> list[RunOutcome]:
+    def run_once(
+        self, flag_name: str | None = None, now: datetime | None = None
+    ) -> list[RunOutcome]:
         """Run one declared report (or all) now; the schedule is left as it is."""
         now = aware_utc(now if now is not None else self._clock())
         chosen = [self.config.report(flag_name)] if flag_name else list(self.config.reports)
@@ -145,8 +158,10 @@ class Scheduler:
     def run_forever(self, stop_event: threading.Event) -> None:
         """Run reports as they fall due until `stop_event` is set (SIGTERM handler, Ctrl-C)."""
         if not self.config.reports:
-            raise AnalysisError("no reports declared: add a [[reports.flag]] table to "
-                                "flagscope.toml (see 'flagscope schedule --help')")
+            raise AnalysisError(
+                "no reports declared: add a [[reports.flag]] table to "
+                "flagscope.toml (see 'flagscope schedule --help')"
+            )
         for flag, when in self._next.items():
             log.info("report %s: next run %s", flag, f"{when:%Y-%m-%d %H:%M} UTC")
         while not stop_event.is_set():
@@ -168,16 +183,28 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - one report's failure must not stop the others
             return self._failed(report, now, exc)
         outcome = RunOutcome(report.flag, now, result.verdict, files.previous_verdict, files)
-        log.info("report %s: %s (previous %s) %s", report.flag, result.verdict.value,
-                 files.previous_verdict.value if files.previous_verdict else "none",
-                 files.main_file())
+        log.info(
+            "report %s: %s (previous %s) %s",
+            report.flag,
+            result.verdict.value,
+            files.previous_verdict.value if files.previous_verdict else "none",
+            files.main_file(),
+        )
         url = report.webhook_url if report.webhook_url is not None else self.config.webhook_url
         if url and should_notify(files.previous_verdict, result.verdict):
             payload = webhook.verdict_changed_payload(
-                report.flag, files.previous_verdict, result.verdict, result.summary,
-                self.report_link(files))
-            sent = self._notify(url, payload, timeout_s=self.config.webhook_timeout_s,
-                                retries=self.config.webhook_retries)
+                report.flag,
+                files.previous_verdict,
+                result.verdict,
+                result.summary,
+                self.report_link(files),
+            )
+            sent = self._notify(
+                url,
+                payload,
+                timeout_s=self.config.webhook_timeout_s,
+                retries=self.config.webhook_retries,
+            )
             outcome = replace(outcome, notified=bool(sent))
         return outcome
 
@@ -201,4 +228,3 @@ class Scheduler:
         except OSError as write_error:
             log.error("report %s: cannot record the failure: %s", report.flag, write_error)
         return RunOutcome(report.flag, now, error=message)
-

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
 from flagscope.analysis.window import aware_utc
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,15 @@ MAX_BACKOFF_S = 60.0  # no single wait longer than this, whatever Retry-After sa
 USER_AGENT = "flagscope-webhook/1"
 
 
-def notify(url: str, payload: dict[str, Any], timeout_s: float = 5.0, retries: int = 3,
-           backoff_s: float = 1.0, *, sleep: Callable[[float], None] = time.sleep) -> bool:
+def notify(
+    url: str,
+    payload: dict[str, Any],
+    timeout_s: float = 5.0,
+    retries: int = 3,
+    backoff_s: float = 1.0,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """POST `payload` as JSON to `url`; True once a 2xx answer arrives.
 
     Up to `1 + retries` attempts, each with `timeout_s`; between them
@@ -52,7 +60,9 @@ def notify(url: str, payload: dict[str, Any], timeout_s: float = 5.0, retries: i
             if retry_after is None or attempt + 1 == attempts:
                 break
             sleep(min(MAX_BACKOFF_S, max(backoff_s * 2**attempt, retry_after)))
-        log.warning("webhook POST to %s failed after %d attempt(s): %s", where, attempt + 1, problem)
+        log.warning(
+            "webhook POST to %s failed after %d attempt(s): %s", where, attempt + 1, problem
+        )
         return False
     except Exception as exc:  # noqa: BLE001 - a notification never takes the scheduler down
         log.warning("webhook POST to %s failed: %s: %s", where, type(exc).__name__, exc)
@@ -61,8 +71,12 @@ def notify(url: str, payload: dict[str, Any], timeout_s: float = 5.0, retries: i
 
 def _post(url: str, body: bytes, timeout_s: float) -> tuple[bool, str, float | None]:
     """One attempt: (delivered, problem, retry-after seconds or None if not retryable)."""
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": USER_AGENT})
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             response.read(65536)
@@ -113,8 +127,9 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def verdict_changed_payload(flag: str, previous: str | None, current: str, summary: str,
-                            report_link: str) -> dict[str, Any]:
+def verdict_changed_payload(
+    flag: str, previous: str | None, current: str, summary: str, report_link: str
+) -> dict[str, Any]:
     """`{"text": "<summary> — <link>", "blocks": [...]}` for a verdict change.
 
     `previous` None means the first run. `report_link` is a URL (rendered as a link) or a
@@ -127,8 +142,10 @@ def verdict_changed_payload(flag: str, previous: str | None, current: str, summa
     return {
         "text": f"{escape(summary)} — {escape(report_link) if not is_url else report_link}",
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn",
-                                         "text": f"*flagscope* `{escape(flag)}`: *{change}*"}},
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*flagscope* `{escape(flag)}`: *{change}*"},
+            },
             {"type": "section", "text": {"type": "mrkdwn", "text": escape(summary)}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": link}]},
         ],

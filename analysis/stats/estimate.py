@@ -83,7 +83,12 @@ class Estimate:
 def valid_alpha(alpha: float) -> bool:
     """alpha must be a probability strictly between 0 and 1 whose half is not 0 in floating
     point (the smallest subnormal halves to 0, and z_value reads the normal at alpha/2)."""
-    return isinstance(alpha, int | float) and math.isfinite(alpha) and 0.0 < alpha / 2.0 and alpha < 1.0
+    return (
+        isinstance(alpha, int | float)
+        and math.isfinite(alpha)
+        and alpha / 2.0 > 0.0
+        and alpha < 1.0
+    )
 
 
 def z_value(alpha: float) -> float:

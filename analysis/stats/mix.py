@@ -16,8 +16,9 @@ from flagscope.analysis.stats.estimate import Estimate, Method, normal_estimate
 from flagscope.analysis.stats.ratio import RatioStats
 
 
-def post_stratified_difference(strata: Sequence[tuple[RatioStats, RatioStats]], alpha: float
-                               ) -> Estimate:
+def post_stratified_difference(
+    strata: Sequence[tuple[RatioStats, RatioStats]], alpha: float
+) -> Estimate:
     """Treatment minus control of the re-weighted ratio; `strata` holds (treatment,
     control) per-user sums for each stratum."""
     total = sum(t.sum_y + c.sum_y for t, c in strata)
@@ -28,5 +29,6 @@ def post_stratified_difference(strata: Sequence[tuple[RatioStats, RatioStats]], 
         for key, stats in (("t", t), ("c", c)):
             means[key] += w * stats.ratio
             variances[key] += w * w * stats.variance()
-    return normal_estimate(means["c"], means["t"], variances["c"], variances["t"], alpha,
-                           Method.DELTA)
+    return normal_estimate(
+        means["c"], means["t"], variances["c"], variances["t"], alpha, Method.DELTA
+    )

@@ -168,8 +168,9 @@ def design_effect(stats: RatioStats) -> float:
     return max(1.0, deff) if math.isfinite(deff) else 1.0
 
 
-def choose_error_method(treatment: RatioStats, control: RatioStats,
-                        deff: float | None = None) -> Method:
+def choose_error_method(
+    treatment: RatioStats, control: RatioStats, deff: float | None = None
+) -> Method:
     """NEWCOMBE when either cohort has fewer than RARE_EVENT_THRESHOLD *effective*
     events or non-events (counts divided by the pooled design effect `deff`: 40 errors
     from 3 users are about 3 independent pieces of evidence, not 40), or a cohort has zero

@@ -28,7 +28,7 @@ def covered_seq(stem: str, writer: str) -> int | None:
     prefix = f"compact-{writer}-" if stem.startswith("compact-") else f"{writer}-"
     if not stem.startswith(prefix):
         return None
-    numbers = stem[len(prefix):].split("-")
+    numbers = stem[len(prefix) :].split("-")
     if len(numbers) != 2 or not all(n.isdigit() for n in numbers):
         return None
     return int(numbers[1]) if stem.startswith("compact-") else int(numbers[0])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
 from flagscope.collector.lake.layout import covered_seq, partitions
 from flagscope.collector.lake.schema import KEY_COLUMNS, SCHEMA, with_keys
@@ -93,7 +94,8 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         table = with_keys(table)
     return pa.table(
         [
-            table[f.name].cast(f.type) if f.name in table.column_names
+            table[f.name].cast(f.type)
+            if f.name in table.column_names
             else pa.nulls(table.num_rows, f.type)
             for f in schema
         ],

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+
 from flagscope.collector.errors import LakeError, LakeQueryError
 from flagscope.collector.lake.layout import GLOB, has_files
 from flagscope.collector.lake.schema import SCHEMA, derived_keys
@@ -24,8 +25,12 @@ T = TypeVar("T")
 ATTEMPTS = 3  # a query that raced compaction this many times in a row fails
 # DuckDB refused the statement itself when planning it; anything else (a damaged file, an
 # I/O error, a value that does not convert) is met while reading the lake.
-_QUERY_ERRORS = (duckdb.ParserException, duckdb.SyntaxException, duckdb.BinderException,
-                 duckdb.CatalogException)
+_QUERY_ERRORS = (
+    duckdb.ParserException,
+    duckdb.SyntaxException,
+    duckdb.BinderException,
+    duckdb.CatalogException,
+)
 
 
 def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
@@ -45,12 +50,16 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
             # files again at every query; the empty table in SCHEMA keeps the key columns
             # defined whichever files exist by then.
             source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_empty)"
-            select = "* REPLACE (" + ", ".join(
-                f"coalesce({name}, {sql}) AS {name}" for name, sql in derived_keys().items()) + ")"
+            select = (
+                "* REPLACE ("
+                + ", ".join(
+                    f"coalesce({name}, {sql}) AS {name}" for name, sql in derived_keys().items()
+                )
+                + ")"
+            )
     con.execute(f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {select} FROM {source}")
     con.execute(
-        "CREATE OR REPLACE TEMP VIEW events AS "
-        "SELECT DISTINCT ON (event_id) * FROM events_raw"
+        "CREATE OR REPLACE TEMP VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw"
     )
 
 
@@ -70,8 +79,9 @@ def translate(exc: duckdb.Error, lake: Path) -> LakeError:
     return LakeError(f"reading the lake at {lake} failed: {exc}")
 
 
-def run(lake: Path, work: Callable[[duckdb.DuckDBPyConnection], T], threads: int | None = None
-        ) -> T:
+def run(
+    lake: Path, work: Callable[[duckdb.DuckDBPyConnection], T], threads: int | None = None
+) -> T:
     """`work(con)` on a fresh connection with the lake's views; run again from the start
     when it raced compaction. DuckDB errors come out as `LakeError`s."""
     for attempt in range(1, ATTEMPTS + 1):

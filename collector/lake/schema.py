@@ -68,17 +68,26 @@ def is_entry(kind: int | None, parent_span_id: bytes | str | None) -> bool:
     return kind == SPAN_KIND_SERVER or not parent_span_id
 
 
-def derived_keys(trace_id: str = "trace_id", span_id: str = "span_id", signal: str = "signal",
-                 kind: str = "kind", parent_span_id: str = "parent_span_id") -> dict[str, str]:
+def derived_keys(
+    trace_id: str = "trace_id",
+    span_id: str = "span_id",
+    signal: str = "signal",
+    kind: str = "kind",
+    parent_span_id: str = "parent_span_id",
+) -> dict[str, str]:
     """SQL for the join keys (convert.KEY_COLUMNS) from the hex ids and the other columns,
     for files written before the keys existed (and for bench/make_lake.py)."""
     as_uint = f"CASE WHEN length({span_id}) = 16 THEN TRY_CAST('0x' || {span_id} AS UBIGINT) END"
     return {
         "trace_key": f"TRY_CAST({trace_id} AS UUID)",
-        "span_key": (f"({as_uint}::HUGEINT - CASE WHEN {as_uint} >= 9223372036854775808 "
-                     "THEN 18446744073709551616 ELSE 0 END)::BIGINT"),
-        "is_entry": (f"coalesce({signal} = 'span' AND ({kind} = 2 "
-                     f"OR coalesce({parent_span_id}, '') = ''), false)"),
+        "span_key": (
+            f"({as_uint}::HUGEINT - CASE WHEN {as_uint} >= 9223372036854775808 "
+            "THEN 18446744073709551616 ELSE 0 END)::BIGINT"
+        ),
+        "is_entry": (
+            f"coalesce({signal} = 'span' AND ({kind} = 2 "
+            f"OR coalesce({parent_span_id}, '') = ''), false)"
+        ),
     }
 
 
@@ -90,8 +99,10 @@ def with_keys(table: pa.Table) -> pa.Table:
         con.execute("SET threads = 1")  # rows come back in their order
         con.execute("SET arrow_lossless_conversion = true")  # UUIDs as Arrow UUIDs
         con.register("_rows", table)
-        keys = con.sql("SELECT " + ", ".join(
-            f"{sql} AS {name}" for name, sql in derived_keys().items()) + " FROM _rows"
+        keys = con.sql(
+            "SELECT "
+            + ", ".join(f"{sql} AS {name}" for name, sql in derived_keys().items())
+            + " FROM _rows"
         ).to_arrow_table()
     finally:
         con.close()

@@ -8,6 +8,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from flagscope.collector import failpoints
 from flagscope.collector.lake.durable import publish
 from flagscope.collector.lake.layout import HOUR_NS, covered_seq, partition_of
