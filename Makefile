@@ -1,10 +1,12 @@
 # The two commands that matter: `make demo` and `make test`. Both set up .venv themselves.
+# `make test` is what CI runs: lint, format check, types, then the whole test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean browser
+.PHONY: demo test test-fast check lint types bench clean browser
+SOURCES := collector analysis tests bench sample_data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +17,29 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python sample_data/demo.py
 
-test: $(STAMP) browser
+test: check browser
 	$(BIN)/python -m pytest -q
+
+# The edit-run loop: no subprocess collectors, crash cycles or simulations (well under a
+# minute); `make test` stays what CI runs.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not simulation" -n 2
+
+check: lint types
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+
+# mypy reads the package as it is installed (flagscope.collector, flagscope.analysis): a
+# tree of links to the folders under .typecheck/ gives it that layout.
+types: $(STAMP)
+	@mkdir -p .typecheck/flagscope
+	@ln -sfn ../../analysis/_root/__init__.py .typecheck/flagscope/__init__.py
+	@ln -sfn ../../analysis/_root/__main__.py .typecheck/flagscope/__main__.py
+	@ln -sfn ../../collector .typecheck/flagscope/collector
+	@ln -sfn ../../analysis .typecheck/flagscope/analysis
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p flagscope
 
 # The HTML report is checked in headless Chromium (Debian's package) when it is there.
 browser:
@@ -34,9 +57,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/analysis.py
 
-lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff
-	$(BIN)/ruff check collector analysis tests bench sample_data
 
 clean:
-	rm -rf $(VENV) flagscope-data .pytest_cache
+	rm -rf $(VENV) flagscope-data .pytest_cache .typecheck .mypy_cache

@@ -53,10 +53,7 @@ def resolve(
     if since and start:
         raise AnalysisError("use either --since or --from/--to, not both")
     stop = parse_time(end, "--to") if end else now
-    if start:
-        begin = parse_time(start, "--from")
-    else:
-        begin = stop - parse_duration(since or DEFAULT_SINCE)
+    begin = parse_time(start, "--from") if start else stop - parse_duration(since or DEFAULT_SINCE)
     if begin >= stop:
         raise AnalysisError(
             f"the window is empty: --from {begin:%Y-%m-%d %H:%M} is not before --to {stop:%Y-%m-%d %H:%M}"

@@ -191,9 +191,12 @@ def expected_rows_per_trace(effect: Effect, rollout: float) -> float:
     checkout_only = [0.0] * len(ROUTES)
     checkout_only[CHECKOUT] = 1.0
     regular = 1 - QA_SHARE - MONITOR_SHARE
-    qa = [QA_CHECKOUT * c + (1 - QA_CHECKOUT) * s for c, s in zip(checkout_only, shares)]
+    qa = [
+        QA_CHECKOUT * c + (1 - QA_CHECKOUT) * s for c, s in zip(checkout_only, shares, strict=False)
+    ]
     mix = [
-        regular * s + QA_SHARE * q + MONITOR_SHARE * c for s, q, c in zip(shares, qa, checkout_only)
+        regular * s + QA_SHARE * q + MONITOR_SHARE * c
+        for s, q, c in zip(shares, qa, checkout_only, strict=False)
     ]
     eff = _effect_route(effect)
     rows = 1.0 + INFO_LOGS

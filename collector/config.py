@@ -137,7 +137,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return tuple(value)
             raise ValueError("expected a list of strings")
         if isinstance(default, int):
-            if isinstance(value, float) or isinstance(value, bool):
+            if isinstance(value, (float, bool)):
                 raise ValueError("expected a whole number")
             return int(value)
         if isinstance(default, float):

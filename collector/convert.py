@@ -163,7 +163,7 @@ LOG_FIELDS = (
 
 def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) -> pa.Table:
     n = len(rows)
-    columns = dict(zip(fields, zip(*rows), strict=True)) if rows else {}
+    columns = dict(zip(fields, zip(*rows, strict=False), strict=True)) if rows else {}
     arrays = []
     for field in SCHEMA:
         if field.name in JSON_COLUMNS and field.name in columns:

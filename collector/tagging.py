@@ -156,10 +156,9 @@ class Tagger:
         """Which rule marks this as test traffic, or None. `resource_reason` is
         `resource_marker()` of the item's resource, computed once per resource."""
         reason = self.marker(attrs) or resource_reason
-        if reason is None and user_id is not None and self.test_user_regex is not None:
-            if self.test_user_regex.match(user_id):
-                pattern = next(
-                    p for p in self.test_user_patterns if fnmatch.fnmatchcase(user_id, p)
-                )
-                return f"user_id matches {pattern}"
-        return reason
+        if reason is not None or user_id is None or self.test_user_regex is None:
+            return reason
+        if self.test_user_regex.match(user_id):
+            pattern = next(p for p in self.test_user_patterns if fnmatch.fnmatchcase(user_id, p))
+            return f"user_id matches {pattern}"
+        return None

@@ -11,6 +11,7 @@ is quarantined on replay (`SegmentReader`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -365,10 +366,8 @@ class WalWriter:
         total = 0
         try:
             for _, path in list_segments(self.directory):
-                try:
+                with contextlib.suppress(FileNotFoundError):  # converted and deleted meanwhile
                     total += path.stat().st_size
-                except FileNotFoundError:
-                    pass  # converted and deleted meanwhile
         except OSError as exc:  # e.g. out of file descriptors: keep the last figure
             self._faults.report("could not measure the WAL backlog", exc)
             return

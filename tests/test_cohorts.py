@@ -95,7 +95,7 @@ def test_a_trace_that_evaluated_the_flag_twice_takes_the_first_evaluation(tmp_pa
         flags={"f": "off"},
         at=NOW - timedelta(minutes=29),
     )
-    rows = [later] + first + request("u2", "off") + request("u3", "on")  # stored out of order
+    rows = [later, *first, *request("u2", "off"), *request("u3", "on")]  # stored out of order
     result = run_diff(write(tmp_path, rows), options(thresholds=_lenient()))
     assert (result.treatment.requests, result.baseline.requests) == (2, 1)
     # the unit is the first evaluation that names a user: u9, not the trace
@@ -126,7 +126,7 @@ def test_the_result_gives_its_tables_as_polars_frames(tmp_path):
 
 def test_a_retried_span_is_counted_once(tmp_path):
     rows = request("u1", "on") + request("u2", "off")
-    result = run_diff(write(tmp_path, rows + [dict(rows[0])]), options(thresholds=_lenient()))
+    result = run_diff(write(tmp_path, [*rows, dict(rows[0])]), options(thresholds=_lenient()))
     assert result.treatment.requests == 1
 
 
@@ -156,7 +156,7 @@ def test_variant_defaults_and_choices():
 
 def test_an_unknown_flag_names_the_closest_known_one(tmp_path):
     lake = write(tmp_path, request("u1", "on", flag="new-checkout"))
-    with pytest.raises(AnalysisError, match="did you mean 'new-checkout'.*flagscope flags"):
+    with pytest.raises(AnalysisError, match=r"did you mean 'new-checkout'.*flagscope flags"):
         run_diff(lake, options(flag="new-chekout"))
 
 

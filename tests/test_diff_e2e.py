@@ -45,7 +45,7 @@ def regressed(tmp_path_factory):
 
 
 def test_the_injected_regression_is_found_on_the_route(regressed):
-    lake, counts = regressed
+    lake, _counts = regressed
     start, end = _window()
     result = run_diff(lake, DiffOptions("new-checkout", start, end))
     assert result.verdict is Verdict.REGRESSION

@@ -66,7 +66,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
 
 
 def _charts(text: str) -> dict[str, str]:
-    return {kind: body for kind, body in SVG.findall(text)}
+    return dict(SVG.findall(text))
 
 
 # -- the file -------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def _traffic() -> list[dict]:
         row["span_id"] = fresh(row["span_id"], 64)
         row["parent_span_id"] = fresh(row["parent_span_id"], 64)
         row["event_id"] = row["trace_id"] + row["span_id"]
-    return rows[:41] + [dict(rows[40])] + rows[41:]  # row 40 is a root span: sent twice
+    return [*rows[:41], dict(rows[40]), *rows[41:]]  # row 40 is a root span: sent twice
 
 
 def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):

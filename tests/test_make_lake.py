@@ -145,15 +145,14 @@ def test_cohort_shares_follow_the_rollout(generated) -> None:
     assert abs(on_users / users - ROLLOUT) < 0.05
     assert crossover == 0
     # The flag is evaluated on the cart and checkout routes only, in checkout-service.
-    where = {
-        r
-        for r in query(
+    where = set(
+        query(
             lake_dir,
             f"""
         SELECT DISTINCT e.signal, e.service_name FROM events e
         WHERE element_at(flags, '{FLAG}')[1] IS NOT NULL""",
         )
-    }
+    )
     assert where == {("span", "checkout-service"), ("log", "checkout-service")}
     routes = {
         r[0]

@@ -301,30 +301,28 @@ def test_log_exporter_flag_evaluation_event_is_linked_to_its_span(server, transp
     with (
         sdk_tracer(server, transport, service) as tracer,
         sdk_logger(server, transport, service, batch=True) as logger,
+        tracer.start_as_current_span("checkout", kind=SpanKind.SERVER) as span,
     ):
-        with tracer.start_as_current_span("checkout", kind=SpanKind.SERVER) as span:
-            logger.emit(
-                event_name="feature_flag.evaluation",
-                severity_number=SeverityNumber.INFO,
-                attributes={
-                    "feature_flag.key": "checkout-flow",
-                    "feature_flag.result.variant": "v2",
-                    "feature_flag.context.id": "user-7",
-                },
-            )
-            logger.emit(
-                event_name="payment.failed",
-                severity_number=SeverityNumber.ERROR,
-                body="card declined",
-            )
-            logger.emit(
-                event_name="payment.slow", severity_number=SeverityNumber.WARN, body="took 3 s"
-            )
-            logger.emit(
-                event_name="process.crash",
-                severity_number=SeverityNumber.FATAL,
-                body="out of memory",
-            )
+        logger.emit(
+            event_name="feature_flag.evaluation",
+            severity_number=SeverityNumber.INFO,
+            attributes={
+                "feature_flag.key": "checkout-flow",
+                "feature_flag.result.variant": "v2",
+                "feature_flag.context.id": "user-7",
+            },
+        )
+        logger.emit(
+            event_name="payment.failed",
+            severity_number=SeverityNumber.ERROR,
+            body="card declined",
+        )
+        logger.emit(event_name="payment.slow", severity_number=SeverityNumber.WARN, body="took 3 s")
+        logger.emit(
+            event_name="process.crash",
+            severity_number=SeverityNumber.FATAL,
+            body="out of memory",
+        )
 
     rows = rows_of(
         server,

@@ -105,5 +105,5 @@ def test_an_empty_lake_has_no_stale_flags(tmp_path):
 
 
 def test_days_must_be_positive(lake):
-    with pytest.raises(AnalysisError, match="greater than 0, e.g. 30"):
+    with pytest.raises(AnalysisError, match=r"greater than 0, e\.g\. 30"):
         stale_flags(lake, days=0, now=NOW)

@@ -174,7 +174,9 @@ def test_delta_variance_is_accurate_for_large_latency_sums() -> None:
     ys = [Fraction(v) for v in requests.tolist()]
     r = sum(xs) / sum(ys)
     ybar = sum(ys) / len(ys)
-    exact = sum((x - r * y) ** 2 for x, y in zip(xs, ys)) / ((len(xs) - 1) * len(xs) * ybar**2)
+    exact = sum((x - r * y) ** 2 for x, y in zip(xs, ys, strict=False)) / (
+        (len(xs) - 1) * len(xs) * ybar**2
+    )
     assert ours == pytest.approx(float(exact), rel=1e-9)
 
 
@@ -265,7 +267,10 @@ def test_srm_matches_scipy_chisquare_including_tiny_p_values() -> None:
         tilt = rng.dirichlet(np.ones(k) * float(rng.choice([5.0, 200.0, 1e5])))
         counts = rng.multinomial(total, 0.5 * shares + 0.5 * tilt)
         names = [f"v{i}" for i in range(k)]
-        result = srm_test(dict(zip(names, counts.tolist())), dict(zip(names, shares.tolist())))
+        result = srm_test(
+            dict(zip(names, counts.tolist(), strict=False)),
+            dict(zip(names, shares.tolist(), strict=False)),
+        )
         oracle = stats.chisquare(counts, f_exp=shares * total)
         assert result.status is Status.OK
         assert result.df == k - 1

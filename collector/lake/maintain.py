@@ -49,7 +49,7 @@ def compact(
         small.sort()
         group: list[tuple[int, Path]] = []
         total = 0
-        for seq, path, rows in small + [(-1, None, 0)]:
+        for seq, path, rows in [*small, (-1, None, 0)]:
             if path is None or (group and total + rows > target_rows):
                 if len(group) > 1:
                     _merge(group, writer)
