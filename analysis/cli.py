@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from flagscope import __version__
 from flagscope.collector import config
 from flagscope.collector.errors import ConfigError, FlagscopeError
+
+if TYPE_CHECKING:
+    from flagscope.analysis.result import DiffOptions
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +129,7 @@ def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True)
     )
 
 
-def _add_diff(commands: argparse._SubParsersAction) -> None:
+def _add_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     diff = commands.add_parser(
         "diff",
         help="compare a flag's treatment cohort with its baseline (exit code = verdict)",
@@ -177,7 +181,7 @@ def _split(text: str | None) -> dict[str, float] | None:
     return shares
 
 
-def _options(args: argparse.Namespace):
+def _options(args: argparse.Namespace) -> DiffOptions:
     from flagscope.analysis import window
     from flagscope.analysis.result import DiffOptions, TrafficFilter
     from flagscope.analysis.verdict import Thresholds
@@ -291,13 +295,13 @@ def _flags(args: argparse.Namespace) -> int:
     if args.stale is not None:
         from flagscope.analysis.stale import stale_flags
 
-        found = stale_flags(settings.lake_path, args.stale)
+        stale = stale_flags(settings.lake_path, args.stale)
         columns = ["flag", "kind", "variant", "last_seen", "days", "message"]
-        rows = [
+        stale_rows = [
             (f.flag, f.kind.value, f.variant, f.last_seen, round(f.days, 1), f.message)
-            for f in found
+            for f in stale
         ]
-        sys.stdout.write(format_rows(columns, rows, args.format, max_width=100))
+        sys.stdout.write(format_rows(columns, stale_rows, args.format, max_width=100))
         return 0
     start = window.resolve(args.since, None, None)[0] if args.since else None
     found = list_flags(settings.lake_path, start)

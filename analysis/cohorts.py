@@ -10,7 +10,12 @@
 - Test traffic is excluded by trace (any test marker in the trace) and by user (a user
   ever marked as a tester), unless asked to include it or to look only at it.
 
-Everything heavy runs in DuckDB; Python receives a few rows per cohort and stratum.
+The SQL runs in three stages, each a method of the previous stage's result, so they
+cannot run out of order: `Evaluations.collect` (the flag's evaluations around the window)
+→ `.label(query)` → `LabelledRequests` (every compared request with its cohort, unit,
+stratum and exclusion marks) → `.unit_sums()` → `UnitSums` (per cohort, and per cohort and
+stratum, the per-user sums the statistics need, as typed values). Everything heavy runs in
+DuckDB; Python receives a few rows per cohort and stratum.
 Traces are joined on the lake's `trace_key` (16 bytes, not 32 hex characters), requests
 found by `is_entry`, and users and units carried as 64-bit hashes: at 10 M events that
 took a diff from 5.6 s to about 3 s (bench/RESULTS.md).
@@ -18,13 +23,14 @@ took a diff from 5.6 s to about 3 s (bench/RESULTS.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import duckdb
 
 from flagscope.analysis.result import TrafficFilter
+from flagscope.analysis.stats import RatioStats
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # Probabilities around each quantile at which the empirical quantile function is read,
@@ -53,16 +59,6 @@ class CohortQuery:
     service: str | None = None
     route: str | None = None
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
-
-
-def _params(q: CohortQuery) -> dict[str, Any]:
-    return {
-        "flag": q.flag,
-        "treatment": q.treatment,
-        "baseline": q.baseline,
-        "start": q.start,
-        "end": q.end,
-    }
 
 
 # Evaluations may precede the entry span's start a little (clock skew between services)
@@ -127,20 +123,22 @@ FROM (SELECT trace_key, {_ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OT
 
 # Users who evaluated both compared variants (crossover) with their first one, and test
 # users: one table, so that each request needs one lookup by user.
-_ASSIGN_SQL = f"""
+_USER_FIRST_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_user_first AS
 SELECT user_hash, arg_min(arm, time) AS first_arm
 FROM (SELECT time, {_ARM} AS arm, user_hash FROM fs_evals WHERE user_hash IS NOT NULL)
 GROUP BY user_hash
-HAVING min(arm) FILTER (WHERE arm <> {OTHER}) <> max(arm) FILTER (WHERE arm <> {OTHER});
-
+HAVING min(arm) FILTER (WHERE arm <> {OTHER}) <> max(arm) FILTER (WHERE arm <> {OTHER})
+"""
+_USER_MARKS_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_user_marks AS
 SELECT user_hash, max(first_arm) AS first_arm, bool_or(tester) AS tester FROM (
     SELECT user_hash, first_arm, false AS tester FROM fs_user_first
     UNION ALL
     SELECT user_hash, NULL, true FROM fs_tests WHERE user_hash IS NOT NULL
-) GROUP BY user_hash;
-
+) GROUP BY user_hash
+"""
+_LABELLED_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_labelled AS
 WITH r AS (
     SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
@@ -149,7 +147,10 @@ WITH r AS (
            trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
            r.time, r.duration_ms, r.is_error
     FROM events_raw r JOIN fs_traces t USING (trace_key)
-    WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL {{scope}}
+    WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
+      AND ($service IS NULL OR r.service_name = $service)
+      AND ($route IS NULL OR coalesce(r.http_route, r.name) = $route
+           OR trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)
 )
 SELECT r.arm AS cohort, coalesce(r.user_hash, hash(r.trace_key)) AS unit,
        r.user_hash IS NULL AS no_user, hash(r.service_name, r.route) AS stratum,
@@ -173,75 +174,110 @@ _DEDUP_SQL = (
 )
 
 
-def collect_evaluations(
-    con: duckdb.DuckDBPyConnection, flag: str, start: datetime, end: datetime
-) -> dict[str, int]:
-    """Create `fs_evals` (the flag's evaluations around the window, in one scan) and
-    return the users (or traces, without a user) per variant inside the window."""
-    con.execute(_EVALS_SQL, {"flag": flag, "start": start, "end": end})
-    rows = con.execute(
-        "SELECT variant, count(DISTINCT coalesce(user_hash, hash(trace_key))) FROM fs_evals "
-        "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
-        {"start": start, "end": end},
-    ).fetchall()
-    return {variant: int(n) for variant, n in rows}
+@dataclass(frozen=True)
+class Exclusions:
+    """What was left out of the comparison, for the report."""
+
+    test_requests: int
+    test_users: int
+    crossover_requests: int
+    crossover_users: int
+    requests_without_user: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def label_requests(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> dict[str, int]:
-    """Create `fs_labelled` (every entry span of the window in a compared variant, with its
-    cohort, unit, stratum, test and crossover marks) and the view `fs_requests` (the ones
-    compared); return what was left out (test traffic, crossover, requests without a
-    user). Needs `collect_evaluations` first."""
-    scope = ""
-    params = _params(q)
-    if q.service is not None:
-        scope += " AND r.service_name = $service"
-        params["service"] = q.service
-    if q.route is not None:
-        scope += (
-            " AND (coalesce(r.http_route, r.name) = $route OR "
-            "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)"
+@dataclass(frozen=True)
+class CohortSums:
+    """One cohort's (or one cohort's share of a stratum's) per-user sufficient statistics.
+
+    Each metric is a ratio over requests with the user as the unit (`RatioStats`): errors
+    per request, latency per request, and for each of `QUANTILES` the requests at or below
+    that quantile's estimate. `grid` is the empirical quantile function read at
+    `quantile_grid()` (probability → ms), from which the quantile intervals are read.
+    """
+
+    cohort: str  # "treatment" or "baseline"
+    service_name: str | None  # None for the cohort as a whole
+    route: str | None
+    errors: RatioStats
+    latency: RatioStats
+    below_quantile: tuple[RatioStats, ...]
+    grid: dict[float, float]
+
+    @property
+    def users(self) -> int:
+        return self.errors.n
+
+    @property
+    def requests(self) -> int:
+        return round(self.errors.sum_y)
+
+
+@dataclass(frozen=True)
+class UnitSums:
+    """The result of the last stage: per cohort, and per (service, route) and cohort."""
+
+    overall: dict[str, CohortSums]  # by cohort name; a cohort without requests is absent
+    strata: tuple[CohortSums, ...]  # ordered by service, route, cohort
+
+
+class Evaluations:
+    """Stage 1: the flag's evaluations around the window (`fs_evals`, one scan)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, variants: dict[str, int]) -> None:
+        self._con = con
+        self.variants = variants  # users (or traces, without a user) per variant in the window
+
+    @classmethod
+    def collect(
+        cls, con: duckdb.DuckDBPyConnection, flag: str, start: datetime, end: datetime
+    ) -> Evaluations:
+        con.execute(_EVALS_SQL, {"flag": flag, "start": start, "end": end})
+        rows = con.execute(
+            "SELECT variant, count(DISTINCT coalesce(user_hash, hash(trace_key))) FROM fs_evals "
+            "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
+            {"start": start, "end": end},
+        ).fetchall()
+        return cls(con, {variant: int(n) for variant, n in rows})
+
+    def label(self, q: CohortQuery) -> LabelledRequests:
+        """Stage 2: every entry span of the window in a compared variant, with its cohort,
+        unit, stratum, test and crossover marks (`fs_labelled`), and the ones compared
+        (`fs_requests`)."""
+        con = self._con
+        con.execute(_TESTS_SQL, {"start": q.start, "end": q.end})
+        one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
+        arms = {"treatment": q.treatment, "baseline": q.baseline}
+        con.execute(_TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL, arms)
+        con.execute(_USER_FIRST_SQL, arms)
+        con.execute(_USER_MARKS_SQL)
+        con.execute(
+            _LABELLED_SQL,
+            {"start": q.start, "end": q.end, "service": q.service, "route": q.route},
         )
-        params["route"] = q.route
-    con.execute(_TESTS_SQL, {"start": q.start, "end": q.end})
-    one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
-    con.execute(
-        _TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL,
-        {"treatment": q.treatment, "baseline": q.baseline},
-    )
-    for statement in _ASSIGN_SQL.format(scope=scope).split(";"):
-        if statement.strip():
-            used = {k: v for k, v in params.items() if f"${k}" in statement}
-            con.execute(statement, used)
-    excluded, duplicates = _exclusions(con)
-    if duplicates:
-        con.execute(_DEDUP_SQL)
-        excluded, _ = _exclusions(con)
-    keep = {
-        TrafficFilter.EXCLUDE: "NOT is_test",
-        TrafficFilter.INCLUDE: "true",
-        TrafficFilter.ONLY: "is_test",
-    }
-    con.execute(
-        "CREATE OR REPLACE TEMP VIEW fs_requests AS "
-        "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err "
-        f"FROM fs_labelled WHERE NOT crossed AND {keep[q.test_mode]}"
-    )
-    return excluded
+        excluded, duplicates = _exclusions(con)
+        if duplicates:
+            con.execute(_DEDUP_SQL)
+            excluded, _ = _exclusions(con)
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW fs_requests AS "
+            "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err "
+            f"FROM fs_labelled WHERE NOT crossed AND {_KEEP[q.test_mode]}"
+        )
+        return LabelledRequests(con, excluded)
 
 
-_EXCLUSION_KEYS = (
-    "test_requests",
-    "test_users",
-    "crossover_requests",
-    "crossover_users",
-    "requests_without_user",
-)
+_KEEP = {
+    TrafficFilter.EXCLUDE: "NOT is_test",
+    TrafficFilter.INCLUDE: "true",
+    TrafficFilter.ONLY: "is_test",
+}
 
 
-def _exclusions(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, int], int]:
-    """What was left out of the comparison, for the report; and how many rows are extra
-    copies of a span (counted in the same pass)."""
+def _exclusions(con: duckdb.DuckDBPyConnection) -> tuple[Exclusions, int]:
+    """What was left out, and how many rows are extra copies of a span (one pass)."""
     *counts, duplicates = con.execute(f"""
         SELECT count(*) FILTER (WHERE is_test),
                count(DISTINCT unit) FILTER (WHERE is_test),
@@ -250,120 +286,152 @@ def _exclusions(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, int], int]:
                count(*) FILTER (WHERE no_user),
                {_DUPLICATES}
         FROM fs_labelled""").fetchall()[0]
-    return dict(zip(_EXCLUSION_KEYS, (int(v or 0) for v in counts), strict=True)), duplicates
+    return Exclusions(*(int(v or 0) for v in counts)), int(duplicates or 0)
 
 
-def unit_sums(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per cohort, and per cohort and stratum (service, route): the sufficient statistics
-    of the delta method and of the cluster-aware quantile intervals.
-
-    Pass 1 reads the empirical quantile functions on `quantile_grid()` (both levels in one
-    GROUPING SETS query). Pass 2 sums per unit (user) and stratum in one scan: req, err,
-    lat, and b{k} / o{k} = requests at or below the k-th quantile estimate of the stratum /
-    of the whole cohort. Then across units: n (units), sums, squares and cross products
-    with req — for strata from those rows, for cohorts after adding each unit's strata up.
-    Returns (cohort rows, stratum rows).
-    """
-    grid = list(quantile_grid())
-    ks = range(len(QUANTILES))
-    # The quantile estimates join each request as plain columns (a 74-element list per
-    # row would be copied through the join).
-    cuts = ", ".join(f"{{q}}.qs[{grid.index(p) + 1}] AS cut{k}" for k, p in enumerate(QUANTILES))
-    below = ", ".join(
-        f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "
-        f"count(*) FILTER (WHERE r.duration_ms <= c.ocut{k}) AS o{k}"
-        for k in ks
+def _columns_at(grid: list[float], table: str, prefix: str) -> str:
+    """`table.qs[i] AS <prefix>k` for the k-th reported quantile's place i in the grid: the
+    estimates join each request as plain columns (a 74-element list per row would be
+    copied through the join)."""
+    return ", ".join(
+        f"{table}.qs[{grid.index(p) + 1}] AS {prefix}{k}" for k, p in enumerate(QUANTILES)
     )
 
-    def sums(b: str) -> str:
-        return ", ".join(
-            [
-                "count(*) AS n",
-                "sum(req) AS req",
-                "sum(err) AS err",
-                "sum(req * req) AS req2",
-                "sum(err * err) AS err2",
-                "sum(err * req) AS err_req",
-                "sum(lat) AS lat",
-                "sum(lat * lat) AS lat2",
-                "sum(lat * req) AS lat_req",
-            ]
-            + [
-                f"sum({b}{k}) AS b{k}, sum({b}{k} * {b}{k}) AS b{k}_2, sum({b}{k} * req) AS b{k}_req"
-                for k in ks
-            ]
+
+def _sums(below: str) -> str:
+    """Across units: count, sums, squares and cross products with requests."""
+    columns = ["count(*) AS n", "sum(req) AS req", "sum(req * req) AS req2"]
+    for x in ("err", "lat", *(f"{below}{k}" for k in range(len(QUANTILES)))):
+        name = x.replace(below, "b") if x.startswith(below) else x
+        columns += [
+            f"sum({x}) AS {name}",
+            f"sum({x} * {x}) AS {name}_2",
+            f"sum({x} * req) AS {name}_req",
+        ]
+    return ", ".join(columns)
+
+
+def _ratio(row: dict[str, Any], x: str) -> RatioStats:
+    return RatioStats(
+        int(row["n"]),
+        float(row[x]),
+        float(row["req"]),
+        float(row[f"{x}_2"]),
+        float(row["req2"]),
+        float(row[f"{x}_req"]),
+    )
+
+
+class LabelledRequests:
+    """The result of stage 2: the compared requests (`fs_requests`) and what was left out."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, excluded: Exclusions) -> None:
+        self._con = con
+        self.excluded = excluded
+
+    def unit_sums(self) -> UnitSums:
+        """Stage 3: per cohort, and per cohort and stratum (service, route), the sufficient
+        statistics of the delta method and of the cluster-aware quantile intervals.
+
+        Pass 1 reads the empirical quantile functions on `quantile_grid()` (both levels in
+        one GROUPING SETS query). Pass 2 sums per unit (user) and stratum in one scan: req,
+        err, lat, and b{k} / o{k} = requests at or below the k-th quantile estimate of the
+        stratum / of the whole cohort; then across units — for strata from those rows, for
+        cohorts after adding each unit's strata up.
+        """
+        con = self._con
+        grid = list(quantile_grid())
+        ks = range(len(QUANTILES))
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fs_quantiles AS "
+            "SELECT cohort, stratum, quantile_cont(duration_ms, $grid::DOUBLE[]) AS qs, "
+            "any_value(service_name) AS service_name, any_value(route) AS route "
+            "FROM fs_requests GROUP BY GROUPING SETS ((cohort), (cohort, stratum))",
+            {"grid": grid},
         )
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE fs_cuts AS
+            SELECT s.cohort, s.stratum, {_columns_at(grid, "s", "cut")},
+                   {_columns_at(grid, "o", "ocut")}
+            FROM fs_quantiles s JOIN fs_quantiles o ON o.cohort = s.cohort AND o.stratum IS NULL
+            WHERE s.stratum IS NOT NULL""")
+        below = ", ".join(
+            f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "
+            f"count(*) FILTER (WHERE r.duration_ms <= c.ocut{k}) AS o{k}"
+            for k in ks
+        )
+        result = con.execute(f"""
+        WITH per_unit AS MATERIALIZED (
+            SELECT r.cohort, r.stratum, r.unit, count(*) AS req, sum(r.err) AS err,
+                   sum(r.duration_ms) AS lat, {below}
+            FROM fs_requests r JOIN fs_cuts c USING (cohort, stratum)
+            GROUP BY ALL
+        ), per_cohort_unit AS (
+            SELECT cohort, unit, sum(req) AS req, sum(err) AS err, sum(lat) AS lat,
+                   {", ".join(f"sum(o{k}) AS o{k}" for k in ks)}
+            FROM per_unit GROUP BY ALL
+        ), totals AS (
+            SELECT cohort, stratum, {_sums("b")} FROM per_unit GROUP BY ALL
+            UNION ALL
+            SELECT cohort, NULL, {_sums("o")} FROM per_cohort_unit GROUP BY ALL
+        )
+        SELECT t.* REPLACE ({_cohort_name("t.cohort")} AS cohort), q.qs, q.service_name,
+               q.route
+        FROM totals t JOIN fs_quantiles q
+          ON q.cohort = t.cohort AND q.stratum IS NOT DISTINCT FROM t.stratum
+        ORDER BY t.stratum IS NOT NULL, q.service_name, q.route, t.cohort
+        """)
+        columns = [d[0] for d in result.description]
+        overall: dict[str, CohortSums] = {}
+        strata: list[CohortSums] = []
+        for values in result.fetchall():
+            row = dict(zip(columns, values, strict=True))
+            whole = row["stratum"] is None
+            sums = CohortSums(
+                cohort=row["cohort"],
+                service_name=None if whole else row["service_name"],
+                route=None if whole else row["route"],
+                errors=_ratio(row, "err"),
+                latency=_ratio(row, "lat"),
+                below_quantile=tuple(_ratio(row, f"b{k}") for k in ks),
+                grid=dict(zip(grid, row["qs"], strict=True)),
+            )
+            if whole:
+                overall[sums.cohort] = sums
+            else:
+                strata.append(sums)
+        return UnitSums(overall, tuple(strata))
 
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE fs_quantiles AS
-    SELECT cohort, stratum, quantile_cont(duration_ms, {grid}) AS qs,
-           any_value(service_name) AS service_name, any_value(route) AS route
-    FROM fs_requests GROUP BY GROUPING SETS ((cohort), (cohort, stratum));
+    def time_series(self, bucket_seconds: int) -> list[dict[str, Any]]:
+        """Per cohort and time bucket: requests, errors, p95 latency (the report's charts)."""
+        result = self._con.execute(
+            f"SELECT {_cohort_name()} AS cohort, "
+            "time_bucket(to_seconds($bucket), time) AS bucket, "
+            "count(*) AS requests, sum(err) AS errors, "
+            "quantile_cont(duration_ms, 0.95) AS p95_ms "
+            "FROM fs_requests GROUP BY ALL ORDER BY ALL",
+            {"bucket": int(bucket_seconds)},
+        )
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
-    CREATE OR REPLACE TEMP TABLE fs_cuts AS
-    SELECT s.cohort, s.stratum, {cuts.format(q="s")}, {cuts.format(q="o").replace("AS cut", "AS ocut")}
-    FROM fs_quantiles s JOIN fs_quantiles o ON o.cohort = s.cohort AND o.stratum IS NULL
-    WHERE s.stratum IS NOT NULL
-    """)
-    result = con.execute(f"""
-    WITH per_unit AS MATERIALIZED (
-        SELECT r.cohort, r.stratum, r.unit, count(*) AS req, sum(r.err) AS err,
-               sum(r.duration_ms) AS lat, {below}
-        FROM fs_requests r JOIN fs_cuts c USING (cohort, stratum)
-        GROUP BY ALL
-    ), per_cohort_unit AS (
-        SELECT cohort, unit, sum(req) AS req, sum(err) AS err, sum(lat) AS lat,
-               {", ".join(f"sum(o{k}) AS o{k}" for k in ks)}
-        FROM per_unit GROUP BY ALL
-    ), totals AS (
-        SELECT cohort, stratum, {sums("b")} FROM per_unit GROUP BY ALL
-        UNION ALL
-        SELECT cohort, NULL, {sums("o")} FROM per_cohort_unit GROUP BY ALL
-    )
-    SELECT t.* REPLACE ({_cohort_name("t.cohort")} AS cohort), q.qs, q.service_name, q.route
-    FROM totals t JOIN fs_quantiles q ON q.cohort = t.cohort AND q.stratum IS NOT DISTINCT FROM t.stratum
-    ORDER BY t.stratum IS NOT NULL, q.service_name, q.route, t.cohort
-    """)
-    columns = [d[0] for d in result.description]
-    overall: list[dict[str, Any]] = []
-    strata: list[dict[str, Any]] = []
-    for values in result.fetchall():
-        row = dict(zip(columns, values, strict=True))
-        row["grid"] = dict(zip(grid, row.pop("qs"), strict=True))
-        (overall if row.pop("stratum") is None else strata).append(row)
-    for row in overall:
-        del row["service_name"], row["route"]
-    return overall, strata
-
-
-def time_series(con: duckdb.DuckDBPyConnection, bucket_seconds: int) -> list[dict[str, Any]]:
-    """Per cohort and time bucket: requests, errors, p95 latency (for the report's charts)."""
-    result = con.execute(f"""
-        SELECT {_cohort_name()} AS cohort, time_bucket(INTERVAL '{int(bucket_seconds)} seconds', time) AS bucket,
-               count(*) AS requests, sum(err) AS errors,
-               quantile_cont(duration_ms, 0.95) AS p95_ms
-        FROM fs_requests GROUP BY ALL ORDER BY ALL""")
-    names = [d[0] for d in result.description]
-    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-
-
-def latency_histogram(
-    con: duckdb.DuckDBPyConnection, bins: int = 40
-) -> tuple[list[float], dict[str, list[int]]]:
-    """Log-spaced latency bins over both cohorts: (bin edges in ms, counts per cohort)."""
-    low, high = con.execute(
-        "SELECT min(duration_ms) FILTER (WHERE duration_ms > 0), max(duration_ms) FROM fs_requests"
-    ).fetchall()[0]
-    if low is None or high is None or high <= low:
-        return [], {}
-    ratio = (high / low) ** (1 / bins)
-    edges = [low * ratio**i for i in range(bins + 1)]
-    rows = con.execute(
-        f"SELECT {_cohort_name()} AS cohort, least(greatest(floor(ln(greatest(duration_ms, $low) / $low) / ln($ratio)), 0), "
-        "$last)::INTEGER AS bin, count(*) FROM fs_requests GROUP BY ALL",
-        {"low": low, "ratio": ratio, "last": bins - 1},
-    ).fetchall()
-    counts: dict[str, list[int]] = {}
-    for cohort, index, n in rows:
-        counts.setdefault(cohort, [0] * bins)[index] += int(n)
-    return edges, counts
+    def latency_histogram(self, bins: int = 40) -> tuple[list[float], dict[str, list[int]]]:
+        """Log-spaced latency bins over both cohorts: (bin edges in ms, counts per cohort)."""
+        low, high = self._con.execute(
+            "SELECT min(duration_ms) FILTER (WHERE duration_ms > 0), max(duration_ms) "
+            "FROM fs_requests"
+        ).fetchall()[0]
+        if low is None or high is None or high <= low:
+            return [], {}
+        ratio = (high / low) ** (1 / bins)
+        edges = [low * ratio**i for i in range(bins + 1)]
+        rows = self._con.execute(
+            f"SELECT {_cohort_name()} AS cohort, least(greatest(floor(ln(greatest("
+            "duration_ms, $low) / $low) / ln($ratio)), 0), $last)::INTEGER AS bin, count(*) "
+            "FROM fs_requests GROUP BY ALL",
+            {"low": low, "ratio": ratio, "last": bins - 1},
+        ).fetchall()
+        counts: dict[str, list[int]] = {}
+        for cohort, index, n in rows:
+            counts.setdefault(cohort, [0] * bins)[index] += int(n)
+        return edges, counts

@@ -13,12 +13,16 @@ import itertools
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
-from flagscope.analysis import cohorts
-from flagscope.analysis.cohorts import QUANTILES, CohortQuery
+from flagscope.analysis.cohorts import (
+    QUANTILES,
+    CohortQuery,
+    CohortSums,
+    Evaluations,
+    LabelledRequests,
+)
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.result import (
     Charts,
@@ -31,7 +35,6 @@ from flagscope.analysis.result import (
 )
 from flagscope.analysis.stats import (
     Estimate,
-    RatioStats,
     SrmResult,
     benjamini_hochberg,
     error_rate_difference,
@@ -108,20 +111,7 @@ def choose_variants(
     return variant, baseline
 
 
-# -- statistics from the SQL rows ------------------------------------------------------------
-def _ratio(row: dict[str, Any], x: str) -> RatioStats:
-    """Per-user sums of numerator `x` over requests (x ∈ err, lat, b0…b3)."""
-    x2 = {"err": "err2", "lat": "lat2"}.get(x, f"{x}_2")
-    return RatioStats(
-        int(row["n"]),
-        float(row[x]),
-        float(row["req"]),
-        float(row[x2]),
-        float(row["req2"]),
-        float(row[f"{x}_req"]),
-    )
-
-
+# -- statistics from the per-user sums ------------------------------------------------
 def _interpolate(grid: dict[float, float], p: float) -> float:
     points = sorted(grid)
     p = min(max(p, points[0]), points[-1])
@@ -133,55 +123,56 @@ def _interpolate(grid: dict[float, float], p: float) -> float:
     return grid[points[-1]]
 
 
-def _summary(row: dict[str, Any], variant: str) -> CohortSummary:
-    grid = row["grid"]
-    req = int(row["req"])
+def _summary(sums: CohortSums, variant: str) -> CohortSummary:
+    grid = sums.grid
+    req = sums.requests
+    errors, latency = sums.errors.sum_x, sums.latency.sum_x
     return CohortSummary(
         variant=variant,
-        users=int(row["n"]),
+        users=sums.users,
         requests=req,
-        errors=int(row["err"]),
-        error_rate=row["err"] / req if req else 0.0,
-        mean_ms=row["lat"] / req if req else 0.0,
+        errors=round(errors),
+        error_rate=errors / req if req else 0.0,
+        mean_ms=latency / req if req else 0.0,
         quantiles_ms={f"p{round(p * 100)}": grid[round(p, 6)] for p in QUANTILES},
     )
 
 
-def _quantile_interval(row: dict[str, Any], k: int, alpha: float) -> tuple[float, float, float]:
+def _quantile_interval(sums: CohortSums, k: int, alpha: float) -> tuple[float, float, float]:
     p = QUANTILES[k]
-    p_lo, p_hi = quantile_rank_interval(p, _ratio(row, f"b{k}"), alpha)
-    grid = row["grid"]
+    p_lo, p_hi = quantile_rank_interval(p, sums.below_quantile[k], alpha)
+    grid = sums.grid
     # Deng, Knoblich & Lu 2018 §4: the interval's ends are the empirical quantiles at the
     # rank interval's ends (read from the grid pass 1 computed, by linear interpolation).
     return grid[round(p, 6)], _interpolate(grid, p_lo), _interpolate(grid, p_hi)
 
 
 def estimates(
-    t: dict[str, Any], c: dict[str, Any], alpha: float, metrics: tuple[str, ...] = METRICS
+    t: CohortSums, c: CohortSums, alpha: float, metrics: tuple[str, ...] = METRICS
 ) -> dict[str, Estimate]:
     out: dict[str, Estimate] = {}
     if "error_rate" in metrics:
-        out["error_rate"] = error_rate_difference(_ratio(t, "err"), _ratio(c, "err"), alpha)
+        out["error_rate"] = error_rate_difference(t.errors, c.errors, alpha)
     if "mean_latency" in metrics:
-        out["mean_latency"] = ratio_difference(_ratio(t, "lat"), _ratio(c, "lat"), alpha)
+        out["mean_latency"] = ratio_difference(t.latency, c.latency, alpha)
     for k, name in enumerate(QUANTILE_METRICS):
         if name in metrics:
             t_est, t_lo, t_hi = _quantile_interval(t, k, alpha)
             c_est, c_lo, c_hi = _quantile_interval(c, k, alpha)
             out[name] = quantile_difference(
-                QUANTILES[k], t_est, t_lo, t_hi, c_est, c_lo, c_hi, alpha, int(t["n"]), int(c["n"])
+                QUANTILES[k], t_est, t_lo, t_hi, c_est, c_lo, c_hi, alpha, t.users, c.users
             )
     return out
 
 
-def mix_adjusted(
-    strata: list[tuple[dict[str, Any], dict[str, Any]]], alpha: float
-) -> dict[str, Estimate]:
+def mix_adjusted(strata: list[tuple[CohortSums, CohortSums]], alpha: float) -> dict[str, Estimate]:
     """Error rate and mean latency re-weighted to the pooled (service, route) mix
-    (`stats.mix.post_stratified_difference`), from the per-stratum SQL rows."""
+    (`stats.mix.post_stratified_difference`), from each stratum's (treatment, baseline)."""
     return {
-        metric: post_stratified_difference([(_ratio(t, x), _ratio(c, x)) for t, c in strata], alpha)
-        for metric, x in (("error_rate", "err"), ("mean_latency", "lat"))
+        "error_rate": post_stratified_difference([(t.errors, c.errors) for t, c in strata], alpha),
+        "mean_latency": post_stratified_difference(
+            [(t.latency, c.latency) for t, c in strata], alpha
+        ),
     }
 
 
@@ -199,22 +190,22 @@ def run_diff(lake_dir: Path, options: DiffOptions, charts: bool = False) -> Diff
     A run that raced compaction (a file merged away mid-read) starts again (lake.read.run)."""
 
     def work(con: duckdb.DuckDBPyConnection) -> DiffResult:
-        result = _run(con, options)
-        if charts and result.compared:
-            result = replace(result, charts=_charts(con, result.options))
+        requests, result = _run(con, options)
+        if charts and result.compared and requests is not None:
+            result = replace(result, charts=_charts(requests, result.options))
         return result
 
     return run(lake_dir, work)
 
 
-def _charts(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> Charts:
+def _charts(requests: LabelledRequests, options: DiffOptions) -> Charts:
     span = (options.end - options.start).total_seconds()
     steps = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
     bucket = next((s for s in steps if span / s <= 48), 86400)  # at most ~48 points
-    edges, counts = cohorts.latency_histogram(con)
+    edges, counts = requests.latency_histogram()
     return Charts(
         bucket,
-        tuple(cohorts.time_series(con, bucket)),
+        tuple(requests.time_series(bucket)),
         tuple(edges),
         {k: tuple(v) for k, v in counts.items()},
     )
@@ -223,7 +214,7 @@ def _charts(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> Charts:
 def _no_data(
     options: DiffOptions,
     reason: str,
-    rows: dict[str, dict[str, Any]] | None = None,
+    rows: dict[str, CohortSums] | None = None,
     excluded: dict[str, int] | None = None,
 ) -> DiffResult:
     """A NO_DATA result; a cohort that has data is still summarized."""
@@ -250,8 +241,12 @@ def _no_data(
     )
 
 
-def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
-    available = cohorts.collect_evaluations(con, options.flag, options.start, options.end)
+def _run(
+    con: duckdb.DuckDBPyConnection, options: DiffOptions
+) -> tuple[LabelledRequests | None, DiffResult]:
+    """The labelled requests (for the charts; None without evaluations) and the result."""
+    evaluations = Evaluations.collect(con, options.flag, options.start, options.end)
+    available = evaluations.variants
     if not available:
         flags = known_flags(con)
         if options.flag not in flags:
@@ -262,7 +257,7 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
                 "run 'flagscope flags' to list flags"
             )
         first, last = lake_range(con)
-        return _no_data(
+        return None, _no_data(
             options,
             f"flag {options.flag!r} has no evaluations between "
             f"{options.start:%Y-%m-%d %H:%M} and {options.end:%Y-%m-%d %H:%M} UTC; "
@@ -280,14 +275,15 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
         options.route,
         options.test_mode,
     )
-    excluded = cohorts.label_requests(con, query)
-    overall_rows, strata_rows = cohorts.unit_sums(con)
-    overall = {row["cohort"]: row for row in overall_rows}
+    requests = evaluations.label(query)
+    excluded = requests.excluded.as_dict()
+    sums = requests.unit_sums()
+    overall = sums.overall
     if set(overall) != {"treatment", "baseline"}:
         missing = [
             n for n, v in (("treatment", variant), ("baseline", baseline)) if n not in overall
         ]
-        return _no_data(
+        return requests, _no_data(
             options,
             f"no requests in the {' and '.join(missing)} cohort "
             "(requests are entry spans of traces that evaluated the flag)",
@@ -297,7 +293,7 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
     t, c = overall["treatment"], overall["baseline"]
     treatment, base = _summary(t, variant), _summary(c, baseline)
     users = (treatment.users, base.users)
-    errors = (float(t["err"]), float(c["err"]))
+    errors = (t.errors.sum_x, c.errors.sum_x)
 
     def results(ests: dict[str, Estimate]) -> tuple[MetricResult, ...]:
         return tuple(
@@ -306,7 +302,7 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
         )
 
     metrics = results(estimates(t, c, options.alpha))
-    breakdown, pairs = _breakdown(strata_rows, variant, baseline, options)
+    breakdown, pairs = _breakdown(sums.strata, variant, baseline, options)
     adjusted = results(mix_adjusted(pairs, options.alpha))
     health, srm = _health(options, treatment, base, excluded)
     verdict, reason = overall_verdict(
@@ -315,7 +311,7 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
         [(h.name, h.detail) for h in health if not h.ok and h.name != "sample_size"],
     )
     summary = summarize(options, treatment, base, adjusted, breakdown, verdict, excluded)
-    return DiffResult(
+    return requests, DiffResult(
         options,
         treatment,
         base,
@@ -331,12 +327,14 @@ def _run(con: duckdb.DuckDBPyConnection, options: DiffOptions) -> DiffResult:
     )
 
 
-def _breakdown(rows, variant, baseline, options):
+def _breakdown(
+    rows: tuple[CohortSums, ...], variant: str, baseline: str, options: DiffOptions
+) -> tuple[tuple[StratumResult, ...], list[tuple[CohortSums, CohortSums]]]:
     """Per (service, route) present in both cohorts: estimates, Benjamini–Hochberg q-values
     over all of them, verdicts; and the (treatment, baseline) row pairs for mix_adjusted."""
-    by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    by_key: dict[tuple[str, str], dict[str, CohortSums]] = {}
     for row in rows:
-        by_key.setdefault((row["service_name"], row["route"]), {})[row["cohort"]] = row
+        by_key.setdefault((row.service_name or "", row.route or ""), {})[row.cohort] = row
     keyed = [(k, v["treatment"], v["baseline"]) for k, v in sorted(by_key.items()) if len(v) == 2]
     raw = [
         (
@@ -345,7 +343,7 @@ def _breakdown(rows, variant, baseline, options):
             c,
             _final(
                 estimates(t, c, options.alpha, BREAKDOWN_METRICS),
-                int(t["n"]) + int(c["n"]),
+                t.users + c.users,
                 options,
             ),
         )
@@ -355,8 +353,8 @@ def _breakdown(rows, variant, baseline, options):
     q_values = iter(benjamini_hochberg(p_values)) if p_values else iter(())
     strata = []
     for (service, route), t, c, ests in raw:
-        users = (int(t["n"]), int(c["n"]))
-        errors = (float(t["err"]), float(c["err"]))
+        users = (t.users, c.users)
+        errors = (t.errors.sum_x, c.errors.sum_x)
         results = []
         for metric, est in ests.items():
             q = next(q_values)

@@ -1,7 +1,7 @@
 """A synthetic flagscope lake of any size, generated with DuckDB SQL (no Python per row).
 
 `make_lake(lake_dir, events)` writes about `events` wide events with exactly the columns and
-types of `flagscope.collector.convert.SCHEMA`, as the collector would store them, in its layout:
+types of `flagscope.collector.lake.schema.SCHEMA`, as the collector would store them, in its layout:
 `<lake>/date=YYYY-MM-DD/hour=HH/bench-<seq:012d>-000.parquet` (zstd, row groups of 128 Ki
 rows, each file written under a `.tmp` name and renamed into place). A file holds whole
 traces of one hour; an hour has one file per `rows_per_file` rows. 100 M events take a

@@ -153,7 +153,7 @@ def _items(container: object, keys: tuple[str, ...]) -> list[object]:
     return []
 
 
-def _hex_ids_to_base64(signal: Signal, doc: dict) -> None:
+def _hex_ids_to_base64(signal: Signal, doc: dict[str, object]) -> None:
     top, middle, leaf = _PATHS[signal.name]
     for resource in _items(doc, top):
         for scope in _items(resource, middle):
@@ -166,7 +166,7 @@ def _hex_ids_to_base64(signal: Signal, doc: dict) -> None:
                         _convert_ids(link, index)
 
 
-def _convert_ids(obj: dict, index: int) -> None:
+def _convert_ids(obj: dict[str, object], index: int) -> None:
     for key in _ID_KEYS:
         value = obj.get(key)
         if value is None:

@@ -10,6 +10,7 @@ so grpcio answers UNIMPLEMENTED.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc import aio
@@ -33,7 +34,8 @@ async def _abort(context: aio.ServicerContext, error: ProtocolError) -> None:
     )
 
 
-class _AuthInterceptor(aio.ServerInterceptor):
+# grpcio ships no type information, so its classes are Any to mypy.
+class _AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     """Refuses a call without the bearer token before its message is received.
 
     grpcio inflates a request before the handler runs; answering from a request-streaming
@@ -44,7 +46,11 @@ class _AuthInterceptor(aio.ServerInterceptor):
     def __init__(self, token: bytes) -> None:
         self.token = token
 
-    async def intercept_service(self, continuation, details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         given = dict(details.invocation_metadata or ()).get("authorization", "")
         if bearer_matches(given, self.token):
             return await continuation(details)
@@ -79,7 +85,7 @@ class GrpcFrontEnd:
             )
         return server
 
-    def _handler(self, signal: Signal):
+    def _handler(self, signal: Signal) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
         async def export(request: bytes, context: aio.ServicerContext) -> bytes:
             try:
                 self.receiver.budget.acquire(len(request))
@@ -92,6 +98,7 @@ class GrpcFrontEnd:
             except Exception:
                 log.exception("unexpected error in gRPC %s Export", signal.name)
                 await _abort(context, ProtocolError("internal error"))
-            return response.SerializeToString()
+            encoded: bytes = response.SerializeToString()  # protobuf's Message is untyped
+            return encoded
 
         return export

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import TextIO
 
 from flagscope.collector import failpoints
 from flagscope.collector.config import Settings
@@ -109,7 +110,7 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _lock(path: Path):
+def _lock(path: Path) -> TextIO:
     handle = open(path, "a+")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(handle, fcntl.LOCK_EX)  # waits for a dying predecessor to let go
     return handle

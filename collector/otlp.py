@@ -74,7 +74,8 @@ def response_message(signal: Signal, rejected: int, error_message: str) -> Messa
 def encode_message(message: Message, content_type: str) -> bytes:
     if content_type == JSON:
         return orjson.dumps(json_format.MessageToDict(message))
-    return message.SerializeToString()
+    encoded: bytes = message.SerializeToString()  # protobuf's Message is untyped
+    return encoded
 
 
 def status_message(code: int, message: str, retry_after_s: int | None = None) -> status_pb2.Status:

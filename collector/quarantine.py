@@ -109,4 +109,5 @@ def _one_item(request_type: Any, resource: Any, scope: Any, item: Any, traces: b
     inner.scope.CopyFrom(scope.scope)
     inner.schema_url = scope.schema_url
     (inner.spans if traces else inner.log_records).add().CopyFrom(item)
-    return request.SerializeToString()
+    encoded: bytes = request.SerializeToString()  # protobuf's Message is untyped
+    return encoded

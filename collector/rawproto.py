@@ -48,7 +48,9 @@ def _trace_request_class() -> type[Message]:
     pool.Add(trace)
     pool.Add(_file(trace_service_pb2))
     name = trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR.full_name
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    # protobuf ships no type information: the factory's result is an untyped class
+    request_class: type[Message] = message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    return request_class
 
 
 TraceRequest = _trace_request_class()

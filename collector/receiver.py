@@ -8,7 +8,7 @@ from collections import Counter
 
 from google.protobuf.message import Message
 
-from flagscope.collector.decode import decompress, prepare
+from flagscope.collector.decode import Prepared, decompress, prepare
 from flagscope.collector.errors import Unavailable
 from flagscope.collector.otlp import SIGNAL_CODES, Signal, response_message
 from flagscope.collector.wal import WalFullError, WalWriter
@@ -45,7 +45,7 @@ class Receiver:
         self.budget = Budget(max_inflight_bytes)
         self.counts: Counter[str] = Counter()
 
-    def _decode(self, signal: Signal, body: bytes, content_type: str, encoding: str):
+    def _decode(self, signal: Signal, body: bytes, content_type: str, encoding: str) -> Prepared:
         raw = decompress(body, encoding, self.max_request_bytes)
         return prepare(signal, raw, content_type)
 

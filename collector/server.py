@@ -14,9 +14,13 @@ import multiprocessing
 import os
 import signal
 import sys
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import IO
 
 from aiohttp import web
+from grpc import aio
 
 from flagscope.collector import failpoints
 from flagscope.collector.config import Settings, split_endpoint
@@ -51,14 +55,14 @@ class Collector:
         self.receiver = Receiver(self.wal, settings.max_request_bytes, settings.max_inflight_bytes)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
-        self._lock_file = None
+        self._lock_file: IO[str] | None = None
         self._runner: web.AppRunner | None = None
         self._http: HttpFrontEnd | None = None
-        self._grpc = None
-        self._processes: list[multiprocessing.Process] = []
-        self._ready: list = []  # per lake writer: set once it runs
-        self._drain = None
-        self._context = None
+        self._grpc: aio.Server | None = None
+        self._processes: list[SpawnProcess] = []
+        self._ready: list[Event] = []  # per lake writer: set once it runs
+        self._drain: Event | None = None
+        self._context: SpawnContext | None = None
         self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -81,19 +85,19 @@ class Collector:
             await self._runner.setup()
             site = web.TCPSite(self._runner, host, port, reuse_address=True)
             await site.start()
-            self.http_port = site._server.sockets[0].getsockname()[1]
+            self.http_port = self._runner.addresses[0][1]  # the one site's first socket
         if s.grpc_endpoint:
             host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
-            self._grpc = GrpcFrontEnd(self.receiver, s.auth_token).server()
-            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{port}")
+            self._grpc = grpc_server = GrpcFrontEnd(self.receiver, s.auth_token).server()
+            self.grpc_port = grpc_server.add_insecure_port(f"{host}:{port}")
             if not self.grpc_port:
                 raise ConfigError(f"cannot listen on grpc_endpoint {s.grpc_endpoint}")
-            await self._grpc.start()
+            await grpc_server.start()
 
     def _start_workers(self) -> None:
         os.environ[failpoints.COLLECTOR_PID_ENV] = str(os.getpid())
-        self._context = multiprocessing.get_context("spawn")
-        self._drain = self._context.Event()
+        self._context = context = multiprocessing.get_context("spawn")
+        self._drain = context.Event()
         self._processes = [self._start_worker(index) for index in range(self.workers)]
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -107,12 +111,15 @@ class Collector:
                     WORKER_START_TIMEOUT_S,
                 )
 
-    def _start_worker(self, index: int) -> multiprocessing.Process:
-        ready = self._context.Event()
+    def _start_worker(self, index: int) -> SpawnProcess:
+        context, drain = self._context, self._drain
+        if context is None or drain is None:
+            raise RuntimeError("lake writers are started by _start_workers()")
+        ready = context.Event()
         self._ready[index : index + 1] = [ready]
-        process = self._context.Process(
+        process = context.Process(
             target=run_worker,
-            args=(self.settings, index, self.workers, os.getpid(), self._drain, ready),
+            args=(self.settings, index, self.workers, os.getpid(), drain, ready),
             name=f"flagscope-lake-{index}",
             daemon=False,
         )

@@ -45,11 +45,12 @@ def variant_of(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         try:
-            value = orjson.loads(value)
+            decoded = orjson.loads(value)
         except orjson.JSONDecodeError:
             return value
-        if isinstance(value, str):
-            return value
+        if isinstance(decoded, str):
+            return decoded
+        value = decoded
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

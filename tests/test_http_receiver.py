@@ -915,4 +915,5 @@ def test_48_bearer_auth_401_before_any_decoding_nothing_stored(tmp_path, monkeyp
                 authorize=False,
             )
             assert reply.status == 200, scheme
-        wait_rows(srv, "trace_id = ?", [trace_id.hex()], 1)
+        # Acked three times (gzip, "bearer", "BEARER"): three raw rows, one event.
+        wait_rows(srv, "trace_id = ?", [trace_id.hex()], 3)

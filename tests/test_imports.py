@@ -144,3 +144,26 @@ def test_the_analysis_reads_the_lake_contract_not_the_otlp_code():
         for n in lake
     }
     assert {n: m for n, m in otlp.items() if m} == {}
+
+
+def test_the_readme_map_lists_every_module():
+    """README "Working on flagscope" is the map of the tree; it must not drift from it."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Working on flagscope") :]
+    block = section.split("Every module, by where it lives", 1)[1].split("```")[1]
+    listed, folders = set(), []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        folders[depth:] = [name] if name.endswith("/") else []
+        if name.endswith(".py"):
+            listed.add("".join(folders[:depth]) + name)
+    actual = {
+        p.relative_to(ROOT).as_posix()
+        for folder in FOLDERS
+        for p in (ROOT / folder).rglob("*.py")
+        if p.name != "__init__.py" or p.parent == PACKAGE_ROOT
+    }
+    assert listed == actual

@@ -128,18 +128,22 @@ def parse(expr: str) -> Cron:
     parts = text.split()
     if len(parts) != 5:
         raise _fail(expr, f"expected five fields ({' '.join(FIELDS)}), got {len(parts)}")
-    sets = [_field(expr, i, p) for i, p in enumerate(parts)]
+    minutes, hours, days, months, weekdays = (_field(expr, i, p) for i, p in enumerate(parts))
     cron = Cron(
         expr,
-        *sets,
+        minutes,
+        hours,
+        days,
+        months,
+        weekdays,
         days_restricted=not parts[2].startswith("*"),
         weekdays_restricted=not parts[4].startswith("*"),
     )
     if cron.days_restricted and not cron.weekdays_restricted:
         longest = max(calendar.monthrange(2024, m)[1] for m in cron.months)  # 2024: leap year
         if min(cron.days) > longest:
-            months = ", ".join(calendar.month_abbr[m].upper() for m in sorted(cron.months))
-            raise _fail(expr, f"day {min(cron.days)} never occurs in {months}: it never fires")
+            names = ", ".join(calendar.month_abbr[m].upper() for m in sorted(cron.months))
+            raise _fail(expr, f"day {min(cron.days)} never occurs in {names}: it never fires")
     return cron
 
 

@@ -7,6 +7,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,14 +50,14 @@ def compact(
         small.sort()
         group: list[tuple[int, Path]] = []
         total = 0
-        for seq, path, rows in [*small, (-1, None, 0)]:
-            if path is None or (group and total + rows > target_rows):
+        for seq, member, rows in [*small, (-1, None, 0)]:
+            if member is None or (group and total + rows > target_rows):
                 if len(group) > 1:
                     _merge(group, writer)
                     merges += 1
                 group, total = [], 0
-            if path is not None:
-                group.append((seq, path))
+            if member is not None:
+                group.append((seq, member))
                 total += rows
     return merges
 
@@ -71,7 +72,7 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
         [pq.read_schema(p) for p in paths] + [SCHEMA], promote_options="permissive"
     )
 
-    def write(handle) -> None:
+    def write(handle: BinaryIO) -> None:
         with pq.ParquetWriter(handle, schema, compression="zstd") as parquet:
             for path in paths:
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS):

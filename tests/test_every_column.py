@@ -1,0 +1,535 @@
+"""Every wide-event column, written with a value of its own and read back from the lake.
+
+A review swapped two columns' values in the span row and every receiver, SDK and CLI test
+still passed: those tests look at a few columns, or at columns that happened to hold equal
+values. Here each field of an OTLP request that feeds a column has a value no other field
+has (distinct strings, numbers and times), goes through the real collector over HTTP, and
+every column of `SCHEMA` is compared with what the request says it must be. A column that
+is neither expected nor listed as null for the signal fails the test, so a new column
+cannot be added unchecked.
+
+Booleans cannot all differ within one row, so each signal sends several items whose
+is_error / is_test / is_entry patterns differ: every boolean takes both values, and every
+pair of booleans differs in some row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+import pyarrow as pa
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from flagscope.collector.lake.read import fetch
+from flagscope.collector.lake.schema import SCHEMA
+from tests.otlp_requests import any_value, kv, new_trace_id, post, wait_rows
+
+JSON_COLUMNS = {"attributes", "resource_attributes", "span_events", "span_links", "body"}
+# Columns a signal has no field for: null in every row of that signal.
+NULL_FOR_SPANS = {"observed_time", "severity_number", "severity_text", "body"}
+NULL_FOR_LOGS = {
+    "end_time",
+    "parent_span_id",
+    "trace_state",
+    "kind",
+    "duration_ms",
+    "status_code",
+    "status_message",
+    "span_events",
+    "span_links",
+}
+
+SPAN_A = bytes.fromhex("f0e1d2c3b4a59687")  # high bit set: a negative span_key
+SPAN_B = bytes.fromhex("1122334455667788")
+SPAN_C = bytes.fromhex("7f00000000000001")
+LINKED_TRACE = bytes.fromhex("9a8b7c6d5e4f30211203f4e5d6c7b8a9")
+LINKED_SPAN = bytes.fromhex("0102030405060708")
+LOG_SPAN_1 = bytes.fromhex("c1c2c3c4c5c6c7c8")
+LOG_SPAN_2 = bytes.fromhex("2122232425262728")
+
+
+def _base_ns() -> int:
+    """Two minutes ago on a whole second: recent enough for any retention rule."""
+    return (time.time_ns() // 10**9 - 120) * 10**9
+
+
+def _resource(container: Any, attrs: dict[str, Any]) -> None:
+    container.resource.attributes.extend(kv(k, v) for k, v in attrs.items())
+
+
+# -- the row read back -----------------------------------------------------------------------
+def _rows_by_span(server: Any, trace_id: bytes, expected_rows: int) -> dict[str | None, dict]:
+    """The stored rows of `trace_id` as column → value, times as integer nanoseconds."""
+    wait_rows(server, "trace_id = ?", [trace_id.hex()], expected_rows)
+    columns, _ = fetch(server.lake, "select * from events_raw limit 0")
+    assert columns == SCHEMA.names, "the view's columns are not SCHEMA's"
+    select = ", ".join(
+        f"epoch_ns({f.name}) AS {f.name}" if pa.types.is_timestamp(f.type) else f.name
+        for f in SCHEMA
+    )
+    columns, rows = fetch(
+        server.lake, f"select {select} from events_raw where trace_id = ?", [trace_id.hex()]
+    )
+    assert len(rows) == expected_rows, rows
+    found = [dict(zip(columns, row, strict=True)) for row in rows]
+    return {row["span_id"]: row for row in found}
+
+
+def _same(name: str, got: Any, want: Any) -> bool:
+    if want is None or got is None:
+        return got is None and want is None
+    if name in JSON_COLUMNS:
+        return isinstance(got, str) and json.loads(got) == want
+    if isinstance(want, float):
+        return isinstance(got, float) and math.isclose(got, want, rel_tol=1e-12)
+    return type(got) is type(want) and got == want
+
+
+def assert_every_column(row: dict[str, Any], expected: dict[str, Any], null: set[str]) -> None:
+    """Each column of SCHEMA is either expected (with its value) or null for the signal."""
+    names = set(SCHEMA.names)
+    assert not (unchecked := names - set(expected) - null), f"columns not checked: {unchecked}"
+    assert not (unknown := set(expected) - names), f"no such columns: {unknown}"
+    assert not (both := set(expected) & null), f"expected and null at once: {both}"
+    wrong = {}
+    for name in SCHEMA.names:
+        want = None if name in null else expected[name]
+        if not _same(name, row[name], want):
+            wrong[name] = {"stored": row[name], "expected": want}
+    assert not wrong, wrong
+
+
+def assert_swaps_show(rows: list[dict[str, Any]], null: set[str]) -> None:
+    """The premise of the test: for any two columns of one type, some expected row holds
+    different values in them, so a swap of the two cannot go unseen."""
+    filled = [{name: row.get(name) for name in SCHEMA.names} for row in rows]
+    for a, b in itertools.combinations(SCHEMA.names, 2):
+        if SCHEMA.field(a).type != SCHEMA.field(b).type or {a, b} <= null:
+            continue
+        assert any(row[a] != row[b] for row in filled), f"{a} and {b} are equal in every row"
+
+
+# -- spans -------------------------------------------------------------------------------------
+def _span_request(trace_id: bytes, base: int) -> trace_service_pb2.ExportTraceServiceRequest:
+    """Three spans in three resources: A (SERVER, 5xx, flags from an evaluation event, a
+    link), B (CLIENT, status ERROR, old attribute names, a test-user attribute) and C (the
+    root: INTERNAL, no status, no scope, a synthetic-traffic resource, a numeric user id)."""
+    request = trace_service_pb2.ExportTraceServiceRequest()
+
+    rs = request.resource_spans.add()
+    _resource(rs, {"service.name": "svc-a", "deployment.environment": "env-a"})
+    ss = rs.scope_spans.add()
+    ss.scope.name, ss.scope.version = "scope-a", "scope-version-a"
+    span = ss.spans.add(
+        trace_id=trace_id,
+        span_id=SPAN_A,
+        parent_span_id=SPAN_C,
+        trace_state="vendor=state-a",
+        name="span-a",
+        kind=trace_pb2.Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=base + 111_111_111,
+        end_time_unix_nano=base + 111_111_111 + 1_234_567_891,
+        dropped_attributes_count=7,
+        status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_OK, message="message-a"),
+    )
+    span.attributes.extend(
+        kv(k, v)
+        for k, v in {
+            "http.request.method": "PATCH",
+            "http.route": "/route-a/{id}",
+            "http.response.status_code": 503,
+            "app.flag.dark-mode": "dark-a",
+            "custom.a": 1.5,
+        }.items()
+    )
+    evaluation = span.events.add(name="feature_flag.evaluation", time_unix_nano=base + 5_000_017)
+    evaluation.attributes.extend(
+        [
+            kv("feature_flag.key", "checkout"),
+            kv("feature_flag.result.variant", "treat-a"),
+            kv("feature_flag.context.id", "user-event-a"),
+        ]
+    )
+    other = span.events.add(name="cache.miss", time_unix_nano=base + 6_000_029)
+    other.attributes.append(kv("cache.key", "key-a"))
+    link = span.links.add(trace_id=LINKED_TRACE, span_id=LINKED_SPAN)
+    link.attributes.append(kv("link.why", "retry-of-a"))
+
+    rs = request.resource_spans.add()
+    _resource(rs, {"service.name": "svc-b", "host.name": "host-b"})
+    ss = rs.scope_spans.add()
+    ss.scope.name, ss.scope.version = "scope-b", "scope-version-b"
+    span = ss.spans.add(
+        trace_id=trace_id,
+        span_id=SPAN_B,
+        parent_span_id=SPAN_A,
+        trace_state="vendor=state-b",
+        name="span-b",
+        kind=trace_pb2.Span.SPAN_KIND_CLIENT,
+        start_time_unix_nano=base + 222_222_222,
+        end_time_unix_nano=base + 222_222_222 + 2_500_000_001,
+        dropped_attributes_count=3,
+        status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR, message="message-b"),
+    )
+    span.attributes.extend(
+        kv(k, v)
+        for k, v in {
+            "http.method": "DELETE",
+            "http.route": "/route-b",
+            "http.status_code": 404,
+            "enduser.id": "user-attr-b",
+            "app.user.is_test": True,
+            "feature_flag.key": "flag-b",
+            "feature_flag.variant": "variant-b",
+        }.items()
+    )
+
+    rs = request.resource_spans.add()
+    _resource(rs, {"service.name": "svc-c", "user_agent.synthetic.type": "bot"})
+    span = rs.scope_spans.add().spans.add(
+        trace_id=trace_id,
+        span_id=SPAN_C,
+        name="span-c",
+        kind=trace_pb2.Span.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=base + 333,
+        end_time_unix_nano=base + 340,
+    )
+    span.attributes.extend([kv("user.id", 4242), kv("feature_flag.beta-search", True)])
+    return request
+
+
+def _expected_spans(trace_id: bytes, base: int) -> dict[str, dict[str, Any]]:
+    trace_hex = trace_id.hex()
+    common = {"signal": "span", "trace_id": trace_hex, "trace_key": uuid.UUID(bytes=trace_id)}
+    a = {
+        **common,
+        "time": base + 111_111_111,
+        "end_time": base + 1_345_679_002,
+        "event_id": trace_hex + "f0e1d2c3b4a59687",
+        "span_id": "f0e1d2c3b4a59687",
+        "parent_span_id": "7f00000000000001",
+        "trace_state": "vendor=state-a",
+        "service_name": "svc-a",
+        "scope_name": "scope-a",
+        "scope_version": "scope-version-a",
+        "name": "span-a",
+        "kind": 2,
+        "duration_ms": 1234.567891,
+        "status_code": 1,
+        "status_message": "message-a",
+        "is_error": True,  # a SERVER span answering 5xx
+        "http_method": "PATCH",
+        "http_route": "/route-a/{id}",
+        "http_status_code": 503,
+        "user_id": "user-event-a",  # the evaluation event's context
+        "flags": {"dark-mode": "dark-a", "checkout": "treat-a"},
+        "is_test": False,
+        "test_reason": None,
+        "attributes": {
+            "http.request.method": "PATCH",
+            "http.route": "/route-a/{id}",
+            "http.response.status_code": 503,
+            "app.flag.dark-mode": "dark-a",
+            "custom.a": 1.5,
+        },
+        "resource_attributes": {"service.name": "svc-a", "deployment.environment": "env-a"},
+        "span_events": [
+            {
+                "name": "feature_flag.evaluation",
+                "time_unix_nano": base + 5_000_017,
+                "attributes": {
+                    "feature_flag.key": "checkout",
+                    "feature_flag.result.variant": "treat-a",
+                    "feature_flag.context.id": "user-event-a",
+                },
+            },
+            {
+                "name": "cache.miss",
+                "time_unix_nano": base + 6_000_029,
+                "attributes": {"cache.key": "key-a"},
+            },
+        ],
+        "span_links": [
+            {
+                "trace_id": "9a8b7c6d5e4f30211203f4e5d6c7b8a9",
+                "span_id": "0102030405060708",
+                "attributes": {"link.why": "retry-of-a"},
+            }
+        ],
+        "dropped_attributes_count": 7,
+        "span_key": 0xF0E1D2C3B4A59687 - 2**64,
+        "is_entry": True,  # a SERVER span, though it has a parent
+    }
+    b = {
+        **common,
+        "time": base + 222_222_222,
+        "end_time": base + 2_722_222_223,
+        "event_id": trace_hex + "1122334455667788",
+        "span_id": "1122334455667788",
+        "parent_span_id": "f0e1d2c3b4a59687",
+        "trace_state": "vendor=state-b",
+        "service_name": "svc-b",
+        "scope_name": "scope-b",
+        "scope_version": "scope-version-b",
+        "name": "span-b",
+        "kind": 3,
+        "duration_ms": 2500.000001,
+        "status_code": 2,
+        "status_message": "message-b",
+        "is_error": True,  # status ERROR
+        "http_method": "DELETE",
+        "http_route": "/route-b",
+        "http_status_code": 404,
+        "user_id": "user-attr-b",
+        "flags": {"flag-b": "variant-b"},
+        "is_test": True,
+        "test_reason": "app.user.is_test=true",
+        "attributes": {
+            "http.method": "DELETE",
+            "http.route": "/route-b",
+            "http.status_code": 404,
+            "enduser.id": "user-attr-b",
+            "app.user.is_test": True,
+            "feature_flag.key": "flag-b",
+            "feature_flag.variant": "variant-b",
+        },
+        "resource_attributes": {"service.name": "svc-b", "host.name": "host-b"},
+        "span_events": None,
+        "span_links": None,
+        "dropped_attributes_count": 3,
+        "span_key": 0x1122334455667788,
+        "is_entry": False,  # a CLIENT span with a parent
+    }
+    c = {
+        **common,
+        "time": base + 333,
+        "end_time": base + 340,
+        "event_id": trace_hex + "7f00000000000001",
+        "span_id": "7f00000000000001",
+        "parent_span_id": None,
+        "trace_state": None,
+        "service_name": "svc-c",
+        "scope_name": None,
+        "scope_version": None,
+        "name": "span-c",
+        "kind": 1,
+        "duration_ms": 7e-6,
+        "status_code": 0,
+        "status_message": None,
+        "is_error": False,
+        "http_method": None,
+        "http_route": None,
+        "http_status_code": None,
+        "user_id": "4242",
+        "flags": {"beta-search": "true"},
+        "is_test": True,
+        "test_reason": "resource user_agent.synthetic.type=bot",
+        "attributes": {"user.id": 4242, "feature_flag.beta-search": True},
+        "resource_attributes": {"service.name": "svc-c", "user_agent.synthetic.type": "bot"},
+        "span_events": None,
+        "span_links": None,
+        "dropped_attributes_count": 0,
+        "span_key": 0x7F00000000000001,
+        "is_entry": True,  # a root span
+    }
+    return {row["span_id"]: row for row in (a, b, c)}
+
+
+def test_every_span_column_holds_its_own_field(server):
+    """A swap of any two span columns, or a column derived from the wrong field, fails."""
+    trace_id, base = new_trace_id(), _base_ns()
+    reply = post(server, "/v1/traces", _span_request(trace_id, base).SerializeToString())
+    assert reply.status == 200, reply.body
+    partial = trace_service_pb2.ExportTraceServiceResponse.FromString(reply.body).partial_success
+    assert partial.rejected_spans == 0, partial
+    stored = _rows_by_span(server, trace_id, 3)
+    expected = _expected_spans(trace_id, base)
+    assert_swaps_show(list(expected.values()), NULL_FOR_SPANS)
+    assert set(stored) == set(expected)
+    for span_id, want in expected.items():
+        assert_every_column(stored[span_id], want, NULL_FOR_SPANS)
+
+
+# -- logs --------------------------------------------------------------------------------------
+def _log_request(trace_id: bytes, base: int) -> logs_service_pb2.ExportLogsServiceRequest:
+    """Two log records: 1 (ERROR2, new attribute names, status as a string, an evaluation
+    in attributes, a kvlist body) and 2 (INFO, old names, its name from `event.name`, a
+    test user by pattern, a string body), in two resources."""
+    request = logs_service_pb2.ExportLogsServiceRequest()
+
+    rl = request.resource_logs.add()
+    _resource(rl, {"service.name": "svc-log-1", "k8s.pod.name": "pod-1"})
+    sl = rl.scope_logs.add()
+    sl.scope.name, sl.scope.version = "log-scope-1", "log-scope-version-1"
+    sl.log_records.append(
+        logs_pb2.LogRecord(
+            time_unix_nano=base + 444_444_444,
+            observed_time_unix_nano=base + 555_555_555,
+            severity_number=logs_pb2.SEVERITY_NUMBER_ERROR2,
+            severity_text="severity-text-1",
+            body=any_value({"message": "body-1", "count": 5}),
+            attributes=[
+                kv(k, v)
+                for k, v in {
+                    "http.request.method": "PUT",
+                    "http.route": "/logs-1",
+                    "http.response.status_code": "502",
+                    "user.id": "user-log-1",
+                    "feature_flag.key": "eval-key-1",
+                    "feature_flag.result.value": 3,
+                    "app.flag.log-flag": "log-variant-1",
+                }.items()
+            ],
+            dropped_attributes_count=11,
+            trace_id=trace_id,
+            span_id=LOG_SPAN_1,
+            event_name="log-event-1",
+        )
+    )
+
+    rl = request.resource_logs.add()
+    _resource(rl, {"service.name": "svc-log-2", "host.name": "host-log-2"})
+    sl = rl.scope_logs.add()
+    sl.scope.name, sl.scope.version = "log-scope-2", "log-scope-version-2"
+    sl.log_records.append(
+        logs_pb2.LogRecord(
+            time_unix_nano=base + 666_666_666,
+            observed_time_unix_nano=base + 777_777_777,
+            severity_number=logs_pb2.SEVERITY_NUMBER_INFO,
+            severity_text="severity-text-2",
+            body=any_value("body-2"),
+            attributes=[
+                kv(k, v)
+                for k, v in {
+                    "http.method": "GET",
+                    "http.route": "/logs-2",
+                    "http.status_code": 201,
+                    "enduser.id": "qa-tester-2",
+                    "event.name": "attr-event-2",
+                    "feature_flag.search-v2": "on-2",
+                }.items()
+            ],
+            dropped_attributes_count=13,
+            trace_id=trace_id,
+            span_id=LOG_SPAN_2,
+        )
+    )
+    return request
+
+
+def _log_event_id(rl: Any, sl: Any, record: Any) -> str:
+    """A log's id: a digest of its resource, scope and record (retries share it)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (rl.resource, sl.scope, record):
+        digest.update(part.SerializeToString())
+    return digest.hexdigest()
+
+
+def _expected_logs(
+    request: logs_service_pb2.ExportLogsServiceRequest, trace_id: bytes, base: int
+) -> dict[str, dict[str, Any]]:
+    ids = [
+        _log_event_id(rl, sl, record)
+        for rl in request.resource_logs
+        for sl in rl.scope_logs
+        for record in sl.log_records
+    ]
+    common = {
+        "signal": "log",
+        "trace_id": trace_id.hex(),
+        "trace_key": uuid.UUID(bytes=trace_id),
+        "is_entry": False,  # never a request
+    }
+    one = {
+        **common,
+        "time": base + 444_444_444,
+        "observed_time": base + 555_555_555,
+        "event_id": ids[0],
+        "span_id": "c1c2c3c4c5c6c7c8",
+        "service_name": "svc-log-1",
+        "scope_name": "log-scope-1",
+        "scope_version": "log-scope-version-1",
+        "name": "log-event-1",
+        "is_error": True,  # severity ERROR2
+        "http_method": "PUT",
+        "http_route": "/logs-1",
+        "http_status_code": 502,
+        "user_id": "user-log-1",
+        "flags": {"eval-key-1": "3", "log-flag": "log-variant-1"},
+        "is_test": False,
+        "test_reason": None,
+        "severity_number": 18,
+        "severity_text": "severity-text-1",
+        "body": {"message": "body-1", "count": 5},
+        "attributes": {
+            "http.request.method": "PUT",
+            "http.route": "/logs-1",
+            "http.response.status_code": "502",
+            "user.id": "user-log-1",
+            "feature_flag.key": "eval-key-1",
+            "feature_flag.result.value": 3,
+            "app.flag.log-flag": "log-variant-1",
+        },
+        "resource_attributes": {"service.name": "svc-log-1", "k8s.pod.name": "pod-1"},
+        "dropped_attributes_count": 11,
+        "span_key": 0xC1C2C3C4C5C6C7C8 - 2**64,
+    }
+    two = {
+        **common,
+        "time": base + 666_666_666,
+        "observed_time": base + 777_777_777,
+        "event_id": ids[1],
+        "span_id": "2122232425262728",
+        "service_name": "svc-log-2",
+        "scope_name": "log-scope-2",
+        "scope_version": "log-scope-version-2",
+        "name": "attr-event-2",
+        "is_error": False,  # severity INFO
+        "http_method": "GET",
+        "http_route": "/logs-2",
+        "http_status_code": 201,
+        "user_id": "qa-tester-2",
+        "flags": {"search-v2": "on-2"},
+        "is_test": True,
+        "test_reason": "user_id matches qa-*",
+        "severity_number": 9,
+        "severity_text": "severity-text-2",
+        "body": "body-2",
+        "attributes": {
+            "http.method": "GET",
+            "http.route": "/logs-2",
+            "http.status_code": 201,
+            "enduser.id": "qa-tester-2",
+            "event.name": "attr-event-2",
+            "feature_flag.search-v2": "on-2",
+        },
+        "resource_attributes": {"service.name": "svc-log-2", "host.name": "host-log-2"},
+        "dropped_attributes_count": 13,
+        "span_key": 0x2122232425262728,
+    }
+    return {row["span_id"]: row for row in (one, two)}
+
+
+def test_every_log_record_column_holds_its_own_field(server):
+    """A swap of any two log columns, or a column derived from the wrong field, fails."""
+    trace_id, base = new_trace_id(), _base_ns()
+    request = _log_request(trace_id, base)
+    reply = post(server, "/v1/logs", request.SerializeToString())
+    assert reply.status == 200, reply.body
+    partial = logs_service_pb2.ExportLogsServiceResponse.FromString(reply.body).partial_success
+    assert partial.rejected_log_records == 0, partial
+    stored = _rows_by_span(server, trace_id, 2)
+    expected = _expected_logs(request, trace_id, base)
+    assert_swaps_show(list(expected.values()), NULL_FOR_LOGS)
+    assert set(stored) == set(expected)
+    for span_id, want in expected.items():
+        assert_every_column(stored[span_id], want, NULL_FOR_LOGS)
