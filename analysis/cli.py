@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flagscope import __version__
+from flagscope.analysis.render.text import printable
 from flagscope.collector import config
 from flagscope.collector.errors import ConfigError, FlagscopeError
 
@@ -239,9 +240,8 @@ def _report(args: argparse.Namespace) -> int:
         outcomes = Scheduler(config, settings.lake_path).run_once()
         for outcome in outcomes:
             where = outcome.files.main_file() if outcome.files else outcome.error
-            print(
-                f"{outcome.flag}: {outcome.verdict.value if outcome.verdict else 'FAILED'} — {where}"
-            )
+            verdict = outcome.verdict.value if outcome.verdict else "FAILED"
+            print(printable(f"{outcome.flag}: {verdict} — {where}"))
         codes = [o.files.verdict for o in outcomes if o.files]
         failed = any(o.error for o in outcomes)
         from flagscope.analysis.verdict import EXIT_CODES
@@ -252,10 +252,10 @@ def _report(args: argparse.Namespace) -> int:
     )
     result = run_diff(settings.lake_path, _options(args), charts="html" in formats)
     files = write_report(result, out, formats, utc_now())
-    print(result.summary)
+    print(printable(result.summary))
     for fmt, path in files.files.items():
-        print(f"  {fmt:4} {path}")
-    print(f"  latest: {files.latest[formats[0]].parent}/latest.*")
+        print(printable(f"  {fmt:4} {path}"))
+    print(printable(f"  latest: {files.latest[formats[0]].parent}/latest.*"))
     return result.exit_code
 
 
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(format_rows(columns, rows, args.format))
             return 0
     except FlagscopeError as exc:
-        print(f"flagscope: error: {exc}", file=sys.stderr)
+        print(f"flagscope: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from flagscope.analysis.render.text import printable
 from flagscope.collector.errors import LakeQueryError
 from flagscope.collector.lake.read import fetch
 
@@ -48,7 +49,9 @@ def format_rows(
         writer.writerow(columns)
         writer.writerows([_cell(v) for v in row] for row in rows)
         return out.getvalue()
-    cells = [[_cell(v) for v in row] for row in rows]
+    # The table is for a terminal: control characters from telemetry are shown escaped
+    # (CSV and JSON keep the data as stored).
+    cells = [[printable(_cell(v)) for v in row] for row in rows]
     cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = "  ".join("-" * w for w in widths)

@@ -91,10 +91,14 @@ def normalize_formats(formats: Sequence[str], source: str = "formats") -> tuple[
     return tuple(out)
 
 
+MAX_NAME = 100  # file systems allow 255 bytes per name; the stamp and extension follow
+
+
 def flag_dir_name(flag: str) -> str:
-    """A file name for the flag: the key itself when safe, else a sanitized key + hash."""
+    """A file name for the flag: the key itself when safe and short, else a sanitized,
+    shortened key + a hash of the whole key (so two keys never share a directory)."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", flag).strip(".") or "flag"
-    if safe == flag:
+    if safe == flag and len(flag) <= MAX_NAME:
         return flag
     return f"{safe[:80]}-{hashlib.sha256(flag.encode()).hexdigest()[:8]}"
 

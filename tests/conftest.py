@@ -22,3 +22,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCollecto
     running = RunningCollector(make_settings(tmp_path_factory.mktemp("collector"))).start()
     yield running
     running.stop()
+
+
+# Tests that run a real collector on a loopback socket (in-process or as `flagscope serve`):
+# `make test-fast` leaves them out; `make test` (CI) runs everything.
+_SOCKET_FIXTURES = {"server", "collectors"}
+_SOCKET_NAMES = ("RunningCollector", "CollectorProcess", "running(")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    sources: dict[Path, bool] = {}
+    for item in items:
+        path = Path(str(item.fspath))
+        if path not in sources:
+            text = path.read_text()
+            sources[path] = any(name in text for name in _SOCKET_NAMES)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _SOCKET_FIXTURES or sources[path]:
+            item.add_marker(pytest.mark.socket)

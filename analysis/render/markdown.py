@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from flagscope.analysis.render import text
@@ -10,9 +11,21 @@ if TYPE_CHECKING:
     from flagscope.analysis.result import DiffResult
 
 
+# Characters Markdown (CommonMark, GFM tables) would read as markup or raw HTML.
+_MARKUP = re.compile(r"([\\`*_\[\]~|#!])")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def md(value: str) -> str:
+    """A telemetry string as literal Markdown text: no raw HTML, no emphasis or links, no
+    line break (which would end a table row), no control characters."""
+    value = "".join(_ENTITIES.get(ch, ch) for ch in value)
+    return _MARKUP.sub(r"\\\1", text.printable(value))
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(md(c) for c in cells) + " |"
 
     return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
 
@@ -20,11 +33,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def render(r: DiffResult) -> str:
     o = r.options
     out = [
-        f"**{r.summary}**",
+        f"**{md(r.summary)}**",
         "",
-        f"Verdict **{r.verdict.value}**: {r.reason}",
+        f"Verdict **{r.verdict.value}**: {md(r.reason)}",
         "",
-        f"Window {text.window(r)}; {text.exclusions(r)}.",
+        f"Window {text.window(r)}; {md(text.exclusions(r))}.",
     ]
     if r.compared:
         seq = ", always-valid (sequential)" if o.sequential else ""
@@ -45,5 +58,5 @@ def render(r: DiffResult) -> str:
         if r.breakdown:
             out += ["", "### Per service and route", "", table(*text.breakdown_rows(r))]
         out += ["", "### Health", ""]
-        out += [f"- {'✅' if h.ok else '❌'} **{h.name}**: {h.detail}" for h in r.health]
+        out += [f"- {'✅' if h.ok else '❌'} **{h.name}**: {md(h.detail)}" for h in r.health]
     return "\n".join(out) + "\n"

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
+    header = [text.printable(h) for h in header]
+    rows = [[text.printable(c) for c in r] for r in rows]
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
@@ -24,11 +26,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def render(r: DiffResult) -> str:
     o = r.options
+    clean = text.printable
     out = [
-        r.summary,
+        clean(r.summary),
         "",
-        f"verdict: {r.verdict.value} — {r.reason}",
-        f"window: {text.window(r)}; {text.exclusions(r)}",
+        f"verdict: {r.verdict.value} — {clean(r.reason)}",
+        f"window: {text.window(r)}; {clean(text.exclusions(r))}",
     ]
     if not r.compared:
         return "\n".join(out) + "\n"
@@ -51,6 +54,6 @@ def render(r: DiffResult) -> str:
             table(*text.breakdown_rows(r)),
         ]
     out += ["", "health"] + [
-        f"  {'ok  ' if h.ok else 'FAIL'}  {h.name}: {h.detail}" for h in r.health
+        f"  {'ok  ' if h.ok else 'FAIL'}  {h.name}: {clean(h.detail)}" for h in r.health
     ]
     return "\n".join(out) + "\n"

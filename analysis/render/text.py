@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from flagscope.analysis.result import CohortSummary, DiffResult, MetricResult
+
+# Control characters (C0, DEL, C1) and the bidirectional overrides that reorder what a
+# terminal shows ("Trojan Source"): telemetry may carry any of them in a route or a variant.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: str) -> str:
+    """`value` with every control or bidi character shown as an escape (ESC → \\x1b), so
+    telemetry strings can neither move the cursor nor break a line or a table."""
+    return _UNPRINTABLE.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", value
+    )
+
 
 LABELS = {
     "error_rate": "error rate",
