@@ -1,6 +1,7 @@
 """The SQL that forms a flag's cohorts and reduces them to sufficient statistics (DESIGN contract 3).
 
-- A request is an entry span: a SERVER span, or a root span.
+- A request is an entry span: a SERVER span, or a root span (not a flag evaluation's own
+  `feature_flag.evaluation` span; `is_entry` in the lake).
 - A trace belongs to the variant of the flag's first evaluation anywhere in it (often a
   child span of another service), so the whole request is labelled.
 - The unit is the user: the evaluation's targeting key, else the request's own user id,

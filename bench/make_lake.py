@@ -161,7 +161,7 @@ def _select(**columns: str) -> str:
     unknown = set(columns) - set(SCHEMA.names)
     if unknown:
         raise KeyError(f"not in SCHEMA: {sorted(unknown)}")
-    sources = ("trace_id", "span_id", "signal", "kind", "parent_span_id")
+    sources = ("trace_id", "span_id", "signal", "kind", "parent_span_id", "name")
     columns = derived_keys(*(columns.get(name, "NULL") for name in sources)) | columns
     items = []
     for f in SCHEMA:

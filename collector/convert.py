@@ -310,7 +310,7 @@ class Converter:
             span.dropped_attributes_count,
             raw_trace_id,
             span_key(raw_span_id),
-            is_entry(kind, raw_parent_id),
+            is_entry(kind, raw_parent_id, span.name),
         )
 
     # -- logs -----------------------------------------------------------------------

@@ -195,3 +195,27 @@ def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
     write_table(tmp_path, with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
     result = run_diff(tmp_path, options(thresholds=_lenient()))
     assert result.baseline.requests == 3  # the root once, both key-less entry spans
+
+
+def test_a_flag_evaluations_own_root_span_is_not_a_request(tmp_path):
+    """Issue 10 point 5: OpenFeature's SpanHook, evaluating outside an active span, starts a
+    root INTERNAL span `feature_flag.evaluation`; a worker doing that must not add ~0 ms
+    requests. Python and SQL derivations agree, and the diff counts only real requests."""
+    assert is_entry(1, b"", "feature_flag.evaluation") is False
+    assert is_entry(2, b"", "feature_flag.evaluation") is True  # a SERVER span stays one
+    assert is_entry(1, b"", "GET /checkout") is True
+    rows = request("u1", "on") + request("u2", "off")
+    evaluation = dict(
+        rows[1],
+        span_id=f"{0xE7:016x}",
+        parent_span_id=None,
+        kind=1,
+        name="feature_flag.evaluation",
+        duration_ms=0.01,
+    )
+    keys = with_keys(_without_keys([*rows, evaluation])).select(list(KEY_COLUMNS)).to_pylist()
+    assert [k["is_entry"] for k in keys] == [True, False, True, False, False]
+    workers = [dict(evaluation, trace_id=f"{0xB0 + i:032x}", user_id=f"w{i}") for i in range(5)]
+    lake = write(tmp_path, [*rows, *workers])
+    result = run_diff(lake, options(thresholds=_lenient()))
+    assert (result.treatment.requests, result.baseline.requests) == (1, 1)

@@ -54,7 +54,7 @@ SCHEMA = pa.schema(
         # diff, while 16 fixed bytes and an integer read and hash several times faster.
         ("trace_key", pa.uuid()),  # the trace id's 16 bytes (Parquet UUID)
         ("span_key", pa.int64()),  # the span id's 8 bytes, big-endian, signed
-        ("is_entry", pa.bool_()),  # a request: a SERVER span or a root span (contract 3)
+        ("is_entry", pa.bool_()),  # a request (contract 3): see is_entry() below
     ]
 )
 KEY_COLUMNS = ("trace_key", "span_key", "is_entry")
@@ -64,8 +64,15 @@ def span_key(span_id: bytes) -> int | None:
     return int.from_bytes(span_id, "big", signed=True) if len(span_id) == 8 else None
 
 
-def is_entry(kind: int | None, parent_span_id: bytes | str | None) -> bool:
-    return kind == SPAN_KIND_SERVER or not parent_span_id
+# The span an OpenFeature SpanHook starts when a flag is evaluated outside any active span
+# (a background worker, a script): a root span, but the evaluation, not a request.
+EVALUATION_SPAN_NAME = "feature_flag.evaluation"
+
+
+def is_entry(kind: int | None, parent_span_id: bytes | str | None, name: str | None = None) -> bool:
+    """A request (DESIGN contract 3): a SERVER span, or a root span that is not a flag
+    evaluation's own span."""
+    return kind == SPAN_KIND_SERVER or (not parent_span_id and name != EVALUATION_SPAN_NAME)
 
 
 def derived_keys(
@@ -74,6 +81,7 @@ def derived_keys(
     signal: str = "signal",
     kind: str = "kind",
     parent_span_id: str = "parent_span_id",
+    name: str = "name",
 ) -> dict[str, str]:
     """SQL for the join keys (convert.KEY_COLUMNS) from the hex ids and the other columns,
     for files written before the keys existed (and for bench/make_lake.py)."""
@@ -86,7 +94,8 @@ def derived_keys(
         ),
         "is_entry": (
             f"coalesce({signal} = 'span' AND ({kind} = 2 "
-            f"OR coalesce({parent_span_id}, '') = ''), false)"
+            f"OR (coalesce({parent_span_id}, '') = '' "
+            f"AND {name} IS DISTINCT FROM '{EVALUATION_SPAN_NAME}')), false)"
         ),
     }
 
