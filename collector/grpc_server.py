@@ -17,15 +17,20 @@ from grpc import aio
 
 from flagscope.collector.auth import bearer_matches
 from flagscope.collector.errors import ProtocolError, Unauthenticated
+from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
 from flagscope.collector.receiver import Receiver
 
 log = logging.getLogger("flagscope.collector")
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # google.rpc.Code → grpcio's
+_refusals = RateLimitedLog(log)  # one line per cause per interval, for every gRPC front end
 
 
 async def _abort(context: aio.ServicerContext, error: ProtocolError) -> None:
     message = str(error) or error.__class__.__name__
+    code = _STATUS_CODES[error.grpc_code]
+    level = logging.WARNING if error.http_status >= 500 else logging.INFO
+    _refusals.report(level, f"refused gRPC call with {code.name}", message, client=context.peer())
     status = status_message(error.grpc_code, message, error.retry_after_s)
     await context.abort(
         _STATUS_CODES[error.grpc_code],

@@ -16,6 +16,7 @@ from flagscope.collector.errors import (
     RequestTimeout,
     Unauthenticated,
 )
+from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.otlp import JSON, PROTOBUF, SIGNALS, encode_message, status_message
 from flagscope.collector.receiver import Receiver
 
@@ -73,6 +74,7 @@ class HttpFrontEnd:
         self.body_timeout_s = body_timeout_s
         self.in_flight = 0  # requests being received or answered, for a graceful stop
         self.closing = False  # set on shutdown: answer, then close the connection
+        self.log = RateLimitedLog(log)  # refusals and hang-ups, one line per cause per interval
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -91,7 +93,15 @@ class HttpFrontEnd:
         error = NotFound(
             "metrics are not supported yet; send traces to /v1/traces and logs to /v1/logs"
         )
+        self._refused(request, error)
         return error_response(error, request.headers.get("Content-Type"))
+
+    def _refused(self, request: web.Request, error: ProtocolError) -> None:
+        # 503 is back-pressure the client retries; the rest are a client's mistake. Both
+        # are the operator's to see, neither is the collector's error.
+        level = logging.WARNING if error.http_status >= 500 else logging.INFO
+        cause = f"refused {request.method} {request.path} with {error.http_status}"
+        self.log.report(level, cause, str(error), client=request.remote)
 
     async def _export(self, request: web.Request) -> web.Response:
         self.in_flight += 1
@@ -129,10 +139,25 @@ class HttpFrontEnd:
                 body=encode_message(response, content_type), content_type=content_type
             )
         except ProtocolError as error:
+            self._refused(request, error)
             response = error_response(error, header)
             if request.content_length is None and not request.content.is_eof():
                 await _answer_and_close(request, response)
             return response
-        except Exception:  # never a stack trace to the client; the process keeps serving
-            log.exception("unexpected error handling %s", request.path)
+        except ConnectionResetError as exc:  # the client hung up before its body arrived
+            self.log.report(
+                logging.INFO,
+                f"client hung up during {request.path}",
+                str(exc),
+                client=request.remote,
+            )
+            return error_response(ProtocolError("connection lost"), header)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback; the process keeps serving
+            self.log.report(
+                logging.ERROR,
+                f"unexpected error handling {request.path}",
+                repr(exc),
+                client=request.remote,
+                exc_info=exc,
+            )
             return error_response(ProtocolError("internal error"), header)

@@ -20,7 +20,6 @@ import struct
 import threading
 import time
 import zlib
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import BinaryIO
 from flagscope.collector import failpoints
 from flagscope.collector.errors import LakeError
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
+from flagscope.collector.oplog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class WalWriter:
         self._backlog_checked = 0.0
         self._directory_synced = False
         self._rotate_retry_at = 0.0
-        self._faults = FaultLog(log)
+        self._faults = RateLimitedLog(log)
         self.fsyncs = 0
 
     # -- called from request handlers -------------------------------------------------
@@ -277,7 +277,9 @@ class WalWriter:
             previous = self._open_segment(self._seq + 1)
         except OSError as exc:
             self._rotate_retry_at = time.monotonic() + ROTATE_RETRY_S
-            self._faults.report("could not start a new WAL segment", exc)
+            self._faults.report(
+                logging.ERROR, "could not start a new WAL segment", f"{exc}; retrying"
+            )
             return
         os.close(previous)
 
@@ -295,7 +297,12 @@ class WalWriter:
                     self._rotate()
                 self._refresh_backlog()
             except Exception as exc:  # noqa: BLE001 - no error may leave requests waiting
-                self._faults.report("WAL writer error", exc)
+                self._faults.report(
+                    logging.ERROR,
+                    "WAL writer error",
+                    f"{exc}; retrying",
+                    exc_info=None if isinstance(exc, OSError) else exc,
+                )
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(
@@ -369,30 +376,8 @@ class WalWriter:
                 with contextlib.suppress(FileNotFoundError):  # converted and deleted meanwhile
                     total += path.stat().st_size
         except OSError as exc:  # e.g. out of file descriptors: keep the last figure
-            self._faults.report("could not measure the WAL backlog", exc)
+            self._faults.report(
+                logging.ERROR, "could not measure the WAL backlog", f"{exc}; retrying"
+            )
             return
         self._backlog = total
-
-
-class FaultLog:
-    """Logs an operational fault once per cause and interval, with how often it happened,
-    so a fault that repeats thousands of times a second neither floods nor goes unseen."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def report(self, cause: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last.get(cause, -self.interval_s) < self.interval_s:
-            self._suppressed[cause] += 1
-            return
-        self._last[cause] = now
-        again = self._suppressed.pop(cause, 0)
-        more = f" ({again} more since the last report)" if again else ""
-        if isinstance(exc, OSError):
-            self.logger.error("%s: %s%s; retrying", cause, exc, more)
-        else:
-            self.logger.error("%s%s; retrying", cause, more, exc_info=exc)
