@@ -12,6 +12,7 @@ import base64
 import re
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -56,8 +57,11 @@ def check_encoding(encoding: str | None) -> str:
     return name
 
 
-def decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Inflate at most `limit` bytes; a bomb costs `limit` of memory, never its inflated size."""
+def decompress(
+    body: bytes, encoding: str, limit: int, reserve: Callable[[int], None] | None = None
+) -> bytes:
+    """Inflate at most `limit` bytes; a bomb costs `limit` of memory, never its inflated size.
+    `reserve(n)` is told of each inflated chunk before it is kept (the in-flight budget)."""
     if encoding == "identity":
         if len(body) > limit:
             raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
@@ -70,6 +74,8 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     try:
         while True:
             chunk = inflater.decompress(data, min(_CHUNK, limit + 1 - size))
+            if reserve is not None:
+                reserve(len(chunk))
             size += len(chunk)
             parts.append(chunk)
             if size > limit:

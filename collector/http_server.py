@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -48,8 +49,14 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> Non
     request.protocol.force_close()
 
 
-async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
-    """Read at most `limit` bytes, chunked or not; stop reading as soon as it is exceeded."""
+async def read_body(
+    request: web.Request,
+    limit: int,
+    timeout_s: float,
+    reserve: Callable[[int], None] | None = None,
+) -> bytes:
+    """Read at most `limit` bytes, chunked or not; stop reading as soon as it is exceeded.
+    `reserve(n)` is told of each chunk before it is kept (a body of unknown length)."""
     chunks = []
     size = 0
     try:
@@ -61,6 +68,8 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+                if reserve is not None:
+                    reserve(len(chunk))
                 chunks.append(chunk)
     except TimeoutError as exc:
         raise RequestTimeout(f"request body not received within {timeout_s:g} s") from exc
@@ -126,15 +135,18 @@ class HttpFrontEnd:
                 raise PayloadTooLarge(
                     f"request body of {length} bytes is over the limit of {limit}"
                 )
-            reserved = length if length is not None else limit
-            if encoding != "identity":
-                reserved += limit  # room for the inflated copy
-            self.receiver.budget.acquire(reserved)
+            hold = self.receiver.budget.hold()  # the bytes this request holds, as it goes
             try:
-                body = await read_body(request, limit, self.body_timeout_s)
-                response = await self.receiver.export(signal, body, content_type, encoding)
+                if length is not None:
+                    hold.take(length)
+                body = await read_body(
+                    request, limit, self.body_timeout_s, None if length is not None else hold.take
+                )
+                response = await self.receiver.export(
+                    signal, body, content_type, encoding, hold.take
+                )
             finally:
-                self.receiver.budget.release(reserved)
+                hold.release()
             return web.Response(
                 body=encode_message(response, content_type), content_type=content_type
             )

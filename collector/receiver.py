@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter
+from collections.abc import Callable
 
 from google.protobuf.message import Message
 
@@ -14,25 +16,54 @@ from flagscope.collector.otlp import SIGNAL_CODES, Signal, response_message
 from flagscope.collector.wal import WalFullError, WalWriter
 
 log = logging.getLogger("flagscope.collector")
+Reserve = Callable[[int], None] | None
 
 
 class Budget:
-    """Bytes of request bodies held in memory at once; over it, clients are told to retry."""
+    """Bytes of request bodies held in memory at once; over it, clients are told to retry.
+
+    A request takes what it actually holds, as it comes: the declared length of a body
+    (known before it is read), the chunks of a chunked body as they arrive, the inflated
+    bytes of a gzip body as they are produced (in a decoding thread, hence the lock). A
+    small chunked or gzip request therefore costs its size, not the worst case.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self._lock = threading.Lock()
 
     def acquire(self, size: int) -> None:
-        if self.used + size > self.limit:
-            raise Unavailable(
-                f"collector is busy ({self.used} request bytes in flight); retry later",
-                retry_after_s=1,
-            )
-        self.used += size
+        with self._lock:
+            if self.used + size > self.limit:
+                raise Unavailable(
+                    f"collector is busy ({self.used} request bytes in flight); retry later",
+                    retry_after_s=1,
+                )
+            self.used += size
 
     def release(self, size: int) -> None:
-        self.used -= size
+        with self._lock:
+            self.used -= size
+
+    def hold(self) -> Hold:
+        return Hold(self)
+
+
+class Hold:
+    """What one request holds against the budget; given back at once when it is answered."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        self.budget.acquire(size)
+        self.size += size
+
+    def release(self) -> None:
+        self.budget.release(self.size)
+        self.size = 0
 
 
 class Receiver:
@@ -45,18 +76,27 @@ class Receiver:
         self.budget = Budget(max_inflight_bytes)
         self.counts: Counter[str] = Counter()
 
-    def _decode(self, signal: Signal, body: bytes, content_type: str, encoding: str) -> Prepared:
-        raw = decompress(body, encoding, self.max_request_bytes)
+    def _decode(
+        self, signal: Signal, body: bytes, content_type: str, encoding: str, reserve: Reserve
+    ) -> Prepared:
+        raw = decompress(body, encoding, self.max_request_bytes, reserve)
         return prepare(signal, raw, content_type)
 
     async def export(
-        self, signal: Signal, body: bytes, content_type: str, encoding: str = "identity"
+        self,
+        signal: Signal,
+        body: bytes,
+        content_type: str,
+        encoding: str = "identity",
+        reserve: Reserve = None,
     ) -> Message:
-        """Store a request durably and return the Export*ServiceResponse to send."""
+        """Store a request durably and return the Export*ServiceResponse to send.
+        `reserve(n)` is called for each inflated chunk of a compressed body (`Hold.take`)."""
+        args = (signal, body, content_type, encoding, reserve)
         if len(body) > 65536 or encoding != "identity":
-            prepared = await asyncio.to_thread(self._decode, signal, body, content_type, encoding)
+            prepared = await asyncio.to_thread(self._decode, *args)
         else:
-            prepared = self._decode(signal, body, content_type, encoding)
+            prepared = self._decode(*args)
         if prepared.payload:
             future = self.wal.append(SIGNAL_CODES[signal.name], prepared.payload)
             try:
