@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -36,8 +37,18 @@ def error_response(error: ProtocolError, content_type: str | None) -> web.Respon
     return web.Response(status=status, body=body, content_type=kind, headers=headers)
 
 
-async def _answer_and_close(request: web.Request, response: web.Response) -> None:
-    """Send `response`, then close the connection without reading the rest of the body.
+# A request refused before its body was read (a wrong token, a content type) still has its
+# body on the way: closing at once makes the kernel answer it with a reset, and a client
+# that writes its whole body before reading (every Node.js exporter) sees ECONNRESET or
+# EPIPE instead of the 401. So up to this much of it is read and dropped (not inflated),
+# for at most DISCARD_S, before the connection is closed.
+DISCARD_BYTES = 1024 * 1024
+DISCARD_S = 2.0
+
+
+async def _answer_and_close(request: web.Request, response: web.Response, discard: int = 0) -> None:
+    """Send `response`, then close the connection after dropping at most `discard` bytes
+    of the rest of the body.
 
     For a chunked body still arriving (over the limit, too slow, refused before reading):
     aiohttp would otherwise keep reading and discarding whatever the client sends for its
@@ -46,6 +57,10 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> Non
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
+    with contextlib.suppress(TimeoutError, ConnectionError, web.HTTPException):
+        async with asyncio.timeout(DISCARD_S):
+            while discard > 0 and (chunk := await request.content.readany()):
+                discard -= len(chunk)
     request.protocol.force_close()
 
 
@@ -125,6 +140,7 @@ class HttpFrontEnd:
     async def _handle_export(self, request: web.Request) -> web.Response:
         signal = SIGNALS[request.path.rsplit("/", 1)[1]]
         header = request.headers.get("Content-Type")
+        reading = False  # whether the body has started to be read
         try:
             self._check_auth(request)  # before the body is read or decompressed
             content_type = media_type(header)
@@ -139,6 +155,7 @@ class HttpFrontEnd:
             try:
                 if length is not None:
                     hold.take(length)
+                reading = True
                 body = await read_body(
                     request, limit, self.body_timeout_s, None if length is not None else hold.take
                 )
@@ -154,7 +171,8 @@ class HttpFrontEnd:
             self._refused(request, error)
             response = error_response(error, header)
             if request.content_length is None and not request.content.is_eof():
-                await _answer_and_close(request, response)
+                discard = 0 if reading else DISCARD_BYTES  # refused before the body was read
+                await _answer_and_close(request, response, discard)
             return response
         except ConnectionResetError as exc:  # the client hung up before its body arrived
             self.log.report(
