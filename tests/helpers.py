@@ -53,9 +53,13 @@ class RunningCollector:
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.collector.stop(), self._loop).result(120)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        try:
+            asyncio.run_coroutine_threadsafe(self.collector.stop(), self._loop).result(120)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()  # its self-pipe sockets and executor, as asyncio.run does
 
     def run(self, coro) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
@@ -166,3 +170,13 @@ class CollectorProcess:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(30)
+
+    def close(self) -> None:
+        """Kill the collector if it still runs, and close its stdout and stderr pipes."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()

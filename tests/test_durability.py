@@ -122,13 +122,7 @@ def collectors() -> Iterator[Callable[..., CollectorProcess]]:
 
     yield start
     for process in started:
-        if process.proc is not None:
-            if process.proc.poll() is None:
-                process.proc.kill()
-                process.proc.wait(30)
-            for stream in (process.proc.stdout, process.proc.stderr):
-                if stream is not None:
-                    stream.close()
+        process.close()  # kills it if still running; closes its stdout and stderr pipes
 
 
 class LakeReader(threading.Thread):
@@ -421,9 +415,7 @@ def test_a_second_collector_on_the_same_data_dir_fails_clearly(tmp_path, collect
         second.start(timeout=30)
     assert second.proc is not None
     assert second.proc.wait(30) != 0
-    for stream in (second.proc.stdout, second.proc.stderr):
-        if stream is not None:
-            stream.close()
+    second.close()
     send_all(first, [spans_request(random.Random(49).randbytes(16), 1)])  # still serving
     assert first.terminate() == 0
 

@@ -642,11 +642,11 @@ def test_27_chunked_body_over_limit_413_and_reading_stops_near_limit(server):
         sent, answer = 0, b""
         writing = reading = True
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-        sock.connect(("127.0.0.1", server.collector.http_port))
-        sock.setblocking(False)
-        deadline = time.monotonic() + 15
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            sock.connect(("127.0.0.1", server.collector.http_port))
+            sock.setblocking(False)
+            deadline = time.monotonic() + 15
             while reading and time.monotonic() < deadline:
                 writing = writing and sent < len(stream)
                 if sent == len(stream) and b"\r\n\r\n" in answer:
@@ -746,8 +746,10 @@ def test_31_inflight_budget_exhausted_503_retry_after_then_200(tmp_path):
         held_body, held_id = sized_request(limit(srv))
         body, trace_id = one_span()
         json_body = dumps(otlp_json(traces(make_span(json_id := new_trace_id()))))
-        with nothing_stored(srv, trace_id, json_id, others=1):  # the held request
-            holder = socket.create_connection(("127.0.0.1", srv.collector.http_port), timeout=30)
+        with (
+            nothing_stored(srv, trace_id, json_id, others=1),  # the held request
+            socket.create_connection(("127.0.0.1", srv.collector.http_port), timeout=30) as holder,
+        ):
             holder.sendall(
                 b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/x-protobuf\r\n"
@@ -765,7 +767,6 @@ def test_31_inflight_budget_exhausted_503_retry_after_then_200(tmp_path):
                 status_body(reply, content_type)
             holder.sendall(held_body[1000:])
             assert holder.recv(100).startswith(b"HTTP/1.1 200")
-            holder.close()
         for sent, content_type, sent_id in ((body, PB, trace_id), (json_body, JSON, json_id)):
             assert post(srv, "/v1/traces", sent, content_type).status == 200
             wait_rows(srv, "trace_id = ?", [sent_id.hex()], 1)

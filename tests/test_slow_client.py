@@ -12,6 +12,7 @@ from tests.helpers import RunningCollector, make_settings
 
 def test_a_slow_body_is_refused_after_the_timeout_while_others_are_served(tmp_path, otlp_examples):
     running = RunningCollector(make_settings(tmp_path, body_timeout_s=1.0)).start()
+    slow = None
     try:
         slow = socket.create_connection(("127.0.0.1", running.collector.http_port), timeout=10)
         slow.sendall(
@@ -44,6 +45,7 @@ def test_a_slow_body_is_refused_after_the_timeout_while_others_are_served(tmp_pa
         elapsed = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
         assert 0.9 < elapsed < 3.0
-        slow.close()
     finally:
+        if slow is not None:
+            slow.close()
         running.stop()

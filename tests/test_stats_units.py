@@ -210,3 +210,10 @@ def test_stats_package_imports_only_the_standard_library_and_itself() -> None:
                 assert name.split(".")[0] in allowed, (path.name, name)
                 if name.startswith("flagscope"):
                     assert name.startswith("flagscope.analysis.stats"), (path.name, name)
+
+
+def test_srm_shares_whose_sum_overflows_are_invalid_input_not_an_error() -> None:
+    """Found by hypothesis: fsum of the shares raised OverflowError."""
+    result = srm_test({"a": 10, "b": 12}, {"a": 2.83e296, "b": 1.80e308})
+    assert result.status is Status.INVALID_INPUT
+    assert srm_test({"a": 10, "b": 12}, {"a": 1e300, "b": 1e300}).status is Status.OK

@@ -59,7 +59,11 @@ def srm_test(observed: Mapping[str, int], expected_share: Mapping[str, float]) -
     df = len(expected_share) - 1
     if total == 0:
         return SrmResult(0.0, df, 1.0, Status.NO_DATA)
-    share_total = math.fsum(expected_share.values())
+    # Shares are scaled by the largest first: their sum cannot overflow a double.
+    largest = max(expected_share.values())
+    share_total = math.fsum(share / largest for share in expected_share.values()) * largest
+    if not math.isfinite(share_total):
+        return _invalid()  # shares too large for doubles
     chi2 = 0.0
     for variant, share in expected_share.items():
         expected = total * (share / share_total)
