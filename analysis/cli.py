@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flagscope import __version__
 from flagscope.analysis.render.text import printable
 from flagscope.collector import config
 from flagscope.collector.errors import ConfigError, FlagscopeError
@@ -24,13 +23,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lake", dest="lake_dir", help="the Parquet lake directory")
 
 
+class _Version(argparse.Action):
+    """`--version`, looked up only when given (argparse's own wants the string up front)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import flagscope
+
+        print(f"flagscope {flagscope.__version__}")  # on stdout, as argparse's own
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagscope",
         description="Receive OpenTelemetry, keep it as wide events in a Parquet lake, and "
         "tell whether a feature flag's cohort is worse off than baseline.",
     )
-    parser.add_argument("--version", action="version", version=f"flagscope {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the OTLP collector (HTTP :4318, gRPC :4317)")

@@ -60,7 +60,7 @@ class Collector:
         self._http: HttpFrontEnd | None = None
         self._grpc: aio.Server | None = None
         self._processes: list[SpawnProcess] = []
-        self._ready: list[Event] = []  # per lake writer: set once it runs
+        self._ready: dict[int, Event] = {}  # per lake writer index: set once it runs
         self._drain: Event | None = None
         self._context: SpawnContext | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -102,7 +102,8 @@ class Collector:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     async def _workers_ready(self) -> None:
-        for process, ready in zip(self._processes, self._ready, strict=True):
+        for index, process in enumerate(self._processes):
+            ready = self._ready[index]
             if not await asyncio.to_thread(ready.wait, WORKER_START_TIMEOUT_S):
                 log.warning(
                     "lake writer %s has not started after %.0f s; listening anyway "
@@ -116,7 +117,7 @@ class Collector:
         if context is None or drain is None:
             raise RuntimeError("lake writers are started by _start_workers()")
         ready = context.Event()
-        self._ready[index : index + 1] = [ready]
+        self._ready[index] = ready
         process = context.Process(
             target=run_worker,
             args=(self.settings, index, self.workers, os.getpid(), drain, ready),

@@ -6,9 +6,17 @@ this name: `flagscope.collector` (collector/: OTLP in, WAL, Parquet lake) and
 the package root: the version and `python -m flagscope`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+# Every import of any flagscope module runs this file (every CLI command, every lake
+# writer process): the version is looked up only when asked for (importlib.metadata
+# alone costs ~35 ms).
 
-try:
-    __version__ = version("flagscope")
-except PackageNotFoundError:  # running from a checkout that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    if name != "__version__":
+        raise AttributeError(f"module 'flagscope' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flagscope")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0+unknown"

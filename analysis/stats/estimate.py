@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from statistics import NormalDist
-from typing import TypedDict, Unpack
+from typing import Any
 
 _STANDARD_NORMAL = NormalDist()
 
@@ -194,22 +194,6 @@ def normal_estimate(
     return checked(est)
 
 
-class FloatChanges(TypedDict, total=False):
-    """Float fields of an :class:`Estimate`, by name, for :func:`with_sequential`."""
-
-    control: float
-    treatment: float
-    diff: float
-    diff_lo: float
-    diff_hi: float
-    rel: float
-    rel_lo: float
-    rel_hi: float
-    se: float
-    p_value: float
-    alpha: float
-
-
-def with_sequential(est: Estimate, **changes: Unpack[FloatChanges]) -> Estimate:
+def with_sequential(est: Estimate, **changes: Any) -> Estimate:  # float fields of Estimate
     """Copy of ``est`` marked as an always-valid (sequential) result."""
     return checked(replace(est, sequential=True, **changes))

@@ -79,25 +79,46 @@ def translate(exc: duckdb.Error, lake: Path) -> LakeError:
     return LakeError(f"reading the lake at {lake} failed: {exc}")
 
 
+def _open(lake: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
+    """A fresh connection with the lake's views (DuckDB's errors come out raw)."""
+    con = duckdb.connect()
+    try:
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        define_views(con, lake)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _retrying(lake: Path, attempt: Callable[[], T]) -> T:
+    """`attempt()` again (up to ATTEMPTS) while it raced compaction; DuckDB's errors
+    otherwise become `LakeError`s."""
+    for number in range(1, ATTEMPTS + 1):
+        try:
+            return attempt()
+        except duckdb.Error as exc:
+            if number == ATTEMPTS or not raced_compaction(exc):
+                raise translate(exc, lake) from exc
+            time.sleep(0.05)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def run(
     lake: Path, work: Callable[[duckdb.DuckDBPyConnection], T], threads: int | None = None
 ) -> T:
     """`work(con)` on a fresh connection with the lake's views; run again from the start
     when it raced compaction. DuckDB errors come out as `LakeError`s."""
-    for attempt in range(1, ATTEMPTS + 1):
-        con = duckdb.connect()
+
+    def attempt() -> T:
+        con = _open(lake, threads)
         try:
-            if threads:
-                con.execute(f"SET threads = {int(threads)}")
-            define_views(con, lake)
             return work(con)
-        except duckdb.Error as exc:
-            if attempt == ATTEMPTS or not raced_compaction(exc):
-                raise translate(exc, lake) from exc
-            time.sleep(0.05)
         finally:
             con.close()
-    raise AssertionError("unreachable: the last attempt returns or raises")
+
+    return _retrying(lake, attempt)
 
 
 def fetch(lake: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -113,19 +134,4 @@ def fetch(lake: Path, sql: str, params: Any = None) -> tuple[list[str], list[tup
 def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A connection with the lake's views, for a caller that runs several queries and
     handles a compaction race itself (tests, benchmarks); prefer `run` or `fetch`."""
-    con = duckdb.connect()
-    try:
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                define_views(con, lake)
-                return con
-            except duckdb.Error as exc:
-                if attempt == ATTEMPTS or not raced_compaction(exc):
-                    raise translate(exc, lake) from exc
-                time.sleep(0.05)
-    except BaseException:
-        con.close()
-        raise
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    return _retrying(lake, lambda: _open(lake, threads))
