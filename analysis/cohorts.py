@@ -1,15 +1,23 @@
 """The SQL that forms a flag's cohorts and reduces them to sufficient statistics (DESIGN contract 3).
 
-- A request is an entry span: a SERVER span, or a root span (not a flag evaluation's own
-  `feature_flag.evaluation` span; `is_entry` in the lake).
+- An entry span is a SERVER span, or a root span (not a flag evaluation's own
+  `feature_flag.evaluation` span; `is_entry` in the lake). A *request*, for the overall
+  numbers, is what the end user experienced: one per trace, its edge — the root entry
+  span, else the trace's earliest entry span — so a checkout through three services is one
+  request and at most one error. The per-(service, route) breakdown counts every entry
+  span of that service. With --service or --route, every entry span asked for counts.
 - A trace belongs to the variant of the flag's first evaluation anywhere in it (often a
   child span of another service), so the whole request is labelled.
 - The unit is the user: the evaluation's targeting key, else the request's own user id,
   else (no user known) the trace itself.
-- A user seen in both compared variants (crossover) keeps the first variant: requests of
-  their traces under the other variant are left out, and the count is reported.
+- A unit seen in both compared variants (crossover) keeps the first of them: requests of
+  its traces under the other variant are left out, and the count is reported. Both the
+  evaluations naming a user and the requests carrying one (when the evaluation names
+  nobody, as OpenFeature JS's TracingHook) say which variants a unit saw; evaluations of
+  a third variant do not count.
 - Test traffic is excluded by trace (any test marker in the trace) and by user (a user
-  ever marked as a tester), unless asked to include it or to look only at it.
+  ever marked as a tester, anywhere in the lake), unless asked to include it or to look
+  only at it.
 
 The SQL runs in three stages, each a method of the previous stage's result, so they
 cannot run out of order: `Evaluations.collect` (the flag's evaluations around the window)
@@ -32,6 +40,7 @@ import duckdb
 
 from flagscope.analysis.result import TrafficFilter
 from flagscope.analysis.stats import RatioStats
+from flagscope.analysis.stats.mix import Totals, linearize, linearized_variance, pooled_weights
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # Probabilities around each quantile at which the empirical quantile function is read,
@@ -95,10 +104,14 @@ WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
   AND trace_key IS NOT NULL AND map_contains(flags, $flag) AND flags[$flag] IS NOT NULL
 """
 
+# Test traffic: traces marked in the window (± slack), and users ever marked as testers
+# (one boolean column scanned across the lake: a tester marked last week is still staff).
 _TESTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_tests AS
-SELECT trace_key, {_user_hash("user_id")} AS user_hash FROM events_raw
-WHERE is_test AND time >= $start - {_SLACK} AND time < $end + {_SLACK}
+SELECT trace_key, NULL::UBIGINT AS user_hash FROM events_raw
+WHERE is_test AND trace_key IS NOT NULL AND time >= $start - {_SLACK} AND time < $end + {_SLACK}
+UNION ALL
+SELECT DISTINCT NULL, hash(user_id) FROM events_raw WHERE is_test AND user_id IS NOT NULL
 """
 
 # A trace's arm and unit: those of its first evaluation (of the first one naming a user);
@@ -122,15 +135,38 @@ SELECT trace_key, arm, user_hash AS eval_user,
 FROM (SELECT trace_key, {_ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTHER}
 """
 
-# Users who evaluated both compared variants (crossover) with their first one, and test
-# users: one table, so that each request needs one lookup by user.
+# Every entry span of the window in a traced, compared variant: its arm, unit (the
+# evaluation's user, else the request's own user id) and whether it is the trace's root.
+# (--service and --route apply in _LABELLED_SQL.)
+_ENTRIES_SQL = f"""
+CREATE OR REPLACE TEMP TABLE fs_entries AS
+SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
+       coalesce(t.eval_user, {_user_hash("r.user_id")}) AS user_hash,
+       t.eval_user IS NULL AND r.user_id IS NOT NULL AS request_user,
+       coalesce(r.parent_span_id, '') = '' AS root,
+       coalesce(r.service_name, 'unknown_service') AS service_name,
+       trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
+       coalesce(r.http_route, r.name) AS path, r.time, r.duration_ms, r.is_error
+FROM events_raw r JOIN fs_traces t USING (trace_key)
+WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
+"""
+
+# Users seen in both compared variants (crossover), with the first compared variant they
+# saw. A user is known from the evaluations that name one and, where the evaluation names
+# nobody (OpenFeature JS's TracingHook sends no targeting key), from the request's own
+# user id: the unit the request is counted under. Evaluations of other variants neither
+# make a crossover nor count as the first one.
 _USER_FIRST_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_user_first AS
-SELECT user_hash, arg_min(arm, time) AS first_arm
-FROM (SELECT time, {_ARM} AS arm, user_hash FROM fs_evals WHERE user_hash IS NOT NULL)
-GROUP BY user_hash
-HAVING min(arm) FILTER (WHERE arm <> {OTHER}) <> max(arm) FILTER (WHERE arm <> {OTHER})
+SELECT user_hash, arg_min(arm, time) AS first_arm FROM (
+    SELECT time, arm, user_hash FROM (SELECT time, {_ARM} AS arm, user_hash FROM fs_evals)
+    WHERE user_hash IS NOT NULL AND arm <> {OTHER}
+    UNION ALL
+    SELECT time, arm, user_hash FROM fs_entries WHERE request_user
+)
+GROUP BY user_hash HAVING min(arm) <> max(arm)
 """
+# … and test users: one table, so that each request needs one lookup by user.
 _USER_MARKS_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_user_marks AS
 SELECT user_hash, max(first_arm) AS first_arm, bool_or(tester) AS tester FROM (
@@ -139,26 +175,16 @@ SELECT user_hash, max(first_arm) AS first_arm, bool_or(tester) AS tester FROM (
     SELECT user_hash, NULL, true FROM fs_tests WHERE user_hash IS NOT NULL
 ) GROUP BY user_hash
 """
-_LABELLED_SQL = f"""
+_LABELLED_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_labelled AS
-WITH r AS (
-    SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
-           coalesce(t.eval_user, {_user_hash("r.user_id")}) AS user_hash,
-           coalesce(r.service_name, 'unknown_service') AS service_name,
-           trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
-           r.time, r.duration_ms, r.is_error
-    FROM events_raw r JOIN fs_traces t USING (trace_key)
-    WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
-      AND ($service IS NULL OR r.service_name = $service)
-      AND ($route IS NULL OR coalesce(r.http_route, r.name) = $route
-           OR trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) = $route)
-)
-SELECT r.arm AS cohort, coalesce(r.user_hash, hash(r.trace_key)) AS unit,
-       r.user_hash IS NULL AS no_user, hash(r.service_name, r.route) AS stratum,
-       r.service_name, r.route, r.time, r.duration_ms, r.is_error::UTINYINT AS err,
-       r.trace_key, r.span_key, r.test_trace OR coalesce(um.tester, false) AS is_test,
-       coalesce(r.arm <> um.first_arm, false) AS crossed
-FROM r LEFT JOIN fs_user_marks um USING (user_hash)
+SELECT e.arm AS cohort, coalesce(e.user_hash, hash(e.trace_key)) AS unit,
+       e.user_hash IS NULL AS no_user, hash(e.service_name, e.route) AS stratum,
+       e.service_name, e.route, e.time, e.duration_ms, e.is_error::UTINYINT AS err,
+       e.trace_key, e.span_key, e.root, e.test_trace OR coalesce(um.tester, false) AS is_test,
+       coalesce(e.arm <> um.first_arm, false) AS crossed
+FROM fs_entries e LEFT JOIN fs_user_marks um USING (user_hash)
+WHERE ($service IS NULL OR e.service_name = $service)
+  AND ($route IS NULL OR e.path = $route OR e.route = $route)
 """
 
 # A client that retried may have delivered a span twice. Checking is cheap; removing
@@ -222,6 +248,18 @@ class UnitSums:
 
     overall: dict[str, CohortSums]  # by cohort name; a cohort without requests is absent
     strata: tuple[CohortSums, ...]  # ordered by service, route, cohort
+    # metric ("error_rate", "mean_latency") → cohort → its route-mix adjusted moments
+    adjusted: dict[str, dict[str, AdjustedMoments]]
+
+
+@dataclass(frozen=True)
+class AdjustedMoments:
+    """One cohort's route-mix adjusted ratio (`stats.mix`) with its linearised variance,
+    over the edge requests of `units` users."""
+
+    estimate: float
+    variance: float
+    units: int
 
 
 class Evaluations:
@@ -252,20 +290,29 @@ class Evaluations:
         one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
         arms = {"treatment": q.treatment, "baseline": q.baseline}
         con.execute(_TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL, arms)
+        # Crossover is found over every entry span, before --service / --route narrow the
+        # compared set: a filter must not change who counts as a crossover user.
+        con.execute(_ENTRIES_SQL, {"start": q.start, "end": q.end})
         con.execute(_USER_FIRST_SQL, arms)
         con.execute(_USER_MARKS_SQL)
-        con.execute(
-            _LABELLED_SQL,
-            {"start": q.start, "end": q.end, "service": q.service, "route": q.route},
-        )
+        con.execute(_LABELLED_SQL, {"service": q.service, "route": q.route})
         excluded, duplicates = _exclusions(con)
         if duplicates:
             con.execute(_DEDUP_SQL)
             excluded, _ = _exclusions(con)
+        # The overall numbers count what the end user experienced: one request per trace,
+        # its edge (the root entry span, else the earliest); a service or route filter
+        # asks for that service's own entry spans, every one of them.
+        edge = (
+            "true"
+            if q.service is not None or q.route is not None
+            else "coalesce(span_key = first_value(span_key) OVER (PARTITION BY trace_key "
+            "ORDER BY NOT root, time, span_key), root)"
+        )
         con.execute(
-            "CREATE OR REPLACE TEMP VIEW fs_requests AS "
-            "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err "
-            f"FROM fs_labelled WHERE NOT crossed AND {_KEEP[q.test_mode]}"
+            "CREATE OR REPLACE TEMP TABLE fs_requests AS "
+            "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err, "
+            f"{edge} AS edge FROM fs_labelled WHERE NOT crossed AND {_KEEP[q.test_mode]}"
         )
         return LabelledRequests(con, excluded)
 
@@ -331,48 +378,57 @@ class LabelledRequests:
         self.excluded = excluded
 
     def unit_sums(self) -> UnitSums:
-        """Stage 3: per cohort, and per cohort and stratum (service, route), the sufficient
-        statistics of the delta method and of the cluster-aware quantile intervals.
+        """Stage 3: per cohort (over edge requests), and per cohort and stratum (service,
+        route; over every entry span), the sufficient statistics of the delta method and
+        of the cluster-aware quantile intervals; and the route-mix adjusted moments.
 
-        Pass 1 reads the empirical quantile functions on `quantile_grid()` (both levels in
-        one GROUPING SETS query). Pass 2 sums per unit (user) and stratum in one scan: req,
-        err, lat, and b{k} / o{k} = requests at or below the k-th quantile estimate of the
-        stratum / of the whole cohort; then across units — for strata from those rows, for
-        cohorts after adding each unit's strata up.
+        Pass 1 reads the empirical quantile functions on `quantile_grid()`. Pass 2 sums per
+        unit (user) and stratum in one scan (`fs_per_unit`): req, err, lat, and b{k} / o{k}
+        = requests at or below the k-th quantile estimate of the stratum / of the whole
+        cohort, and the same sums over edge requests only; then across units — for strata
+        from those rows, for cohorts after adding each unit's strata up. Pass 3
+        (`_adjusted`) evaluates each unit's influence on the post-stratified estimate.
         """
         con = self._con
         grid = list(quantile_grid())
         ks = range(len(QUANTILES))
         con.execute(
             "CREATE OR REPLACE TEMP TABLE fs_quantiles AS "
+            "SELECT cohort, NULL::UBIGINT AS stratum, quantile_cont(duration_ms, $grid::DOUBLE[]) "
+            "AS qs, NULL AS service_name, NULL AS route FROM fs_requests WHERE edge GROUP BY ALL "
+            "UNION ALL "
             "SELECT cohort, stratum, quantile_cont(duration_ms, $grid::DOUBLE[]) AS qs, "
             "any_value(service_name) AS service_name, any_value(route) AS route "
-            "FROM fs_requests GROUP BY GROUPING SETS ((cohort), (cohort, stratum))",
+            "FROM fs_requests GROUP BY cohort, stratum",
             {"grid": grid},
         )
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE fs_cuts AS
             SELECT s.cohort, s.stratum, {_columns_at(grid, "s", "cut")},
                    {_columns_at(grid, "o", "ocut")}
-            FROM fs_quantiles s JOIN fs_quantiles o ON o.cohort = s.cohort AND o.stratum IS NULL
+            FROM fs_quantiles s LEFT JOIN fs_quantiles o
+              ON o.cohort = s.cohort AND o.stratum IS NULL
             WHERE s.stratum IS NOT NULL""")
         below = ", ".join(
             f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "
-            f"count(*) FILTER (WHERE r.duration_ms <= c.ocut{k}) AS o{k}"
+            f"count(*) FILTER (WHERE r.edge AND r.duration_ms <= c.ocut{k}) AS o{k}"
             for k in ks
         )
-        result = con.execute(f"""
-        WITH per_unit AS MATERIALIZED (
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE fs_per_unit AS
             SELECT r.cohort, r.stratum, r.unit, count(*) AS req, sum(r.err) AS err,
-                   sum(r.duration_ms) AS lat, {below}
+                   sum(r.duration_ms) AS lat, count(*) FILTER (WHERE r.edge) AS ereq,
+                   coalesce(sum(r.err) FILTER (WHERE r.edge), 0) AS eerr,
+                   coalesce(sum(r.duration_ms) FILTER (WHERE r.edge), 0) AS elat, {below}
             FROM fs_requests r JOIN fs_cuts c USING (cohort, stratum)
-            GROUP BY ALL
-        ), per_cohort_unit AS (
-            SELECT cohort, unit, sum(req) AS req, sum(err) AS err, sum(lat) AS lat,
+            GROUP BY ALL""")
+        result = con.execute(f"""
+        WITH per_cohort_unit AS (
+            SELECT cohort, unit, sum(ereq) AS req, sum(eerr) AS err, sum(elat) AS lat,
                    {", ".join(f"sum(o{k}) AS o{k}" for k in ks)}
-            FROM per_unit GROUP BY ALL
+            FROM fs_per_unit GROUP BY ALL HAVING sum(ereq) > 0
         ), totals AS (
-            SELECT cohort, stratum, {_sums("b")} FROM per_unit GROUP BY ALL
+            SELECT cohort, stratum, {_sums("b")} FROM fs_per_unit GROUP BY ALL
             UNION ALL
             SELECT cohort, NULL, {_sums("o")} FROM per_cohort_unit GROUP BY ALL
         )
@@ -401,7 +457,60 @@ class LabelledRequests:
                 overall[sums.cohort] = sums
             else:
                 strata.append(sums)
-        return UnitSums(overall, tuple(strata))
+        return UnitSums(overall, tuple(strata), self._adjusted())
+
+    def _adjusted(self) -> dict[str, dict[str, AdjustedMoments]]:
+        """Pass 3: per cohort, the post-stratified error rate and mean latency over edge
+        requests (strata: the edge's service and route) and their linearised variances
+        (`stats.mix`): the stratum totals give each stratum's coefficients, then one pass
+        over `fs_per_unit` sums every unit's φ² (its strata together: a user's routes are
+        correlated, which is why this is not a sum of per-stratum variances)."""
+        con = self._con
+        rows = con.execute(
+            "SELECT cohort, stratum, sum(eerr), sum(elat), sum(ereq) FROM fs_per_unit "
+            "WHERE ereq > 0 GROUP BY ALL"
+        ).fetchall()
+        metrics = {"error_rate": 2, "mean_latency": 3}
+        by_cohort: dict[int, dict[str, dict[int, Totals]]] = {}
+        for row in rows:
+            for metric, column in metrics.items():
+                own = by_cohort.setdefault(row[0], {}).setdefault(metric, {})
+                own[row[1]] = Totals(float(row[column]), float(row[4]))
+        if len(by_cohort) != 2:
+            return {}
+        treatment, baseline = by_cohort.get(TREATMENT, {}), by_cohort.get(BASELINE, {})
+        coefficients = []
+        estimates: dict[tuple[str, int], float] = {}
+        for metric in metrics:
+            weights = pooled_weights(treatment[metric], baseline[metric])
+            for cohort, own in ((TREATMENT, treatment[metric]), (BASELINE, baseline[metric])):
+                lin = linearize(own, weights)
+                estimates[metric, cohort] = lin.estimate
+                coefficients += [
+                    (metric, cohort, k, a, b) for k, (a, b) in lin.coefficients.items()
+                ]
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fs_mix_coefficients "
+            "(metric VARCHAR, cohort UTINYINT, stratum UBIGINT, a DOUBLE, b DOUBLE)"
+        )
+        con.executemany("INSERT INTO fs_mix_coefficients VALUES (?, ?, ?, ?, ?)", coefficients)
+        phi = con.execute("""
+            SELECT metric, cohort, count(*), sum(phi * phi) FROM (
+                SELECT k.metric, u.cohort, u.unit, sum(k.a * CASE k.metric
+                    WHEN 'error_rate' THEN u.eerr ELSE u.elat END - k.b * u.ereq) AS phi
+                FROM fs_per_unit u JOIN fs_mix_coefficients k USING (cohort, stratum)
+                WHERE u.ereq > 0 GROUP BY ALL)
+            GROUP BY ALL""").fetchall()
+        out: dict[str, dict[str, AdjustedMoments]] = {}
+        for metric, cohort, units, sum_phi2 in phi:
+            out.setdefault(metric, {})["treatment" if cohort == TREATMENT else "baseline"] = (
+                AdjustedMoments(
+                    estimates[metric, cohort],
+                    linearized_variance(int(units), float(sum_phi2)),
+                    int(units),
+                )
+            )
+        return out
 
     def time_series(self, bucket_seconds: int) -> list[dict[str, Any]]:
         """Per cohort and time bucket: requests, errors, p95 latency (the report's charts)."""

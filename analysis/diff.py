@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from flagscope.analysis.cohorts import (
     CohortSums,
     Evaluations,
     LabelledRequests,
+    UnitSums,
 )
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.result import (
@@ -35,8 +37,9 @@ from flagscope.analysis.result import (
 )
 from flagscope.analysis.stats import (
     Estimate,
+    Method,
     SrmResult,
-    benjamini_hochberg,
+    Status,
     error_rate_difference,
     quantile_difference,
     quantile_rank_interval,
@@ -44,7 +47,12 @@ from flagscope.analysis.stats import (
     sequential_estimate,
     srm_test,
 )
-from flagscope.analysis.stats.mix import post_stratified_difference
+from flagscope.analysis.stats.estimate import degenerate
+from flagscope.analysis.stats.mix import (
+    post_stratified_difference,
+    post_stratified_rate_difference,
+)
+from flagscope.analysis.stats.multiple import weighted_benjamini_hochberg
 from flagscope.analysis.summary import summarize
 from flagscope.analysis.verdict import Verdict, judge, overall_verdict
 from flagscope.collector.lake.read import run
@@ -62,6 +70,15 @@ def known_flags(con: duckdb.DuckDBPyConnection) -> list[str]:
         "SELECT DISTINCT unnest(map_keys(flags)) FROM events_raw WHERE cardinality(flags) > 0"
     ).fetchall()
     return sorted(r[0] for r in rows)
+
+
+def lake_variants(con: duckdb.DuckDBPyConnection, flag: str) -> set[str]:
+    """Every variant of `flag` anywhere in the lake."""
+    rows = con.execute(
+        "SELECT DISTINCT flags[$flag] FROM events_raw WHERE map_contains(flags, $flag)",
+        {"flag": flag},
+    ).fetchall()
+    return {r[0] for r in rows if r[0] is not None}
 
 
 def lake_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime | None, datetime | None]:
@@ -165,23 +182,62 @@ def estimates(
     return out
 
 
-def mix_adjusted(strata: list[tuple[CohortSums, CohortSums]], alpha: float) -> dict[str, Estimate]:
-    """Error rate and mean latency re-weighted to the pooled (service, route) mix
-    (`stats.mix.post_stratified_difference`), from each stratum's (treatment, baseline)."""
-    return {
-        "error_rate": post_stratified_difference([(t.errors, c.errors) for t, c in strata], alpha),
-        "mean_latency": post_stratified_difference(
-            [(t.latency, c.latency) for t, c in strata], alpha
-        ),
-    }
+def mix_adjusted(sums: UnitSums, alpha: float) -> dict[str, Estimate]:
+    """Error rate and mean latency over edge requests, re-weighted to the pooled mix of
+    edge (service, route) strata, with user-level (linearised) variances (`stats.mix`);
+    the error rate falls back to Newcombe on effective counts when errors are rare."""
+    out: dict[str, Estimate] = {}
+    t_rows, c_rows = sums.overall["treatment"], sums.overall["baseline"]
+    for metric in ("error_rate", "mean_latency"):
+        moments = sums.adjusted.get(metric, {})
+        t, c = moments.get("treatment"), moments.get("baseline")
+        if t is None or c is None:
+            out[metric] = degenerate(Status.NO_DATA, alpha, Method.DELTA)
+        elif min(t.units, c.units) < 2:
+            out[metric] = degenerate(Status.TOO_FEW_USERS, alpha, Method.DELTA)
+        elif metric == "error_rate":
+            out[metric] = post_stratified_rate_difference(
+                (t.estimate, t.variance),
+                (c.estimate, c.variance),
+                t_rows.errors,
+                c_rows.errors,
+                alpha,
+            )
+        else:
+            out[metric] = post_stratified_difference(
+                (t.estimate, t.variance), (c.estimate, c.variance), alpha
+            )
+    return out
 
 
 def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> dict[str, Estimate]:
     """The estimates as reported: always-valid ones in sequential mode (so that p-values,
-    and the Benjamini–Hochberg correction on them, are the sequential ones too)."""
+    and the multiple-testing correction on them, are the sequential ones too)."""
     if not options.sequential:
         return estimates
-    return {m: sequential_estimate(e, users, options.alpha) for m, e in estimates.items()}
+    return {
+        m: sequential_estimate(e, users, options.alpha, options.expected_users)
+        for m, e in estimates.items()
+    }
+
+
+# Share of the false-alarm budget the route-mix adjusted overall tests get in the one
+# weighted Benjamini–Hochberg family of decisive tests; the routes share the rest.
+OVERALL_WEIGHT = 0.5
+
+
+def decisive_q_values(overall: list[float], routes: list[float]) -> tuple[list[float], list[float]]:
+    """q-values of the tests that can decide the verdict, as one weighted BH family:
+    the overall tests together carry OVERALL_WEIGHT of the weight, the routes the rest."""
+    m = len(overall) + len(routes)
+    if not routes:
+        return weighted_benjamini_hochberg(overall, [1.0] * len(overall)), []
+    w_overall = OVERALL_WEIGHT * m / len(overall)
+    w_route = (1 - OVERALL_WEIGHT) * m / len(routes)
+    q = weighted_benjamini_hochberg(
+        overall + routes, [w_overall] * len(overall) + [w_route] * len(routes)
+    )
+    return q[: len(overall)], q[len(overall) :]
 
 
 # -- the diff ------------------------------------------------------------------------------
@@ -263,6 +319,24 @@ def _run(
             f"{options.start:%Y-%m-%d %H:%M} and {options.end:%Y-%m-%d %H:%M} UTC; "
             f"the lake holds {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC",
         )
+    named = [v for v in (options.variant, options.baseline) if v is not None]
+    absent = [v for v in named if v not in available]
+    if len(available) < 2 or absent:
+        # A first look after a rollout starts may see one variant only: no data yet, not a
+        # usage error — unless a named variant was never seen at all (a typo).
+        seen = lake_variants(con, options.flag)
+        if all(v in seen for v in absent):
+            only = ", ".join(repr(v) for v in available)
+            still = (
+                f"none of {', '.join(repr(v) for v in absent)} yet"
+                if absent
+                else "no second variant to compare with yet"
+            )
+            return None, _no_data(
+                options,
+                f"flag {options.flag!r} has evaluations of only {only} between "
+                f"{options.start:%Y-%m-%d %H:%M} and {options.end:%Y-%m-%d %H:%M} UTC; {still}",
+            )
     variant, baseline = choose_variants(options.flag, available, options.variant, options.baseline)
     options = replace(options, variant=variant, baseline=baseline)
     query = CohortQuery(
@@ -294,20 +368,41 @@ def _run(
     treatment, base = _summary(t, variant), _summary(c, baseline)
     users = (treatment.users, base.users)
     errors = (t.errors.sum_x, c.errors.sum_x)
+    limits = options.thresholds
 
-    def results(ests: dict[str, Estimate]) -> tuple[MetricResult, ...]:
-        return tuple(
-            MetricResult(m, e, judge(m, e, options.thresholds, users, errors))
-            for m, e in _final(ests, sum(users), options).items()
-        )
-
-    metrics = results(estimates(t, c, options.alpha))
-    breakdown, pairs = _breakdown(sums.strata, variant, baseline, options)
-    adjusted = results(mix_adjusted(pairs, options.alpha))
+    plain = _final(estimates(t, c, options.alpha), sum(users), options)
+    metrics = tuple(
+        MetricResult(m, e, judge(m, e, limits, users, errors)) for m, e in plain.items()
+    )
+    mixed = _final(mix_adjusted(sums, options.alpha), sum(users), options)
+    routes = _route_estimates(sums, options)
+    q_overall, q_routes = decisive_q_values(
+        [e.p_value for e in mixed.values()],
+        [e.p_value for route in routes for e in route.estimates.values()],
+    )
+    adjusted = tuple(
+        MetricResult(m, e, judge(m, e, limits, users, errors, q), q)
+        for (m, e), q in zip(mixed.items(), q_overall, strict=True)
+    )
+    breakdown = _breakdown(routes, iter(q_routes), variant, baseline, options)
     health, srm = _health(options, treatment, base, excluded)
+    decisive = [(f"overall {m.metric} (route-mix adjusted)", m.judgement) for m in adjusted]
+    decisive += [
+        (f"{s.service} {s.route} {m.metric}", m.judgement) for s in breakdown for m in s.metrics
+    ]
+    # PASS claims harm is ruled out for what the users experienced: every overall metric
+    # (a tail regression that moves no mean still hurts) and every route with enough
+    # users in both cohorts to have an answer.
+    ruled_out = decisive[: len(adjusted)] + [(f"overall {m.metric}", m.judgement) for m in metrics]
+    ruled_out += [
+        (f"{s.service} {s.route} {m.metric}", m.judgement)
+        for s in breakdown
+        if min(s.treatment.users, s.baseline.users) >= limits.min_users
+        for m in s.metrics
+    ]
     verdict, reason = overall_verdict(
-        [(f"overall {m.metric} (route-mix adjusted)", m.judgement) for m in adjusted],
-        [(f"{s.service} {s.route} {m.metric}", m.judgement) for s in breakdown for m in s.metrics],
+        decisive,
+        ruled_out,
         [(h.name, h.detail) for h in health if not h.ok and h.name != "sample_size"],
     )
     summary = summarize(options, treatment, base, adjusted, breakdown, verdict, excluded)
@@ -327,45 +422,63 @@ def _run(
     )
 
 
-def _breakdown(
-    rows: tuple[CohortSums, ...], variant: str, baseline: str, options: DiffOptions
-) -> tuple[tuple[StratumResult, ...], list[tuple[CohortSums, CohortSums]]]:
-    """Per (service, route) present in both cohorts: estimates, Benjamini–Hochberg q-values
-    over all of them, verdicts; and the (treatment, baseline) row pairs for mix_adjusted."""
+@dataclass(frozen=True)
+class _RouteEstimates:
+    service: str
+    route: str
+    treatment: CohortSums
+    baseline: CohortSums
+    only_in: str | None
+    estimates: dict[str, Estimate]
+
+
+def _route_estimates(sums: UnitSums, options: DiffOptions) -> list[_RouteEstimates]:
+    """Per (service, route): error rate and p95 treatment against baseline. A route only
+    one cohort called is compared with the other cohort's requests as a whole — a new
+    code path behind a flag is where new routes appear, and dropping it would hide it."""
     by_key: dict[tuple[str, str], dict[str, CohortSums]] = {}
-    for row in rows:
+    for row in sums.strata:
         by_key.setdefault((row.service_name or "", row.route or ""), {})[row.cohort] = row
-    keyed = [(k, v["treatment"], v["baseline"]) for k, v in sorted(by_key.items()) if len(v) == 2]
-    raw = [
-        (
-            k,
-            t,
-            c,
-            _final(
-                estimates(t, c, options.alpha, BREAKDOWN_METRICS),
-                t.users + c.users,
-                options,
-            ),
+    out = []
+    for (service, route), pair in sorted(by_key.items()):
+        only_in = None if len(pair) == 2 else next(iter(pair))
+        t = pair.get("treatment", sums.overall["treatment"])
+        c = pair.get("baseline", sums.overall["baseline"])
+        ests = estimates(t, c, options.alpha, BREAKDOWN_METRICS)
+        out.append(
+            _RouteEstimates(service, route, t, c, only_in, _final(ests, t.users + c.users, options))
         )
-        for k, t, c in keyed
-    ]
-    p_values = [e.p_value for *_, ests in raw for e in ests.values()]
-    q_values = iter(benjamini_hochberg(p_values)) if p_values else iter(())
+    return out
+
+
+def _breakdown(
+    routes: list[_RouteEstimates],
+    q_values: Iterator[float],
+    variant: str,
+    baseline: str,
+    options: DiffOptions,
+) -> tuple[StratumResult, ...]:
+    """Each route's estimates judged with its q-value from the decisive family."""
     strata = []
-    for (service, route), t, c, ests in raw:
-        users = (t.users, c.users)
-        errors = (t.errors.sum_x, c.errors.sum_x)
+    for r in routes:
+        users = (r.treatment.users, r.baseline.users)
+        errors = (r.treatment.errors.sum_x, r.baseline.errors.sum_x)
         results = []
-        for metric, est in ests.items():
+        for metric, est in r.estimates.items():
             q = next(q_values)
             judgement = judge(metric, est, options.thresholds, users, errors, q)
             results.append(MetricResult(metric, est, judgement, q))
         strata.append(
             StratumResult(
-                service, route, _summary(t, variant), _summary(c, baseline), tuple(results)
+                r.service,
+                r.route,
+                _summary(r.treatment, variant),
+                _summary(r.baseline, baseline),
+                tuple(results),
+                r.only_in,
             )
         )
-    return tuple(strata), [(t, c) for _, t, c in keyed]
+    return tuple(strata)
 
 
 def _health(

@@ -13,7 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from flagscope.analysis.stats import Estimate, SrmResult
+from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.stats import DEFAULT_TUNING, Estimate, SrmResult
 from flagscope.analysis.verdict import (
     DEFAULT_ALPHA,
     EXIT_CODES,
@@ -49,6 +50,9 @@ class DiffOptions:
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
     alpha: float = DEFAULT_ALPHA
     sequential: bool = False
+    # Users (both cohorts) the sequential intervals are tightest at: the sample size the
+    # rollout is expected to reach (stats.sequential).
+    expected_users: int = DEFAULT_TUNING
     expected_split: dict[str, float] | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
 
@@ -57,6 +61,11 @@ class DiffOptions:
         for name in ("start", "end"):
             object.__setattr__(self, name, naive_utc(getattr(self, name)))
         check_alpha(self.alpha)
+        if not (isinstance(self.expected_users, int) and self.expected_users >= 1):
+            raise AnalysisError(
+                f"expected users = {self.expected_users!r}: must be a whole number ≥ 1, "
+                "e.g. --expected-users 2000"
+            )
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class MetricResult:
     metric: str
     estimate: Estimate
     judgement: Judgement
-    q_value: float | None = None  # Benjamini–Hochberg, for breakdown rows
+    q_value: float | None = None  # weighted Benjamini–Hochberg, for the decisive metrics
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,9 @@ class StratumResult:
     treatment: CohortSummary
     baseline: CohortSummary
     metrics: tuple[MetricResult, ...]
+    # A route only one cohort called ("treatment" or "baseline"): it is compared with the
+    # other cohort's requests as a whole, whose numbers `baseline` (or `treatment`) holds.
+    only_in: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +263,7 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
         "settings": {
             "alpha": o.alpha,
             "sequential": o.sequential,
+            "expected_users": o.expected_users,
             "error_rate_threshold_pp": o.thresholds.error_rate_pp,
             "latency_threshold_pct": o.thresholds.latency_pct,
             "min_users": o.thresholds.min_users,
@@ -263,6 +276,7 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
             {
                 "service": s.service,
                 "route": s.route,
+                "only_in": s.only_in,
                 "cohorts": {
                     "treatment": _cohort_dict(s.treatment),
                     "baseline": _cohort_dict(s.baseline),

@@ -151,17 +151,22 @@ def _judge(
 
 
 def overall_verdict(
-    decisive_overall: Sequence[tuple[str, Judgement]],
-    decisive_routes: Sequence[tuple[str, Judgement]],
+    decisive: Sequence[tuple[str, Judgement]],
+    ruled_out: Sequence[tuple[str, Judgement]],
     broken_checks: Sequence[tuple[str, str]],
 ) -> tuple[Verdict, str]:
-    """UNHEALTHY > REGRESSION (any decisive metric) > INCONCLUSIVE > IMPROVEMENT > PASS.
+    """UNHEALTHY > REGRESSION > INCONCLUSIVE > IMPROVEMENT > PASS.
 
-    Decisive: the route-mix adjusted error rate and mean latency (`decisive_overall`), and
-    the per-route error rate and p95 after Benjamini–Hochberg (`decisive_routes`), each as
-    (what it is, its judgement). Overall quantiles are reported, not decisive: a change of
-    route mix moves them without any route getting slower. `broken_checks`: (name, detail)
-    of failed health checks that make the comparison itself untrustworthy.
+    `decisive`: the tests that can make the verdict REGRESSION or IMPROVEMENT — the
+    route-mix adjusted error rate and mean latency and each route's error rate and p95,
+    judged with q-values from one weighted Benjamini–Hochberg family (so that with no
+    effect at all the chance of any decisive verdict stays at alpha). Overall quantiles
+    are not among them: a change of route mix moves them without any route getting
+    slower. `ruled_out`: what must have harm ruled out (PASS or IMPROVEMENT) for the
+    verdict to be PASS — the adjusted metrics, every overall metric, and every route with
+    enough users in both cohorts; anything else there makes it INCONCLUSIVE.
+    `broken_checks`: (name, detail) of failed health checks that make the comparison
+    itself untrustworthy. Each list holds (what it is, its judgement).
     """
     if broken_checks:
         return Verdict.UNHEALTHY, "; ".join(f"{name}: {detail}" for name, detail in broken_checks)
@@ -171,12 +176,11 @@ def overall_verdict(
         more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
         return "; ".join(hits[:3]) + more
 
-    everything = [*decisive_overall, *decisive_routes]
-    if found := reasons(everything, Verdict.REGRESSION):
+    if found := reasons(decisive, Verdict.REGRESSION):
         return Verdict.REGRESSION, found
-    # A small route without a clear answer does not hold up the verdict; the overall does.
-    if found := reasons(decisive_overall, Verdict.INCONCLUSIVE, Verdict.NO_DATA):
+    open_ = (Verdict.INCONCLUSIVE, Verdict.NO_DATA, Verdict.REGRESSION)
+    if found := reasons(ruled_out, *open_):
         return Verdict.INCONCLUSIVE, found
-    if found := reasons(everything, Verdict.IMPROVEMENT):
+    if found := reasons(decisive, Verdict.IMPROVEMENT):
         return Verdict.IMPROVEMENT, found
-    return Verdict.PASS, "harm beyond the thresholds ruled out for error rate and mean latency"
+    return Verdict.PASS, "harm beyond the thresholds ruled out for every overall metric and route"

@@ -16,7 +16,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -325,6 +325,9 @@ class Request:
     is_test: bool
     crossed: bool
     no_user: bool
+    trace: str = ""
+    order: tuple[bool, int, str] = (False, 0, "")  # (has a parent, start, span id): edge first
+    edge: bool = False  # set by Oracle.compared(): the trace's edge among compared requests
 
     @property
     def key(self) -> tuple[str, str, float, int, str]:
@@ -368,16 +371,31 @@ class Oracle:
             if variant in compared:
                 self.trace_cohort[trace] = compared[variant]
                 self.trace_user[trace] = next((e["user_id"] for e in evals if e["user_id"]), None)
-        # crossover users: evaluated both compared variants; keep the first of them
-        self.first_cohort: dict[str, str] = {}
+        marked = [r for r in rows if r["is_test"]]
+        self.test_traces = {r["trace_id"] for r in marked if r["trace_id"] and lo <= r["time"] < hi}
+        self.testers = {r["user_id"] for r in marked if r["user_id"]}  # ever marked
+        # crossover users: the unit saw both compared variants — as the evaluations naming
+        # it say, and, where a trace's evaluations name nobody, as the requests carrying its
+        # user id say (before any --service / --route filter); the first compared variant
+        # is kept, other variants count for nothing
+        seen: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for user, evals in by_user.items():
-            seen = [compared[v] for e in evals if (v := _variant(e, q.flag)) in compared]
-            if len(set(seen)) == 2:
-                self.first_cohort[user] = seen[0]
-        marked = [r for r in rows if r["is_test"] and lo <= r["time"] < hi]
-        self.test_traces = {r["trace_id"] for r in marked if r["trace_id"]}
-        self.testers = {r["user_id"] for r in marked if r["user_id"]}
+            seen[user] += [
+                (e["time"], compared[v]) for e in evals if (v := _variant(e, q.flag)) in compared
+            ]
+        for r in rows:
+            trace = r["trace_id"]
+            known = trace in self.trace_cohort and self.trace_user[trace] is None
+            if known and r["user_id"] and self._entry_in_window(r):
+                seen[r["user_id"]].append((r["time"], self.trace_cohort[trace]))
+        self.first_cohort = {
+            user: min(times)[1] for user, times in seen.items() if len({c for _, c in times}) == 2
+        }
         self.labelled = self._label(rows)
+
+    def _entry_in_window(self, r: Row) -> bool:
+        entry = r["signal"] == "span" and (r["kind"] == 2 or not r["parent_span_id"])
+        return entry and self.start <= r["time"] < self.end and r["duration_ms"] is not None
 
     def variants(self) -> dict[str | None, int]:
         """Stage 1: distinct units per variant among the window's evaluations (the user the
@@ -392,8 +410,7 @@ class Oracle:
     def _label(self, rows: list[Row]) -> list[Request]:
         q, seen, labelled = self.q, set(), []
         for r in rows:
-            entry = r["signal"] == "span" and (r["kind"] == 2 or not r["parent_span_id"])
-            if not entry or not self.start <= r["time"] < self.end or r["duration_ms"] is None:
+            if not self._entry_in_window(r):
                 continue
             if r["trace_id"] not in self.trace_cohort or (r["trace_id"], r["span_id"]) in seen:
                 continue  # not in a compared variant, or a retried copy
@@ -417,6 +434,8 @@ class Oracle:
                     is_test=r["trace_id"] in self.test_traces or user in self.testers,
                     crossed=user in self.first_cohort and cohort != self.first_cohort[user],
                     no_user=user is None,
+                    trace=r["trace_id"],
+                    order=(bool(r["parent_span_id"]), r["time"], r["span_id"]),
                 )
             )
         return labelled
@@ -437,7 +456,14 @@ class Oracle:
             TrafficFilter.INCLUDE: lambda r: True,
             TrafficFilter.ONLY: lambda r: r.is_test,
         }[self.q.test_mode]
-        return [r for r in self.labelled if not r.crossed and keep(r)]
+        kept = [r for r in self.labelled if not r.crossed and keep(r)]
+        # the trace's edge: its root entry span, else its earliest; with --service or
+        # --route every entry span of what was asked for counts
+        first: dict[str, tuple[bool, int, str]] = {}
+        for r in kept:
+            first[r.trace] = min(first.get(r.trace, r.order), r.order)
+        narrowed = self.q.service is not None or self.q.route is not None
+        return [replace(r, edge=narrowed or r.order == first[r.trace]) for r in kept]
 
 
 def _assert_first_is_unambiguous(evals: list[Row], flag: str) -> None:
@@ -628,7 +654,7 @@ def test_stage_3_overall_sums_match_per_user_totals(lake, con):
     assert set(sums.overall) == {"treatment", "baseline"}
     for cohort, cohort_sums in sums.overall.items():
         assert (cohort_sums.service_name, cohort_sums.route) == (None, None)
-        _check(cohort_sums, [r for r in compared if r.cohort == cohort], cohort)
+        _check(cohort_sums, [r for r in compared if r.cohort == cohort and r.edge], cohort)
 
 
 def test_stage_3_stratum_sums_match_per_user_totals(lake, con):
@@ -651,7 +677,9 @@ def test_stage_3_grid_is_the_empirical_quantile_function(lake, con):
     linearly interpolated sample quantile of each cohort and each stratum."""
     sums, compared = _stage_3(lake, con)
     probabilities = list(quantile_grid())
-    cells = [(s, [r for r in compared if r.cohort == c]) for c, s in sums.overall.items()]
+    cells = [
+        (s, [r for r in compared if r.cohort == c and r.edge]) for c, s in sums.overall.items()
+    ]
     cells += [
         (
             s,
@@ -669,7 +697,7 @@ def test_stage_3_grid_is_the_empirical_quantile_function(lake, con):
         np.testing.assert_allclose(list(s.grid.values()), expected, rtol=1e-12)
 
 
-# -- documented rules the SQL does not follow (xfail: see the reasons) --------------------------
+# -- rules an outside audit found the SQL breaking (crossover by the request's unit, testers ever) --
 
 
 def _stage_2_alone(tmp_path: Path, rows: list[Row]) -> tuple[Exclusions, list[tuple[Any, ...]]]:
@@ -683,12 +711,6 @@ def _stage_2_alone(tmp_path: Path, rows: list[Row]) -> tuple[Exclusions, list[tu
         con.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crossover users are found from the users evaluations name (fs_user_first), but the "
-    "unit falls back to the request's user_id: a user whose evaluation in one variant names no "
-    "user is never a crossover user and ends up as one unit in both cohorts",
-)
 def test_a_user_known_only_from_the_request_in_one_variant_is_still_a_crossover_user(tmp_path):
     """The unit is the evaluation's user, else the request's; a unit in both cohorts breaks
     the independence of the cohorts, so such a user must keep the first variant."""
@@ -702,13 +724,6 @@ def test_a_user_known_only_from_the_request_in_one_variant_is_still_a_crossover_
     assert (excluded.crossover_users, excluded.crossover_requests) == (1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fs_user_first takes arg_min(arm, time) over every variant, so a user whose first "
-    "evaluation was a third variant has first_arm OTHER and every request of theirs in both "
-    "compared variants is marked crossed; the docstring says the user keeps the first variant "
-    "and only requests under the other variant are left out",
-)
 def test_a_crossover_user_first_seen_in_a_third_variant_keeps_the_first_compared_one(tmp_path):
     """Only the requests under the second of the compared variants the user saw are dropped."""
     rows = (
@@ -725,11 +740,6 @@ def test_a_crossover_user_first_seen_in_a_third_variant_keeps_the_first_compared
     assert excluded.crossover_requests == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="test users are looked up only within the window ± 1 hour (_TESTS_SQL), while the "
-    "docstring excludes 'a user ever marked as a tester'",
-)
 def test_a_user_marked_as_a_tester_before_the_window_is_excluded(tmp_path):
     """A tester's unmarked requests are test traffic however long ago the mark was seen."""
     mark = span(f"{1:032x}", user="staff-1", test="test_user=true", at=START - timedelta(hours=3))

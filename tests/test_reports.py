@@ -18,7 +18,7 @@ from flagscope.analysis.verdict import Thresholds, Verdict
 from tests.report_lakes import DAY1, DAY2, build_flip_lake
 
 NINE = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
-LENIENT = Thresholds(error_rate_pp=4.0, latency_pct=15.0)
+LENIENT = Thresholds(error_rate_pp=4.0, latency_pct=60.0)  # wide enough for p99 to be ruled out
 
 
 @pytest.fixture(scope="module")

@@ -394,7 +394,7 @@ def config_for(out_dir: Path, webhook_url: str | None = None, *flags: dict):
         "cron": "0 6 * * *",
         "formats": ["json", "md"],
         "error_threshold_pp": 4.0,
-        "latency_threshold_pct": 15.0,
+        "latency_threshold_pct": 60.0,
         "link_base": "https://reports.example.com/",
         "flag": list(flags),
     }

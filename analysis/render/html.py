@@ -450,7 +450,8 @@ def _breakdown(r: DiffResult) -> str:
     legend = (
         '<p class="note">Each line is a route\'s interval: ◆ red = REGRESSION, '
         "● green = IMPROVEMENT, ○ grey = neither. Dashed lines are the thresholds of "
-        "practical significance; q-values are Benjamini–Hochberg over all route tests.</p>"
+        "practical significance; q-values are one weighted Benjamini–Hochberg family over "
+        "every test that can decide the verdict (the adjusted overall ones and the routes).</p>"
     )
     header, rows = text.breakdown_rows(r)
     ms = [m for s in r.breakdown for m in s.metrics]

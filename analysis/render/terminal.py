@@ -50,7 +50,7 @@ def render(r: DiffResult) -> str:
     if r.breakdown:
         out += [
             "",
-            "per service and route (Benjamini–Hochberg q-values)",
+            "per service and route (q: weighted Benjamini–Hochberg over the decisive tests)",
             table(*text.breakdown_rows(r)),
         ]
     out += ["", "health"] + [

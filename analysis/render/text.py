@@ -117,18 +117,22 @@ def breakdown_rows(r: DiffResult) -> tuple[list[str], list[list[str]]]:
         "metric",
         "change [CI]",
         "relative [CI]",
-        "q (BH)",
+        "q",
         "verdict",
     ]
     rows = []
     for s in r.breakdown:
+        # a route one cohort never called is compared with the other cohort as a whole
+        route = (
+            s.route if s.only_in is None else f"{s.route} (only {s.only_in}; vs all of the other)"
+        )
         for m in s.metrics:
             absolute, relative, _ = change(m)
             q = f"{m.q_value:.3g}" if m.q_value is not None else ""
             rows.append(
                 [
                     s.service,
-                    s.route,
+                    route,
                     f"{s.treatment.users}/{s.baseline.users}",
                     LABELS[m.metric],
                     absolute,

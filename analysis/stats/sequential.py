@@ -95,12 +95,17 @@ def sequential_estimate(
     sd = fixed.se * math.sqrt(n)
     fixed_half = z_value(fixed.alpha) * fixed.se  # the fixed interval's (mean) half-width
     k = max(1.0, sequential_halfwidth(sd, n, alpha, tuning) / fixed_half)
+    # The p-value is read on the side of the interval that must cross 0, with that side's
+    # own standard error: an asymmetric (Newcombe) interval's lower and upper halves
+    # differ, and a symmetric p-value could then disagree with the stretched interval.
+    side = fixed.diff - fixed.diff_lo if fixed.diff >= 0 else fixed.diff_hi - fixed.diff
+    side_sd = side / z_value(fixed.alpha) * math.sqrt(n) if side > 0 else sd
     return with_sequential(
         fixed,
         diff_lo=fixed.diff - k * (fixed.diff - fixed.diff_lo),
         diff_hi=fixed.diff + k * (fixed.diff_hi - fixed.diff),
         rel_lo=fixed.rel - k * (fixed.rel - fixed.rel_lo),
         rel_hi=fixed.rel + k * (fixed.rel_hi - fixed.rel),
-        p_value=sequential_p_value(fixed.diff, sd, n, alpha, tuning),
+        p_value=sequential_p_value(fixed.diff, side_sd, n, alpha, tuning),
         alpha=alpha,
     )
