@@ -116,6 +116,13 @@ def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True)
         action="store_true",
         help="always-valid intervals for repeated looks (scheduled reports)",
     )
+    parser.add_argument(
+        "--expected-users",
+        type=int,
+        default=None,
+        help="with --sequential: the users (both cohorts) the rollout is expected to reach; "
+        "the intervals are tightest there (default 1000)",
+    )
     from flagscope.analysis.verdict import DEFAULT_ALPHA, Thresholds
 
     default = Thresholds()
@@ -216,6 +223,7 @@ def _options(args: argparse.Namespace) -> DiffOptions:
         alpha=args.alpha,
         sequential=args.sequential,
         expected_split=_split(args.expected_split),
+        **({} if args.expected_users is None else {"expected_users": args.expected_users}),
         thresholds=Thresholds(args.error_threshold_pp, args.latency_threshold_pct, args.min_users),
     )
 

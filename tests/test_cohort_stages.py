@@ -37,7 +37,7 @@ from flagscope.analysis.cohorts import (
     quantile_grid,
 )
 from flagscope.analysis.result import TrafficFilter
-from flagscope.analysis.stats import RatioStats
+from flagscope.analysis.stats import RatioStats, mix
 from flagscope.collector.lake.read import connect
 from tests.synthetic import NOW, request, span, write
 
@@ -747,3 +747,89 @@ def test_a_user_marked_as_a_tester_before_the_window_is_excluded(tmp_path):
     excluded, got = _stage_2_alone(tmp_path, rows)
     assert (excluded.test_requests, excluded.test_users) == (1, 1)
     assert len(got) == 2
+
+
+def test_stage_3_adjusted_moments_match_the_reference_on_edge_requests(lake, con):
+    """Pass 3: each cohort's route-mix adjusted error rate and mean latency, and their
+    linearised variances, equal `stats.mix` run in Python on the oracle's edge requests
+    (strata: the edge's service and route; each user's strata summed together)."""
+    sums, compared = _stage_3(lake, con)
+    edges = [r for r in compared if r.edge]
+    per_unit: dict[tuple[str, Unit], dict[tuple[str, str], list[float]]] = defaultdict(dict)
+    for r in edges:
+        cell = per_unit[(r.cohort, r.unit)].setdefault((r.service_name, r.route), [0, 0, 0])
+        cell[0] += r.err
+        cell[1] += r.duration_ms
+        cell[2] += 1
+    for metric, column in (("error_rate", 0), ("mean_latency", 1)):
+        cohorts = {
+            cohort: [
+                {k: (v[column], float(v[2])) for k, v in strata.items()}
+                for (c, _unit), strata in per_unit.items()
+                if c == cohort
+            ]
+            for cohort in ("treatment", "baseline")
+        }
+        totals = {c: mix.stratum_totals(units) for c, units in cohorts.items()}
+        weights = mix.pooled_weights(totals["treatment"], totals["baseline"])
+        for cohort, units in cohorts.items():
+            estimate, variance, _ = mix.cohort_from_units(units, weights)
+            got = sums.adjusted[metric][cohort]
+            assert got.units == len(units)
+            assert math.isclose(got.estimate, estimate, rel_tol=1e-9), (metric, cohort)
+            assert math.isclose(got.variance, variance, rel_tol=1e-7), (metric, cohort)
+
+
+def test_a_request_through_three_services_is_one_request_overall_and_one_per_service(tmp_path):
+    """What the end user experienced: a checkout crossing three services is one request
+    (and one error, if the edge failed) overall, and one entry span in each service's
+    breakdown row."""
+    rows = []
+    for i in range(6):
+        for variant in ("on", "off"):
+            trace = f"{(i * 2 + (variant == 'on')) + 1:032x}"
+            user = f"{variant}-{i}"
+            edge = span(
+                trace,
+                service="frontend",
+                route="/checkout",
+                ms=300,
+                error=True,
+                user=user,
+                flags={"f": variant},
+                span_id=f"{1:016x}",
+            )
+            cart = span(
+                trace,
+                service="cart",
+                route="/cart",
+                ms=120,
+                error=True,
+                parent=f"{1:016x}",
+                span_id=f"{2:016x}",
+            )
+            pay = span(
+                trace,
+                service="payments",
+                route="/pay",
+                ms=80,
+                error=True,
+                parent=f"{2:016x}",
+                span_id=f"{3:016x}",
+            )
+            rows += [edge, cart, pay]
+    con = connect(write(tmp_path, rows))
+    try:
+        sums = (
+            Evaluations.collect(con, "f", START, END)
+            .label(CohortQuery("f", "on", "off", START, END))
+            .unit_sums()
+        )
+    finally:
+        con.close()
+    for cohort in ("treatment", "baseline"):
+        overall = sums.overall[cohort]
+        assert (overall.requests, overall.errors.sum_x) == (6, 6.0)
+        assert overall.latency.sum_x == pytest.approx(6 * 300.0)
+        per_service = {s.service_name: s.requests for s in sums.strata if s.cohort == cohort}
+        assert per_service == {"frontend": 6, "cart": 6, "payments": 6}

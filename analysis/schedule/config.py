@@ -16,7 +16,7 @@ from typing import Any
 
 from flagscope.analysis import report_archive, window
 from flagscope.analysis.errors import AnalysisError
-from flagscope.analysis.result import DiffOptions, TrafficFilter
+from flagscope.analysis.result import DEFAULT_EXPECTED_USERS, DiffOptions, TrafficFilter
 from flagscope.analysis.schedule import cron as cronlib
 from flagscope.analysis.verdict import DEFAULT_ALPHA, Thresholds, check_alpha
 from flagscope.analysis.window import naive_utc
@@ -41,6 +41,7 @@ FLAG_KEYS: dict[str, str] = {
     "min_users": "int",
     "max_crossover_share": "float",
     "alpha": "float",
+    "expected_users": "int",
     "test_traffic": "str",
     "webhook_url": "str",
 }
@@ -76,6 +77,7 @@ class ScheduledReport:
     alpha: float = DEFAULT_ALPHA
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
     webhook_url: str | None = None  # None: the [reports] webhook; "": none for this flag
+    expected_users: int = DEFAULT_EXPECTED_USERS
 
     def options(self, now: datetime) -> DiffOptions:
         """The diff of a run at `now`: the window ending then, always-valid intervals."""
@@ -91,6 +93,7 @@ class ScheduledReport:
             test_mode=self.test_mode,
             alpha=self.alpha,
             sequential=True,
+            expected_users=self.expected_users,
             expected_split=self.expected_split,
             thresholds=self.thresholds,
         )
@@ -240,6 +243,12 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
             _get(t, "max_crossover_share", "float", where, default.max_crossover_share),
         )
         alpha = check_alpha(_get(t, "alpha", "float", where, DEFAULT_ALPHA))
+        expected_users = _get(t, "expected_users", "int", where, DEFAULT_EXPECTED_USERS)
+        if expected_users < 1:
+            raise AnalysisError(
+                f"expected_users = {expected_users}: the users (both cohorts) the rollout is "
+                "expected to reach, at least 1, e.g. expected_users = 2000"
+            )
     except AnalysisError as exc:
         raise AnalysisError(f"{where}: {exc}") from exc
     mode = _get(t, "test_traffic", "str", where, "exclude")
@@ -262,6 +271,7 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         alpha,
         TrafficFilter(mode),
         hook,
+        expected_users,
     )
 
 

@@ -115,7 +115,8 @@ def post_stratified_difference(
 Unit = Mapping[Hashable, tuple[float, float]]  # stratum -> (x, y) of one user (reference path)
 
 
-def _totals(units: Sequence[Unit]) -> dict[Hashable, Totals]:
+def stratum_totals(units: Sequence[Unit]) -> dict[Hashable, Totals]:
+    """Each stratum's numerator and request totals over the units."""
     out: dict[Hashable, list[float]] = {}
     for unit in units:
         for k, (x, y) in unit.items():
@@ -129,7 +130,7 @@ def cohort_from_units(
     units: Sequence[Unit], weights: Mapping[Hashable, float]
 ) -> tuple[float, float, Linearization[Hashable]]:
     """(estimate, variance, linearisation) of one cohort from per-unit stratum sums."""
-    lin = linearize(_totals(units), weights)
+    lin = linearize(stratum_totals(units), weights)
     phis = [
         math.fsum(
             lin.coefficients[k][0] * x - lin.coefficients[k][1] * y for k, (x, y) in u.items()
@@ -145,7 +146,7 @@ def post_stratified_from_units(
 ) -> Estimate:
     """The whole computation on Python data: pooled weights, each cohort's estimate and
     linearised variance, their difference (the reference for the SQL path)."""
-    weights = pooled_weights(_totals(treatment), _totals(control))
+    weights = pooled_weights(stratum_totals(treatment), stratum_totals(control))
     m_t, v_t, _ = cohort_from_units(treatment, weights)
     m_c, v_c, _ = cohort_from_units(control, weights)
     return post_stratified_difference((m_t, v_t), (m_c, v_c), alpha)

@@ -51,5 +51,5 @@ def weighted_benjamini_hochberg(p_values: Sequence[float], weights: Sequence[flo
     scaled = [
         _clean(p) / (w / mean) if w > 0 else 1.0 for p, w in zip(p_values, weights, strict=True)
     ]
-    adjusted = benjamini_hochberg([min(1.0, s) for s in scaled])
-    return [max(q, _clean(p)) for q, p in zip(adjusted, p_values, strict=True)]
+    # (a heavier-than-average weight may give q < p: that is the point of the weight)
+    return benjamini_hochberg([min(1.0, s) for s in scaled])
