@@ -117,6 +117,14 @@ def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True)
         help="always-valid intervals for repeated looks (scheduled reports)",
     )
     parser.add_argument(
+        "--cuped",
+        nargs="?",
+        const="14d",
+        metavar="LOOK-BACK",
+        help="regression-adjust (CUPED) on each user's requests in this long before their "
+        "first exposure, e.g. 14d (the default when given alone)",
+    )
+    parser.add_argument(
         "--expected-users",
         type=int,
         default=None,
@@ -224,6 +232,7 @@ def _options(args: argparse.Namespace) -> DiffOptions:
         sequential=args.sequential,
         expected_split=_split(args.expected_split),
         **({} if args.expected_users is None else {"expected_users": args.expected_users}),
+        pre_exposure=None if args.cuped is None else window.parse_duration(args.cuped, "--cuped"),
         thresholds=Thresholds(args.error_threshold_pp, args.latency_threshold_pct, args.min_users),
     )
 

@@ -33,14 +33,14 @@ took a diff from 5.6 s to about 3 s (bench/RESULTS.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
 
+from flagscope.analysis.adjustment import AdjustedMoments, adjusted_moments, collect_pre_exposure
 from flagscope.analysis.result import TrafficFilter
 from flagscope.analysis.stats import RatioStats
-from flagscope.analysis.stats.mix import Totals, linearize, linearized_variance, pooled_weights
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # Probabilities around each quantile at which the empirical quantile function is read,
@@ -69,6 +69,7 @@ class CohortQuery:
     service: str | None = None
     route: str | None = None
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
+    pre_exposure: timedelta | None = None  # CUPED look-back (analysis.adjustment), or none
 
 
 # Evaluations may precede the entry span's start a little (clock skew between services)
@@ -78,6 +79,7 @@ _SLACK = "INTERVAL 1 HOUR"
 # Arms: the compared variants coded as small integers, so the per-trace and per-user
 # bookkeeping over millions of rows moves bytes, not strings.
 TREATMENT, BASELINE, OTHER = 1, 0, 2
+_NAMES = {TREATMENT: "treatment", BASELINE: "baseline"}
 _ARM = (
     f"CASE variant WHEN $treatment THEN {TREATMENT} WHEN $baseline THEN {BASELINE} ELSE {OTHER} END"
 )
@@ -252,16 +254,6 @@ class UnitSums:
     adjusted: dict[str, dict[str, AdjustedMoments]]
 
 
-@dataclass(frozen=True)
-class AdjustedMoments:
-    """One cohort's route-mix adjusted ratio (`stats.mix`) with its linearised variance,
-    over the edge requests of `units` users."""
-
-    estimate: float
-    variance: float
-    units: int
-
-
 class Evaluations:
     """Stage 1: the flag's evaluations around the window (`fs_evals`, one scan)."""
 
@@ -314,7 +306,7 @@ class Evaluations:
             "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err, "
             f"{edge} AS edge FROM fs_labelled WHERE NOT crossed AND {_KEEP[q.test_mode]}"
         )
-        return LabelledRequests(con, excluded)
+        return LabelledRequests(con, q, excluded)
 
 
 _KEEP = {
@@ -373,8 +365,11 @@ def _ratio(row: dict[str, Any], x: str) -> RatioStats:
 class LabelledRequests:
     """The result of stage 2: the compared requests (`fs_requests`) and what was left out."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, excluded: Exclusions) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, query: CohortQuery, excluded: Exclusions
+    ) -> None:
         self._con = con
+        self._query = query
         self.excluded = excluded
 
     def unit_sums(self) -> UnitSums:
@@ -387,7 +382,8 @@ class LabelledRequests:
         = requests at or below the k-th quantile estimate of the stratum / of the whole
         cohort, and the same sums over edge requests only; then across units — for strata
         from those rows, for cohorts after adding each unit's strata up. Pass 3
-        (`_adjusted`) evaluates each unit's influence on the post-stratified estimate.
+        (`analysis.adjustment`) evaluates each unit's influence on the post-stratified
+        estimates, regression-adjusted on pre-exposure behaviour if the query asks.
         """
         con = self._con
         grid = list(quantile_grid())
@@ -457,60 +453,14 @@ class LabelledRequests:
                 overall[sums.cohort] = sums
             else:
                 strata.append(sums)
-        return UnitSums(overall, tuple(strata), self._adjusted())
-
-    def _adjusted(self) -> dict[str, dict[str, AdjustedMoments]]:
-        """Pass 3: per cohort, the post-stratified error rate and mean latency over edge
-        requests (strata: the edge's service and route) and their linearised variances
-        (`stats.mix`): the stratum totals give each stratum's coefficients, then one pass
-        over `fs_per_unit` sums every unit's φ² (its strata together: a user's routes are
-        correlated, which is why this is not a sum of per-stratum variances)."""
-        con = self._con
-        rows = con.execute(
-            "SELECT cohort, stratum, sum(eerr), sum(elat), sum(ereq) FROM fs_per_unit "
-            "WHERE ereq > 0 GROUP BY ALL"
-        ).fetchall()
-        metrics = {"error_rate": 2, "mean_latency": 3}
-        by_cohort: dict[int, dict[str, dict[int, Totals]]] = {}
-        for row in rows:
-            for metric, column in metrics.items():
-                own = by_cohort.setdefault(row[0], {}).setdefault(metric, {})
-                own[row[1]] = Totals(float(row[column]), float(row[4]))
-        if len(by_cohort) != 2:
-            return {}
-        treatment, baseline = by_cohort.get(TREATMENT, {}), by_cohort.get(BASELINE, {})
-        coefficients = []
-        estimates: dict[tuple[str, int], float] = {}
-        for metric in metrics:
-            weights = pooled_weights(treatment[metric], baseline[metric])
-            for cohort, own in ((TREATMENT, treatment[metric]), (BASELINE, baseline[metric])):
-                lin = linearize(own, weights)
-                estimates[metric, cohort] = lin.estimate
-                coefficients += [
-                    (metric, cohort, k, a, b) for k, (a, b) in lin.coefficients.items()
-                ]
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE fs_mix_coefficients "
-            "(metric VARCHAR, cohort UTINYINT, stratum UBIGINT, a DOUBLE, b DOUBLE)"
-        )
-        con.executemany("INSERT INTO fs_mix_coefficients VALUES (?, ?, ?, ?, ?)", coefficients)
-        phi = con.execute("""
-            SELECT metric, cohort, count(*), sum(phi * phi) FROM (
-                SELECT k.metric, u.cohort, u.unit, sum(k.a * CASE k.metric
-                    WHEN 'error_rate' THEN u.eerr ELSE u.elat END - k.b * u.ereq) AS phi
-                FROM fs_per_unit u JOIN fs_mix_coefficients k USING (cohort, stratum)
-                WHERE u.ereq > 0 GROUP BY ALL)
-            GROUP BY ALL""").fetchall()
-        out: dict[str, dict[str, AdjustedMoments]] = {}
-        for metric, cohort, units, sum_phi2 in phi:
-            out.setdefault(metric, {})["treatment" if cohort == TREATMENT else "baseline"] = (
-                AdjustedMoments(
-                    estimates[metric, cohort],
-                    linearized_variance(int(units), float(sum_phi2)),
-                    int(units),
-                )
-            )
-        return out
+        if self._query.pre_exposure is not None:
+            collect_pre_exposure(con, self._query.flag, self._query.pre_exposure)
+        moments = adjusted_moments(con, TREATMENT, BASELINE, self._query.pre_exposure is not None)
+        adjusted = {
+            metric: {_NAMES[arm]: m for arm, m in by_arm.items()}
+            for metric, by_arm in moments.items()
+        }
+        return UnitSums(overall, tuple(strata), adjusted)
 
     def time_series(self, bucket_seconds: int) -> list[dict[str, Any]]:
         """Per cohort and time bucket: requests, errors, p95 latency (the report's charts)."""

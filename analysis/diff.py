@@ -202,6 +202,7 @@ def mix_adjusted(sums: UnitSums, alpha: float) -> dict[str, Estimate]:
                 t_rows.errors,
                 c_rows.errors,
                 alpha,
+                (t.stratified, c.stratified),
             )
         else:
             out[metric] = post_stratified_difference(
@@ -348,6 +349,7 @@ def _run(
         options.service,
         options.route,
         options.test_mode,
+        options.pre_exposure,
     )
     requests = evaluations.label(query)
     excluded = requests.excluded.as_dict()
@@ -406,6 +408,16 @@ def _run(
         [(h.name, h.detail) for h in health if not h.ok and h.name != "sample_size"],
     )
     summary = summarize(options, treatment, base, adjusted, breakdown, verdict, excluded)
+    cuped = None
+    if options.pre_exposure is not None:
+        cuped = {
+            metric: {
+                "theta": m["treatment"].theta,
+                "variance_reduction": m["treatment"].variance_reduction,
+            }
+            for metric, m in sums.adjusted.items()
+            if "treatment" in m
+        }
     return requests, DiffResult(
         options,
         treatment,
@@ -419,6 +431,7 @@ def _run(
         verdict,
         reason,
         summary,
+        cuped=cuped,
     )
 
 

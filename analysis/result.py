@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +62,17 @@ class DiffOptions:
     expected_users: int = DEFAULT_EXPECTED_USERS
     expected_split: dict[str, float] | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # CUPED: regress the adjusted metrics on each user's requests this long before their
+    # first exposure (analysis.adjustment); None: no regression adjustment.
+    pre_exposure: timedelta | None = None
 
     def __post_init__(self) -> None:
         # The lake's timestamps are naive UTC; an aware time is converted, not refused.
         for name in ("start", "end"):
             object.__setattr__(self, name, naive_utc(getattr(self, name)))
         check_alpha(self.alpha)
+        if self.pre_exposure is not None and self.pre_exposure <= timedelta(0):
+            raise AnalysisError("--cuped look-back must be longer than zero, e.g. --cuped 14d")
         if not (isinstance(self.expected_users, int) and self.expected_users >= 1):
             raise AnalysisError(
                 f"expected users = {self.expected_users!r}: must be a whole number ≥ 1, "
@@ -138,6 +143,8 @@ class DiffResult:
     reason: str
     summary: str
     charts: Charts | None = None
+    # with --cuped: metric → {"theta": θ, "variance_reduction": share of variance removed}
+    cuped: dict[str, dict[str, float]] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -271,6 +278,7 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
             "alpha": o.alpha,
             "sequential": o.sequential,
             "expected_users": o.expected_users,
+            "cuped_lookback_s": None if o.pre_exposure is None else o.pre_exposure.total_seconds(),
             "error_rate_threshold_pp": o.thresholds.error_rate_pp,
             "latency_threshold_pct": o.thresholds.latency_pct,
             "min_users": o.thresholds.min_users,
@@ -279,6 +287,7 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
         "cohorts": {"treatment": _cohort_dict(r.treatment), "baseline": _cohort_dict(r.baseline)},
         "metrics": [_metric_dict(m) for m in r.metrics],
         "adjusted_metrics": [_metric_dict(m) for m in r.adjusted],
+        "cuped": r.cuped,
         "breakdown": [
             {
                 "service": s.service,

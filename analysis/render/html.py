@@ -212,11 +212,12 @@ def _metrics(r: DiffResult) -> str:
     adjusted = "; ".join(describe(m.metric, m.estimate) for m in r.adjusted)
     inner = (
         f"{_metric_table(r.metrics)}\n"
-        "<h3>Adjusted for the service/route mix</h3>"
+        f"<h3>{escape(text.adjusted_heading(r).capitalize())}</h3>"
         f'<p id="adjusted">{escape(adjusted)}</p>\n{_metric_table(r.adjusted)}\n'
-        '<p class="note">Verdicts come from the route-mix adjusted error rate and mean '
-        "latency and each route's error rate and p95; overall quantiles are shown, not "
-        "decisive. Hover a verdict for its reason.</p>"
+        '<p class="note">REGRESSION and IMPROVEMENT come from the route-mix adjusted error '
+        "rate and mean latency and each route's error rate and p95; PASS also needs harm "
+        "ruled out for every overall quantile and every route with enough users. Hover a "
+        "verdict for its reason.</p>"
     )
     return _section("overall", f"Overall ({text.confidence_pct(r)} % intervals{seq})", inner)
 

@@ -51,7 +51,7 @@ def render(r: DiffResult) -> str:
             "",
             table(*text.metric_rows(r.metrics)),
             "",
-            "Adjusted for the service/route mix:",
+            md(text.adjusted_heading(r).capitalize()) + ":",
             "",
             table(*text.metric_rows(r.adjusted)),
         ]

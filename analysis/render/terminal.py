@@ -44,7 +44,7 @@ def render(r: DiffResult) -> str:
         f"overall, {text.confidence_pct(r)} % intervals{seq}",
         table(*text.metric_rows(r.metrics)),
         "",
-        "overall, adjusted for the service/route mix",
+        text.adjusted_heading(r),
         table(*text.metric_rows(r.adjusted)),
     ]
     if r.breakdown:

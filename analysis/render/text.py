@@ -144,6 +144,19 @@ def breakdown_rows(r: DiffResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def adjusted_heading(r: DiffResult) -> str:
+    """What the adjusted table is adjusted for: the route mix, and with --cuped each
+    user's pre-exposure behaviour (with the variance it removed)."""
+    heading = "overall, adjusted for the service/route mix"
+    if r.cuped is None or r.options.pre_exposure is None:
+        return heading
+    days = r.options.pre_exposure.total_seconds() / 86400
+    cuts = ", ".join(
+        f"{LABELS[m]} −{v['variance_reduction']:.0%} variance" for m, v in r.cuped.items()
+    )
+    return f"{heading} and for each user's {days:g} d before exposure (CUPED: {cuts})"
+
+
 def exclusions(r: DiffResult) -> str:
     e = r.excluded
     mode = r.options.test_mode.value

@@ -42,6 +42,7 @@ FLAG_KEYS: dict[str, str] = {
     "max_crossover_share": "float",
     "alpha": "float",
     "expected_users": "int",
+    "cuped": "str",
     "test_traffic": "str",
     "webhook_url": "str",
 }
@@ -78,6 +79,7 @@ class ScheduledReport:
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
     webhook_url: str | None = None  # None: the [reports] webhook; "": none for this flag
     expected_users: int = DEFAULT_EXPECTED_USERS
+    pre_exposure: timedelta | None = None  # cuped = "14d"
 
     def options(self, now: datetime) -> DiffOptions:
         """The diff of a run at `now`: the window ending then, always-valid intervals."""
@@ -94,6 +96,7 @@ class ScheduledReport:
             alpha=self.alpha,
             sequential=True,
             expected_users=self.expected_users,
+            pre_exposure=self.pre_exposure,
             expected_split=self.expected_split,
             thresholds=self.thresholds,
         )
@@ -216,6 +219,8 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         span = window.parse_duration(
             _get(t, "window", "str", where, window.DEFAULT_SINCE), "window"
         )
+        cuped = _get(t, "cuped", "str", where)
+        pre_exposure = None if cuped is None else window.parse_duration(cuped, "cuped =")
     except AnalysisError as exc:
         raise AnalysisError(f"{where}: {exc}") from exc
     if span <= timedelta(0):
@@ -272,6 +277,7 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         TrafficFilter(mode),
         hook,
         expected_users,
+        pre_exposure,
     )
 
 

@@ -158,14 +158,18 @@ def post_stratified_rate_difference(
     treatment_events: RatioStats,
     control_events: RatioStats,
     alpha: float,
+    rates: tuple[float, float] | None = None,
 ) -> Estimate:
     """An event rate (errors per request) re-weighted to the pooled mix, with the same
     rare-event fallback as the plain rate (:func:`error_rate_difference`): when a cohort
     has too few effective events for normal theory, Newcombe's interval on effective
     counts — each cohort's adjusted rate times its effective requests Y / deff, deff the
-    pooled design effect of the unadjusted rates (Korn & Graubard 1998)."""
+    pooled design effect of the unadjusted rates (Korn & Graubard 1998). `rates`: the
+    (treatment, control) re-weighted rates to count there, when the estimates are also
+    regression-adjusted (CUPED shifts a rate; counts need the rate itself)."""
     deff = design_effect(treatment_events.merged(control_events))
     if choose_error_method(treatment_events, control_events, deff) is Method.DELTA:
         return post_stratified_difference(treatment, control, alpha)
     n_t, n_c = treatment_events.sum_y / deff, control_events.sum_y / deff
-    return rare_difference(treatment[0] * n_t, n_t, control[0] * n_c, n_c, alpha)
+    rate_t, rate_c = rates if rates is not None else (treatment[0], control[0])
+    return rare_difference(rate_t * n_t, n_t, rate_c * n_c, n_c, alpha)
