@@ -18,7 +18,7 @@ from datetime import timedelta
 import duckdb
 
 from flagscope.analysis.stats.cuped import CovariateMoments, regression_adjusted
-from flagscope.analysis.stats.mix import Totals, linearize, linearized_variance, pooled_weights
+from flagscope.analysis.stats.mix import Totals, jackknife_variance, linearize, pooled_weights
 
 METRICS = {"error_rate": "eerr", "mean_latency": "elat"}  # metric → fs_per_unit column
 PRE_COLUMN = {"error_rate": "err", "mean_latency": "lat"}  # … and its fs_pre column
@@ -83,9 +83,10 @@ def adjusted_moments(
     """Per metric and cohort (arm): the post-stratified estimate and its linearised
     variance, regression-adjusted on `fs_pre` when `pre_exposure`.
 
-    The stratum totals give each stratum's coefficients (`stats.mix.linearize`); one pass
-    over `fs_per_unit` evaluates every unit's φ (its strata together) and, with a
-    covariate, its ψ, and sums φ², φψ and ψ² per cohort."""
+    The stratum totals give each stratum's weight, ratio and requests
+    (`stats.mix.linearize`); one pass over `fs_per_unit` evaluates every unit's φ (its
+    leave-one-out change of the estimate, its strata together) and, with a covariate, its
+    ψ, and the jackknife moments per cohort."""
     rows = con.execute(
         "SELECT cohort, stratum, sum(eerr), sum(elat), sum(ereq) FROM fs_per_unit "
         "WHERE ereq > 0 GROUP BY ALL"
@@ -97,30 +98,47 @@ def adjusted_moments(
         cells.setdefault("mean_latency", {})[stratum] = Totals(float(lat), float(req))
     if set(by_cohort) != {treatment, baseline}:
         return {}
-    coefficients, estimates = [], {}
+    strata, cohorts, estimates = [], [], {}
     for metric in METRICS:
         t, c = by_cohort[treatment][metric], by_cohort[baseline][metric]
         weights = pooled_weights(t, c)
         for cohort, own in ((treatment, t), (baseline, c)):
             lin = linearize(own, weights)
             estimates[metric, cohort] = lin.estimate
-            coefficients += [(metric, cohort, k, a, b) for k, (a, b) in lin.coefficients.items()]
+            strata += [(metric, cohort, k, *params) for k, params in lin.strata.items()]
+            cohorts.append((metric, cohort, lin.missing, lin.overall, lin.total_y))
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE fs_mix_coefficients "
-        "(metric VARCHAR, cohort UTINYINT, stratum UBIGINT, a DOUBLE, b DOUBLE)"
+        "CREATE OR REPLACE TEMP TABLE fs_mix_strata (metric VARCHAR, cohort UTINYINT, "
+        "stratum UBIGINT, w DOUBLE, ratio DOUBLE, total DOUBLE)"
     )
-    con.executemany("INSERT INTO fs_mix_coefficients VALUES (?, ?, ?, ?, ?)", coefficients)
+    con.executemany("INSERT INTO fs_mix_strata VALUES (?, ?, ?, ?, ?, ?)", strata)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fs_mix_cohorts (metric VARCHAR, cohort UTINYINT, "
+        "missing DOUBLE, overall DOUBLE, total_y DOUBLE)"
+    )
+    con.executemany("INSERT INTO fs_mix_cohorts VALUES (?, ?, ?, ?, ?)", cohorts)
+    # φ: each unit's leave-one-out change of its cohort's estimate (stats.mix.Linearization
+    # .influence), its strata together
     con.execute("""
         CREATE OR REPLACE TEMP TABLE fs_phi AS
-        SELECT k.metric, u.cohort, u.unit, sum(k.a * CASE k.metric
-            WHEN 'error_rate' THEN u.eerr ELSE u.elat END - k.b * u.ereq) AS phi
-        FROM fs_per_unit u JOIN fs_mix_coefficients k USING (cohort, stratum)
-        WHERE u.ereq > 0 GROUP BY ALL""")
+        SELECT metric, cohort, unit,
+               sum(w * (x - ratio * y) / CASE WHEN total > y THEN total - y ELSE total END)
+               + any_value(missing) * (sum(x) - any_value(overall) * sum(y))
+                 / CASE WHEN any_value(total_y) > sum(y) THEN any_value(total_y) - sum(y)
+                        ELSE any_value(total_y) END AS phi
+        FROM (
+            SELECT k.metric, u.cohort, u.unit, u.ereq AS y, k.w, k.ratio, k.total,
+                   CASE k.metric WHEN 'error_rate' THEN u.eerr ELSE u.elat END AS x,
+                   c.missing, c.overall, c.total_y
+            FROM fs_per_unit u JOIN fs_mix_strata k USING (cohort, stratum)
+            JOIN fs_mix_cohorts c USING (metric, cohort)
+            WHERE u.ereq > 0)
+        GROUP BY metric, cohort, unit""")
     if not pre_exposure:
         out: dict[str, dict[int, AdjustedMoments]] = {}
-        sums = "SELECT metric, cohort, count(*), sum(phi * phi) FROM fs_phi GROUP BY ALL"
-        for metric, cohort, units, phi2 in con.execute(sums).fetchall():
-            variance = linearized_variance(int(units), float(phi2))
+        sums = "SELECT metric, cohort, count(*), sum(phi), sum(phi * phi) FROM fs_phi GROUP BY ALL"
+        for metric, cohort, units, phi, phi2 in con.execute(sums).fetchall():
+            variance = jackknife_variance(int(units), float(phi), float(phi2))
             estimate = estimates[metric, cohort]
             out.setdefault(metric, {})[cohort] = AdjustedMoments(
                 estimate, variance, int(units), estimate
@@ -154,18 +172,21 @@ def _regression_adjusted(
         "(metric VARCHAR, cohort UTINYINT, ratio DOUBLE, req DOUBLE)"
     )
     con.executemany("INSERT INTO fs_pre_ratios VALUES (?, ?, ?, ?)", ratios)
+    # ψ: each unit's leave-one-out change of its cohort's pre-exposure ratio (0 without
+    # pre-exposure requests)
     rows = con.execute("""
-        SELECT metric, cohort, count(*), sum(phi * phi), sum(phi * psi), sum(psi * psi)
+        SELECT metric, cohort, count(*), sum(phi), sum(psi), sum(phi * phi), sum(phi * psi),
+               sum(psi * psi)
         FROM (
             SELECT f.metric, f.cohort, f.phi, CASE WHEN r.req > 0 THEN coalesce(
                 (CASE f.metric WHEN 'error_rate' THEN p.err ELSE p.lat END - r.ratio * p.req)
-                / r.req, 0) ELSE 0 END AS psi
+                / CASE WHEN r.req > p.req THEN r.req - p.req ELSE r.req END, 0)
+                ELSE 0 END AS psi
             FROM fs_phi f JOIN fs_pre_ratios r USING (metric, cohort)
             LEFT JOIN fs_pre p USING (unit))
         GROUP BY ALL""").fetchall()
     moments = {
-        (metric, cohort): (int(n), float(phi2), float(phi_psi), float(psi2))
-        for metric, cohort, n, phi2, phi_psi, psi2 in rows
+        (metric, cohort): (int(n), *(float(v) for v in sums)) for metric, cohort, n, *sums in rows
     }
     ratio = {(m, c): r for m, c, r, _ in ratios}
     out: dict[str, dict[int, AdjustedMoments]] = {}
@@ -178,7 +199,7 @@ def _regression_adjusted(
         )
         cov = {
             cohort: CovariateMoments(
-                moments[metric, cohort][0],
+                int(moments[metric, cohort][0]),
                 estimates[metric, cohort],
                 ratio[metric, cohort],
                 *moments[metric, cohort][1:],

@@ -352,6 +352,7 @@ def _sums(below: str) -> str:
 
 
 def _ratio(row: dict[str, Any], x: str) -> RatioStats:
+    total, squares = row.get(f"{x}_loo"), row.get(f"{x}_loo2")
     return RatioStats(
         int(row["n"]),
         float(row[x]),
@@ -359,6 +360,7 @@ def _ratio(row: dict[str, Any], x: str) -> RatioStats:
         float(row[f"{x}_2"]),
         float(row["req2"]),
         float(row[f"{x}_req"]),
+        None if total is None or squares is None else (float(total), float(squares)),
     )
 
 
@@ -418,6 +420,14 @@ class LabelledRequests:
                    coalesce(sum(r.duration_ms) FILTER (WHERE r.edge), 0) AS elat, {below}
             FROM fs_requests r JOIN fs_cuts c USING (cohort, stratum)
             GROUP BY ALL""")
+        xs = ("err", "lat", *(f"b{k}" for k in ks))
+        # each unit's leave-one-out change of each ratio, r = (x - R req) / (Y - req), for
+        # the jackknife variance (stats.ratio); keyed by stratum, 0 for the whole cohort
+        loo = ", ".join(
+            f"sum((u.{x} - t.{x} / t.req * u.req) / (t.req - u.req)) AS {x}_loo, "
+            f"sum(((u.{x} - t.{x} / t.req * u.req) / (t.req - u.req)) ** 2) AS {x}_loo2"
+            for x in xs
+        )
         result = con.execute(f"""
         WITH per_cohort_unit AS (
             SELECT cohort, unit, sum(ereq) AS req, sum(eerr) AS err, sum(elat) AS lat,
@@ -427,11 +437,24 @@ class LabelledRequests:
             SELECT cohort, stratum, {_sums("b")} FROM fs_per_unit GROUP BY ALL
             UNION ALL
             SELECT cohort, NULL, {_sums("o")} FROM per_cohort_unit GROUP BY ALL
+        ), unit_rows AS (
+            SELECT cohort, stratum AS key, req, err, lat, {", ".join(f"b{k}" for k in ks)}
+            FROM fs_per_unit
+            UNION ALL
+            SELECT cohort, 0, req, err, lat, {", ".join(f"o{k}" for k in ks)}
+            FROM per_cohort_unit
+        ), leave_one_out AS (
+            SELECT u.cohort, u.key, {loo}
+            FROM unit_rows u JOIN totals t
+              ON t.cohort = u.cohort AND coalesce(t.stratum, 0) = u.key
+            WHERE t.n > 1
+            GROUP BY ALL
         )
-        SELECT t.* REPLACE ({_cohort_name("t.cohort")} AS cohort), q.qs, q.service_name,
-               q.route
+        SELECT t.* REPLACE ({_cohort_name("t.cohort")} AS cohort), l.* EXCLUDE (cohort, key),
+               q.qs, q.service_name, q.route
         FROM totals t JOIN fs_quantiles q
           ON q.cohort = t.cohort AND q.stratum IS NOT DISTINCT FROM t.stratum
+        LEFT JOIN leave_one_out l ON l.cohort = t.cohort AND l.key = coalesce(t.stratum, 0)
         ORDER BY t.stratum IS NOT NULL, q.service_name, q.route, t.cohort
         """)
         columns = [d[0] for d in result.description]

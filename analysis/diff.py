@@ -203,10 +203,11 @@ def mix_adjusted(sums: UnitSums, alpha: float) -> dict[str, Estimate]:
                 c_rows.errors,
                 alpha,
                 (t.stratified, c.stratified),
+                (t.units, c.units),
             )
         else:
             out[metric] = post_stratified_difference(
-                (t.estimate, t.variance), (c.estimate, c.variance), alpha
+                (t.estimate, t.variance), (c.estimate, c.variance), alpha, (t.units, c.units)
             )
     return out
 

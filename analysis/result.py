@@ -255,6 +255,7 @@ def _metric_dict(m: MetricResult) -> dict[str, Any]:
         "rel_ci": [_num(e.rel_lo), _num(e.rel_hi)] if e.has_relative else None,
         "p_value": _num(e.p_value),
         "alpha": e.alpha,
+        "df": e.df,
     }
     if m.q_value is not None:
         out["q_value"] = _num(m.q_value)

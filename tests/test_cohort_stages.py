@@ -553,6 +553,11 @@ def assert_ratio(actual: RatioStats, expected: RatioStats, what: str) -> None:
     for name in ("sum_x", "sum_y", "sum_x2", "sum_y2", "sum_xy"):
         got, want = getattr(actual, name), getattr(expected, name)
         assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (what, name, got, want)
+    # the jackknife's leave-one-out sums (the SQL's second pass)
+    assert (actual.leave_one_out is None) == (expected.leave_one_out is None), what
+    if expected.leave_one_out is not None and actual.leave_one_out is not None:
+        for got, want in zip(actual.leave_one_out, expected.leave_one_out, strict=True):
+            assert math.isclose(got, want, rel_tol=1e-7, abs_tol=1e-12), (what, got, want)
 
 
 # -- stage 1 ------------------------------------------------------------------------------------

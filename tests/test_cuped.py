@@ -69,8 +69,17 @@ def production_lake(
 
 
 def oracle(truth: dict, metric: str) -> dict[str, float]:
-    """Numpy from the generator's own records: φ and ψ per user, pooled θ, adjusted
+    """Numpy from the generator's own records: each user deleted in turn from the post
+    and the pre-exposure ratio (jackknife pseudo-changes φ, ψ), pooled θ, the adjusted
     difference and its standard error."""
+
+    def left_out(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # R - R_(i); a user without (pre-exposure) requests changes nothing
+        keep = (y.sum() - y) > 0
+        out = np.zeros_like(x)
+        out[keep] = x.sum() / y.sum() - (x.sum() - x[keep]) / (y.sum() - y[keep])
+        return out
+
     cohorts = {}
     for name, variant in (("t", "on"), ("c", "off")):
         users = [(pre, post) for v, pre, post in truth.values() if v == variant]
@@ -79,19 +88,28 @@ def oracle(truth: dict, metric: str) -> dict[str, float]:
         y = np.array([float(len(post)) for _, post in users])
         xp = np.array([sum(float(r[column]) for r in pre) for pre, _ in users])
         yp = np.array([float(len(pre)) for pre, _ in users])
-        ratio, ratio_pre = x.sum() / y.sum(), xp.sum() / yp.sum()
-        phi = (x - ratio * y) / y.sum()
-        psi = (xp - ratio_pre * yp) / yp.sum()
-        n = len(users)
-        cohorts[name] = (n, ratio, ratio_pre, phi, psi, yp.sum(), xp.sum())
-    scale = {k: v[0] / (v[0] - 1) for k, v in cohorts.items()}
-    cov = sum(scale[k] * v[3] @ v[4] for k, v in cohorts.items())
-    var_pre = sum(scale[k] * v[4] @ v[4] for k, v in cohorts.items())
+        phi, psi = left_out(x, y), left_out(xp, yp)
+        cohorts[name] = (
+            len(users),
+            x.sum() / y.sum(),
+            xp.sum() / yp.sum(),
+            phi,
+            psi,
+            yp.sum(),
+            xp.sum(),
+        )
+
+    def jk(n: int, a: np.ndarray, b: np.ndarray) -> float:
+        return float((n - 1) / n * ((a - a.mean()) @ (b - b.mean())))
+
+    cov = sum(jk(v[0], v[3], v[4]) for v in cohorts.values())
+    var_pre = sum(jk(v[0], v[4], v[4]) for v in cohorts.values())
     theta = cov / var_pre
     pooled = (cohorts["t"][6] + cohorts["c"][6]) / (cohorts["t"][5] + cohorts["c"][5])
     est = {k: v[1] - theta * (v[2] - pooled) for k, v in cohorts.items()}
     var = {
-        k: scale[k] * ((v[3] - theta * v[4]) @ (v[3] - theta * v[4])) for k, v in cohorts.items()
+        k: jk(v[0], v[3], v[3]) - 2 * theta * jk(v[0], v[3], v[4]) + theta**2 * jk(v[0], v[4], v[4])
+        for k, v in cohorts.items()
     }
     return {"diff": est["t"] - est["c"], "se": math.sqrt(var["t"] + var["c"]), "theta": theta}
 
@@ -148,9 +166,11 @@ def test_cuped_intervals_keep_their_coverage_and_shrink() -> None:
             x = rng.gamma(4 * req, effect / 4)
             xp = rng.gamma(4 * np.maximum(req_pre, 1), effect / 4) * (req_pre > 0)
             ratio, ratio_pre = x.sum() / req.sum(), xp.sum() / req_pre.sum()
-            phi = (x - ratio * req) / req.sum()
-            psi = (xp - ratio_pre * req_pre) / req_pre.sum()
-            moments[side] = CovariateMoments(n, ratio, ratio_pre, phi @ phi, phi @ psi, psi @ psi)
+            phi = (x - ratio * req) / (req.sum() - req)  # each user's leave-one-out change
+            psi = (xp - ratio_pre * req_pre) / (req_pre.sum() - req_pre)
+            moments[side] = CovariateMoments(
+                n, ratio, ratio_pre, phi.sum(), psi.sum(), phi @ phi, phi @ psi, psi @ psi
+            )
             raw.append((xp.sum(), req_pre.sum()))
         pooled = (raw[0][0] + raw[1][0]) / (raw[0][1] + raw[1][1])
         adjusted = regression_adjusted(moments["t"], moments["c"], pooled)

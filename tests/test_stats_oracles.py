@@ -180,17 +180,29 @@ def test_delta_variance_is_accurate_for_large_latency_sums() -> None:
     assert ours == pytest.approx(float(exact), rel=1e-9)
 
 
-def test_ratio_difference_interval_and_p_value_match_scipy_normal() -> None:
+def _jackknife(x: np.ndarray, y: np.ndarray) -> float:
+    """Delete-one-user jackknife variance of sum x / sum y, by deleting each user."""
+    left_out = (x.sum() - x) / (y.sum() - y)
+    return float((x.size - 1) / x.size * ((left_out - left_out.mean()) ** 2).sum())
+
+
+def test_ratio_difference_interval_and_p_value_match_scipy_welch_t() -> None:
     rng = np.random.default_rng(RNG_SEED + 3)
-    t = RatioStats.from_users(*(a.tolist() for a in _clustered_errors(rng, 700)))
-    c = RatioStats.from_users(*(a.tolist() for a in _clustered_errors(rng, 650)))
+    t_users, c_users = _clustered_errors(rng, 700), _clustered_errors(rng, 650)
+    t = RatioStats.from_users(*(a.tolist() for a in t_users))
+    c = RatioStats.from_users(*(a.tolist() for a in c_users))
     est = ratio_difference(t, c, alpha=0.1)
-    se = math.sqrt(t.variance() + c.variance())
     diff = t.ratio - c.ratio
+    # the jackknife over users, deleting each in turn (the library's variance), and
+    # Welch–Satterthwaite degrees of freedom (Welch 1947)
+    v_t, v_c = (_jackknife(*arrays) for arrays in (t_users, c_users))
+    se = math.sqrt(v_t + v_c)
+    df = (v_t + v_c) ** 2 / (v_t**2 / (t.n - 1) + v_c**2 / (c.n - 1))
     assert est.status is Status.OK
+    assert est.df == pytest.approx(df, rel=1e-12)
     assert est.se == pytest.approx(se, rel=1e-12)
-    assert est.p_value == pytest.approx(2 * stats.norm.sf(abs(diff) / se), rel=1e-9)
-    ci = stats.norm.interval(0.9, loc=diff, scale=se)
+    assert est.p_value == pytest.approx(2 * stats.t.sf(abs(diff) / se, df), rel=1e-9)
+    ci = stats.t.interval(0.9, df, loc=diff, scale=se)
     assert (est.diff_lo, est.diff_hi) == pytest.approx(ci, rel=1e-9)
 
 
@@ -203,23 +215,23 @@ def _numpy_outer_ci(users: list[list[float]], p: float, alpha: float) -> tuple[f
     q = float(np.quantile(flat, p, method="linear"))
     below = np.array([np.count_nonzero(np.asarray(u) <= q) for u in users], dtype=float)
     sizes = np.array([len(u) for u in users], dtype=float)
-    share = below.sum() / sizes.sum()
-    influence = (below - share * sizes) / sizes.mean()  # linearised ratio per user
-    sigma = math.sqrt(float(np.var(influence, ddof=1)) / len(users))
-    z = stats.norm.isf(alpha / 2)
+    sigma = math.sqrt(_jackknife(below, sizes))  # the fraction below, users deleted in turn
+    z = stats.t.isf(alpha / 2, len(users) - 1)  # a mean over users: t with n - 1 df
     p_lo, p_hi = max(0.0, p - z * sigma), min(1.0, p + z * sigma)
     lo, hi = np.quantile(flat, [p_lo, p_hi], method="linear")
     return q, float(lo), float(hi), p_lo, p_hi
 
 
 def test_quantile_interval_golden_values() -> None:
-    # Five users' latencies; numbers from the numpy implementation above, frozen.
+    # Five users' latencies; numbers from the numpy implementation above, frozen (the rank
+    # interval is Student t with 4 degrees of freedom on the jackknife variance: five users
+    # are few).
     users = [[12.0, 15.5, 30.1], [8.2], [100.0, 11.0, 13.0, 14.5], [9.9, 10.1], [55.0, 60.0]]
     got = quantile_interval_from_samples(users, 0.5, 0.05)
     assert got.status is Status.OK
     assert got.estimate == pytest.approx(13.75, rel=1e-12)
-    assert (got.p_lo, got.p_hi) == pytest.approx((0.21127003659381705, 0.788729963406183))
-    assert (got.lo, got.hi) == pytest.approx((10.391573362278788, 46.93313697695351))
+    assert (got.p_lo, got.p_hi) == pytest.approx((0.10631512671481391, 0.8936848732851861))
+    assert (got.lo, got.hi) == pytest.approx((9.93389327877259, 59.152668030685234))
 
 
 @pytest.mark.parametrize("p", [0.5, 0.9, 0.95, 0.99])

@@ -25,9 +25,11 @@ from flagscope.analysis.stats.estimate import (
     Estimate,
     Method,
     Status,
+    critical_value,
     degenerate,
     normal_estimate,
     valid_alpha,
+    welch_df,
     z_value,
 )
 from flagscope.analysis.stats.ratio import RatioStats
@@ -63,6 +65,12 @@ def quantile_type7(sorted_values: Sequence[float], p: float) -> float:
     return float(lower + (h - k) * (upper - lower))
 
 
+def rank_critical_value(alpha: float, users: int) -> float:
+    """The rank interval's critical value: Student t with users - 1 degrees of freedom
+    (the fraction below the quantile is a mean over users), z in the limit."""
+    return critical_value(alpha, users - 1.0) if users >= 2 else z_value(alpha)
+
+
 def quantile_rank_interval(p: float, below: RatioStats, alpha: float = 0.05) -> tuple[float, float]:
     """Ranks (p_lo, p_hi) = p -/+ z sigma, clamped to [0, 1].
 
@@ -76,7 +84,7 @@ def quantile_rank_interval(p: float, below: RatioStats, alpha: float = 0.05) -> 
         return 0.0, 1.0
     if below.status() is not Status.OK:
         return 0.0, 1.0
-    half = z_value(alpha) * math.sqrt(below.variance())
+    half = rank_critical_value(alpha, below.n) * math.sqrt(below.sampling_variance())
     return max(0.0, p - half), min(1.0, p + half)
 
 
@@ -99,7 +107,7 @@ def quantile_difference(
     """Treatment minus control p-quantile from each cohort's outer interval.
 
     Each cohort's standard error is recovered from its interval width,
-    SE ~= (hi - lo) / (2 z) (Deng, Knoblich & Lu 2018, §4: the quantile interval is
+    SE ~= (hi - lo) / (2 t) with the rank interval's own critical value (Deng, Knoblich & Lu 2018, §4: the quantile interval is
     asymptotically symmetric, so its width gives the SE needed to combine cohorts).
     Then diff +/- z sqrt(SE_t^2 + SE_c^2), a z-test p-value, and the relative interval
     by the delta method for a ratio of independent estimates. The outer interval may
@@ -116,9 +124,15 @@ def quantile_difference(
     if any(u is not None and u < 2 for u in (users_t, users_c)):
         status = Status.NO_DATA if 0 in (users_t, users_c) else Status.TOO_FEW_USERS
         return degenerate(status, alpha, Method.QUANTILE, c_est, t_est)
-    z = z_value(alpha)
-    se_t, se_c = (t_hi - t_lo) / (2.0 * z), (c_hi - c_lo) / (2.0 * z)
-    return normal_estimate(c_est, t_est, se_c**2, se_t**2, alpha, Method.QUANTILE)
+    df = None
+    if users_t is None or users_c is None:
+        z_t = z_c = z_value(alpha)
+    else:
+        z_t, z_c = rank_critical_value(alpha, users_t), rank_critical_value(alpha, users_c)
+    se_t, se_c = (t_hi - t_lo) / (2.0 * z_t), (c_hi - c_lo) / (2.0 * z_c)
+    if users_t is not None and users_c is not None:
+        df = welch_df(se_t**2, users_t, se_c**2, users_c)
+    return normal_estimate(c_est, t_est, se_c**2, se_t**2, alpha, Method.QUANTILE, df)
 
 
 def _below_counts(values_by_user: list[list[float]], q: float) -> RatioStats:

@@ -7,7 +7,12 @@ Guide with Novel Ideas", KDD; GrowthBook's gbstats ``RatioStatistic`` is the sam
 from a binomial on requests.
 
 The SQL engine supplies, per cohort, n = count(users) and the sums of x, y, x^2, y^2 and
-x*y over users (x_i, y_i are the user's totals).
+x*y over users (x_i, y_i are the user's totals), and in a second pass the sums of each
+user's leave-one-out change r_i and r_i^2, from which intervals take the delete-one-user
+jackknife variance: equal to the delta method's as users grow many, and honest with a few
+heavy users, where the delta method's intervals covered 0.79 at 50 users a cohort
+(tests/test_stats_simulation.py). Intervals are Student t with Welch–Satterthwaite degrees
+of freedom (`stats.estimate.welch_df`): z once users are many.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from flagscope.analysis.stats.estimate import (
     degenerate,
     normal_estimate,
     valid_alpha,
+    welch_df,
 )
 from flagscope.analysis.stats.rare import is_rare, rare_difference
 
@@ -34,6 +40,9 @@ class RatioStats:
 
     n: users; sum_x, sum_y: totals of the per-user numerators and denominators;
     sum_x2, sum_y2, sum_xy: sums over users of x_i^2, y_i^2 and x_i * y_i.
+    leave_one_out: (Σ r_i, Σ r_i²) with r_i = (x_i - R y_i) / (Y - y_i), each user's
+    leave-one-out change of the ratio; it needs R and Y first, so an engine computes it in
+    a second pass. When present, :meth:`sampling_variance` is the jackknife.
     """
 
     n: int
@@ -42,21 +51,30 @@ class RatioStats:
     sum_x2: float
     sum_y2: float
     sum_xy: float
+    leave_one_out: tuple[float, float] | None = None
 
     @classmethod
     def from_users(cls, xs: list[float], ys: list[float]) -> RatioStats:
-        """Sums from per-user totals (reference path for tests and simulations)."""
+        """Sums from per-user totals (reference path for tests and simulations), with the
+        leave-one-out sums."""
+        total_x, total_y = math.fsum(xs), math.fsum(ys)
+        loo = None
+        if len(xs) >= 2 and total_y > 0 and all(total_y - y > 0 for y in ys):
+            r = [(x - total_x / total_y * y) / (total_y - y) for x, y in zip(xs, ys, strict=True)]
+            loo = (math.fsum(r), math.fsum(v * v for v in r))
         return cls(
             len(xs),
-            math.fsum(xs),
-            math.fsum(ys),
+            total_x,
+            total_y,
             math.fsum(x * x for x in xs),
             math.fsum(y * y for y in ys),
             math.fsum(x * y for x, y in zip(xs, ys, strict=True)),
+            loo,
         )
 
     def merged(self, other: RatioStats) -> RatioStats:
-        """The sums of both cohorts together (users are disjoint)."""
+        """The sums of both cohorts together (users are disjoint; the leave-one-out sums
+        belong to each cohort's own ratio and are not carried over)."""
         return RatioStats(
             self.n + other.n,
             self.sum_x + other.sum_x,
@@ -121,6 +139,26 @@ class RatioStats:
             return math.inf
         return self.residual_ss() / denominator
 
+    def jackknife_variance(self) -> float | None:
+        """Delete-one-user jackknife variance (n - 1) / n Σ (r_i - r̄)² of the ratio
+        (Efron & Stein 1981; for a ratio of sums r_i = R - R_(i) exactly). With a few
+        heavy users the delta method's residuals understate their pull — the leverage
+        h_i = y_i / Y of a user with a tenth of the requests — and the jackknife divides
+        each residual by 1 - h_i (Bell & McCaffrey 2002's CR3); the two agree as users
+        grow many. None without the leave-one-out sums."""
+        if self.leave_one_out is None or self.status() is not Status.OK:
+            return None
+        total, squares = self.leave_one_out
+        if not (math.isfinite(total) and math.isfinite(squares)):
+            return None
+        return max(0.0, (self.n - 1) / self.n * (squares - total * total / self.n))
+
+    def sampling_variance(self) -> float:
+        """The variance intervals use: the jackknife when its sums are known, else the
+        delta method."""
+        jackknife = self.jackknife_variance()
+        return self.variance() if jackknife is None else jackknife
+
 
 def _worst_status(treatment: RatioStats, control: RatioStats) -> Status:
     order = (Status.INVALID_INPUT, Status.NO_DATA, Status.TOO_FEW_USERS)
@@ -131,23 +169,20 @@ def _worst_status(treatment: RatioStats, control: RatioStats) -> Status:
 def ratio_difference(treatment: RatioStats, control: RatioStats, alpha: float = 0.05) -> Estimate:
     """Treatment minus control for a ratio metric, users as the unit.
 
-    Delta-method variances per cohort (:meth:`RatioStats.variance`), Wald z interval
-    and z-test p-value on the difference; relative interval by the delta method for the
-    ratio of two independent estimates (gbstats uses the same). Method DELTA.
+    Per cohort the jackknife variance over users when its sums are known, else the
+    delta method's (:meth:`RatioStats.sampling_variance`), Wald interval and
+    test on the difference with Welch–Satterthwaite degrees of freedom (users per cohort;
+    z once they are many); relative interval by the delta method for the ratio of two
+    independent estimates (gbstats uses the same). Method DELTA.
     """
     if not valid_alpha(alpha):
         return degenerate(Status.INVALID_INPUT, 0.05, Method.DELTA)
     status = _worst_status(treatment, control)
     if status is not Status.OK:
         return degenerate(status, alpha, Method.DELTA, control.ratio, treatment.ratio)
-    return normal_estimate(
-        control.ratio,
-        treatment.ratio,
-        control.variance(),
-        treatment.variance(),
-        alpha,
-        Method.DELTA,
-    )
+    var_c, var_t = control.sampling_variance(), treatment.sampling_variance()
+    df = welch_df(var_t, treatment.n, var_c, control.n)
+    return normal_estimate(control.ratio, treatment.ratio, var_c, var_t, alpha, Method.DELTA, df)
 
 
 def design_effect(stats: RatioStats) -> float:

@@ -14,7 +14,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from flagscope.analysis.stats.estimate import Estimate, valid_alpha, with_sequential, z_value
+from flagscope.analysis.stats.estimate import (
+    Estimate,
+    critical_value,
+    valid_alpha,
+    with_sequential,
+)
 
 DEFAULT_TUNING = 5000  # gbstats' default sequential_tuning_parameter N*
 
@@ -86,26 +91,31 @@ def sequential_estimate(
     the absolute and the relative interval is stretched about its estimate by the same
     factor k = halfwidth / (z se) (for symmetric delta-method intervals this is exactly
     gbstats' sequential relative interval). p_value becomes
-    :func:`sequential_p_value`. ``alpha`` defaults to the fixed estimate's. Results
+    :func:`sequential_p_value` read with the standard error of the side of the interval
+    that must cross 0, but never below the fixed-horizon p-value (which is a t test for a
+    small cohort, where the asymptotic sequence can be the less demanding). ``alpha`` defaults to the fixed estimate's. Results
     without an interval come back unchanged but marked sequential.
     """
     alpha = fixed.alpha if alpha is None else alpha
     if not fixed.has_interval or fixed.se <= 0 or n <= 0 or not valid_alpha(alpha):
         return replace(fixed, sequential=True)
     sd = fixed.se * math.sqrt(n)
-    fixed_half = z_value(fixed.alpha) * fixed.se  # the fixed interval's (mean) half-width
+    crit = critical_value(fixed.alpha, fixed.df)  # z, or t for a small-sample interval
+    fixed_half = crit * fixed.se  # the fixed interval's (mean) half-width
     k = max(1.0, sequential_halfwidth(sd, n, alpha, tuning) / fixed_half)
     # The p-value is read on the side of the interval that must cross 0, with that side's
     # own standard error: an asymmetric (Newcombe) interval's lower and upper halves
     # differ, and a symmetric p-value could then disagree with the stretched interval.
     side = fixed.diff - fixed.diff_lo if fixed.diff >= 0 else fixed.diff_hi - fixed.diff
-    side_sd = side / z_value(fixed.alpha) * math.sqrt(n) if side > 0 else sd
+    side_sd = side / crit * math.sqrt(n) if side > 0 else sd
     return with_sequential(
         fixed,
         diff_lo=fixed.diff - k * (fixed.diff - fixed.diff_lo),
         diff_hi=fixed.diff + k * (fixed.diff_hi - fixed.diff),
         rel_lo=fixed.rel - k * (fixed.rel - fixed.rel_lo),
         rel_hi=fixed.rel + k * (fixed.rel_hi - fixed.rel),
-        p_value=sequential_p_value(fixed.diff, side_sd, n, alpha, tuning),
+        # never more evidence than the fixed-horizon test (a t test with few users)
+        p_value=max(fixed.p_value, sequential_p_value(fixed.diff, side_sd, n, alpha, tuning)),
         alpha=alpha,
+        df=None,  # a confidence sequence is normal-theory (asymptotic)
     )
