@@ -18,7 +18,13 @@ from datetime import timedelta
 import duckdb
 
 from flagscope.analysis.stats.cuped import CovariateMoments, regression_adjusted
-from flagscope.analysis.stats.mix import Totals, jackknife_variance, linearize, pooled_weights
+from flagscope.analysis.stats.mix import (
+    Linearization,
+    Totals,
+    jackknife_variance,
+    linearize,
+    pooled_weights,
+)
 
 METRICS = {"error_rate": "eerr", "mean_latency": "elat"}  # metric → fs_per_unit column
 PRE_COLUMN = {"error_rate": "err", "mean_latency": "lat"}  # … and its fs_pre column
@@ -42,7 +48,9 @@ class AdjustedMoments:
 # earlier one outside the window would make "before the window" post-exposure data), or
 # the first compared request of theirs. Their pre-exposure requests: root entry spans
 # (what the user experienced, as the edge requests) carrying their user id in
-# [first exposure - look-back, first exposure). Flagged traffic never enters: it is after.
+# [first exposure - look-back, first exposure), per stratum (the edge's service and route,
+# as `cohorts` forms it) so that the covariate is re-weighted to the same route mix as the
+# metric. Flagged traffic never enters: it is after.
 _EXPOSURE_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_exposure AS
 SELECT unit, min(first) AS first FROM (
@@ -54,12 +62,15 @@ SELECT unit, min(first) AS first FROM (
 """
 _PRE_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_pre AS
-SELECT x.unit, count(*) AS req, sum(r.is_error::INTEGER) AS err, sum(r.duration_ms) AS lat
+SELECT x.unit, hash(coalesce(r.service_name, 'unknown_service'),
+                    trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)))
+           AS stratum,
+       count(*) AS req, sum(r.is_error::INTEGER) AS err, sum(r.duration_ms) AS lat
 FROM events_raw r JOIN fs_exposure x ON hash(r.user_id) = x.unit
 WHERE r.is_entry AND coalesce(r.parent_span_id, '') = '' AND r.duration_ms IS NOT NULL
   AND r.time >= $from AND r.time < $to
   AND r.time >= x.first - to_microseconds($lookback) AND r.time < x.first
-GROUP BY 1
+GROUP BY ALL
 """
 
 
@@ -98,45 +109,27 @@ def adjusted_moments(
         cells.setdefault("mean_latency", {})[stratum] = Totals(float(lat), float(req))
     if set(by_cohort) != {treatment, baseline}:
         return {}
-    strata, cohorts, estimates = [], [], {}
+    weights, lins = {}, {}
     for metric in METRICS:
         t, c = by_cohort[treatment][metric], by_cohort[baseline][metric]
-        weights = pooled_weights(t, c)
+        weights[metric] = pooled_weights(t, c)
         for cohort, own in ((treatment, t), (baseline, c)):
-            lin = linearize(own, weights)
-            estimates[metric, cohort] = lin.estimate
-            strata += [(metric, cohort, k, *params) for k, params in lin.strata.items()]
-            cohorts.append((metric, cohort, lin.missing, lin.overall, lin.total_y))
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE fs_mix_strata (metric VARCHAR, cohort UTINYINT, "
-        "stratum UBIGINT, w DOUBLE, ratio DOUBLE, total DOUBLE)"
+            lins[metric, cohort] = linearize(own, weights[metric])
+    estimates = {key: lin.estimate for key, lin in lins.items()}
+    # φ: each unit's leave-one-out change of its cohort's estimate, its strata together
+    _influence(
+        con,
+        "fs_phi",
+        "SELECT cohort, stratum, unit, eerr AS err, elat AS lat, ereq AS req FROM fs_per_unit "
+        "WHERE ereq > 0",
+        lins,
     )
-    con.executemany("INSERT INTO fs_mix_strata VALUES (?, ?, ?, ?, ?, ?)", strata)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE fs_mix_cohorts (metric VARCHAR, cohort UTINYINT, "
-        "missing DOUBLE, overall DOUBLE, total_y DOUBLE)"
-    )
-    con.executemany("INSERT INTO fs_mix_cohorts VALUES (?, ?, ?, ?, ?)", cohorts)
-    # φ: each unit's leave-one-out change of its cohort's estimate (stats.mix.Linearization
-    # .influence), its strata together
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE fs_phi AS
-        SELECT metric, cohort, unit,
-               sum(w * (x - ratio * y) / CASE WHEN total > y THEN total - y ELSE total END)
-               + any_value(missing) * (sum(x) - any_value(overall) * sum(y))
-                 / CASE WHEN any_value(total_y) > sum(y) THEN any_value(total_y) - sum(y)
-                        ELSE any_value(total_y) END AS phi
-        FROM (
-            SELECT k.metric, u.cohort, u.unit, u.ereq AS y, k.w, k.ratio, k.total,
-                   CASE k.metric WHEN 'error_rate' THEN u.eerr ELSE u.elat END AS x,
-                   c.missing, c.overall, c.total_y
-            FROM fs_per_unit u JOIN fs_mix_strata k USING (cohort, stratum)
-            JOIN fs_mix_cohorts c USING (metric, cohort)
-            WHERE u.ereq > 0)
-        GROUP BY metric, cohort, unit""")
     if not pre_exposure:
         out: dict[str, dict[int, AdjustedMoments]] = {}
-        sums = "SELECT metric, cohort, count(*), sum(phi), sum(phi * phi) FROM fs_phi GROUP BY ALL"
+        sums = (
+            "SELECT metric, cohort, count(*), sum(value), sum(value * value) FROM fs_phi "
+            "GROUP BY ALL"
+        )
         for metric, cohort, units, phi, phi2 in con.execute(sums).fetchall():
             variance = jackknife_variance(int(units), float(phi), float(phi2))
             estimate = estimates[metric, cohort]
@@ -144,64 +137,91 @@ def adjusted_moments(
                 estimate, variance, int(units), estimate
             )
         return out
-    return _regression_adjusted(con, estimates, treatment, baseline)
+    return _regression_adjusted(con, estimates, weights, treatment, baseline)
+
+
+def _influence(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: str,
+    lins: dict[tuple[str, int], Linearization[int]],
+) -> None:
+    """`table` (metric, cohort, unit, value): each unit's leave-one-out change of its
+    cohort's post-stratified ratio (`stats.mix.Linearization.influence` in SQL), from
+    `rows` = (cohort, stratum, unit, err, lat, req) per unit and stratum."""
+    strata = [(m, c, k, *p) for (m, c), lin in lins.items() for k, p in lin.strata.items()]
+    cohorts = [(m, c, lin.missing, lin.overall, lin.total_y) for (m, c), lin in lins.items()]
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table}_strata (metric VARCHAR, cohort UTINYINT, "
+        "stratum UBIGINT, w DOUBLE, ratio DOUBLE, total DOUBLE)"
+    )
+    if strata:
+        con.executemany(f"INSERT INTO {table}_strata VALUES (?, ?, ?, ?, ?, ?)", strata)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table}_cohorts (metric VARCHAR, cohort UTINYINT, "
+        "missing DOUBLE, overall DOUBLE, total_y DOUBLE)"
+    )
+    if cohorts:
+        con.executemany(f"INSERT INTO {table}_cohorts VALUES (?, ?, ?, ?, ?)", cohorts)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT metric, cohort, unit,
+               sum(w * (x - ratio * y) / CASE WHEN total > y THEN total - y ELSE total END)
+               + any_value(missing) * (sum(x) - any_value(overall) * sum(y))
+                 / CASE WHEN any_value(total_y) > sum(y) THEN any_value(total_y) - sum(y)
+                        ELSE any_value(total_y) END AS value
+        FROM (
+            SELECT k.metric, u.cohort, u.unit, u.req AS y, k.w, k.ratio, k.total,
+                   CASE k.metric WHEN 'error_rate' THEN u.err ELSE u.lat END AS x,
+                   c.missing, c.overall, c.total_y
+            FROM ({rows}) u JOIN {table}_strata k USING (cohort, stratum)
+            JOIN {table}_cohorts c USING (metric, cohort))
+        GROUP BY metric, cohort, unit""")
 
 
 def _regression_adjusted(
     con: duckdb.DuckDBPyConnection,
     estimates: dict[tuple[str, int], float],
+    weights: dict[str, dict[int, float]],
     treatment: int,
     baseline: int,
 ) -> dict[str, dict[int, AdjustedMoments]]:
-    """CUPED on the post-stratified estimates: ψ from each cohort's pre-exposure ratio."""
-    pre = {
-        cohort: (float(req or 0), float(err or 0), float(lat or 0))
-        for cohort, req, err, lat in con.execute("""
-            SELECT u.cohort, sum(p.req), sum(p.err), sum(p.lat)
-            FROM (SELECT DISTINCT cohort, unit FROM fs_phi) u JOIN fs_pre p USING (unit)
-            GROUP BY 1""").fetchall()
-    }
-    ratios = []
-    for metric in METRICS:
-        for cohort in (treatment, baseline):
-            req, err, lat = pre.get(cohort, (0.0, 0.0, 0.0))
-            x = err if metric == "error_rate" else lat
-            ratios.append((metric, cohort, x / req if req else 0.0, req))
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE fs_pre_ratios "
-        "(metric VARCHAR, cohort UTINYINT, ratio DOUBLE, req DOUBLE)"
+    """CUPED on the post-stratified estimates; the covariate is each cohort's
+    pre-exposure ratio re-weighted to the same route mix (ψ its leave-one-out changes)."""
+    pre_rows = (
+        "SELECT u.cohort, p.stratum, p.unit, p.err, p.lat, p.req "
+        "FROM (SELECT DISTINCT cohort, unit FROM fs_phi) u JOIN fs_pre p USING (unit)"
     )
-    con.executemany("INSERT INTO fs_pre_ratios VALUES (?, ?, ?, ?)", ratios)
-    # ψ: each unit's leave-one-out change of its cohort's pre-exposure ratio (0 without
-    # pre-exposure requests)
-    rows = con.execute("""
-        SELECT metric, cohort, count(*), sum(phi), sum(psi), sum(phi * phi), sum(phi * psi),
-               sum(psi * psi)
-        FROM (
-            SELECT f.metric, f.cohort, f.phi, CASE WHEN r.req > 0 THEN coalesce(
-                (CASE f.metric WHEN 'error_rate' THEN p.err ELSE p.lat END - r.ratio * p.req)
-                / CASE WHEN r.req > p.req THEN r.req - p.req ELSE r.req END, 0)
-                ELSE 0 END AS psi
-            FROM fs_phi f JOIN fs_pre_ratios r USING (metric, cohort)
-            LEFT JOIN fs_pre p USING (unit))
-        GROUP BY ALL""").fetchall()
-    moments = {
-        (metric, cohort): (int(n), *(float(v) for v in sums)) for metric, cohort, n, *sums in rows
+    own: dict[tuple[str, int], dict[int, Totals]] = {}
+    for cohort, stratum, err, lat, req in con.execute(
+        f"SELECT cohort, stratum, sum(err), sum(lat), sum(req) FROM ({pre_rows}) GROUP BY ALL"
+    ).fetchall():
+        own.setdefault(("error_rate", cohort), {})[stratum] = Totals(float(err), float(req))
+        own.setdefault(("mean_latency", cohort), {})[stratum] = Totals(float(lat), float(req))
+    lins = {
+        (metric, cohort): linearize(own.get((metric, cohort), {}), weights[metric])
+        for metric in METRICS
+        for cohort in (treatment, baseline)
     }
-    ratio = {(m, c): r for m, c, r, _ in ratios}
+    _influence(con, "fs_psi", pre_rows, lins)
+    rows = con.execute("""
+        SELECT f.metric, f.cohort, count(*), sum(f.value), sum(coalesce(p.value, 0)),
+               sum(f.value * f.value), sum(f.value * coalesce(p.value, 0)),
+               sum(coalesce(p.value, 0) ** 2)
+        FROM fs_phi f LEFT JOIN fs_psi p USING (metric, cohort, unit)
+        GROUP BY ALL""").fetchall()
+    moments = {(m, c): (int(n), *(float(v) for v in sums)) for m, c, n, *sums in rows}
     out: dict[str, dict[int, AdjustedMoments]] = {}
     for metric in METRICS:
-        req_t, req_c = pre.get(treatment, (0.0,))[0], pre.get(baseline, (0.0,))[0]
-        pooled = (
-            (ratio[metric, treatment] * req_t + ratio[metric, baseline] * req_c) / (req_t + req_c)
-            if req_t + req_c > 0
-            else 0.0
-        )
+        req = {c: lins[metric, c].total_y for c in (treatment, baseline)}
+        covariate = {c: lins[metric, c].estimate for c in (treatment, baseline)}
+        total = req[treatment] + req[baseline]
+        pooled = sum(covariate[c] * req[c] for c in req) / total if total > 0 else 0.0
         cov = {
             cohort: CovariateMoments(
                 int(moments[metric, cohort][0]),
                 estimates[metric, cohort],
-                ratio[metric, cohort],
+                covariate[cohort],
                 *moments[metric, cohort][1:],
             )
             for cohort in (treatment, baseline)

@@ -15,6 +15,7 @@ import pytest
 
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions
+from flagscope.analysis.stats import mix
 from flagscope.analysis.stats.cuped import CovariateMoments, regression_adjusted
 from tests.synthetic import NOW, request, span, write
 
@@ -181,3 +182,62 @@ def test_cuped_intervals_keep_their_coverage_and_shrink() -> None:
     lo, hi = 0.95 - 3.3 * math.sqrt(0.95 * 0.05 / reps), 0.95 + 3.3 * math.sqrt(0.95 * 0.05 / reps)
     assert lo <= covered / reps <= hi, covered / reps
     assert np.mean(widths) < 0.6  # more than 40 % of the variance removed
+
+
+def test_the_covariate_is_re_weighted_to_the_same_route_mix(tmp_path) -> None:
+    """Users call a fast and a slow route in their own proportions, before exposure and
+    after: the covariate is each cohort's pre-exposure latency re-weighted to the metric's
+    pooled route mix, and the SQL's θ and estimates equal the Python reference
+    (`stats.mix` influences for φ and ψ, `stats.cuped`) on the generator's records."""
+    rng, ids = random.Random(21), random.Random(22)
+    rows, units = [], {"on": [], "off": []}
+    for i in range(700):
+        user, variant = f"u{i}", ("on" if rng.random() < 0.4 else "off")
+        level, slow_share = rng.lognormvariate(0, 0.6), rng.random()
+        exposed = START + timedelta(seconds=rng.random() * 3600)
+        post: dict[str, list[float]] = {}
+        pre: dict[str, list[float]] = {}
+        for when, into in (("pre", pre), ("post", post)):
+            for k in range(rng.randint(1 if when == "post" else 0, 8)):
+                route = "/slow" if rng.random() < slow_share else "/fast"
+                ms = (400 if route == "/slow" else 40) * level * rng.lognormvariate(0, 0.3)
+                cell = into.setdefault(("frontend", f"GET {route}"), [0.0, 0.0])
+                cell[0], cell[1] = cell[0] + ms, cell[1] + 1
+                if when == "pre":
+                    at = exposed - timedelta(hours=1 + rng.random() * 48)
+                    trace = f"{ids.getrandbits(128):032x}"
+                    rows.append(span(trace, user=user, ms=ms, route=route, at=at))
+                else:
+                    at = exposed + timedelta(seconds=k * 30)
+                    rows += request(user, variant, ms=ms, route=route, at=at)
+        units[variant].append(
+            ({k: tuple(v) for k, v in post.items()}, {k: tuple(v) for k, v in pre.items()})
+        )
+    result = run_diff(
+        write(tmp_path / "lake", rows), DiffOptions("f", START, END, pre_exposure=LOOKBACK)
+    )
+
+    def side(variant: str, which: int) -> list[dict]:
+        return [u[which] for u in units[variant]]
+
+    weights = mix.pooled_weights(
+        mix.stratum_totals(side("on", 0)), mix.stratum_totals(side("off", 0))
+    )
+    moments = {}
+    for variant in ("on", "off"):
+        post_lin = mix.linearize(mix.stratum_totals(side(variant, 0)), weights)
+        pre_lin = mix.linearize(mix.stratum_totals(side(variant, 1)), weights)
+        phi = [post_lin.influence(p) for p, _ in units[variant]]
+        psi = [pre_lin.influence(q) for _, q in units[variant]]
+        moments[variant] = CovariateMoments(
+            len(phi), post_lin.estimate, pre_lin.estimate, sum(phi), sum(psi),
+            sum(a * a for a in phi), sum(a * b for a, b in zip(phi, psi, strict=True)),
+            sum(b * b for b in psi),
+        )  # fmt: skip
+    expected = regression_adjusted(moments["on"], moments["off"], 0.0)
+    got = {m.metric: m.estimate for m in result.adjusted}["mean_latency"]
+    assert result.cuped is not None
+    assert result.cuped["mean_latency"]["theta"] == pytest.approx(expected.theta, rel=1e-9)
+    assert got.diff == pytest.approx(expected.treatment[0] - expected.control[0], rel=1e-9)
+    assert got.se**2 == pytest.approx(expected.treatment[1] + expected.control[1], rel=1e-9)
+    assert result.cuped["mean_latency"]["variance_reduction"] > 0.3
