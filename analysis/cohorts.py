@@ -8,7 +8,8 @@
   span of that service. With --service or --route, every entry span asked for counts.
 - A trace belongs to the variant of the flag's first evaluation anywhere in it (often a
   child span of another service), so the whole request is labelled.
-- The unit is the user: the evaluation's targeting key, else the request's own user id,
+- The unit is the user: the evaluation's targeting key, else the user id the trace's
+  requests carry (the first entry span with one: a downstream service often sees none),
   else (no user known) the trace itself.
 - A unit seen in both compared variants (crossover) keeps the first of them: requests of
   its traces under the other variant are left out, and the count is reported. Both the
@@ -156,6 +157,15 @@ SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
 FROM events_raw r JOIN fs_traces t USING (trace_key)
 WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
 """
+# A trace whose evaluation names nobody is the user of its request: the entry spans of
+# services that do not see the user id (a downstream SERVER span) take the trace's first
+# one, instead of each becoming a unit of its own.
+_TRACE_USER_SQL = """
+UPDATE fs_entries e SET user_hash = u.user_hash
+FROM (SELECT trace_key, arg_min(user_hash, time) AS user_hash
+      FROM fs_entries WHERE request_user GROUP BY trace_key) u
+WHERE e.trace_key = u.trace_key AND e.user_hash IS NULL
+"""
 
 # Users seen in both compared variants (crossover), with the first compared variant they
 # saw. A user is known from the evaluations that name one and, where the evaluation names
@@ -289,6 +299,7 @@ class Evaluations:
         # Crossover is found over every entry span, before --service / --route narrow the
         # compared set: a filter must not change who counts as a crossover user.
         con.execute(_ENTRIES_SQL, {"start": q.start, "end": q.end})
+        con.execute(_TRACE_USER_SQL)
         con.execute(_USER_FIRST_SQL, arms)
         con.execute(_USER_MARKS_SQL)
         con.execute(_LABELLED_SQL, {"service": q.service, "route": q.route})

@@ -69,8 +69,10 @@ def bare_sql(
       of the trace; its user: that evaluation's user;
     - test traffic: a trace with any `is_test` row, or with any row of a user who has an
       `is_test` row anywhere in the window, is left out (by trace and by user);
-    - requests: spans with kind = 2 (SERVER) or without a parent (`is_entry`), in flagged
-      traces.
+    - requests: entry spans (kind = 2 SERVER, or without a parent: `is_entry`) in flagged
+      traces; per variant one per trace, its edge (the root entry span, else the
+      earliest), as the diff's overall numbers count them; the breakdown variant groups
+      every entry span.
 
     Traces are matched on `trace_key` (the trace id as a UUID), as the diff matches them:
     the yardstick uses the cheapest columns the lake offers, too.
@@ -109,7 +111,9 @@ WITH evaluations AS (
     WHERE {window()} AND (is_test OR user_id IN (SELECT user_id FROM test_users))
 ), requests AS (
     SELECT e.variant, coalesce(e.flag_user, r.user_id) AS user_id, r.service_name,
-           r.http_method, r.http_route, r.duration_ms, r.is_error
+           r.http_method, r.http_route, r.duration_ms, r.is_error,
+           row_number() OVER (PARTITION BY r.trace_key
+               ORDER BY coalesce(r.parent_span_id, '') <> '', r.time, r.span_key) = 1 AS edge
     FROM {source} AS r
     JOIN evaluations AS e ON e.trace_key = r.trace_key
     WHERE {window("r.time")} AND r.is_entry
@@ -122,6 +126,7 @@ SELECT {select_keys},
        quantile_cont(duration_ms, [{quantiles}]) AS quantiles_ms,
        avg(duration_ms) AS mean_ms
 FROM requests
+{"" if breakdown else "WHERE edge"}
 {group}
 ORDER BY ALL
 """

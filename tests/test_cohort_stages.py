@@ -391,6 +391,13 @@ class Oracle:
         self.first_cohort = {
             user: min(times)[1] for user, times in seen.items() if len({c for _, c in times}) == 2
         }
+        # a trace whose evaluations name nobody: the user id its first entry span carries
+        self.trace_request_user: dict[str, str] = {}
+        for r in sorted(rows, key=lambda row: row["time"]):
+            trace = r["trace_id"]
+            anonymous = trace in self.trace_cohort and self.trace_user[trace] is None
+            if anonymous and r["user_id"] and self._entry_in_window(r):
+                self.trace_request_user.setdefault(trace, r["user_id"])
         self.labelled = self._label(rows)
 
     def _entry_in_window(self, r: Row) -> bool:
@@ -422,7 +429,11 @@ class Oracle:
             if q.route is not None and q.route not in (path, route):
                 continue
             cohort = self.trace_cohort[r["trace_id"]]
-            user = self.trace_user[r["trace_id"]] or r["user_id"]
+            user = (
+                self.trace_user[r["trace_id"]]
+                or r["user_id"]
+                or self.trace_request_user.get(r["trace_id"])
+            )
             labelled.append(
                 Request(
                     cohort=cohort,
@@ -838,3 +849,21 @@ def test_a_request_through_three_services_is_one_request_overall_and_one_per_ser
         assert overall.latency.sum_x == pytest.approx(6 * 300.0)
         per_service = {s.service_name: s.requests for s in sums.strata if s.cohort == cohort}
         assert per_service == {"frontend": 6, "cart": 6, "payments": 6}
+
+
+def test_a_downstream_entry_span_without_a_user_id_is_counted_under_the_traces_user(tmp_path):
+    """The evaluation names nobody and only the edge span carries enduser.id: the downstream
+    service's entry span belongs to the same user, not to a unit of its own (the audit saw
+    800 users counted as 1,757)."""
+    rows = []
+    for i in range(4):
+        for variant in ("on", "off"):
+            trace = f"{i * 2 + (variant == 'on') + 1:032x}"
+            edge = span(trace, service="frontend", user=f"{variant}-{i}", span_id=f"{1:016x}")
+            down = span(trace, service="cart", route="/cart", parent=f"{1:016x}",
+                        flags={"f": variant}, span_id=f"{2:016x}")  # fmt: skip
+            rows += [edge, down]
+    excluded, got = _stage_2_alone(tmp_path, rows)
+    assert excluded.requests_without_user == 0
+    units = {(row[3], row[1]) for row in got}  # (service, unit)
+    assert len({u for _, u in units}) == 8  # one unit per user, across both services
