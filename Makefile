@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
+	# GrowthBook's gbstats, an oracle in tests/test_quantile_clustered_oracle.py: its
+	# metadata pins numpy<2 and pandas<2 (no wheels for newer Pythons), but the statistics
+	# module it is used for needs neither
+	$(BIN)/python -m pip install --quiet --no-deps gbstats==0.8.0
 	touch $(STAMP)
 
 demo: $(STAMP)
