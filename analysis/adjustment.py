@@ -26,8 +26,7 @@ from flagscope.analysis.stats.mix import (
     pooled_weights,
 )
 
-METRICS = {"error_rate": "eerr", "mean_latency": "elat"}  # metric → fs_per_unit column
-PRE_COLUMN = {"error_rate": "err", "mean_latency": "lat"}  # … and its fs_pre column
+METRICS = ("error_rate", "mean_latency")  # the adjusted metrics: err / req and lat / req
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,12 @@ class AdjustedMoments:
 # metric. Flagged traffic never enters: it is after.
 _EXPOSURE_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_exposure AS
-SELECT unit, min(first) AS first FROM (
+WITH compared AS (SELECT unit, min(time) AS first FROM fs_labelled WHERE NOT no_user GROUP BY 1)
+SELECT c.unit, least(c.first, coalesce(e.first, c.first)) AS first
+FROM compared c LEFT JOIN (
     SELECT hash(user_id) AS unit, min(time) AS first FROM events_raw
     WHERE map_contains(flags, $flag) AND user_id IS NOT NULL GROUP BY 1
-    UNION ALL
-    SELECT unit, min(time) FROM fs_labelled WHERE NOT no_user GROUP BY 1
-) WHERE unit IN (SELECT unit FROM fs_labelled WHERE NOT no_user) GROUP BY 1
+) e USING (unit)
 """
 _PRE_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_pre AS

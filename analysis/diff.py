@@ -40,6 +40,7 @@ from flagscope.analysis.stats import (
     Method,
     SrmResult,
     Status,
+    benjamini_hochberg,
     error_rate_difference,
     quantile_difference,
     quantile_rank_interval,
@@ -233,7 +234,7 @@ def decisive_q_values(overall: list[float], routes: list[float]) -> tuple[list[f
     the overall tests together carry OVERALL_WEIGHT of the weight, the routes the rest."""
     m = len(overall) + len(routes)
     if not routes:
-        return weighted_benjamini_hochberg(overall, [1.0] * len(overall)), []
+        return benjamini_hochberg(overall), []
     w_overall = OVERALL_WEIGHT * m / len(overall)
     w_route = (1 - OVERALL_WEIGHT) * m / len(routes)
     q = weighted_benjamini_hochberg(
@@ -389,19 +390,19 @@ def _run(
     )
     breakdown = _breakdown(routes, iter(q_routes), variant, baseline, options)
     health, srm = _health(options, treatment, base, excluded)
-    decisive = [(f"overall {m.metric} (route-mix adjusted)", m.judgement) for m in adjusted]
-    decisive += [
-        (f"{s.service} {s.route} {m.metric}", m.judgement) for s in breakdown for m in s.metrics
+    adjusted_judged = [(f"overall {m.metric} (route-mix adjusted)", m.judgement) for m in adjusted]
+    routes_judged = [
+        (f"{s.service} {s.route} {m.metric}", m.judgement, s) for s in breakdown for m in s.metrics
     ]
+    decisive = adjusted_judged + [(name, j) for name, j, _ in routes_judged]
     # PASS claims harm is ruled out for what the users experienced: every overall metric
     # (a tail regression that moves no mean still hurts) and every route with enough
     # users in both cohorts to have an answer.
-    ruled_out = decisive[: len(adjusted)] + [(f"overall {m.metric}", m.judgement) for m in metrics]
+    ruled_out = adjusted_judged + [(f"overall {m.metric}", m.judgement) for m in metrics]
     ruled_out += [
-        (f"{s.service} {s.route} {m.metric}", m.judgement)
-        for s in breakdown
+        (name, j)
+        for name, j, s in routes_judged
         if min(s.treatment.users, s.baseline.users) >= limits.min_users
-        for m in s.metrics
     ]
     verdict, reason = overall_verdict(
         decisive,
