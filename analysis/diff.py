@@ -522,7 +522,7 @@ def _health(
                 f"p = {srm.p_value:.3g} (alert below 0.001)",
             )
         )
-    compared = t.users + c.users + excluded.get("crossover_users", 0)
+    compared = t.users + c.users  # a crossover user counts once, in their first variant
     share = excluded.get("crossover_users", 0) / compared if compared else 0.0
     limit = options.thresholds.max_crossover_share
     checks.append(

@@ -14,10 +14,10 @@ seeded replicates (default 24, `--users` 3000 users a day, `--seed` 1):
      moments; the two differ when the error rate takes the rare-event (Newcombe) path,
      whose interval counts the rates before CUPED); the empirical one, 1 − Var(diff_cuped)
      / Var(diff_plain) across replicates (do the estimates really tighten as much as
-     their standard errors say?); and a what-if in numpy on the same requests — the
-     covariate re-weighted to the metric's route mix, which the diff does not do (the
-     same numpy with the diff's own covariate reproduces `result.cuped`, printed as a
-     check). And the reduction at looks 1, 3, 6, 12 and 24 h of the A/A lakes.
+     their standard errors say?); and a what-if in numpy on the same requests — each
+     user's covariate pooled over all routes, as the diff built it before it re-weighted
+     the covariate to the metric's route mix (the same numpy with the diff's own
+     covariate reproduces `result.cuped`, printed as a check). And the reduction at looks 1, 3, 6, 12 and 24 h of the A/A lakes.
   2. time to verdict: 24 hourly looks, each `run_diff(sequential=True)` over the window
      from the rollout's start to the look (always-valid intervals tuned at
      `--expected-users`, default the users of the day), for a true +30 % latency on every
@@ -279,7 +279,7 @@ def _look(result: DiffResult, hour: int, seconds: float) -> dict[str, Any]:
     }
 
 
-# -- what-if: the covariate stratified like the metric (numpy, no diff) ------------------
+# -- oracle and what-if: CUPED's variance reduction in numpy (no diff) ------------------
 def _loo(total: np.ndarray | float, own: np.ndarray) -> np.ndarray:
     """The leave-one-out denominator Y - y_i (Y itself for a unit that is all of it)."""
     return np.where(total > own, total - own, total)
@@ -295,11 +295,11 @@ def cuped_oracle(traffic: Traffic, seed: int, metric: str) -> dict[str, float]:
     """The variance CUPED removes from the 24 h route-mix adjusted `metric`, recomputed in
     numpy from the generator's own requests, with the jackknife moments of
     analysis/stats/mix.py and stats/cuped.py: `implemented` with the covariate as
-    analysis/adjustment.py builds it — each user's pre-exposure ratio over all routes,
-    ψ_i = (x'_i − R' y'_i) / (Y' − y'_i) — a check: it must equal `result.cuped` (while the
-    diff's formulas stay these); `stratified` with the covariate re-weighted to the
-    metric's route mix, ψ_i = Σ_s w_s (x'_is − R'_s y'_is) / (Y'_s − y'_is), which the
-    diff does not do. Both with one pooled θ."""
+    analysis/adjustment.py builds it — re-weighted to the metric's route mix,
+    ψ_i = Σ_s w_s (x'_is − R'_s y'_is) / (Y'_s − y'_is) — a check: it must equal
+    `result.cuped` (while the diff's formulas stay these); `pooled` with each user's
+    pre-exposure ratio over all routes, ψ_i = (x'_i − R' y'_i) / (Y' − y'_i), as the
+    diff did before (f10f878). Both with one pooled θ."""
     r = simulate(traffic, seed)
     n, k = traffic.users, len(ROUTES)
     user, route, rollout = r["user"], r["route"], r["rollout"]
@@ -321,14 +321,14 @@ def cuped_oracle(traffic: Traffic, seed: int, metric: str) -> dict[str, float]:
     seen = y.sum(axis=1) > 0
     weights = y.sum(axis=0) / y.sum()
     out = {}
-    for kind in ("implemented", "stratified"):
+    for kind in ("implemented", "pooled"):
         parts = []
         for cohort in (treated & seen, ~treated & seen):
             xs, ys, xps, yps = x[cohort], y[cohort], xp[cohort], yp[cohort]
             total = ys.sum(axis=0)
             ratio = np.divide(xs.sum(axis=0), total, out=np.zeros(k), where=total > 0)
             phi = (weights * (xs - ratio * ys) / np.maximum(_loo(total, ys), 1e-300)).sum(axis=1)
-            if kind == "implemented":
+            if kind == "pooled":
                 x_pre, y_pre = xps.sum(axis=1), yps.sum(axis=1)
                 r_pre = x_pre.sum() / y_pre.sum() if y_pre.sum() > 0 else 0.0
                 psi = (x_pre - r_pre * y_pre) / np.maximum(_loo(y_pre.sum(), y_pre), 1e-300)
@@ -498,11 +498,11 @@ def summarize_variance(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
         row: dict[str, Any] = {"sigma": sigma, "reps": len(reps)}
         for metric in METRICS:
             reported, internal, newcombe, theta, diffs = [], [], 0, [], ([], [])
-            stratified, mismatch = [], 0.0
+            pooled, mismatch = [], 0.0
             for r in reps:
                 if r.get("oracle") and r["arms"]["cuped"]["looks"][-1]["cuped"]:
                     o = r["oracle"][metric]
-                    stratified.append(o["stratified"])
+                    pooled.append(o["pooled"])
                     own = r["arms"]["cuped"]["looks"][-1]["cuped"][metric]["variance_reduction"]
                     mismatch = max(mismatch, abs(o["implemented"] - own))
                 plain, cuped = last(r["arms"]["plain"]), last(r["arms"]["cuped"])
@@ -521,7 +521,7 @@ def summarize_variance(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
                 "delta_method": spread(internal),
                 "theta": spread(theta),
                 "empirical": empirical_reduction(*diffs),
-                "what_if_stratified_covariate": spread(stratified),
+                "what_if_pooled_covariate": spread(pooled),
                 "oracle_vs_result_max_abs": mismatch,
                 "diff_plain": spread(diffs[0]),
                 "diff_cuped": spread(diffs[1]),
@@ -718,7 +718,7 @@ def print_report(report: dict[str, Any]) -> None:
             "CUPED's own",
             "empirical",
             "Newcombe",
-            "what-if: stratified ψ",
+            "what-if: pooled ψ",
         )
     ]
     for row in report["variance_reduction"]:
@@ -733,7 +733,7 @@ def print_report(report: dict[str, Any]) -> None:
                     _mean(m["delta_method"]),
                     _empirical(m["empirical"]),
                     f"{m['newcombe_reps']}/{row['reps']}",
-                    _mean(m["what_if_stratified_covariate"]),
+                    _mean(m["what_if_pooled_covariate"]),
                 )
             )
     table(rows)
@@ -742,9 +742,9 @@ def print_report(report: dict[str, Any]) -> None:
         "   the rare-event fallback); empirical: 1 − Var(diff_cuped) / Var(diff_plain) across\n"
         "   the replicates, bootstrap se (noisy at a few dozen); Newcombe: replicates whose\n"
         "   CUPED error rate took the rare-event path (its interval ignores CUPED); what-if:\n"
-        "   numpy on the same requests, the covariate re-weighted to the metric's route mix\n"
-        "   (not what the diff does; the same numpy with the diff's covariate agrees with\n"
-        f"   result.cuped to {report['oracle_check']:.1e})"
+        "   numpy on the same requests, each user's covariate pooled over all routes (as\n"
+        "   before it was re-weighted to the route mix; the same numpy with the diff's\n"
+        f"   covariate agrees with result.cuped to {report['oracle_check']:.1e})"
     )
     if report["oracle_check"] > 1e-6:
         print(

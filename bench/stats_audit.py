@@ -15,6 +15,12 @@ Scenarios (R = --reps; 20 % exposure, a 24 h window, --users users):
   checkout_2pp     +2 pp on POST /checkout only (8 % of requests) (R/5): power, coverage
   aa_whale         A/A with one user sending ~13 % of all requests (R/5)
   aa_crossover     A/A, 2 % of users evaluated in the other variant later on (R/5)
+  aa_crossover3/8  the same with 3 % and 8 % of users (R/5): 8 % is beyond the 5 % limit,
+                   so every replicate must be UNHEALTHY, never decisive
+  aa_small         A/A with 60 users per cohort (120 users, 50 % exposure) (R/5)
+  aa_week          A/A over a week (users spread over 168 h), 168 hourly sequential looks
+                   (R/10): P(any look decisive), and the share whose always-valid p-value
+                   of an adjusted metric fell below 0.05 at some look
   aa_anonymous     A/A, 30 % of evaluations without a user id (R/5)
   mix_shift        the treatment sends 10 % of its requests to a route of its own, and
                    nothing else changes (R/5): verdicts, coverage where the truth is known
@@ -49,6 +55,7 @@ from tests.production_sim import (
     Replicate,
     Traffic,
     any_look_false_alarms,
+    binomial,
     coverage,
     every,
     false_alarms,
@@ -57,6 +64,7 @@ from tests.production_sim import (
     simulate,
     timing,
     truth,
+    verdict_scale,
     worker_pool,
 )
 
@@ -142,7 +150,48 @@ def report_sequential(
         )
         rows.append(row if sequential else (*row[:5], "(contrast)"))
         out["sequential" if sequential else "peeking"] = found
+        if sequential:
+            excluded = any_look_excludes_zero(reps)
+            out["interval_excluded_zero"] = excluded
+            rows += [
+                _at_most(name, f"  {key} interval excluded 0 at some look", figure, found["bound"])
+                for key, figure in excluded.items()
+                if key in SEQUENTIAL_KEYS
+            ]
     return rows, out
+
+
+# The always-valid intervals whose excursions the outside audit counted over a week.
+SEQUENTIAL_KEYS = (
+    "adjusted error_rate",
+    "adjusted mean_latency",
+    "overall p95_latency",
+    "overall p99_latency",
+)
+
+
+def any_look_excludes_zero(reps: list[Replicate]) -> dict[str, dict[str, float]]:
+    """A/A over sequential looks: per overall/adjusted metric, the share of replicates
+    whose always-valid interval (on the verdict's scale) left out 0 at some look — the
+    always-valid guarantee is that this share is at most α."""
+    hits: dict[str, int] = {}
+    for r in reps:
+        seen: set[str] = set()
+        for look in r.looks:
+            if not look.sequential:
+                continue
+            for i in look.intervals:
+                key = f"{i.scope} {i.metric}"
+                on_diff = verdict_scale(i.metric) == "diff"
+                if i.scope == "route" or not i.has_interval or not (on_diff or i.has_relative):
+                    continue
+                hits.setdefault(key, 0)
+                lo, hi = (i.lo, i.hi) if on_diff else (i.rel_lo, i.rel_hi)
+                if lo > 0 or hi < 0:
+                    seen.add(key)
+        for key in seen:
+            hits[key] += 1
+    return {key: binomial(count, len(reps)) for key, count in sorted(hits.items())}
 
 
 def report_power(
@@ -179,6 +228,7 @@ def scenarios(users: int, reps: int, peek: bool) -> list[Scenario]:
     base = Traffic(users=users, hours=24)
     tenth, fifth = max(10, reps // 10), max(20, reps // 5)
     hourly = every(1, base)
+    week = replace(base, hours=168)
     with_final = (*every(2, base), *fixed_horizon(base))  # detection to within 2 hours
     sequential_plan = (
         tuple(x for h, _ in hourly for x in ((h, True), (h, False))) if peek else hourly
@@ -195,6 +245,10 @@ def scenarios(users: int, reps: int, peek: bool) -> list[Scenario]:
         once("checkout_2pp", base.with_effect(error_pp=2.0, route="POST /checkout"), report_power),
         once("aa_whale", replace(base, whale_requests=round(1.5 * users)), report_aa),
         once("aa_crossover", replace(base, crossover=0.02), report_aa),
+        once("aa_crossover3", replace(base, crossover=0.03), report_aa),
+        once("aa_crossover8", replace(base, crossover=0.08), report_aa),
+        once("aa_small", replace(base, users=120, exposure=0.5), report_aa),
+        Scenario("aa_week", week, tenth, every(1, week), report_sequential),
         once("aa_anonymous", replace(base, eval_without_user=0.3), report_aa),
         once("mix_shift", base.with_effect(new_route_share=0.1), report_verdicts),
         once("aa_testers", replace(base, testers=5), report_aa),

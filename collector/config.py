@@ -29,6 +29,7 @@ class Settings:
     max_request_bytes: int = 64 * MiB
     max_inflight_bytes: int = 256 * MiB
     body_timeout_s: float = 30.0
+    json_decoders: int = 1
     auth_token: str = ""
     data_dir: str = "flagscope-data"
     # [lake]
@@ -75,6 +76,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "max_request_bytes",
         "max_inflight_bytes",
         "body_timeout_s",
+        "json_decoders",
         "auth_token",
         "data_dir",
     ),
@@ -105,6 +107,7 @@ HELP: dict[str, str] = {
     "max_request_bytes": "largest request accepted, after decompression (413 / RESOURCE_EXHAUSTED)",
     "max_inflight_bytes": "request bytes held in memory at once before 503 + Retry-After",
     "body_timeout_s": "a request body must arrive within this many seconds",
+    "json_decoders": "processes decoding OTLP/JSON bodies beside the front end; 0 decodes in it",
     "auth_token": "if set, require 'Authorization: Bearer <token>' (401 / UNAUTHENTICATED)",
     "data_dir": "holds the write-ahead log (wal/) and, by default, the lake (lake/)",
     "lake_dir": "the Parquet lake; default <data_dir>/lake",
@@ -214,6 +217,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("max_request_bytes must be at least 1024")
     if s.max_inflight_bytes < s.max_request_bytes:
         raise ConfigError("max_inflight_bytes must be at least max_request_bytes")
+    if not 0 <= s.json_decoders <= 64:
+        raise ConfigError("json_decoders must be between 0 and 64 (0 decodes in the front end)")
 
 
 def split_endpoint(endpoint: str, name: str = "endpoint") -> tuple[str, int]:

@@ -1,29 +1,27 @@
 """Request bytes → a validated OTLP export request, ready for the write-ahead log.
 
 The ack path does only what is needed to answer truthfully: decompress within the size
-limit, parse (protobuf with upb, or OTLP/JSON with hex ids), and drop the items that can
+limit, parse (protobuf with upb, or OTLP/JSON by `otlp_json`), and drop the items that can
 never be stored (bad ids), reporting them as `partial_success`. Turning items into wide
 events happens later, off the ack path (`flagscope.collector.convert`).
 """
 
 from __future__ import annotations
 
-import base64
-import re
+import functools
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from flagscope.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
+from flagscope.collector.otlp_json import JsonMessage, compile_message, encode_request
 
 ENCODINGS = ("identity", "gzip", "deflate")
-_HEX = re.compile(r"[0-9a-fA-F]*")
 _CHUNK = 256 * 1024
 # How many rejected items are described one by one in partial_success.error_message.
 _MAX_DESCRIBED = 5
@@ -121,68 +119,17 @@ def _parse_json(signal: Signal, body: bytes) -> Message:
         raise BadRequest(f"invalid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise BadRequest("invalid OTLP/JSON: the body must be a JSON object")
-    _hex_ids_to_base64(signal, doc)
-    message = signal.request_type()
+    wire = encode_request(_json_table(signal), doc)
     try:
-        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
-        # Round trip through the wire format: the same limits (nesting depth, UTF-8)
-        # then apply to JSON as to protobuf, and both store identical bytes.
-        return signal.request_type.FromString(message.SerializeToString())
-    except (json_format.ParseError, ValueError, TypeError, UnicodeError) as exc:
-        raise BadRequest(f"invalid OTLP/JSON: {exc}") from exc
+        # Parsed as a protobuf body is: the same limits (nesting depth, UTF-8) apply
+        return signal.request_type.FromString(wire)
     except DecodeError as exc:
         raise BadRequest(_describe_decode_error(signal, exc)) from exc
-    except RecursionError as exc:
-        raise BadRequest("invalid OTLP/JSON: nesting too deep") from exc
 
 
-# OTLP/JSON encodes trace and span ids as hex, where protobuf's JSON mapping expects base64.
-# (protobuf's parser would accept many hex strings as base64 and store 24 bytes of garbage.)
-_ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
-_PATHS = {
-    "traces": (("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans"), ("spans",)),
-    "logs": (
-        ("resourceLogs", "resource_logs"),
-        ("scopeLogs", "scope_logs"),
-        ("logRecords", "log_records"),
-    ),
-}
-
-
-def _items(container: object, keys: tuple[str, ...]) -> list[object]:
-    if not isinstance(container, dict):
-        return []
-    for key in keys:
-        value = container.get(key)
-        if isinstance(value, list):
-            return value
-    return []
-
-
-def _hex_ids_to_base64(signal: Signal, doc: dict[str, object]) -> None:
-    top, middle, leaf = _PATHS[signal.name]
-    for resource in _items(doc, top):
-        for scope in _items(resource, middle):
-            for index, item in enumerate(_items(scope, leaf)):
-                if not isinstance(item, dict):
-                    continue
-                _convert_ids(item, index)
-                for link in _items(item, ("links",)):
-                    if isinstance(link, dict):
-                        _convert_ids(link, index)
-
-
-def _convert_ids(obj: dict[str, object], index: int) -> None:
-    for key in _ID_KEYS:
-        value = obj.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or len(value) % 2 or not _HEX.fullmatch(value):
-            raise BadRequest(
-                f"invalid OTLP/JSON: item {index}: {key} {value!r} is not a hex string "
-                "(OTLP/JSON encodes trace and span ids as hex, not base64)"
-            )
-        obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+@functools.cache
+def _json_table(signal: Signal) -> JsonMessage:
+    return compile_message(signal.request_type.DESCRIPTOR)
 
 
 def _id_problem(value: bytes, size: int, name: str, required: bool) -> str | None:

@@ -93,11 +93,12 @@ class GrpcFrontEnd:
     def _handler(self, signal: Signal) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
         async def export(request: bytes, context: aio.ServicerContext) -> bytes:
             try:
-                self.receiver.budget.acquire(len(request))
+                hold = self.receiver.budget.hold()
                 try:
-                    response = await self.receiver.export(signal, request, PROTOBUF)
+                    hold.take(len(request))
+                    response = await self.receiver.export(signal, request, PROTOBUF, hold=hold)
                 finally:
-                    self.receiver.budget.release(len(request))
+                    hold.release()
             except ProtocolError as error:
                 await _abort(context, error)
             except Exception:

@@ -159,9 +159,7 @@ class HttpFrontEnd:
                 body = await read_body(
                     request, limit, self.body_timeout_s, None if length is not None else hold.take
                 )
-                response = await self.receiver.export(
-                    signal, body, content_type, encoding, hold.take
-                )
+                response = await self.receiver.export(signal, body, content_type, encoding, hold)
             finally:
                 hold.release()
             return web.Response(

@@ -9,14 +9,11 @@ names. Worker 0 also compacts and expires partitions.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import fcntl
 import gc
 import itertools
 import logging
 import os
-import signal
 import time
 from collections import Counter
 from multiprocessing.synchronize import Event
@@ -24,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from flagscope.collector import failpoints
+from flagscope.collector.children import child_process_init
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
 from flagscope.collector.lake.durable import fsync_dir
@@ -103,13 +101,6 @@ def _report_damage(path: Path, reader: SegmentReader, records: int) -> None:
         )
 
 
-def _die_with_parent() -> None:
-    # Linux: SIGKILL this worker when the collector process dies, even by kill -9.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _lock(path: Path) -> TextIO:
     handle = open(path, "a+")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(handle, fcntl.LOCK_EX)  # waits for a dying predecessor to let go
@@ -121,11 +112,7 @@ def run_worker(
 ) -> None:
     """Process entry point; sets `ready` once it converts, returns when `drain` is set and
     every segment is converted."""
-    _die_with_parent()
-    stop_signals = (signal.SIGINT, signal.SIGTERM)
-    for stop in stop_signals:  # the parent decides when to stop; it started us with them
-        signal.signal(stop, signal.SIG_IGN)  # blocked, so none was lost before this line
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    child_process_init()  # the parent decides when to stop; it started us with them blocked
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     wal_dir = settings.wal_path
     _lock_file = _lock(wal_dir / f".worker-{index}.lock")

@@ -23,8 +23,10 @@ from aiohttp import web
 from grpc import aio
 
 from flagscope.collector import failpoints
+from flagscope.collector.children import STOP_SIGNALS
 from flagscope.collector.config import Settings, split_endpoint
 from flagscope.collector.datadir import lock_data_dir
+from flagscope.collector.decode_pool import DecodePool
 from flagscope.collector.errors import ConfigError
 from flagscope.collector.grpc_server import GrpcFrontEnd
 from flagscope.collector.http_server import HttpFrontEnd
@@ -36,7 +38,6 @@ from flagscope.collector.wal import WalWriter, list_segments
 log = logging.getLogger("flagscope.collector")
 
 DRAIN_TIMEOUT_S = 300.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 WORKER_START_TIMEOUT_S = 30.0
 
 
@@ -52,7 +53,10 @@ class Collector:
             settings.flush_interval_s,
             settings.wal_max_backlog_bytes,
         )
-        self.receiver = Receiver(self.wal, settings.max_request_bytes, settings.max_inflight_bytes)
+        self.decoders = DecodePool(settings.json_decoders) if settings.json_decoders else None
+        self.receiver = Receiver(
+            self.wal, settings.max_request_bytes, settings.max_inflight_bytes, self.decoders
+        )
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._lock_file: IO[str] | None = None
@@ -76,6 +80,8 @@ class Collector:
         # Listen once the lake writers run: the WAL a crash left starts converting at once,
         # so even a collector that crashes again soon after each start makes progress.
         await self._workers_ready()
+        if self.decoders is not None:
+            await self.decoders.start()
         if s.http_endpoint:
             host, port = split_endpoint(s.http_endpoint, "http_endpoint")
             self._http = HttpFrontEnd(self.receiver, s.auth_token, s.body_timeout_s)
@@ -164,6 +170,8 @@ class Collector:
             await self._grpc.stop(grace=30)
         if self._supervisor is not None:
             self._supervisor.cancel()
+        if self.decoders is not None:
+            await asyncio.to_thread(self.decoders.close)
         await asyncio.to_thread(self.wal.close)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.receiver.counts.items()))
         log.info("this run: %s", counts or "nothing received")

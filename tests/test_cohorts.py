@@ -81,6 +81,9 @@ def test_crossover_users_keep_their_first_variant(tmp_path):
     assert result.excluded["crossover_requests"] == 1
     assert (result.treatment.requests, result.baseline.requests) == (2, 1)
     assert (result.treatment.users, result.baseline.users) == (2, 1)
+    # the share is of the compared users, u1 counted once (it was 1 of 4, not 1 of 3)
+    check = next(h for h in result.health if h.name == "crossover_users")
+    assert "1 users saw both variants (33.3%" in check.detail
 
 
 def test_a_trace_that_evaluated_the_flag_twice_takes_the_first_evaluation(tmp_path):

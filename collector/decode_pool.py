@@ -1,0 +1,86 @@
+"""OTLP/JSON bodies decoded in worker processes, off the front end's interpreter.
+
+Decoding OTLP/JSON is Python work (`otlp_json`, ~30 µs a span). In a thread it still holds
+the front end's GIL, and every protobuf and gRPC client waits for it between the steps of
+its own ack (issue 10 point 1: their ack p90 went from 13 ms to 145–244 ms while two JSON
+senders ran). A worker process decodes instead; the front end only hands over the bytes
+and gets back the `Prepared` payload the WAL stores.
+
+A worker that dies (killed, out of memory) takes only its requests with it: they are
+answered 503 so their clients retry, and the pool is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+
+from flagscope.collector.children import child_process_init
+from flagscope.collector.decode import Prepared, prepare
+from flagscope.collector.errors import Unavailable
+from flagscope.collector.otlp import SIGNALS, Signal
+
+log = logging.getLogger("flagscope.collector")
+
+
+def _prepare(signal_name: str, body: bytes, content_type: str, received_ns: int) -> Prepared:
+    """In the worker: what `decode.prepare` makes of the (decompressed) body."""
+    return prepare(SIGNALS[signal_name], body, content_type, received_ns)
+
+
+def _ready() -> bool:
+    return True
+
+
+class DecodePool:
+    """`workers` processes that run `decode.prepare`; `start()` before use, `close()` after."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Start the workers now, so the first request does not wait for their imports.
+        Call it on the event loop's thread: a worker dies with the thread that started it
+        (children.die_with_parent), and that thread lives as long as the collector."""
+        self._executor = self._new_executor()
+        ready = [self._executor.submit(_ready) for _ in range(self.workers)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in ready))
+
+    async def prepare(self, signal: Signal, body: bytes, content_type: str) -> Prepared:
+        if self._executor is None:
+            raise RuntimeError("DecodePool.start() was not called")
+        executor = self._executor
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                executor, _prepare, signal.name, body, content_type, time.time_ns()
+            )
+        except BrokenProcessPool as exc:
+            self._restart(executor)
+            raise Unavailable("the JSON decoder restarted; retry", retry_after_s=1) from exc
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        if self._executor is not broken:  # another request restarted it already
+            return
+        log.error("an OTLP/JSON decoder process died; starting a new one")
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        context = get_context("spawn")
+        return ProcessPoolExecutor(self.workers, context, initializer=child_process_init)
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for an operator's `ps`, and tests)."""
+        executor = self._executor
+        return sorted(executor._processes) if executor is not None else []  # stdlib keeps them
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,266 @@
+"""OTLP/JSON decoding without protobuf's JSON parser (issue 10 point 1).
+
+`collector/otlp_json.py` writes the wire format straight from the parsed JSON. Its oracle
+is protobuf's own `json_format`: arbitrary requests (every field of every message type,
+random values at the edges of their ranges) are printed by `MessageToDict` in each way
+OTLP/JSON allows (camelCase or proto names, enums as names or numbers) with hex ids, and
+must decode to the very message; mutated requests must be refused exactly when
+`json_format.ParseDict` refuses them, and otherwise decode to what it decodes.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+from typing import Any
+
+import orjson
+import pytest
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flagscope.collector.decode import parse
+from flagscope.collector.errors import BadRequest
+from flagscope.collector.otlp import JSON, LOGS, TRACES
+
+T = FieldDescriptor
+ID_FIELDS = {"trace_id", "span_id", "parent_span_id", "traceId", "spanId", "parentSpanId"}
+INTEGERS = {
+    T.TYPE_INT32: (-(2**31), 2**31 - 1),
+    T.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    T.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    T.TYPE_UINT32: (0, 2**32 - 1),
+    T.TYPE_FIXED32: (0, 2**32 - 1),
+    T.TYPE_INT64: (-(2**63), 2**63 - 1),
+    T.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    T.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    T.TYPE_UINT64: (0, 2**64 - 1),
+    T.TYPE_FIXED64: (0, 2**64 - 1),
+}
+checks = settings(max_examples=150, deadline=None, database=None)
+
+
+def _integers(lo: int, hi: int) -> st.SearchStrategy[int]:
+    return st.one_of(st.sampled_from([lo, hi, 0, 1, -1 if lo else 2]), st.integers(lo, hi))
+
+
+def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    if field.type in INTEGERS:
+        return _integers(*INTEGERS[field.type])
+    if field.type == T.TYPE_DOUBLE:
+        special = st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 5e-324])
+        return st.one_of(special, st.floats(allow_nan=False))
+    if field.type == T.TYPE_BOOL:
+        return st.booleans()
+    if field.type == T.TYPE_STRING:
+        return st.text(max_size=8)
+    if field.type == T.TYPE_BYTES:
+        size = {"trace_id": 16, "span_id": 8, "parent_span_id": 8}.get(field.name)
+        return st.binary(min_size=size or 0, max_size=size or 12)
+    if field.type == T.TYPE_ENUM:
+        return st.sampled_from([v.number for v in field.enum_type.values] + [77])
+    raise AssertionError(field.type)
+
+
+def messages(descriptor: Descriptor, cls: type[Message], depth: int = 0) -> st.SearchStrategy:
+    """Any message of `descriptor`: each field present or not, at most one member of a
+    oneof, messages nested to a few levels (AnyValue in AnyValue included)."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Message:
+        message = cls()
+        chosen = {o.name: draw(st.sampled_from([None, *o.fields])) for o in descriptor.oneofs}
+        for field in descriptor.fields:
+            oneof = field.containing_oneof
+            if oneof is not None and chosen[oneof.name] is not field:
+                continue
+            if not draw(st.booleans()):
+                continue
+            if field.type == T.TYPE_MESSAGE:
+                if depth >= 4:
+                    continue
+                child_cls = type(getattr(cls(), field.name)) if not field.is_repeated else None
+                sub = _child_class(cls, field) if child_cls is None else child_cls
+                strategy = messages(field.message_type, sub, depth + 1)
+                if field.is_repeated:
+                    getattr(message, field.name).extend(draw(st.lists(strategy, max_size=2)))
+                else:
+                    getattr(message, field.name).CopyFrom(draw(strategy))
+            elif field.is_repeated:
+                getattr(message, field.name).extend(draw(st.lists(_scalar(field), max_size=3)))
+            else:
+                setattr(message, field.name, draw(_scalar(field)))
+        return message
+
+    return build()
+
+
+def _child_class(cls: type[Message], field: FieldDescriptor) -> type[Message]:
+    return type(getattr(cls(), field.name).add())
+
+
+def to_json(message: Message, proto_names: bool, enum_numbers: bool) -> dict[str, Any]:
+    """The message as OTLP/JSON: protobuf's JSON mapping with hex trace and span ids."""
+    doc = json_format.MessageToDict(
+        message, preserving_proto_field_name=proto_names, use_integers_for_enums=enum_numbers
+    )
+    _walk_ids(doc, lambda v: base64.b64decode(v).hex())
+    return doc
+
+
+def _walk_ids(node: Any, change: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ID_FIELDS and isinstance(value, str):
+                node[key] = change(value)
+            else:
+                _walk_ids(value, change)
+    elif isinstance(node, list):
+        for item in node:
+            _walk_ids(item, change)
+
+
+def oracle(signal, doc: dict[str, Any]) -> Message:
+    """protobuf's json_format on the same document (ids turned back to base64 for it)."""
+    doc = copy.deepcopy(doc)
+    _walk_ids(doc, lambda v: base64.b64encode(bytes.fromhex(v)).decode())
+    message = signal.request_type()
+    json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+    return message
+
+
+def wire(message: Message) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("signal", [TRACES, LOGS], ids=["traces", "logs"])
+@checks
+@given(data=st.data(), proto_names=st.booleans(), enum_numbers=st.booleans())
+def test_any_request_decodes_to_the_message_it_was_printed_from(
+    signal, data, proto_names, enum_numbers
+):
+    cls = signal.request_type
+    message = data.draw(messages(cls.DESCRIPTOR, cls))
+    body = orjson.dumps(to_json(message, proto_names, enum_numbers))
+    assert wire(parse(signal, body, JSON)) == wire(message)
+
+
+# Replacements for one value of a valid request: each JSON type, and numbers at the edges
+# of the integer ranges.
+MUTATIONS = [None, True, False, 0, -1, 1.5, 2.0, 2**31, 2**32, 2**63, 2**64, "", "x", "12",
+             "NaN", [], [1], {}, {"stringValue": "s"}]  # fmt: skip
+
+
+def _leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path] if path else []
+    children = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in children:
+        if key not in ID_FIELDS:
+            out += _leaves(value, (*path, key))
+    return out
+
+
+def _replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    doc = copy.deepcopy(doc)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize("signal", [TRACES, LOGS], ids=["traces", "logs"])
+@checks
+@given(data=st.data(), proto_names=st.booleans())
+def test_a_mutated_request_is_refused_exactly_when_json_format_refuses_it(
+    signal, data, proto_names
+):
+    cls = signal.request_type
+    doc = to_json(data.draw(messages(cls.DESCRIPTOR, cls)), proto_names, False)
+    leaves = _leaves(doc)
+    if not leaves:
+        return
+    path = data.draw(st.sampled_from(leaves))
+    value = data.draw(st.sampled_from(MUTATIONS))
+    mutated = _replace(doc, path, value)
+    try:
+        expected = wire(oracle(signal, mutated))
+    except (json_format.ParseError, ValueError, TypeError):
+        expected = None
+    try:
+        got, why = wire(parse(signal, json.dumps(mutated).encode(), JSON)), ""  # orjson: ≤ 64 bits
+    except BadRequest as exc:
+        got, why = None, str(exc)
+    if got is None and expected is not None:
+        # Stricter than json_format on purpose: it reads any iterable as a message (a
+        # string's characters as unknown field names), true as the enum number 1, and an
+        # enum number beyond int32 modulo 2³² (2³² + 3 as 3).
+        stricter = (
+            "expected an object" in why
+            or (isinstance(value, bool) and "is not an integer" in why)
+            or (type(value) is int and value >= 2**32 and "out of range" in why)
+        )
+        assert stricter, f"{path} := {mutated}: {why}"
+    else:
+        assert got == expected, f"{path} := {mutated}"
+
+
+REFUSED = [
+    ({"resourceSpans": {}}, "resourceSpans: expected an array"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}, "traceId: 'zz' is not a hex"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"spanId": "AAECAwQFBgc="}]}]}]}, "not base64"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": 1.5}]}]}]}, "kind: 1.5 is not an integer"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "-1"}]}]}]}, "out of range"),
+    ({"resourceSpans": [{"resource": {"attributes": [{"key": "k", "value": {"intValue": "1", "stringValue": "s"}}]}}]},
+     "more than one value of the oneof 'value'"),
+    ({"resourceSpans": [{"scopeSpans": [None]}]}, "scopeSpans[0]: null is not allowed"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 7}]}]}]}, "name: 7 is not a string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("doc", "message"), REFUSED, ids=[m for _, m in REFUSED])
+def test_a_broken_value_is_refused_with_where_it_is(doc, message):
+    with pytest.raises(BadRequest) as caught:
+        parse(TRACES, orjson.dumps(doc), JSON)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("invalid OTLP/JSON: resourceSpans")
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"stringValue": "leaf"}
+    for _ in range(depth):
+        value = {"kvlistValue": {"values": [{"key": "k", "value": value}]}}
+    return {"resourceSpans": [{"resource": {"attributes": [{"key": "a", "value": value}]}}]}
+
+
+def test_nesting_is_limited_like_protobuf_and_refused_without_a_recursion_error():
+    parse(TRACES, orjson.dumps(_nested(30)), JSON)  # 30 kvlists: 95 messages deep
+    with pytest.raises(BadRequest, match="nesting deeper than the limit of 100"):
+        parse(TRACES, orjson.dumps(_nested(40)), JSON)  # 124 deep
+
+
+def test_unknown_fields_and_unknown_enum_names_are_ignored_as_otlp_requires():
+    doc = {
+        "resourceSpans": [
+            {
+                "futureField": {"x": [1, 2]},
+                "scopeSpans": [
+                    {"spans": [{"name": "a", "kind": "SPAN_KIND_TELEPATHIC", "new": 1}]}
+                ],
+            }
+        ]
+    }
+    request = parse(TRACES, orjson.dumps(doc), JSON)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert (span.name, span.kind) == ("a", 0)
