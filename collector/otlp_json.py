@@ -40,7 +40,7 @@ _HEX = re.compile(r"[0-9a-fA-F]*")
 _INTEGER = re.compile(r"-?[0-9]+")
 _NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_CACHE_LIMIT = 1 << 16  # distinct KeyValues kept (cleared when full)
+_CACHE_LIMIT = 1 << 14  # distinct KeyValues kept per field (cleared when full)
 _CACHED_TEXT = 512  # bytes of JSON: a larger KeyValue is encoded each time
 
 Encode = Callable[[Any, int], bytes]  # (JSON value, nesting depth) → wire payload
@@ -68,6 +68,10 @@ class _Invalid(ValueError):
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
         self.where: list[str] = []
+
+    def at(self, key: str) -> _Invalid:
+        self.where.append(f".{key}")
+        return self
 
 
 # -- scalar values ------------------------------------------------------------------------
@@ -206,31 +210,18 @@ def _enum_encoder(field: FieldDescriptor) -> Encode:
 
 
 # -- messages -----------------------------------------------------------------------------
-class _Field:
-    __slots__ = ("encode", "key_value", "message", "oneof", "packed", "presence", "repeated", "tag")
-
-    def __init__(self, field: FieldDescriptor, message: JsonMessage | None, encode: Encode) -> None:
-        self.repeated = field.is_repeated
-        self.presence = not self.repeated and field.has_presence  # written even when default
-        wire = 2 if message is not None or field.type in (_T.TYPE_STRING, _T.TYPE_BYTES) else None
-        if wire is None and field.enum_type is not None:
-            wire = 0
-        if wire is None:
-            wire = _SCALARS[field.type][0]
-        self.packed = self.repeated and field.is_packed
-        self.tag = _varint(field.number << 3 | (2 if self.packed else wire))
-        self.encode = encode
-        self.message = message
-        self.oneof = field.containing_oneof.name if field.containing_oneof else None
-        self.key_value = message is not None and message.full_name.endswith(".KeyValue")
+# A field's writer appends its tag and payload to the message's list of parts (nothing for a
+# proto3 scalar at its default); a broken value raises _Invalid.
+Writer = Callable[[list[bytes], Any, int], None]
 
 
 class JsonMessage:
-    """A message type's fields, by JSON name and proto name."""
+    """A message type's field writers, by JSON name and by proto name."""
 
     def __init__(self, descriptor: Descriptor) -> None:
         self.full_name = descriptor.full_name
-        self.fields: dict[str, _Field] = {}
+        self.writers: dict[str, Writer] = {}
+        self.oneofs: dict[str, str] = {}  # member key → its oneof's name
 
 
 def compile_message(descriptor: Descriptor) -> JsonMessage:
@@ -243,54 +234,155 @@ def _compile(descriptor: Descriptor, done: dict[str, JsonMessage]) -> JsonMessag
         return done[descriptor.full_name]
     table = done[descriptor.full_name] = JsonMessage(descriptor)
     for field in descriptor.fields:
-        message = None
-        if field.type == _T.TYPE_MESSAGE:
-            message = _compile(field.message_type, done)
-            encode = _message_encoder(message)
-        elif field.type == _T.TYPE_STRING:
-            encode = _string
-        elif field.type == _T.TYPE_BYTES:
-            encode = _hex if field.name in _HEX_ID_FIELDS else _base64
-        elif field.type == _T.TYPE_ENUM:
-            encode = _enum_encoder(field)
-        else:
-            encode = _SCALARS[field.type][1]
-        entry = _Field(field, message, encode)
-        table.fields[field.json_name] = table.fields[field.name] = entry
+        write = _writer(field, done)
+        for key in (field.json_name, field.name):
+            table.writers[key] = write
+            if field.containing_oneof is not None:
+                table.oneofs[key] = field.containing_oneof.name
     return table
 
 
-def _message_encoder(table: JsonMessage) -> Encode:
-    def encode(value: Any, depth: int) -> bytes:
-        data = encode_fields(table, value, depth + 1)
-        return _varint(len(data)) + data
-
-    return encode
+def _wire_type(field: FieldDescriptor) -> int:
+    if field.type in (_T.TYPE_MESSAGE, _T.TYPE_STRING, _T.TYPE_BYTES):
+        return 2
+    return 0 if field.type == _T.TYPE_ENUM else _SCALARS[field.type][0]
 
 
-_kv_cache: dict[bytes, bytes] = {}
+def _writer(field: FieldDescriptor, done: dict[str, JsonMessage]) -> Writer:
+    packed = field.is_repeated and field.is_packed
+    tag = _varint(field.number << 3 | (2 if packed else _wire_type(field)))
+    if field.type == _T.TYPE_MESSAGE:
+        sub = _compile(field.message_type, done)
+        if not field.is_repeated:
+            return _message_writer(tag, sub)
+        if sub.full_name.endswith(".KeyValue"):
+            return _key_values_writer(tag, sub)
+        return _messages_writer(tag, sub)
+    encode = _scalar_encoder(field)
+    if packed:
+        return _packed_writer(tag, encode)
+    if field.is_repeated:
+        return _repeated_writer(tag, encode)
+    if field.type == _T.TYPE_STRING and not field.has_presence:
+        return _string_writer(tag)
+    return _scalar_writer(tag, encode, field.has_presence)
 
 
-def _key_values(field: _Field, items: list[Any], depth: int) -> Iterator[bytes]:
-    """KeyValue elements with their length prefix, each distinct small one encoded once:
-    its compact JSON text (orjson, in C) is the cache key."""
-    encode, cache, dumps = field.encode, _kv_cache, orjson.dumps
-    for i, element in enumerate(items):
-        text = dumps(element)
-        data = cache.get(text)
-        if data is None:
+def _scalar_encoder(field: FieldDescriptor) -> Encode:
+    if field.type == _T.TYPE_STRING:
+        return _string
+    if field.type == _T.TYPE_BYTES:
+        return _hex if field.name in _HEX_ID_FIELDS else _base64
+    if field.type == _T.TYPE_ENUM:
+        return _enum_encoder(field)
+    return _SCALARS[field.type][1]
+
+
+def _message_writer(tag: bytes, sub: JsonMessage) -> Writer:
+    def write(out: list[bytes], item: Any, depth: int) -> None:
+        data = encode_fields(sub, item, depth + 1)
+        out += (tag, _varint(len(data)), data)
+
+    return write
+
+
+def _messages_writer(tag: bytes, sub: JsonMessage) -> Writer:
+    def write(out: list[bytes], items: Any, depth: int) -> None:
+        for i, item in enumerate(_array(items)):
             try:
-                if element is None:
+                if item is None:
                     raise _Invalid("null is not allowed in an array")
-                data = encode(element, depth)
+                data = encode_fields(sub, item, depth + 1)
             except _Invalid as exc:
                 exc.where.append(f"[{i}]")
                 raise
-            if len(text) <= _CACHED_TEXT:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[text] = data
-        yield data
+            out += (tag, _varint(len(data)), data)
+
+    return write
+
+
+def _key_values_writer(tag: bytes, sub: JsonMessage) -> Writer:
+    """KeyValue elements, each distinct small one encoded once (per field: the tag is part
+    of what is kept): its compact JSON text (orjson, in C) is the cache key — most
+    attributes repeat from span to span."""
+    cache: dict[bytes, bytes] = {}
+
+    def write(out: list[bytes], items: Any, depth: int) -> None:
+        dumps = orjson.dumps
+        for i, item in enumerate(_array(items)):
+            text = dumps(item)
+            data = cache.get(text)
+            if data is None:
+                try:
+                    if item is None:
+                        raise _Invalid("null is not allowed in an array")
+                    body = encode_fields(sub, item, depth + 1)
+                except _Invalid as exc:
+                    exc.where.append(f"[{i}]")
+                    raise
+                data = tag + _varint(len(body)) + body
+                if len(text) <= _CACHED_TEXT:
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    cache[text] = data
+            out.append(data)
+
+    return write
+
+
+def _packed_writer(tag: bytes, encode: Encode) -> Writer:
+    def write(out: list[bytes], items: Any, depth: int) -> None:
+        data = b"".join(_each(encode, _array(items), depth))
+        if data:
+            out += (tag, _varint(len(data)), data)
+
+    return write
+
+
+def _repeated_writer(tag: bytes, encode: Encode) -> Writer:
+    def write(out: list[bytes], items: Any, depth: int) -> None:
+        for data in _each(encode, _array(items), depth):
+            out += (tag, data)
+
+    return write
+
+
+def _each(encode: Encode, items: list[Any], depth: int) -> Iterator[bytes]:
+    for i, item in enumerate(items):
+        try:
+            if item is None:
+                raise _Invalid("null is not allowed in an array")
+            yield encode(item, depth)
+        except _Invalid as exc:
+            exc.where.append(f"[{i}]")
+            raise
+
+
+def _string_writer(tag: bytes) -> Writer:
+    def write(out: list[bytes], item: Any, depth: int) -> None:
+        if type(item) is not str:
+            raise _Invalid(f"{item!r} is not a string")
+        if item:  # proto3: "" stays off the wire
+            out += (tag, _string(item, depth))
+
+    return write
+
+
+def _scalar_writer(tag: bytes, encode: Encode, presence: bool) -> Writer:
+    def write(out: list[bytes], item: Any, depth: int) -> None:
+        data = encode(item, depth)
+        # proto3 leaves a scalar at its default off the wire, unless it has presence (a
+        # oneof member, an `optional` field)
+        if presence or _nonzero(data):
+            out += (tag, data)
+
+    return write
+
+
+def _array(items: Any) -> list[Any]:
+    if type(items) is not list:
+        raise _Invalid(f"expected an array, got {type(items).__name__}")
+    return items
 
 
 def encode_request(table: JsonMessage, doc: Any) -> bytes:
@@ -311,52 +403,30 @@ def encode_fields(table: JsonMessage, value: Any, depth: int) -> bytes:
         raise BadRequest(
             f"invalid OTLP/JSON: nesting deeper than the limit of {MAX_DEPTH} messages"
         )
+    if table.oneofs:
+        _check_oneofs(table.oneofs, value)
     out: list[bytes] = []
-    oneofs: set[str] = set()
-    fields = table.fields
+    writers = table.writers
     for key, item in value.items():
-        field = fields.get(key)
-        if field is None or item is None:
+        write = writers.get(key)
+        if write is None or item is None:  # unknown keys are ignored; null is absent
             continue
         try:
-            if field.oneof is not None:
-                if field.oneof in oneofs:
-                    raise _Invalid(f"more than one value of the oneof {field.oneof!r}")
-                oneofs.add(field.oneof)
-            if not field.repeated:
-                data = field.encode(item, depth)
-                # proto3 leaves a scalar at its default off the wire, unless the field has
-                # presence (a message, a oneof member, an `optional` scalar)
-                if field.presence or _nonzero(data):
-                    out.append(field.tag)
-                    out.append(data)
-            elif type(item) is not list:
-                raise _Invalid(f"expected an array, got {type(item).__name__}")
-            elif field.packed:
-                data = b"".join(_elements(field, item, depth))
-                if data:
-                    out += (field.tag, _varint(len(data)), data)
-            else:
-                elements = _key_values if field.key_value else _elements
-                for data in elements(field, item, depth):
-                    out.append(field.tag)
-                    out.append(data)
+            write(out, item, depth)
         except _Invalid as exc:
             exc.where.append(f".{key}")
             raise
     return b"".join(out)
 
 
-def _elements(field: _Field, items: list[Any], depth: int) -> Iterator[bytes]:
-    encode = field.encode
-    for i, element in enumerate(items):
-        try:
-            if element is None:
-                raise _Invalid("null is not allowed in an array")
-            yield encode(element, depth)
-        except _Invalid as exc:
-            exc.where.append(f"[{i}]")
-            raise
+def _check_oneofs(oneofs: dict[str, str], value: dict[str, Any]) -> None:
+    seen: set[str] = set()
+    for key, item in value.items():
+        name = oneofs.get(key)
+        if name is not None and item is not None:
+            if name in seen:
+                raise _Invalid(f"more than one value of the oneof {name!r}").at(key)
+            seen.add(name)
 
 
 def _nonzero(data: bytes) -> bool:
