@@ -29,6 +29,9 @@ class Settings:
     max_request_bytes: int = 64 * MiB
     max_inflight_bytes: int = 256 * MiB
     body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 1000
     json_decoders: int = 1
     auth_token: str = ""
     data_dir: str = "flagscope-data"
@@ -76,6 +79,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "max_request_bytes",
         "max_inflight_bytes",
         "body_timeout_s",
+        "header_timeout_s",
+        "idle_timeout_s",
+        "max_connections",
         "json_decoders",
         "auth_token",
         "data_dir",
@@ -107,6 +113,9 @@ HELP: dict[str, str] = {
     "max_request_bytes": "largest request accepted, after decompression (413 / RESOURCE_EXHAUSTED)",
     "max_inflight_bytes": "request bytes held in memory at once before 503 + Retry-After",
     "body_timeout_s": "a request body must arrive within this many seconds",
+    "header_timeout_s": "an HTTP request line and headers must arrive within this many seconds",
+    "idle_timeout_s": "an idle kept-alive HTTP or gRPC connection is closed after this many seconds",
+    "max_connections": "HTTP connections open at once; beyond it a new one gets 503 + Retry-After",
     "json_decoders": "processes decoding OTLP/JSON bodies beside the front end; 0 decodes in it",
     "auth_token": "if set, require 'Authorization: Bearer <token>' (401 / UNAUTHENTICATED)",
     "data_dir": "holds the write-ahead log (wal/) and, by default, the lake (lake/)",
@@ -217,6 +226,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("max_request_bytes must be at least 1024")
     if s.max_inflight_bytes < s.max_request_bytes:
         raise ConfigError("max_inflight_bytes must be at least max_request_bytes")
+    for name in ("body_timeout_s", "header_timeout_s", "idle_timeout_s"):
+        if not getattr(s, name) > 0:
+            raise ConfigError(f"{name} must be more than 0 seconds")
+    if s.max_connections < 1:
+        raise ConfigError("max_connections must be at least 1")
     if not 0 <= s.json_decoders <= 64:
         raise ConfigError("json_decoders must be between 0 and 64 (0 decodes in the front end)")
 

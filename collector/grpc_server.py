@@ -70,8 +70,12 @@ async def _refuse_unauthenticated(_requests: object, context: aio.ServicerContex
 
 
 class GrpcFrontEnd:
-    def __init__(self, receiver: Receiver, auth_token: str) -> None:
+    def __init__(
+        self, receiver: Receiver, auth_token: str, idle_timeout_s: float, max_connections: int
+    ) -> None:
         self.receiver = receiver
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
         # checked by _AuthInterceptor, before the message is even received
         self.token = auth_token.encode() if auth_token else None
 
@@ -80,6 +84,9 @@ class GrpcFrontEnd:
             ("grpc.max_receive_message_length", self.receiver.max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
+            # an idle connection is closed (GOAWAY) as HTTP's are; at most this many open
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
         ]
         interceptors = [_AuthInterceptor(self.token)] if self.token else []
         server = aio.server(options=options, interceptors=interceptors)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -100,8 +101,8 @@ class HttpFrontEnd:
         self.closing = False  # set on shutdown: answer, then close the connection
         self.log = RateLimitedLog(log)  # refusals and hang-ups, one line per cause per interval
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def app(self, middlewares: tuple[Any, ...] = ()) -> web.Application:
+        app = web.Application(middlewares=middlewares)
         for name in SIGNALS:
             app.router.add_post(f"/v1/{name}", self._export)
         app.router.add_post("/v1/metrics", self._metrics)

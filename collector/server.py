@@ -9,15 +9,17 @@ into the lake, release the lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import sys
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 from grpc import aio
@@ -25,6 +27,7 @@ from grpc import aio
 from flagscope.collector import failpoints
 from flagscope.collector.children import STOP_SIGNALS
 from flagscope.collector.config import Settings, split_endpoint
+from flagscope.collector.connections import ConnectionGuard, GuardedSite
 from flagscope.collector.datadir import lock_data_dir
 from flagscope.collector.decode_pool import DecodePool
 from flagscope.collector.errors import ConfigError
@@ -32,6 +35,7 @@ from flagscope.collector.grpc_server import GrpcFrontEnd
 from flagscope.collector.http_server import HttpFrontEnd
 from flagscope.collector.lake.write import remove_stale_temporaries
 from flagscope.collector.lake_writer import run_worker
+from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.receiver import Receiver
 from flagscope.collector.wal import WalWriter, list_segments
 
@@ -39,6 +43,41 @@ log = logging.getLogger("flagscope.collector")
 
 DRAIN_TIMEOUT_S = 300.0
 WORKER_START_TIMEOUT_S = 30.0
+
+
+_accept_errors = RateLimitedLog(log)
+
+
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio logs a traceback for every accept that fails for lack of file descriptors
+    (and retries a second later): one line per interval instead."""
+    if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+        _accept_errors.report(
+            logging.ERROR,
+            "cannot accept connections: out of file descriptors or memory",
+            str(context.get("exception", "")),
+        )
+        return
+    loop.default_exception_handler(context)
+
+
+def _raise_file_limit(max_connections: int) -> None:
+    """Make room for max_connections on each front end, plus the WAL and lake files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * max_connections + 256
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        log.warning(
+            "the open-file limit (%d) is below what max_connections = %d needs (%d): lower "
+            "max_connections or raise the limit (ulimit -n)",
+            new,
+            max_connections,
+            want,
+        )
 
 
 class Collector:
@@ -71,6 +110,8 @@ class Collector:
 
     async def start(self) -> None:
         s = self.settings
+        _raise_file_limit(s.max_connections)
+        asyncio.get_running_loop().set_exception_handler(_loop_error)
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         s.lake_path.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_data_dir(s.data_dir)
@@ -85,16 +126,22 @@ class Collector:
         if s.http_endpoint:
             host, port = split_endpoint(s.http_endpoint, "http_endpoint")
             self._http = HttpFrontEnd(self.receiver, s.auth_token, s.body_timeout_s)
+            guard = ConnectionGuard(s.max_connections, s.header_timeout_s)
             self._runner = web.AppRunner(
-                self._http.app(), access_log=None, auto_decompress=False, shutdown_timeout=30
+                self._http.app(middlewares=(guard.middleware,)),
+                access_log=None,
+                auto_decompress=False,
+                shutdown_timeout=30,
+                keepalive_timeout=s.idle_timeout_s,
             )
             await self._runner.setup()
-            site = web.TCPSite(self._runner, host, port, reuse_address=True)
+            site = GuardedSite(self._runner, host, port, guard)
             await site.start()
             self.http_port = self._runner.addresses[0][1]  # the one site's first socket
         if s.grpc_endpoint:
             host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
-            self._grpc = grpc_server = GrpcFrontEnd(self.receiver, s.auth_token).server()
+            front = GrpcFrontEnd(self.receiver, s.auth_token, s.idle_timeout_s, s.max_connections)
+            self._grpc = grpc_server = front.server()
             self.grpc_port = grpc_server.add_insecure_port(f"{host}:{port}")
             if not self.grpc_port:
                 raise ConfigError(f"cannot listen on grpc_endpoint {s.grpc_endpoint}")
