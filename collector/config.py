@@ -33,6 +33,7 @@ class Settings:
     idle_timeout_s: float = 60.0
     max_connections: int = 1000
     json_decoders: int = 1
+    cors_allowed_origins: tuple[str, ...] = ()
     auth_token: str = ""
     data_dir: str = "flagscope-data"
     # [lake]
@@ -83,6 +84,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "idle_timeout_s",
         "max_connections",
         "json_decoders",
+        "cors_allowed_origins",
         "auth_token",
         "data_dir",
     ),
@@ -117,6 +119,7 @@ HELP: dict[str, str] = {
     "idle_timeout_s": "an idle kept-alive HTTP or gRPC connection is closed after this many seconds",
     "max_connections": "HTTP connections open at once; beyond it a new one gets 503 + Retry-After",
     "json_decoders": "processes decoding OTLP/JSON bodies beside the front end; 0 decodes in it",
+    "cors_allowed_origins": "browser origins (https://app.example, or *) allowed to send OTLP/HTTP; none by default",
     "auth_token": "if set, require 'Authorization: Bearer <token>' (401 / UNAUTHENTICATED)",
     "data_dir": "holds the write-ahead log (wal/) and, by default, the lake (lake/)",
     "lake_dir": "the Parquet lake; default <data_dir>/lake",

@@ -28,6 +28,7 @@ from flagscope.collector import failpoints
 from flagscope.collector.children import STOP_SIGNALS
 from flagscope.collector.config import Settings, split_endpoint
 from flagscope.collector.connections import ConnectionGuard, GuardedSite
+from flagscope.collector.cors import Cors
 from flagscope.collector.datadir import lock_data_dir
 from flagscope.collector.decode_pool import DecodePool
 from flagscope.collector.errors import ConfigError
@@ -46,6 +47,11 @@ WORKER_START_TIMEOUT_S = 30.0
 
 
 _accept_errors = RateLimitedLog(log)
+
+
+def _middlewares(guard: ConnectionGuard, origins: tuple[str, ...]) -> tuple[Any, ...]:
+    """The guard sees every request first; CORS, when configured, answers preflights."""
+    return (guard.middleware, Cors(origins).middleware) if origins else (guard.middleware,)
 
 
 def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -128,7 +134,7 @@ class Collector:
             self._http = HttpFrontEnd(self.receiver, s.auth_token, s.body_timeout_s)
             guard = ConnectionGuard(s.max_connections, s.header_timeout_s)
             self._runner = web.AppRunner(
-                self._http.app(middlewares=(guard.middleware,)),
+                self._http.app(middlewares=_middlewares(guard, s.cors_allowed_origins)),
                 access_log=None,
                 auto_decompress=False,
                 shutdown_timeout=30,
