@@ -34,6 +34,9 @@ class Settings:
     max_connections: int = 1000
     json_decoders: int = 1
     cors_allowed_origins: tuple[str, ...] = ()
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     auth_token: str = ""
     data_dir: str = "flagscope-data"
     # [lake]
@@ -85,6 +88,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "max_connections",
         "json_decoders",
         "cors_allowed_origins",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
         "auth_token",
         "data_dir",
     ),
@@ -120,6 +126,9 @@ HELP: dict[str, str] = {
     "max_connections": "HTTP connections open at once; beyond it a new one gets 503 + Retry-After",
     "json_decoders": "processes decoding OTLP/JSON bodies beside the front end; 0 decodes in it",
     "cors_allowed_origins": "browser origins (https://app.example, or *) allowed to send OTLP/HTTP; none by default",
+    "tls_cert_file": "PEM certificate (chain): HTTP and gRPC then speak TLS 1.2+ only",
+    "tls_key_file": "PEM private key of tls_cert_file",
+    "tls_client_ca_file": "PEM CA bundle: if set, clients must present a certificate it signed",
     "auth_token": "if set, require 'Authorization: Bearer <token>' (401 / UNAUTHENTICATED)",
     "data_dir": "holds the write-ahead log (wal/) and, by default, the lake (lake/)",
     "lake_dir": "the Parquet lake; default <data_dir>/lake",
@@ -232,6 +241,14 @@ def _validate(s: Settings) -> None:
     for name in ("body_timeout_s", "header_timeout_s", "idle_timeout_s"):
         if not getattr(s, name) > 0:
             raise ConfigError(f"{name} must be more than 0 seconds")
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError("tls_cert_file and tls_key_file are set together (PEM files)")
+    if s.tls_client_ca_file and not s.tls_cert_file:
+        raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name} = {path!r}: no such file")
     if s.max_connections < 1:
         raise ConfigError("max_connections must be at least 1")
     if not 0 <= s.json_decoders <= 64:

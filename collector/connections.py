@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -156,13 +157,21 @@ class ConnectionGuard:
 class GuardedSite(web.BaseSite):
     """aiohttp's TCPSite, with the guard wrapped around each connection's protocol."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard):
-        super().__init__(runner)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        super().__init__(runner, ssl_context=ssl_context)
         self._host, self._port, self._guard = host, port, guard
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -171,5 +180,10 @@ class GuardedSite(web.BaseSite):
             raise RuntimeError("the runner is set up before its site starts")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._guard.factory(server), self._host, self._port, reuse_address=True
+            self._guard.factory(server),
+            self._host,
+            self._port,
+            reuse_address=True,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._guard.header_timeout_s,
         )

@@ -24,7 +24,7 @@ from typing import IO, Any
 from aiohttp import web
 from grpc import aio
 
-from flagscope.collector import failpoints
+from flagscope.collector import failpoints, tls
 from flagscope.collector.children import STOP_SIGNALS
 from flagscope.collector.config import Settings, split_endpoint
 from flagscope.collector.connections import ConnectionGuard, GuardedSite
@@ -141,14 +141,20 @@ class Collector:
                 keepalive_timeout=s.idle_timeout_s,
             )
             await self._runner.setup()
-            site = GuardedSite(self._runner, host, port, guard)
+            site = GuardedSite(self._runner, host, port, guard, tls.http_context(s))
             await site.start()
             self.http_port = self._runner.addresses[0][1]  # the one site's first socket
         if s.grpc_endpoint:
             host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
             front = GrpcFrontEnd(self.receiver, s.auth_token, s.idle_timeout_s, s.max_connections)
             self._grpc = grpc_server = front.server()
-            self.grpc_port = grpc_server.add_insecure_port(f"{host}:{port}")
+            credentials = tls.grpc_credentials(s)
+            address = f"{host}:{port}"
+            self.grpc_port = (
+                grpc_server.add_insecure_port(address)
+                if credentials is None
+                else grpc_server.add_secure_port(address, credentials)
+            )
             if not self.grpc_port:
                 raise ConfigError(f"cannot listen on grpc_endpoint {s.grpc_endpoint}")
             await grpc_server.start()
