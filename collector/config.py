@@ -34,6 +34,8 @@ class Settings:
     max_connections: int = 1000
     json_decoders: int = 1
     cors_allowed_origins: tuple[str, ...] = ()
+    max_attributes: int = 0
+    max_attribute_value_bytes: int = 0
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
@@ -88,6 +90,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "max_connections",
         "json_decoders",
         "cors_allowed_origins",
+        "max_attributes",
+        "max_attribute_value_bytes",
         "tls_cert_file",
         "tls_key_file",
         "tls_client_ca_file",
@@ -126,6 +130,8 @@ HELP: dict[str, str] = {
     "max_connections": "HTTP connections open at once; beyond it a new one gets 503 + Retry-After",
     "json_decoders": "processes decoding OTLP/JSON bodies beside the front end; 0 decodes in it",
     "cors_allowed_origins": "browser origins (https://app.example, or *) allowed to send OTLP/HTTP; none by default",
+    "max_attributes": "attributes kept per span, event, link, log, resource, scope; 0: all",
+    "max_attribute_value_bytes": "bytes kept of a string or bytes attribute value; 0: all",
     "tls_cert_file": "PEM certificate (chain): HTTP and gRPC then speak TLS 1.2+ only",
     "tls_key_file": "PEM private key of tls_cert_file",
     "tls_client_ca_file": "PEM CA bundle: if set, clients must present a certificate it signed",
@@ -249,6 +255,8 @@ def _validate(s: Settings) -> None:
         path = getattr(s, name)
         if path and not Path(path).is_file():
             raise ConfigError(f"{name} = {path!r}: no such file")
+    if s.max_attributes < 0 or s.max_attribute_value_bytes < 0:
+        raise ConfigError("max_attributes and max_attribute_value_bytes must be ≥ 0 (0: no cap)")
     if s.max_connections < 1:
         raise ConfigError("max_connections must be at least 1")
     if not 0 <= s.json_decoders <= 64:

@@ -185,5 +185,5 @@ class GuardedSite(web.BaseSite):
             self._port,
             reuse_address=True,
             ssl=self._ssl_context,
-            ssl_handshake_timeout=self._guard.header_timeout_s,
+            ssl_handshake_timeout=self._guard.header_timeout_s if self._ssl_context else None,
         )

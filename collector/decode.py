@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import orjson
 from google.protobuf.message import DecodeError, Message
 
+from flagscope.collector.caps import NO_CAPS, AttributeCaps
+from flagscope.collector.caps import apply as caps_apply
 from flagscope.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
 from flagscope.collector.otlp_json import JsonMessage, compile_message, encode_request
@@ -199,12 +201,18 @@ def _stamp_log(record: Message, received_ns: int) -> bool:
 
 
 def prepare(
-    signal: Signal, body: bytes, content_type: str, received_ns: int | None = None
+    signal: Signal,
+    body: bytes,
+    content_type: str,
+    received_ns: int | None = None,
+    caps: AttributeCaps = NO_CAPS,
 ) -> Prepared:
     """Parse and validate `body` (already decompressed); drop items that cannot be stored,
-    and give log records without a usable observed time the receive time."""
+    give log records without a usable observed time the receive time, and apply the
+    attribute caps if there are any."""
     request = parse(signal, body, content_type)
     traces = signal.name == "traces"
+    cut = caps_apply(request, traces, caps) if caps.on else None
     problem_of = _span_problem if traces else _log_problem
     received_ns = time.time_ns() if received_ns is None else received_ns
     accepted = rejected = 0
@@ -228,13 +236,16 @@ def prepare(
                 del items[i_index]
             accepted += len(items)
             rejected += len(bad)
-    message = ""
+    messages = []
     if rejected:
         more = f"; and {rejected - len(problems)} more" if rejected > len(problems) else ""
-        message = f"rejected {rejected} {signal.item}: " + "; ".join(problems) + more
+        messages.append(f"rejected {rejected} {signal.item}: " + "; ".join(problems) + more)
+    if cut:
+        messages.append(cut.message(caps))
+    message = "; ".join(messages)
     if not accepted:
         payload = b""
-    elif rejected or stamped or content_type == JSON:
+    elif rejected or stamped or cut or content_type == JSON:
         payload = request.SerializeToString()
     else:
         payload = body

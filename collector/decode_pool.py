@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
+from flagscope.collector.caps import AttributeCaps
 from flagscope.collector.children import child_process_init
 from flagscope.collector.decode import Prepared, prepare
 from flagscope.collector.errors import Unavailable
@@ -27,9 +28,11 @@ from flagscope.collector.otlp import SIGNALS, Signal
 log = logging.getLogger("flagscope.collector")
 
 
-def _prepare(signal_name: str, body: bytes, content_type: str, received_ns: int) -> Prepared:
+def _prepare(
+    signal_name: str, body: bytes, content_type: str, received_ns: int, caps: AttributeCaps
+) -> Prepared:
     """In the worker: what `decode.prepare` makes of the (decompressed) body."""
-    return prepare(SIGNALS[signal_name], body, content_type, received_ns)
+    return prepare(SIGNALS[signal_name], body, content_type, received_ns, caps)
 
 
 def _ready() -> bool:
@@ -51,14 +54,16 @@ class DecodePool:
         ready = [self._executor.submit(_ready) for _ in range(self.workers)]
         await asyncio.gather(*(asyncio.wrap_future(f) for f in ready))
 
-    async def prepare(self, signal: Signal, body: bytes, content_type: str) -> Prepared:
+    async def prepare(
+        self, signal: Signal, body: bytes, content_type: str, caps: AttributeCaps
+    ) -> Prepared:
         if self._executor is None:
             raise RuntimeError("DecodePool.start() was not called")
         executor = self._executor
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                executor, _prepare, signal.name, body, content_type, time.time_ns()
+                executor, _prepare, signal.name, body, content_type, time.time_ns(), caps
             )
         except BrokenProcessPool as exc:
             self._restart(executor)

@@ -9,6 +9,7 @@ from collections import Counter
 
 from google.protobuf.message import Message
 
+from flagscope.collector.caps import NO_CAPS, AttributeCaps
 from flagscope.collector.decode import Prepared, decompress, prepare
 from flagscope.collector.decode_pool import DecodePool
 from flagscope.collector.errors import Unavailable
@@ -90,8 +91,10 @@ class Receiver:
         max_request_bytes: int,
         max_inflight_bytes: int,
         decoders: DecodePool | None = None,
+        caps: AttributeCaps = NO_CAPS,
     ) -> None:
         self.wal = wal
+        self.caps = caps
         self.max_request_bytes = max_request_bytes
         self.budget = Budget(max_inflight_bytes)
         self.decoders = decoders  # None: JSON is decoded in a thread of this process
@@ -102,7 +105,7 @@ class Receiver:
     ) -> Prepared:
         """Decompress and decode within the budget: the inflated bytes, then what decoding
         them costs, are taken from it before the work is done."""
-        limit = self.max_request_bytes
+        limit, caps = self.max_request_bytes, self.caps
         if encoding == "identity":
             raw = decompress(body, encoding, limit)
         else:
@@ -110,14 +113,14 @@ class Receiver:
         if content_type != JSON:
             hold.take_capped(PROTOBUF_DECODE_FACTOR * len(raw))
             if len(raw) > 65536:
-                return await asyncio.to_thread(prepare, signal, raw, content_type)
-            return prepare(signal, raw, content_type)
+                return await asyncio.to_thread(prepare, signal, raw, content_type, None, caps)
+            return prepare(signal, raw, content_type, None, caps)
         if len(raw) < INLINE_JSON_BYTES:
-            return prepare(signal, raw, content_type)
+            return prepare(signal, raw, content_type, None, caps)
         hold.take_capped(JSON_DECODE_FACTOR * len(raw))
         if self.decoders is None:
-            return await asyncio.to_thread(prepare, signal, raw, content_type)
-        return await self.decoders.prepare(signal, raw, content_type)
+            return await asyncio.to_thread(prepare, signal, raw, content_type, None, caps)
+        return await self.decoders.prepare(signal, raw, content_type, caps)
 
     async def export(
         self,

@@ -25,6 +25,7 @@ from aiohttp import web
 from grpc import aio
 
 from flagscope.collector import failpoints, tls
+from flagscope.collector.caps import AttributeCaps
 from flagscope.collector.children import STOP_SIGNALS
 from flagscope.collector.config import Settings, split_endpoint
 from flagscope.collector.connections import ConnectionGuard, GuardedSite
@@ -99,8 +100,9 @@ class Collector:
             settings.wal_max_backlog_bytes,
         )
         self.decoders = DecodePool(settings.json_decoders) if settings.json_decoders else None
+        caps = AttributeCaps(settings.max_attributes, settings.max_attribute_value_bytes)
         self.receiver = Receiver(
-            self.wal, settings.max_request_bytes, settings.max_inflight_bytes, self.decoders
+            self.wal, settings.max_request_bytes, settings.max_inflight_bytes, self.decoders, caps
         )
         self.http_port: int | None = None
         self.grpc_port: int | None = None
