@@ -47,6 +47,7 @@ class Settings:
     flush_interval_s: float = 2.0
     segment_bytes: int = 32 * MiB
     wal_max_backlog_bytes: int = 2048 * MiB
+    max_lag_s: float = 30.0
     compact_min_files: int = 8
     compact_target_rows: int = 2_000_000
     compact_interval_s: float = 60.0
@@ -104,6 +105,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "flush_interval_s",
         "segment_bytes",
         "wal_max_backlog_bytes",
+        "max_lag_s",
         "compact_min_files",
         "compact_target_rows",
         "compact_interval_s",
@@ -142,6 +144,7 @@ HELP: dict[str, str] = {
     "flush_interval_s": "longest time before acknowledged data is written to the lake",
     "segment_bytes": "WAL segment size that triggers a flush to the lake",
     "wal_max_backlog_bytes": "WAL not yet in the lake before ingest answers 503",
+    "max_lag_s": "estimated seconds the lake may fall behind the WAL before ingest answers 503; 0: no bound",
     "compact_min_files": "small files in one hour partition before they are merged",
     "compact_target_rows": "rows per file that compaction aims for",
     "compact_interval_s": "how often compaction and retention run",
@@ -255,6 +258,8 @@ def _validate(s: Settings) -> None:
         path = getattr(s, name)
         if path and not Path(path).is_file():
             raise ConfigError(f"{name} = {path!r}: no such file")
+    if s.max_lag_s < 0:
+        raise ConfigError("max_lag_s must be ≥ 0 (0: no bound)")
     if s.max_attributes < 0 or s.max_attribute_value_bytes < 0:
         raise ConfigError("max_attributes and max_attribute_value_bytes must be ≥ 0 (0: no cap)")
     if s.max_connections < 1:

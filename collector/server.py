@@ -98,6 +98,7 @@ class Collector:
             settings.segment_bytes,
             settings.flush_interval_s,
             settings.wal_max_backlog_bytes,
+            settings.max_lag_s,
         )
         self.decoders = DecodePool(settings.json_decoders) if settings.json_decoders else None
         caps = AttributeCaps(settings.max_attributes, settings.max_attribute_value_bytes)

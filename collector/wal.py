@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from flagscope.collector import failpoints
 from flagscope.collector.errors import LakeError
+from flagscope.collector.lag import Lag
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
 from flagscope.collector.oplog import RateLimitedLog
 
@@ -194,6 +195,7 @@ class WalWriter:
         segment_bytes: int,
         flush_interval_s: float,
         max_backlog_bytes: int,
+        max_lag_s: float = 0.0,
     ) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
@@ -207,6 +209,8 @@ class WalWriter:
         self._opened_at = 0.0
         self._backlog = 0
         self._backlog_checked = 0.0
+        self._appended = 0  # bytes committed since the backlog was last measured
+        self.lag = Lag(max_lag_s, segment_bytes) if max_lag_s > 0 else None
         self._directory_synced = False
         self._rotate_retry_at = 0.0
         self._faults = RateLimitedLog(log)
@@ -218,6 +222,15 @@ class WalWriter:
         if self._backlog > self.max_backlog_bytes:
             future.set_exception(
                 WalFullError(errno.ENOSPC, "write-ahead log backlog is full; the lake is behind")
+            )
+            return future
+        if self.lag is not None and self.lag.over():
+            future.set_exception(
+                WalFullError(
+                    errno.ENOSPC,
+                    f"the lake is {self.lag.seconds():.0f} s behind the write-ahead log "
+                    f"(max_lag_s = {self.lag.max_lag_s:g})",
+                )
             )
             return future
         if not self._thread.is_alive():  # a request must get an answer, never wait forever
@@ -350,6 +363,7 @@ class WalWriter:
             return
         self._size += len(data)
         self._backlog += len(data)
+        self._appended += len(data)
         self.fsyncs += 1
         for _, future in batch:
             future.set_result(None)
@@ -381,3 +395,6 @@ class WalWriter:
             )
             return
         self._backlog = total
+        if self.lag is not None:
+            self.lag.observe(now, total, self._appended)
+        self._appended = 0
