@@ -72,7 +72,10 @@ def _cap(holder: Message, caps: AttributeCaps, cut: Cut) -> None:
     if caps.max_attributes and len(attributes) > caps.max_attributes:
         dropped = len(attributes) - caps.max_attributes
         del attributes[caps.max_attributes :]
-        holder.dropped_attributes_count += dropped
+        # a uint32 on the wire: a count already near its top stays at the top
+        holder.dropped_attributes_count = min(
+            0xFFFF_FFFF, holder.dropped_attributes_count + dropped
+        )
         cut.attributes_dropped += dropped
     if caps.max_value_bytes:
         _cut_values((kv.value for kv in attributes), caps.max_value_bytes, cut)

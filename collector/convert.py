@@ -96,7 +96,9 @@ def _nanos(value: int) -> int | None:
     return value if 0 < value <= MAX_TIME_NS else None
 
 
-JSON_COLUMNS = frozenset({"body", "attributes", "resource_attributes", "span_events", "span_links"})
+JSON_COLUMNS = frozenset(
+    {"body", "attributes", "resource_attributes", "scope_attributes", "span_events", "span_links"}
+)
 
 # Columns each signal fills row by row; every other column of SCHEMA is null for it.
 SPAN_FIELDS = (
@@ -128,6 +130,12 @@ SPAN_FIELDS = (
     "span_events",
     "span_links",
     "dropped_attributes_count",
+    "otlp_flags",
+    "dropped_events_count",
+    "dropped_links_count",
+    "scope_attributes",
+    "resource_schema_url",
+    "scope_schema_url",
     "trace_key",
     "span_key",
     "is_entry",
@@ -156,6 +164,10 @@ LOG_FIELDS = (
     "attributes",
     "resource_attributes",
     "dropped_attributes_count",
+    "otlp_flags",
+    "scope_attributes",
+    "resource_schema_url",
+    "scope_schema_url",
     "trace_key",
     "span_key",
 )
@@ -180,6 +192,19 @@ def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) ->
         else:
             arrays.append(pa.nulls(n, type=field.type))
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _link(link: Any, link_attributes: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "trace_id": link.trace_id.hex(),
+        "span_id": link.span_id.hex(),
+        "attributes": link_attributes(link.attributes),
+    }
+    for name in ("trace_state", "flags", "dropped_attributes_count"):  # only when set
+        value = getattr(link, name)
+        if value:
+            entry[name] = value
+    return entry
 
 
 class Unconvertible(ValueError):
@@ -218,16 +243,21 @@ class Converter:
         for rs in request.resource_spans:
             resource = attributes(rs.resource.attributes)
             service = _text(resource.get("service.name"))
-            context = (tagger_marker(resource), _json(resource), service)
+            context = (tagger_marker(resource), _json(resource), service, rs.schema_url or None)
             for ss in rs.scope_spans:
-                scope = (ss.scope.name or None, ss.scope.version or None)
+                scope = (
+                    ss.scope.name or None,
+                    ss.scope.version or None,
+                    _json(attributes(ss.scope.attributes)) if ss.scope.attributes else None,
+                    ss.schema_url or None,
+                )
                 for span in ss.spans:
                     append(span_row(span, context, scope))
 
     def _span_row(
         self, span: Any, context: tuple[Any, ...], scope: tuple[Any, ...]
     ) -> tuple[Any, ...]:
-        resource_reason, resource_json, service = context
+        resource_reason, resource_json, service, resource_schema_url = context
         tagger = self.tagger
         span_attributes = self._cache.attributes
         attrs = span_attributes(span.attributes)
@@ -245,26 +275,18 @@ class Converter:
                         flags[found[0]] = found[1]
                     if not event_context:  # the first evaluation's context names the user
                         event_context = event_attrs
-                events.append(
-                    {
-                        "name": event.name,
-                        "time_unix_nano": event.time_unix_nano,
-                        "attributes": event_attrs,
-                    }
-                )
+                entry = {
+                    "name": event.name,
+                    "time_unix_nano": event.time_unix_nano,
+                    "attributes": event_attrs,
+                }
+                if event.dropped_attributes_count:
+                    entry["dropped_attributes_count"] = event.dropped_attributes_count
+                events.append(entry)
             events_json = _json(events)
         links_json = None
         if span.links:
-            links_json = _json(
-                [
-                    {
-                        "trace_id": link.trace_id.hex(),
-                        "span_id": link.span_id.hex(),
-                        "attributes": span_attributes(link.attributes),
-                    }
-                    for link in span.links
-                ]
-            )
+            links_json = _json([_link(link, span_attributes) for link in span.links])
         user_id = tagger.user_id(attrs, event_context)
         reason = tagger.test_reason(attrs, resource_reason, user_id)
         raw_trace_id = span.trace_id
@@ -308,6 +330,12 @@ class Converter:
             events_json,
             links_json,
             span.dropped_attributes_count,
+            span.flags or None,
+            span.dropped_events_count or None,
+            span.dropped_links_count or None,
+            scope[2],
+            resource_schema_url,
+            scope[3],
             raw_trace_id,
             span_key(raw_span_id),
             is_entry(kind, raw_parent_id, span.name),
@@ -322,9 +350,12 @@ class Converter:
             resource_reason = tagger.resource_marker(resource)
             service = _text(resource.get("service.name"))
             resource_bytes = rl.resource.SerializeToString()
+            resource_schema_url = rl.schema_url or None
             for sl in rl.scope_logs:
                 scope_name = sl.scope.name or None
                 scope_version = sl.scope.version or None
+                scope_json = _json(attributes(sl.scope.attributes)) if sl.scope.attributes else None
+                scope_schema_url = sl.schema_url or None
                 scope_bytes = sl.scope.SerializeToString()
                 for record in sl.log_records:
                     attrs = attributes(record.attributes)
@@ -371,6 +402,10 @@ class Converter:
                             _json(attrs),
                             resource_json,
                             record.dropped_attributes_count,
+                            record.flags or None,
+                            scope_json,
+                            resource_schema_url,
+                            scope_schema_url,
                             record.trace_id if len(record.trace_id) == 16 else None,
                             span_key(record.span_id),
                         )

@@ -3,7 +3,7 @@
 A byte limit on the WAL backlog alone let the lake fall 192 s behind after a minute of
 overload: at the lake writers' pace, 1.6 GB is minutes of work. `Lag` estimates the
 conversion rate from what leaves the WAL (segments converted and deleted) over a sliding
-window, and the lag as backlog ÷ rate; ingest answers 503 + Retry-After beyond
+30 s window, and the lag as backlog ÷ rate; ingest answers 503 + Retry-After beyond
 `max_lag_s`, so a reader can rely on the lake being at most about that far behind
 (plus `flush_interval_s`) whatever the load.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections import deque
 
-WINDOW_S = 10.0  # the rate is measured over this much of the recent past
+# The rate is measured over this much of the recent past: longer than converting one
+# segment takes, so a window never sees no deletion only because one is in progress.
+WINDOW_S = 30.0
 
 
 class Lag:

@@ -38,7 +38,10 @@ MAX_DEPTH = 100
 _HEX_ID_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _INTEGER = re.compile(r"-?[0-9]+")
-_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+# Unambiguous (no two ways to match a digit), so matching is linear in the length.
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_MAX_NUMBER_TEXT = 400  # characters: a decimal double needs far fewer
+_MAX_INTEGER_TEXT = 21  # "-9223372036854775808", "18446744073709551615"
 _SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _CACHE_LIMIT = 1 << 14  # distinct KeyValues kept per field (cleared when full)
 _CACHED_TEXT = 512  # bytes of JSON: a larger KeyValue is encoded each time
@@ -61,6 +64,12 @@ def _varint(n: int) -> bytes:
 _SMALL = [bytes((i,)) for i in range(0x80)]
 
 
+def _show(value: Any) -> str:
+    """A value as an error message shows it: its repr, cut to 64 characters."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:60] + " …" + text[-1]
+
+
 class _Invalid(ValueError):
     """A value that breaks the OTLP/JSON rules; `where` is filled in on the way out (the
     path is built only for an error, not for every field)."""
@@ -80,10 +89,12 @@ def _integer(value: Any, lo: int, hi: int) -> int:
     n: int
     if kind is int:
         n = value
-    elif (kind is str and _INTEGER.fullmatch(value)) or (kind is float and value.is_integer()):
+    elif (kind is str and len(value) <= _MAX_INTEGER_TEXT and _INTEGER.fullmatch(value)) or (
+        kind is float and value.is_integer()
+    ):
         n = int(value)
     else:
-        raise _Invalid(f"{value!r} is not an integer")
+        raise _Invalid(f"{_show(value)} is not an integer")
     if not lo <= n <= hi:
         raise _Invalid(f"{n} is out of range {lo}…{hi}")
     return n
@@ -97,9 +108,9 @@ def _double(value: Any) -> float:
         special = _SPECIAL_DOUBLES.get(value)
         if special is not None:
             return special
-        if _NUMBER.fullmatch(value):
+        if len(value) <= _MAX_NUMBER_TEXT and _NUMBER.fullmatch(value):
             return float(value)
-    raise _Invalid(f"{value!r} is not a number")
+    raise _Invalid(f"{_show(value)} is not a number")
 
 
 def _varint_encoder(lo: int, hi: int) -> Encode:
@@ -134,20 +145,20 @@ def _float_encoder(fmt: str) -> Encode:
         try:
             return pack(number)
         except OverflowError as exc:  # a double beyond a float's range
-            raise _Invalid(f"{value!r} is out of range for a float") from exc
+            raise _Invalid(f"{_show(value)} is out of range for a float") from exc
 
     return encode
 
 
 def _bool(value: Any, depth: int) -> bytes:
     if type(value) is not bool:
-        raise _Invalid(f"{value!r} is not true or false")
+        raise _Invalid(f"{_show(value)} is not true or false")
     return _SMALL[value]
 
 
 def _string(value: Any, depth: int) -> bytes:
     if type(value) is not str:
-        raise _Invalid(f"{value!r} is not a string")
+        raise _Invalid(f"{_show(value)} is not a string")
     try:
         data = value.encode()
     except UnicodeEncodeError as exc:  # a lone surrogate escape
@@ -157,20 +168,20 @@ def _string(value: Any, depth: int) -> bytes:
 
 def _base64(value: Any, depth: int) -> bytes:
     if type(value) is not str:
-        raise _Invalid(f"{value!r} is not a base64 string")
+        raise _Invalid(f"{_show(value)} is not a base64 string")
     text = value.rstrip("=")
     altchars = b"-_" if "-" in text or "_" in text else None
     try:
         data = base64.b64decode(text + "=" * (-len(text) % 4), altchars, validate=True)
-    except binascii.Error as exc:
-        raise _Invalid(f"{value!r} is not base64") from exc
+    except (binascii.Error, ValueError) as exc:  # ValueError: a non-ASCII character
+        raise _Invalid(f"{_show(value)} is not base64") from exc
     return _varint(len(data)) + data
 
 
 def _hex(value: Any, depth: int) -> bytes:
     if type(value) is not str or len(value) % 2 or not _HEX.fullmatch(value):
         raise _Invalid(
-            f"{value!r} is not a hex string (OTLP/JSON encodes trace and span ids as hex, "
+            f"{_show(value)} is not a hex string (OTLP/JSON encodes trace and span ids as hex, "
             "not base64)",
         )
     data = bytes.fromhex(value)
@@ -201,7 +212,7 @@ def _enum_encoder(field: FieldDescriptor) -> Encode:
     numbers = {v.name: v.number for v in field.enum_type.values}
 
     def encode(value: Any, depth: int) -> bytes:
-        if type(value) is str and not _INTEGER.fullmatch(value):
+        if type(value) is str and not _INTEGER.fullmatch(value):  # a name, not a number
             number = numbers.get(value)
             return b"" if number is None else _varint(number)  # unknown names are ignored
         return _varint(_integer(value, *_I32))
@@ -310,8 +321,11 @@ def _key_values_writer(tag: bytes, sub: JsonMessage) -> Writer:
     def write(out: list[bytes], items: Any, depth: int) -> None:
         dumps = orjson.dumps
         for i, item in enumerate(_array(items)):
-            text = dumps(item)
-            data = cache.get(text)
+            try:
+                text = dumps(item)
+            except TypeError:  # nested deeper than orjson writes: encoded, not cached
+                text = b"x" * (_CACHED_TEXT + 1)
+            data = cache.get(text) if len(text) <= _CACHED_TEXT else None
             if data is None:
                 try:
                     if item is None:
@@ -361,7 +375,7 @@ def _each(encode: Encode, items: list[Any], depth: int) -> Iterator[bytes]:
 def _string_writer(tag: bytes) -> Writer:
     def write(out: list[bytes], item: Any, depth: int) -> None:
         if type(item) is not str:
-            raise _Invalid(f"{item!r} is not a string")
+            raise _Invalid(f"{_show(item)} is not a string")
         if item:  # proto3: "" stays off the wire
             out += (tag, _string(item, depth))
 

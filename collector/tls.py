@@ -35,7 +35,10 @@ def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """The server credentials for OTLP/gRPC (grpc core offers TLS 1.2+), or None."""
     if not settings.tls_cert_file:
         return None
-    key = Path(settings.tls_key_file).read_bytes()
-    chain = Path(settings.tls_cert_file).read_bytes()
-    ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    try:
+        key = Path(settings.tls_key_file).read_bytes()
+        chain = Path(settings.tls_cert_file).read_bytes()
+        ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS files: {exc}") from exc
     return grpc.ssl_server_credentials([(key, chain)], ca, require_client_auth=ca is not None)

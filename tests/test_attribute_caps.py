@@ -76,3 +76,11 @@ def test_values_are_cut_inside_arrays_and_kvlists_on_a_character_boundary():
     assert [v.string_value for v in values["list"].array_value.values] == ["xxxxx", "ab€"]
     assert values["map"].kvlist_value.values[0].value.string_value == "€"
     assert prepared.rejected == 0 and "4 values cut" in prepared.error_message
+
+
+def test_a_dropped_count_near_the_top_of_uint32_stays_at_the_top():
+    span = make_span(new_trace_id(), attrs={"a": 1, "b": 2})
+    span.dropped_attributes_count = 2**32 - 1
+    prepared = prepare(TRACES, traces(span).SerializeToString(), PROTOBUF, caps=AttributeCaps(1, 0))
+    request = trace_service_pb2.ExportTraceServiceRequest.FromString(prepared.payload)
+    assert request.resource_spans[0].scope_spans[0].spans[0].dropped_attributes_count == 2**32 - 1

@@ -33,7 +33,14 @@ from flagscope.collector.lake.read import fetch
 from flagscope.collector.lake.schema import SCHEMA
 from tests.otlp_requests import any_value, kv, new_trace_id, post, wait_rows
 
-JSON_COLUMNS = {"attributes", "resource_attributes", "span_events", "span_links", "body"}
+JSON_COLUMNS = {
+    "attributes",
+    "resource_attributes",
+    "scope_attributes",
+    "span_events",
+    "span_links",
+    "body",
+}
 # Columns a signal has no field for: null in every row of that signal.
 NULL_FOR_SPANS = {"observed_time", "severity_number", "severity_text", "body"}
 NULL_FOR_LOGS = {
@@ -46,6 +53,8 @@ NULL_FOR_LOGS = {
     "status_message",
     "span_events",
     "span_links",
+    "dropped_events_count",
+    "dropped_links_count",
 }
 
 SPAN_A = bytes.fromhex("f0e1d2c3b4a59687")  # high bit set: a negative span_key
@@ -125,11 +134,15 @@ def _span_request(trace_id: bytes, base: int) -> trace_service_pb2.ExportTraceSe
     root: INTERNAL, no status, no scope, a synthetic-traffic resource, a numeric user id)."""
     request = trace_service_pb2.ExportTraceServiceRequest()
 
-    rs = request.resource_spans.add()
+    rs = request.resource_spans.add(schema_url="https://opentelemetry.io/schemas/1.26.0")
     _resource(rs, {"service.name": "svc-a", "deployment.environment": "env-a"})
-    ss = rs.scope_spans.add()
+    ss = rs.scope_spans.add(schema_url="https://example.com/scope-schema-a")
     ss.scope.name, ss.scope.version = "scope-a", "scope-version-a"
+    ss.scope.attributes.append(kv("scope.attr", "scope-attr-a"))
     span = ss.spans.add(
+        flags=0x301,  # sampled, parent known to be remote
+        dropped_events_count=5,
+        dropped_links_count=6,
         trace_id=trace_id,
         span_id=SPAN_A,
         parent_span_id=SPAN_C,
@@ -159,9 +172,13 @@ def _span_request(trace_id: bytes, base: int) -> trace_service_pb2.ExportTraceSe
             kv("feature_flag.context.id", "user-event-a"),
         ]
     )
-    other = span.events.add(name="cache.miss", time_unix_nano=base + 6_000_029)
+    other = span.events.add(
+        name="cache.miss", time_unix_nano=base + 6_000_029, dropped_attributes_count=2
+    )
     other.attributes.append(kv("cache.key", "key-a"))
-    link = span.links.add(trace_id=LINKED_TRACE, span_id=LINKED_SPAN)
+    link = span.links.add(
+        trace_id=LINKED_TRACE, span_id=LINKED_SPAN, trace_state="vendor=link-a", flags=0x101
+    )
     link.attributes.append(kv("link.why", "retry-of-a"))
 
     rs = request.resource_spans.add()
@@ -256,6 +273,7 @@ def _expected_spans(trace_id: bytes, base: int) -> dict[str, dict[str, Any]]:
                 "name": "cache.miss",
                 "time_unix_nano": base + 6_000_029,
                 "attributes": {"cache.key": "key-a"},
+                "dropped_attributes_count": 2,
             },
         ],
         "span_links": [
@@ -263,9 +281,17 @@ def _expected_spans(trace_id: bytes, base: int) -> dict[str, dict[str, Any]]:
                 "trace_id": "9a8b7c6d5e4f30211203f4e5d6c7b8a9",
                 "span_id": "0102030405060708",
                 "attributes": {"link.why": "retry-of-a"},
+                "trace_state": "vendor=link-a",
+                "flags": 0x101,
             }
         ],
         "dropped_attributes_count": 7,
+        "otlp_flags": 0x301,
+        "dropped_events_count": 5,
+        "dropped_links_count": 6,
+        "scope_attributes": {"scope.attr": "scope-attr-a"},
+        "resource_schema_url": "https://opentelemetry.io/schemas/1.26.0",
+        "scope_schema_url": "https://example.com/scope-schema-a",
         "span_key": 0xF0E1D2C3B4A59687 - 2**64,
         "is_entry": True,  # a SERVER span, though it has a parent
     }
@@ -306,6 +332,12 @@ def _expected_spans(trace_id: bytes, base: int) -> dict[str, dict[str, Any]]:
         "span_events": None,
         "span_links": None,
         "dropped_attributes_count": 3,
+        "otlp_flags": None,
+        "dropped_events_count": None,
+        "dropped_links_count": None,
+        "scope_attributes": None,
+        "resource_schema_url": None,
+        "scope_schema_url": None,
         "span_key": 0x1122334455667788,
         "is_entry": False,  # a CLIENT span with a parent
     }
@@ -338,6 +370,12 @@ def _expected_spans(trace_id: bytes, base: int) -> dict[str, dict[str, Any]]:
         "span_events": None,
         "span_links": None,
         "dropped_attributes_count": 0,
+        "otlp_flags": None,
+        "dropped_events_count": None,
+        "dropped_links_count": None,
+        "scope_attributes": None,
+        "resource_schema_url": None,
+        "scope_schema_url": None,
         "span_key": 0x7F00000000000001,
         "is_entry": True,  # a root span
     }
@@ -366,10 +404,11 @@ def _log_request(trace_id: bytes, base: int) -> logs_service_pb2.ExportLogsServi
     test user by pattern, a string body), in two resources."""
     request = logs_service_pb2.ExportLogsServiceRequest()
 
-    rl = request.resource_logs.add()
+    rl = request.resource_logs.add(schema_url="https://opentelemetry.io/schemas/log-1")
     _resource(rl, {"service.name": "svc-log-1", "k8s.pod.name": "pod-1"})
-    sl = rl.scope_logs.add()
+    sl = rl.scope_logs.add(schema_url="https://example.com/log-scope-schema-1")
     sl.scope.name, sl.scope.version = "log-scope-1", "log-scope-version-1"
+    sl.scope.attributes.append(kv("log.scope.attr", 1))
     sl.log_records.append(
         logs_pb2.LogRecord(
             time_unix_nano=base + 444_444_444,
@@ -390,6 +429,7 @@ def _log_request(trace_id: bytes, base: int) -> logs_service_pb2.ExportLogsServi
                 }.items()
             ],
             dropped_attributes_count=11,
+            flags=1,
             trace_id=trace_id,
             span_id=LOG_SPAN_1,
             event_name="log-event-1",
@@ -481,6 +521,10 @@ def _expected_logs(
         },
         "resource_attributes": {"service.name": "svc-log-1", "k8s.pod.name": "pod-1"},
         "dropped_attributes_count": 11,
+        "otlp_flags": 1,
+        "scope_attributes": {"log.scope.attr": 1},
+        "resource_schema_url": "https://opentelemetry.io/schemas/log-1",
+        "scope_schema_url": "https://example.com/log-scope-schema-1",
         "span_key": 0xC1C2C3C4C5C6C7C8 - 2**64,
     }
     two = {
@@ -514,6 +558,10 @@ def _expected_logs(
         },
         "resource_attributes": {"service.name": "svc-log-2", "host.name": "host-log-2"},
         "dropped_attributes_count": 13,
+        "otlp_flags": None,
+        "scope_attributes": None,
+        "resource_schema_url": None,
+        "scope_schema_url": None,
         "span_key": 0x2122232425262728,
     }
     return {row["span_id"]: row for row in (one, two)}

@@ -14,6 +14,7 @@ import base64
 import copy
 import json
 import math
+import time
 from typing import Any
 
 import orjson
@@ -264,3 +265,36 @@ def test_unknown_fields_and_unknown_enum_names_are_ignored_as_otlp_requires():
     request = parse(TRACES, orjson.dumps(doc), JSON)
     span = request.resource_spans[0].scope_spans[0].spans[0]
     assert (span.name, span.kind) == ("a", 0)
+
+
+def _span_doc(**span: Any) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+
+
+HOSTILE = {
+    # a digit string that ends badly took a backtracking number pattern seconds to refuse
+    "backtracking number": _span_doc(attributes=[{"key": "k", "value": {"doubleValue": "1" * 16000 + "x"}}]),
+    # int() refuses more than 4,300 digits with a ValueError of its own
+    "long integer": _span_doc(startTimeUnixNano="1" * 5000),
+    "long enum number": _span_doc(kind="1" * 5000),
+    # b64decode refuses non-ASCII with a ValueError, not binascii.Error
+    "non-ASCII base64": _span_doc(attributes=[{"key": "k", "value": {"bytesValue": "é"}}]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_values_are_refused_at_once_with_a_short_message(body):
+    started = time.monotonic()
+    with pytest.raises(BadRequest) as caught:
+        parse(TRACES, body, JSON)
+    assert time.monotonic() - started < 0.5
+    assert len(str(caught.value)) < 300  # the value is not echoed whole
+
+
+def test_an_ignored_member_nested_past_what_orjson_writes_is_not_an_error():
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    body = _span_doc(name="n", attributes=[{"key": "a", "value": {"intValue": 1}, "x": deep}])
+    span = parse(TRACES, body, JSON).resource_spans[0].scope_spans[0].spans[0]
+    assert span.attributes[0].value.int_value == 1

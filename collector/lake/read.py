@@ -41,15 +41,20 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     if has_files(lake):
         glob = _sql_str(str(lake / GLOB))
         source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
-        keyed, files = con.execute(
-            "SELECT count(*) FILTER (WHERE has_key), count(*) FROM (SELECT file_name, "
-            f"bool_or(name = 'trace_key') AS has_key FROM parquet_schema('{glob}') GROUP BY 1)"
+        names = ", ".join(f"'{name}'" for name in SCHEMA.names)
+        keyed, complete, files = con.execute(
+            "SELECT count(*) FILTER (WHERE has_key), count(*) FILTER (WHERE columns = "
+            f"{len(SCHEMA.names)}), count(*) FROM (SELECT file_name, bool_or(name = "
+            f"'trace_key') AS has_key, count(DISTINCT name) FILTER (WHERE name IN ({names})) "
+            f"AS columns FROM parquet_schema('{glob}') GROUP BY 1)"
         ).fetchall()[0]
-        if keyed < files:
-            # Files from before the keys: derive them for those rows. The view lists the
-            # files again at every query; the empty table in SCHEMA keeps the key columns
-            # defined whichever files exist by then.
+        if complete < files:
+            # Files from before a column existed (the keys, what issue 10 point 14 added):
+            # the empty table in SCHEMA keeps every column defined (null in those files)
+            # whichever files exist when the view lists them again at a query.
             source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_empty)"
+        if keyed < files:
+            # Files from before the keys: derive the keys for those rows.
             select = (
                 "* REPLACE ("
                 + ", ".join(

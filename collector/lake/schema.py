@@ -49,6 +49,14 @@ SCHEMA = pa.schema(
         ("span_events", pa.string()),
         ("span_links", pa.string()),
         ("dropped_attributes_count", pa.int64()),  # uint32 on the wire
+        # What OTLP carries beside the above (issue 10 point 14): kept so that nothing a
+        # client sent is lost, though the analysis does not read it.
+        ("otlp_flags", pa.int64()),  # Span.flags / LogRecord.flags (W3C trace flags, fixed32)
+        ("dropped_events_count", pa.int64()),
+        ("dropped_links_count", pa.int64()),
+        ("scope_attributes", pa.string()),
+        ("resource_schema_url", pa.string()),
+        ("scope_schema_url", pa.string()),
         # Join keys for the analysis, derived from the columns above (DESIGN contract 2
         # keeps the hex ids for people): decoding 32-character strings dominated a cohort
         # diff, while 16 fixed bytes and an integer read and hash several times faster.
