@@ -86,8 +86,11 @@ def translate(exc: duckdb.Error, lake: Path) -> LakeError:
 
 def _open(lake: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
     """A fresh connection with the lake's views (DuckDB's errors come out raw)."""
+    # DuckDB draws its own progress bar on stderr, terminal or not (it showed up in a
+    # benchmark's log file); the CLI says what it is doing in its own words.
     con = duckdb.connect()
     try:
+        con.execute("SET enable_progress_bar = false")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         define_views(con, lake)
