@@ -233,6 +233,7 @@ class JsonMessage:
         self.full_name = descriptor.full_name
         self.writers: dict[str, Writer] = {}
         self.oneofs: dict[str, str] = {}  # member key → its oneof's name
+        self.aliases: dict[str, str] = {}  # proto name → JSON name, where they differ
 
 
 def compile_message(descriptor: Descriptor) -> JsonMessage:
@@ -246,6 +247,8 @@ def _compile(descriptor: Descriptor, done: dict[str, JsonMessage]) -> JsonMessag
     table = done[descriptor.full_name] = JsonMessage(descriptor)
     for field in descriptor.fields:
         write = _writer(field, done)
+        if field.name != field.json_name:
+            table.aliases[field.name] = field.json_name
         for key in (field.json_name, field.name):
             table.writers[key] = write
             if field.containing_oneof is not None:
@@ -419,6 +422,8 @@ def encode_fields(table: JsonMessage, value: Any, depth: int) -> bytes:
         )
     if table.oneofs:
         _check_oneofs(table.oneofs, value)
+    if table.aliases and not table.aliases.keys().isdisjoint(value):
+        _check_aliases(table.aliases, value)
     out: list[bytes] = []
     writers = table.writers
     for key, item in value.items():
@@ -431,6 +436,14 @@ def encode_fields(table: JsonMessage, value: Any, depth: int) -> bytes:
             exc.where.append(f".{key}")
             raise
     return b"".join(out)
+
+
+def _check_aliases(aliases: dict[str, str], value: dict[str, Any]) -> None:
+    """One field under both its names (`traceId` and `trace_id`) is refused, as protobuf's
+    JSON parser does: which one would count is not for the receiver to guess."""
+    for name, json_name in aliases.items():
+        if value.get(name) is not None and value.get(json_name) is not None:
+            raise _Invalid(f"{json_name!r} is given twice, also as {name!r}").at(name)
 
 
 def _check_oneofs(oneofs: dict[str, str], value: dict[str, Any]) -> None:

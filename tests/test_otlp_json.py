@@ -22,7 +22,7 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flagscope.collector.decode import parse
@@ -43,7 +43,12 @@ INTEGERS = {
     T.TYPE_UINT64: (0, 2**64 - 1),
     T.TYPE_FIXED64: (0, 2**64 - 1),
 }
-checks = settings(max_examples=150, deadline=None, database=None)
+checks = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],  # generating big messages on a busy machine
+)
 
 
 def _integers(lo: int, hi: int) -> st.SearchStrategy[int]:
@@ -227,6 +232,8 @@ REFUSED = [
      "more than one value of the oneof 'value'"),
     ({"resourceSpans": [{"scopeSpans": [None]}]}, "scopeSpans[0]: null is not allowed"),
     ({"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 7}]}]}]}, "name: 7 is not a string"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "01", "trace_id": "02"}]}]}]},
+     "'traceId' is given twice, also as 'trace_id'"),
 ]  # fmt: skip
 
 
