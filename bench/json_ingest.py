@@ -26,7 +26,6 @@ Prints the figures and writes bench/out/json_ingest.json. Run:
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import multiprocessing
@@ -52,6 +51,7 @@ from bench.machine import machine
 from bench.payload import trace_request
 from flagscope.collector.decode import prepare
 from flagscope.collector.otlp import JSON, PROTOBUF, TRACES
+from tests.otlp_requests import hex_to_base64, map_ids, otlp_json
 
 SPANS = 256
 PROBE_SPANS = 32
@@ -60,23 +60,7 @@ PROBE_INTERVAL_S = 0.05
 
 def js_json(payload: bytes) -> bytes:
     """A protobuf request as the Node.js OTLP/JSON exporter writes it."""
-    doc = json_format.MessageToDict(
-        ExportTraceServiceRequest.FromString(payload), use_integers_for_enums=True
-    )
-
-    def hexify(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("traceId", "spanId", "parentSpanId") and isinstance(value, str):
-                    node[key] = base64.b64decode(value).hex()
-                else:
-                    hexify(value)
-        elif isinstance(node, list):
-            for item in node:
-                hexify(item)
-
-    hexify(doc)
-    return orjson.dumps(doc)
+    return orjson.dumps(otlp_json(ExportTraceServiceRequest.FromString(payload)))
 
 
 def rate(work: Callable[[], object], spans: int, seconds: float = 3.0) -> float:
@@ -88,9 +72,10 @@ def rate(work: Callable[[], object], spans: int, seconds: float = 3.0) -> float:
 
 
 def engine(pb: bytes, js: bytes) -> dict[str, Any]:
-    def parse_dict() -> None:
+    def parse_dict() -> None:  # what the collector did before: ids back to base64, ParseDict
         doc = orjson.loads(js)
-        json_format.ParseDict(_base64_ids(doc), ExportTraceServiceRequest())
+        map_ids(doc, hex_to_base64)
+        json_format.ParseDict(doc, ExportTraceServiceRequest())
 
     out = {
         "protobuf_spans_per_s": rate(lambda: prepare(TRACES, pb, PROTOBUF), SPANS),
@@ -100,21 +85,6 @@ def engine(pb: bytes, js: bytes) -> dict[str, Any]:
     out["json_over_protobuf"] = out["json_spans_per_s"] / out["protobuf_spans_per_s"]
     out["json_over_parsedict"] = out["json_spans_per_s"] / out["json_format_parsedict_spans_per_s"]
     return out
-
-
-def _base64_ids(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: (
-                base64.b64encode(bytes.fromhex(v)).decode()
-                if k in ("traceId", "spanId", "parentSpanId")
-                else _base64_ids(v)
-            )
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_base64_ids(x) for x in node]
-    return node
 
 
 # -- a collector and its clients ----------------------------------------------------------

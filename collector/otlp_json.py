@@ -303,13 +303,7 @@ def _message_writer(tag: bytes, sub: JsonMessage) -> Writer:
 def _messages_writer(tag: bytes, sub: JsonMessage) -> Writer:
     def write(out: list[bytes], items: Any, depth: int) -> None:
         for i, item in enumerate(_array(items)):
-            try:
-                if item is None:
-                    raise _Invalid("null is not allowed in an array")
-                data = encode_fields(sub, item, depth + 1)
-            except _Invalid as exc:
-                exc.where.append(f"[{i}]")
-                raise
+            data = _element(sub, item, i, depth)
             out += (tag, _varint(len(data)), data)
 
     return write
@@ -322,29 +316,35 @@ def _key_values_writer(tag: bytes, sub: JsonMessage) -> Writer:
     cache: dict[bytes, bytes] = {}
 
     def write(out: list[bytes], items: Any, depth: int) -> None:
-        dumps = orjson.dumps
         for i, item in enumerate(_array(items)):
             try:
-                text = dumps(item)
+                key: bytes | None = orjson.dumps(item)
             except TypeError:  # nested deeper than orjson writes: encoded, not cached
-                text = b"x" * (_CACHED_TEXT + 1)
-            data = cache.get(text) if len(text) <= _CACHED_TEXT else None
+                key = None
+            if key is not None and len(key) > _CACHED_TEXT:
+                key = None  # a large one is encoded each time
+            data = None if key is None else cache.get(key)
             if data is None:
-                try:
-                    if item is None:
-                        raise _Invalid("null is not allowed in an array")
-                    body = encode_fields(sub, item, depth + 1)
-                except _Invalid as exc:
-                    exc.where.append(f"[{i}]")
-                    raise
+                body = _element(sub, item, i, depth)
                 data = tag + _varint(len(body)) + body
-                if len(text) <= _CACHED_TEXT:
+                if key is not None:
                     if len(cache) >= _CACHE_LIMIT:
                         cache.clear()
-                    cache[text] = data
+                    cache[key] = data
             out.append(data)
 
     return write
+
+
+def _element(sub: JsonMessage, item: Any, index: int, depth: int) -> bytes:
+    """One message of an array, without its tag and length."""
+    try:
+        if item is None:
+            raise _Invalid("null is not allowed in an array")
+        return encode_fields(sub, item, depth + 1)
+    except _Invalid as exc:
+        exc.where.append(f"[{index}]")
+        raise
 
 
 def _packed_writer(tag: bytes, encode: Encode) -> Writer:

@@ -76,9 +76,10 @@ class Hold:
 # 256-span request); a protobuf message parsed by upb ~1 n.
 JSON_DECODE_FACTOR = 8
 PROTOBUF_DECODE_FACTOR = 1
-# A JSON body smaller than this is decoded in the front end: the hand-over to a worker
-# process costs more than decoding a few spans.
+# Bodies smaller than these are decoded in the front end itself: handing a JSON body to a
+# worker process, or any body to a thread, costs more than decoding a few spans.
 INLINE_JSON_BYTES = 16 * 1024
+INLINE_PROTOBUF_BYTES = 64 * 1024
 
 
 class Receiver:
@@ -105,22 +106,23 @@ class Receiver:
     ) -> Prepared:
         """Decompress and decode within the budget: the inflated bytes, then what decoding
         them costs, are taken from it before the work is done."""
-        limit, caps = self.max_request_bytes, self.caps
+        limit = self.max_request_bytes
         if encoding == "identity":
             raw = decompress(body, encoding, limit)
         else:
             raw = await asyncio.to_thread(decompress, body, encoding, limit, hold.take)
+        call = (signal, raw, content_type, None, self.caps)
         if content_type != JSON:
             hold.take_capped(PROTOBUF_DECODE_FACTOR * len(raw))
-            if len(raw) > 65536:
-                return await asyncio.to_thread(prepare, signal, raw, content_type, None, caps)
-            return prepare(signal, raw, content_type, None, caps)
-        if len(raw) < INLINE_JSON_BYTES:
-            return prepare(signal, raw, content_type, None, caps)
-        hold.take_capped(JSON_DECODE_FACTOR * len(raw))
-        if self.decoders is None:
-            return await asyncio.to_thread(prepare, signal, raw, content_type, None, caps)
-        return await self.decoders.prepare(signal, raw, content_type, caps)
+            in_thread = len(raw) > INLINE_PROTOBUF_BYTES
+        elif len(raw) < INLINE_JSON_BYTES:
+            in_thread = False
+        else:
+            hold.take_capped(JSON_DECODE_FACTOR * len(raw))
+            if self.decoders is not None:
+                return await self.decoders.prepare(signal, raw, content_type, self.caps)
+            in_thread = True
+        return await asyncio.to_thread(prepare, *call) if in_thread else prepare(*call)
 
     async def export(
         self,

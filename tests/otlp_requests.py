@@ -183,22 +183,38 @@ def one_span(trace_id: bytes | None = None) -> tuple[bytes, bytes]:
     return traces(make_span(trace_id)).SerializeToString(), trace_id
 
 
-def otlp_json(message: Any) -> dict[str, Any]:
-    """OTLP/JSON of a message: camelCase, enums as integers, ids as hex (not base64)."""
-    doc = json_format.MessageToDict(message, use_integers_for_enums=True)
+ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
 
-    def hexify(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("traceId", "spanId", "parentSpanId") and isinstance(value, str):
-                    node[key] = base64.b64decode(value).hex()
-                else:
-                    hexify(value)
-        elif isinstance(node, list):
-            for value in node:
-                hexify(value)
 
-    hexify(doc)
+def map_ids(node: Any, change: Any) -> None:
+    """Apply `change` to every trace/span id string of a JSON document, in place (protobuf's
+    JSON mapping writes them base64, OTLP/JSON hex)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ID_KEYS and isinstance(value, str):
+                node[key] = change(value)
+            else:
+                map_ids(value, change)
+    elif isinstance(node, list):
+        for value in node:
+            map_ids(value, change)
+
+
+def base64_to_hex(value: str) -> str:
+    return base64.b64decode(value).hex()
+
+
+def hex_to_base64(value: str) -> str:
+    return base64.b64encode(bytes.fromhex(value)).decode()
+
+
+def otlp_json(message: Any, proto_names: bool = False, enum_numbers: bool = True) -> dict[str, Any]:
+    """OTLP/JSON of a message: camelCase (or proto names), enums as integers (or names),
+    ids as hex (not base64)."""
+    doc = json_format.MessageToDict(
+        message, preserving_proto_field_name=proto_names, use_integers_for_enums=enum_numbers
+    )
+    map_ids(doc, base64_to_hex)
     return doc
 
 

@@ -57,6 +57,12 @@ NULL_FOR_LOGS = {
     "dropped_links_count",
 }
 
+# A span that sends none of the rarer OTLP fields (issue 10 point 14)
+NOTHING_MORE = dict.fromkeys(
+    ("otlp_flags", "dropped_events_count", "dropped_links_count", "scope_attributes",
+     "resource_schema_url", "scope_schema_url")
+)  # fmt: skip
+
 SPAN_A = bytes.fromhex("f0e1d2c3b4a59687")  # high bit set: a negative span_key
 SPAN_B = bytes.fromhex("1122334455667788")
 SPAN_C = bytes.fromhex("7f00000000000001")
@@ -332,12 +338,7 @@ def _expected_spans(trace_id: bytes, base: int) -> dict[str, dict[str, Any]]:
         "span_events": None,
         "span_links": None,
         "dropped_attributes_count": 3,
-        "otlp_flags": None,
-        "dropped_events_count": None,
-        "dropped_links_count": None,
-        "scope_attributes": None,
-        "resource_schema_url": None,
-        "scope_schema_url": None,
+        **NOTHING_MORE,
         "span_key": 0x1122334455667788,
         "is_entry": False,  # a CLIENT span with a parent
     }
@@ -370,12 +371,7 @@ def _expected_spans(trace_id: bytes, base: int) -> dict[str, dict[str, Any]]:
         "span_events": None,
         "span_links": None,
         "dropped_attributes_count": 0,
-        "otlp_flags": None,
-        "dropped_events_count": None,
-        "dropped_links_count": None,
-        "scope_attributes": None,
-        "resource_schema_url": None,
-        "scope_schema_url": None,
+        **NOTHING_MORE,
         "span_key": 0x7F00000000000001,
         "is_entry": True,  # a root span
     }

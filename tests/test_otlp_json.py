@@ -10,7 +10,6 @@ must decode to the very message; mutated requests must be refused exactly when
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import math
@@ -28,9 +27,9 @@ from hypothesis import strategies as st
 from flagscope.collector.decode import parse
 from flagscope.collector.errors import BadRequest
 from flagscope.collector.otlp import JSON, LOGS, TRACES
+from tests.otlp_requests import ID_KEYS, hex_to_base64, map_ids, otlp_json
 
 T = FieldDescriptor
-ID_FIELDS = {"trace_id", "span_id", "parent_span_id", "traceId", "spanId", "parentSpanId"}
 INTEGERS = {
     T.TYPE_INT32: (-(2**31), 2**31 - 1),
     T.TYPE_SINT32: (-(2**31), 2**31 - 1),
@@ -110,31 +109,10 @@ def _child_class(cls: type[Message], field: FieldDescriptor) -> type[Message]:
     return type(getattr(cls(), field.name).add())
 
 
-def to_json(message: Message, proto_names: bool, enum_numbers: bool) -> dict[str, Any]:
-    """The message as OTLP/JSON: protobuf's JSON mapping with hex trace and span ids."""
-    doc = json_format.MessageToDict(
-        message, preserving_proto_field_name=proto_names, use_integers_for_enums=enum_numbers
-    )
-    _walk_ids(doc, lambda v: base64.b64decode(v).hex())
-    return doc
-
-
-def _walk_ids(node: Any, change: Any) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ID_FIELDS and isinstance(value, str):
-                node[key] = change(value)
-            else:
-                _walk_ids(value, change)
-    elif isinstance(node, list):
-        for item in node:
-            _walk_ids(item, change)
-
-
 def oracle(signal, doc: dict[str, Any]) -> Message:
     """protobuf's json_format on the same document (ids turned back to base64 for it)."""
     doc = copy.deepcopy(doc)
-    _walk_ids(doc, lambda v: base64.b64encode(bytes.fromhex(v)).decode())
+    map_ids(doc, hex_to_base64)
     message = signal.request_type()
     json_format.ParseDict(doc, message, ignore_unknown_fields=True)
     return message
@@ -152,7 +130,7 @@ def test_any_request_decodes_to_the_message_it_was_printed_from(
 ):
     cls = signal.request_type
     message = data.draw(messages(cls.DESCRIPTOR, cls))
-    body = orjson.dumps(to_json(message, proto_names, enum_numbers))
+    body = orjson.dumps(otlp_json(message, proto_names, enum_numbers))
     assert wire(parse(signal, body, JSON)) == wire(message)
 
 
@@ -172,7 +150,7 @@ def _leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         else ()
     )
     for key, value in children:
-        if key not in ID_FIELDS:
+        if key not in ID_KEYS:
             out += _leaves(value, (*path, key))
     return out
 
@@ -193,7 +171,7 @@ def test_a_mutated_request_is_refused_exactly_when_json_format_refuses_it(
     signal, data, proto_names
 ):
     cls = signal.request_type
-    doc = to_json(data.draw(messages(cls.DESCRIPTOR, cls)), proto_names, False)
+    doc = otlp_json(data.draw(messages(cls.DESCRIPTOR, cls)), proto_names, False)
     leaves = _leaves(doc)
     if not leaves:
         return
