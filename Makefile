@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 SOURCES := collector analysis tests bench sample_data
 
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV): flagscope and its pinned dependencies (a minute or two, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
@@ -63,4 +64,4 @@ bench: $(STAMP)
 
 
 clean:
-	rm -rf $(VENV) flagscope-data .pytest_cache .typecheck .mypy_cache
+	rm -rf $(VENV) flagscope-data .pytest_cache .typecheck .mypy_cache .ruff_cache build dist *.egg-info

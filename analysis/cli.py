@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flagscope.analysis.render.text import printable
@@ -13,6 +15,7 @@ from flagscope.collector.errors import ConfigError, FlagscopeError
 
 if TYPE_CHECKING:
     from flagscope.analysis.result import DiffOptions
+    from flagscope.analysis.schedule.runner import Scheduler
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +180,7 @@ def _add_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--out", help="directory for the reports (default: [reports] out_dir, else ./reports)"
     )
     report.add_argument("--format", default="html,md,json", help="comma-separated: html, md, json")
+    report.set_defaults(parser=report)  # for the defaults of the per-flag options
 
     schedule = commands.add_parser(
         "schedule",
@@ -241,43 +245,69 @@ def _diff(args: argparse.Namespace) -> int:
     from flagscope.analysis.diff import run_diff
     from flagscope.analysis.report_archive import render
 
-    settings = _settings(args, ("data_dir", "lake_dir"))
-    result = run_diff(settings.lake_path, _options(args))
+    options = _options(args)  # a usage mistake is named before the lake is looked at
+    result = run_diff(_lake(args), options)
     sys.stdout.write(render(result, args.format))
     return result.exit_code
 
 
+# What `report` without --flag cannot apply: each declared report has its own in flagscope.toml.
+_PER_FLAG_OPTIONS = (
+    "since", "start", "end", "variant", "baseline", "service", "route", "include_test",
+    "only_test", "expected_split", "sequential", "cuped", "expected_users", "alpha",
+    "error_threshold_pp", "latency_threshold_pct", "min_users",
+)  # fmt: skip
+
+
+def _declared_reports_only(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    given = [n for n in _PER_FLAG_OPTIONS if getattr(args, n) != parser.get_default(n)]
+    if given:
+        option = "--" + {"start": "from", "end": "to"}.get(given[0], given[0]).replace("_", "-")
+        raise ConfigError(
+            f"{option} compares one flag: give --flag too, or set it on the report's "
+            "[[reports.flag]] in flagscope.toml (report without --flag runs those as declared)"
+        )
+
+
+def _run_declared(scheduler: Scheduler) -> int:
+    """Every declared report once: one line each, exit 2 if any failed, else the most
+    severe verdict's code (as `report --flag` would exit)."""
+    from flagscope.analysis.verdict import EXIT_CODES
+
+    outcomes = scheduler.run_once()
+    for outcome in outcomes:
+        where = outcome.files.main_file() if outcome.files else outcome.error
+        verdict = outcome.verdict.value if outcome.verdict else "FAILED"
+        print(printable(f"{outcome.flag}: {verdict} — {where}"))
+    if not outcomes:
+        print("no reports declared: add [[reports.flag]] to flagscope.toml", file=sys.stderr)
+    codes = [EXIT_CODES[o.files.verdict] for o in outcomes if o.files]
+    return 2 if any(o.error for o in outcomes) else max(codes, default=0)
+
+
 def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from dataclasses import replace
 
     from flagscope.analysis.diff import run_diff
     from flagscope.analysis.report_archive import normalize_formats, write_report
     from flagscope.analysis.schedule.config import load_config
     from flagscope.analysis.schedule.runner import Scheduler, utc_now
 
-    settings = _settings(args, ("data_dir", "lake_dir"))
+    if args.flag is None:
+        _declared_reports_only(args, args.parser)
+    options = None if args.flag is None else _options(args)
     config = load_config(args.config, require=args.flag is None)
+    lake = _lake(args, announce=False)
     out = Path(args.out) if args.out else config.out_dir
     if args.flag is None:  # one-shot run of the declared reports
-        if args.out:
-            from dataclasses import replace
-
-            config = replace(config, out_dir=out)
-        outcomes = Scheduler(config, settings.lake_path).run_once()
-        for outcome in outcomes:
-            where = outcome.files.main_file() if outcome.files else outcome.error
-            verdict = outcome.verdict.value if outcome.verdict else "FAILED"
-            print(printable(f"{outcome.flag}: {verdict} — {where}"))
-        codes = [o.files.verdict for o in outcomes if o.files]
-        failed = any(o.error for o in outcomes)
-        from flagscope.analysis.verdict import EXIT_CODES
-
-        return 2 if failed else max((EXIT_CODES[v] for v in codes), default=0)
+        return _run_declared(Scheduler(replace(config, out_dir=out), lake))
     formats = normalize_formats(
         [f.strip() for f in args.format.split(",") if f.strip()], "--format"
     )
-    result = run_diff(settings.lake_path, _options(args), charts="html" in formats)
+    assert options is not None
+    result = run_diff(lake, options, charts="html" in formats)
     files = write_report(result, out, formats, utc_now())
+    print(printable(f"lake: {lake}"), file=sys.stderr)
     print(printable(result.summary))
     for fmt, path in files.files.items():
         print(printable(f"  {fmt:4} {path}"))
@@ -292,20 +322,22 @@ def _schedule(args: argparse.Namespace) -> int:
     from flagscope.analysis.schedule.config import load_config
     from flagscope.analysis.schedule.runner import Scheduler
 
-    settings = _settings(args, ("data_dir", "lake_dir"))
-    scheduler = Scheduler(load_config(args.config), settings.lake_path)
+    config = load_config(args.config)
     if args.once:
-        outcomes = scheduler.run_once()
-        return 2 if any(o.error for o in outcomes) else 0
+        return _run_declared(Scheduler(config, _lake(args, announce=False)))
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    lake = _settings(args, ("data_dir", "lake_dir")).lake_path
+    scheduler = Scheduler(config, lake)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(
-        f"flagscope schedule: {len(scheduler.config.reports)} reports into "
-        f"{scheduler.config.out_dir}",
+        printable(
+            f"flagscope schedule: {len(scheduler.config.reports)} reports of lake {lake} "
+            f"into {scheduler.config.out_dir}"
+        ),
         flush=True,
     )
     scheduler.run_forever(stop)
@@ -317,11 +349,11 @@ def _flags(args: argparse.Namespace) -> int:
     from flagscope.analysis.flags import list_flags
     from flagscope.analysis.query import format_rows
 
-    settings = _settings(args, ("data_dir", "lake_dir"))
+    lake = _lake(args)
     if args.stale is not None:
         from flagscope.analysis.stale import stale_flags
 
-        stale = stale_flags(settings.lake_path, args.stale)
+        stale = stale_flags(lake, args.stale)
         columns = ["flag", "kind", "variant", "last_seen", "days", "message"]
         stale_rows = [
             (f.flag, f.kind.value, f.variant, f.last_seen, round(f.days, 1), f.message)
@@ -330,7 +362,7 @@ def _flags(args: argparse.Namespace) -> int:
         sys.stdout.write(format_rows(columns, stale_rows, args.format, max_width=100))
         return 0
     start = window.resolve(args.since, None, None)[0] if args.since else None
-    found = list_flags(settings.lake_path, start)
+    found = list_flags(lake, start)
     columns = ["flag", "variant", "users", "evaluations", "first_seen", "last_seen"]
     rows = [(f.flag, f.variant, f.users, f.evaluations, f.first_seen, f.last_seen) for f in found]
     sys.stdout.write(format_rows(columns, rows, args.format))
@@ -358,13 +390,55 @@ def _requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DATA_DIR = "flagscope-data/demo"  # where `make demo` leaves its lake (sample_data/demo.py)
+
+
+def _lake(args: argparse.Namespace, announce: bool = True) -> Path:
+    """The lake a reading command reads, which must hold events (else exit 2 naming the
+    fix, not an empty answer); said on stderr for a person (not with csv/json output)."""
+    from flagscope.collector.errors import LakeError
+    from flagscope.collector.lake.read import require_events
+
+    lake = _settings(args, ("data_dir", "lake_dir")).lake_path
+    try:
+        require_events(lake)
+    except LakeError as exc:
+        demo = Path(DEMO_DATA_DIR) / "lake"
+        if lake.resolve() != demo.resolve() and demo.is_dir():
+            raise LakeError(f"{exc} (make demo's lake: --data-dir {DEMO_DATA_DIR})") from None
+        raise
+    human = args.command == "report" or getattr(args, "format", "table") in ("table", "markdown")
+    if announce and human:
+        print(printable(f"lake: {lake}"), file=sys.stderr)
+    if human and sys.stderr.isatty():  # a person waits: DuckDB's bar for a slow query
+        from flagscope.collector.lake.read import show_progress
+
+        show_progress(True)
+    return lake
+
+
 def _settings(args: argparse.Namespace, names: Sequence[str]) -> config.Settings:
     overrides = {name: getattr(args, name, None) for name in names}
     return config.load(args.config, overrides=overrides)
 
 
+# Options whose value may start with "-" (`--since -2h`), which argparse would take for an
+# option and answer "expected one argument".
+_SIGNED_VALUES = ("--since", "--cuped")
+
+
+def _join_signed_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _SIGNED_VALUES and re.fullmatch(r"-\d.*", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_signed_values(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "serve":
             if args.help_config:
@@ -398,12 +472,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "query":
             from flagscope.analysis.query import format_rows, run
 
-            settings = _settings(args, ("data_dir", "lake_dir"))
-            columns, rows = run(settings.lake_path, args.sql)
+            columns, rows = run(_lake(args), args.sql)
             sys.stdout.write(format_rows(columns, rows, args.format))
             return 0
     except FlagscopeError as exc:
-        print(f"flagscope: error: {printable(str(exc))}", file=sys.stderr)
+        # line by line: a message's own line breaks (an example, DuckDB's caret) stay
+        text = "\n".join(printable(line) for line in str(exc).splitlines())
+        print(f"flagscope: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -41,11 +41,14 @@ from flagscope.analysis.stats import (
     SrmResult,
     Status,
     benjamini_hochberg,
+    bounded_by_data,
     error_rate_difference,
     quantile_difference,
+    quantile_rank_halfwidth,
     quantile_rank_interval,
     ratio_difference,
     sequential_estimate,
+    sequential_stretch,
     srm_test,
 )
 from flagscope.analysis.stats.estimate import degenerate
@@ -80,6 +83,38 @@ def lake_variants(con: duckdb.DuckDBPyConnection, flag: str) -> set[str]:
         {"flag": flag},
     ).fetchall()
     return {r[0] for r in rows if r[0] is not None}
+
+
+def check_scope(con: duckdb.DuckDBPyConnection, service: str | None, route: str | None) -> None:
+    """A --service or --route that no entry span in the lake has is a usage error that
+    lists the known ones, not NO_DATA (a typo would otherwise read as "no traffic")."""
+    if service is not None:
+        services = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT coalesce(service_name, 'unknown_service') FROM events_raw "
+                "WHERE is_entry ORDER BY 1"
+            ).fetchall()
+        ]
+        if service not in services:
+            raise AnalysisError(f"--service {service!r} is not in the lake; {_known(services)}")
+    if route is not None:
+        where = "is_entry" + ("" if service is None else " AND service_name = $service")
+        routes = con.execute(
+            "SELECT DISTINCT trim(coalesce(http_method, '') || ' ' || coalesce(http_route, name)),"
+            f" coalesce(http_route, name) FROM events_raw WHERE {where} ORDER BY 1",
+            {} if service is None else {"service": service},
+        ).fetchall()
+        if not any(route in pair for pair in routes):
+            within = "" if service is None else f" of service {service!r}"
+            listed = _known(sorted({r[0] for r in routes}))
+            raise AnalysisError(f"--route {route!r} is not in the lake{within}; {listed}")
+
+
+def _known(names: list[str], most: int = 20) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"known: {shown}{more}" if names else "the lake holds no entry spans"
 
 
 def lake_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime | None, datetime | None]:
@@ -166,20 +201,33 @@ def _quantile_interval(sums: CohortSums, k: int, alpha: float) -> tuple[float, f
 
 
 def estimates(
-    t: CohortSums, c: CohortSums, alpha: float, metrics: tuple[str, ...] = METRICS
+    t: CohortSums,
+    c: CohortSums,
+    alpha: float,
+    metrics: tuple[str, ...] = METRICS,
+    stretch: float = 1.0,
 ) -> dict[str, Estimate]:
+    """The plain estimates; a quantile whose rank interval, widened by `stretch` (the
+    always-valid widening in sequential mode), leaves (0, 1) in a cohort is
+    TOO_FEW_IN_TAIL: the data do not bound it there."""
     out: dict[str, Estimate] = {}
     if "error_rate" in metrics:
         out["error_rate"] = error_rate_difference(t.errors, c.errors, alpha)
     if "mean_latency" in metrics:
         out["mean_latency"] = ratio_difference(t.latency, c.latency, alpha)
     for k, name in enumerate(QUANTILE_METRICS):
-        if name in metrics:
-            t_est, t_lo, t_hi = _quantile_interval(t, k, alpha)
-            c_est, c_lo, c_hi = _quantile_interval(c, k, alpha)
-            out[name] = quantile_difference(
-                QUANTILES[k], t_est, t_lo, t_hi, c_est, c_lo, c_hi, alpha, t.users, c.users
-            )
+        if name not in metrics:
+            continue
+        t_est, t_lo, t_hi = _quantile_interval(t, k, alpha)
+        c_est, c_lo, c_hi = _quantile_interval(c, k, alpha)
+        p = QUANTILES[k]
+        estimate = quantile_difference(
+            p, t_est, t_lo, t_hi, c_est, c_lo, c_hi, alpha, t.users, c.users
+        )
+        halves = (quantile_rank_halfwidth(p, s.below_quantile[k], alpha) for s in (t, c))
+        if estimate.has_interval and not all(bounded_by_data(p, h, stretch) for h in halves):
+            estimate = degenerate(Status.TOO_FEW_IN_TAIL, alpha, Method.QUANTILE, c_est, t_est)
+        out[name] = estimate
     return out
 
 
@@ -211,6 +259,13 @@ def mix_adjusted(sums: UnitSums, alpha: float) -> dict[str, Estimate]:
                 (t.estimate, t.variance), (c.estimate, c.variance), alpha, (t.units, c.units)
             )
     return out
+
+
+def _stretch(options: DiffOptions, users: int) -> float:
+    """The always-valid widening of an interval after `users` (1 at a fixed horizon)."""
+    if not options.sequential:
+        return 1.0
+    return sequential_stretch(users, options.alpha, options.expected_users)
 
 
 def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> dict[str, Estimate]:
@@ -358,6 +413,7 @@ def _run(
     sums = requests.unit_sums()
     overall = sums.overall
     if set(overall) != {"treatment", "baseline"}:
+        check_scope(con, options.service, options.route)
         missing = [
             n for n, v in (("treatment", variant), ("baseline", baseline)) if n not in overall
         ]
@@ -374,7 +430,9 @@ def _run(
     errors = (t.errors.sum_x, c.errors.sum_x)
     limits = options.thresholds
 
-    plain = _final(estimates(t, c, options.alpha), sum(users), options)
+    plain = _final(
+        estimates(t, c, options.alpha, stretch=_stretch(options, sum(users))), sum(users), options
+    )
     metrics = tuple(
         MetricResult(m, e, judge(m, e, limits, users, errors)) for m, e in plain.items()
     )
@@ -459,7 +517,9 @@ def _route_estimates(sums: UnitSums, options: DiffOptions) -> list[_RouteEstimat
         only_in = None if len(pair) == 2 else next(iter(pair))
         t = pair.get("treatment", sums.overall["treatment"])
         c = pair.get("baseline", sums.overall["baseline"])
-        ests = estimates(t, c, options.alpha, BREAKDOWN_METRICS)
+        ests = estimates(
+            t, c, options.alpha, BREAKDOWN_METRICS, _stretch(options, t.users + c.users)
+        )
         out.append(
             _RouteEstimates(service, route, t, c, only_in, _final(ests, t.users + c.users, options))
         )

@@ -12,7 +12,8 @@ DEFAULT_SINCE = "24h"
 
 
 def parse_duration(text: str, option: str = "--since") -> timedelta:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    """`6h`, `30m`, `7d`; `-2h` ("since two hours ago", as people write it) is `2h`."""
+    match = re.fullmatch(r"\s*-?\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if not match:
         raise AnalysisError(f"{option} {text!r}: expected a number and a unit, e.g. 30m, 6h, 7d")
     return timedelta(**{_UNITS[match[2]]: float(match[1])})

@@ -41,6 +41,7 @@ class Settings:
     tls_client_ca_file: str = ""
     auth_token: str = ""
     data_dir: str = "flagscope-data"
+    activity_log_s: float = 60.0
     # [lake]
     lake_dir: str = ""  # default: <data_dir>/lake
     writer_id: str = ""  # default: this host's name
@@ -98,6 +99,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "tls_client_ca_file",
         "auth_token",
         "data_dir",
+        "activity_log_s",
     ),
     "lake": (
         "lake_dir",
@@ -144,6 +146,7 @@ HELP: dict[str, str] = {
     "flush_interval_s": "longest time before acknowledged data is written to the lake",
     "segment_bytes": "WAL segment size that triggers a flush to the lake",
     "wal_max_backlog_bytes": "WAL not yet in the lake before ingest answers 503",
+    "activity_log_s": "every this many seconds, one log line of the spans and log records accepted and the requests refused; 0: off",
     "max_lag_s": "estimated seconds the lake may fall behind the WAL before ingest answers 503; 0: no bound",
     "compact_min_files": "small files in one hour partition before they are merged",
     "compact_target_rows": "rows per file that compaction aims for",
@@ -258,6 +261,8 @@ def _validate(s: Settings) -> None:
         path = getattr(s, name)
         if path and not Path(path).is_file():
             raise ConfigError(f"{name} = {path!r}: no such file")
+    if s.activity_log_s < 0:
+        raise ConfigError("activity_log_s must be ≥ 0 (0: no activity lines)")
     if s.max_lag_s < 0:
         raise ConfigError("max_lag_s must be ≥ 0 (0: no bound)")
     if s.max_attributes < 0 or s.max_attribute_value_bytes < 0:
@@ -270,8 +275,11 @@ def _validate(s: Settings) -> None:
 
 def split_endpoint(endpoint: str, name: str = "endpoint") -> tuple[str, int]:
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"{name} = {endpoint!r}: expected host:port, e.g. 127.0.0.1:4318")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ConfigError(
+            f"{name} = {endpoint!r}: expected host:port with a port from 0 to 65535 (0: any "
+            "free port), e.g. 127.0.0.1:4318"
+        )
     return host.strip("[]"), int(port)
 
 

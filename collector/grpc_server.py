@@ -107,6 +107,7 @@ class GrpcFrontEnd:
                 finally:
                     hold.release()
             except ProtocolError as error:
+                self.receiver.counts[f"refused.{error.http_status}"] += 1  # as HTTP would answer
                 await _abort(context, error)
             except Exception:
                 log.exception("unexpected error in gRPC %s Export", signal.name)

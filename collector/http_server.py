@@ -101,11 +101,30 @@ class HttpFrontEnd:
         self.closing = False  # set on shutdown: answer, then close the connection
         self.log = RateLimitedLog(log)  # refusals and hang-ups, one line per cause per interval
 
-    def app(self, middlewares: tuple[Any, ...] = ()) -> web.Application:
+    def app(
+        self,
+        middlewares: tuple[Any, ...] = (),
+        readiness: Callable[[], list[str]] = lambda: [],
+    ) -> web.Application:
+        """The OTLP routes, and the probes: GET /healthz (live: the process answers) and
+        GET /readyz (ready: `readiness()` found no problem, else 503 and the problems).
+        The probes take no token: a kubelet or load balancer carries none."""
         app = web.Application(middlewares=middlewares)
         for name in SIGNALS:
             app.router.add_post(f"/v1/{name}", self._export)
         app.router.add_post("/v1/metrics", self._metrics)
+
+        async def live(_: web.Request) -> web.Response:
+            return web.json_response({"live": True})
+
+        async def ready(_: web.Request) -> web.Response:
+            problems = ["stopping"] if self.closing else readiness()
+            return web.json_response(
+                {"ready": not problems, "problems": problems}, status=503 if problems else 200
+            )
+
+        app.router.add_get("/healthz", live)
+        app.router.add_get("/readyz", ready)
         return app
 
     def _check_auth(self, request: web.Request) -> None:
@@ -124,6 +143,7 @@ class HttpFrontEnd:
     def _refused(self, request: web.Request, error: ProtocolError) -> None:
         # 503 is back-pressure the client retries; the rest are a client's mistake. Both
         # are the operator's to see, neither is the collector's error.
+        self.receiver.counts[f"refused.{error.http_status}"] += 1
         level = logging.WARNING if error.http_status >= 500 else logging.INFO
         cause = f"refused {request.method} {request.path} with {error.http_status}"
         self.log.report(level, cause, str(error), client=request.remote)

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import hashlib
 import itertools
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TextIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from flagscope.collector import failpoints
 from flagscope.collector.children import child_process_init
@@ -59,6 +64,7 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
                     table = convert_chunk(converter, chunk, quarantine)
                     writer.write(table)
                     rows += table.num_rows
+                    _announce_services(path.parent, table)
                 chunk, size = [], 0
             if record is not None:
                 chunk.append(record)
@@ -85,6 +91,46 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     path.unlink()
     fsync_dir(path.parent)
     return rows
+
+
+# The first data of each service a collector run stores is logged, so an operator sees a
+# newly instrumented service arrive (issue 11 point 2). Lake writers are processes: a
+# marker file created with O_EXCL in SEEN_DIR (emptied when the collector starts) makes
+# one of them say it, once per run; SERVICES_SEEN spares this process the file system.
+SEEN_DIR = ".services-seen"
+SERVICES_SEEN: set[str] = set()
+
+
+def clear_seen(wal_dir: Path) -> None:
+    """A new run: every service's first data is news again."""
+    shutil.rmtree(wal_dir / SEEN_DIR, ignore_errors=True)
+    (wal_dir / SEEN_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def _first_to_see(wal_dir: Path, service: str) -> bool:
+    marker = wal_dir / SEEN_DIR / hashlib.sha256(service.encode()).hexdigest()[:32]
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    except OSError:  # no marker directory (a writer run on its own): say it anyway
+        return True
+    return True
+
+
+def _announce_services(wal_dir: Path, table: pa.Table) -> None:
+    names = pc.unique(table.column("service_name")).to_pylist()
+    for name in sorted(n for n in names if n is not None and n not in SERVICES_SEEN):
+        SERVICES_SEEN.add(name)
+        if not _first_to_see(wal_dir, name):
+            continue
+        of = pc.equal(table.column("service_name"), name)
+        signals = pc.value_counts(pc.filter(table.column("signal"), of)).to_pylist()
+        what = ", ".join(
+            f"{c['counts']} {'spans' if c['values'] == 'span' else 'log records'}"
+            for c in sorted(signals, key=lambda c: str(c["values"]))
+        )
+        log.info("first data from service %r: %s", name, what)
 
 
 def _report_damage(path: Path, reader: SegmentReader, records: int) -> None:

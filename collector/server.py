@@ -15,7 +15,9 @@ import multiprocessing
 import os
 import resource
 import signal
+import socket
 import sys
+from errno import EADDRINUSE
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -25,6 +27,7 @@ from aiohttp import web
 from grpc import aio
 
 from flagscope.collector import failpoints, tls
+from flagscope.collector.activity import describe, report_every
 from flagscope.collector.caps import AttributeCaps
 from flagscope.collector.children import STOP_SIGNALS
 from flagscope.collector.config import Settings, split_endpoint
@@ -36,7 +39,7 @@ from flagscope.collector.errors import ConfigError
 from flagscope.collector.grpc_server import GrpcFrontEnd
 from flagscope.collector.http_server import HttpFrontEnd
 from flagscope.collector.lake.write import remove_stale_temporaries
-from flagscope.collector.lake_writer import run_worker
+from flagscope.collector.lake_writer import clear_seen, run_worker
 from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.receiver import Receiver
 from flagscope.collector.wal import WalWriter, list_segments
@@ -116,6 +119,7 @@ class Collector:
         self._drain: Event | None = None
         self._context: SpawnContext | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._activity: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -126,6 +130,7 @@ class Collector:
         self._lock_file = lock_data_dir(s.data_dir)
         remove_stale_temporaries(s.lake_path, s.writer)
         self.wal.start()
+        clear_seen(s.wal_path)
         self._start_workers()
         # Listen once the lake writers run: the WAL a crash left starts converting at once,
         # so even a collector that crashes again soon after each start makes progress.
@@ -137,7 +142,7 @@ class Collector:
             self._http = HttpFrontEnd(self.receiver, s.auth_token, s.body_timeout_s)
             guard = ConnectionGuard(s.max_connections, s.header_timeout_s)
             self._runner = web.AppRunner(
-                self._http.app(middlewares=_middlewares(guard, s.cors_allowed_origins)),
+                self._http.app(_middlewares(guard, s.cors_allowed_origins), self.problems),
                 access_log=None,
                 auto_decompress=False,
                 shutdown_timeout=30,
@@ -145,7 +150,10 @@ class Collector:
             )
             await self._runner.setup()
             site = GuardedSite(self._runner, host, port, guard, tls.http_context(s))
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise _cannot_listen("http_endpoint", s.http_endpoint, exc.errno) from None
             self.http_port = self._runner.addresses[0][1]  # the one site's first socket
         if s.grpc_endpoint:
             host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
@@ -153,14 +161,32 @@ class Collector:
             self._grpc = grpc_server = front.server()
             credentials = tls.grpc_credentials(s)
             address = f"{host}:{port}"
-            self.grpc_port = (
-                grpc_server.add_insecure_port(address)
-                if credentials is None
-                else grpc_server.add_secure_port(address, credentials)
-            )
+            _check_free(host, port, s.grpc_endpoint)  # grpcio would only log "Failed to bind"
+            try:
+                self.grpc_port = (
+                    grpc_server.add_insecure_port(address)
+                    if credentials is None
+                    else grpc_server.add_secure_port(address, credentials)
+                )
+            except RuntimeError:  # grpcio says only "Failed to bind"
+                self.grpc_port = 0
             if not self.grpc_port:
-                raise ConfigError(f"cannot listen on grpc_endpoint {s.grpc_endpoint}")
+                raise _cannot_listen("grpc_endpoint", s.grpc_endpoint, None)
             await grpc_server.start()
+        if s.activity_log_s > 0:
+            every = report_every(self.receiver.counts, s.activity_log_s)
+            self._activity = asyncio.get_running_loop().create_task(every)
+
+    def problems(self) -> list[str]:
+        """What keeps this collector from taking data now (empty: ready), for /readyz: the
+        WAL's state, and every lake writer running."""
+        found = self.wal.problems()
+        found += [
+            f"lake writer {p.name} is not running (it is restarted)"
+            for p in self._processes
+            if not p.is_alive()
+        ]
+        return found
 
     def _start_workers(self) -> None:
         os.environ[failpoints.COLLECTOR_PID_ENV] = str(os.getpid())
@@ -235,8 +261,10 @@ class Collector:
         if self.decoders is not None:
             await asyncio.to_thread(self.decoders.close)
         await asyncio.to_thread(self.wal.close)
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.receiver.counts.items()))
-        log.info("this run: %s", counts or "nothing received")
+        if self._activity is not None:
+            self._activity.cancel()
+        if self.http_port or self.grpc_port:  # it did listen
+            log.info("this run: %s", describe(self.receiver.counts) or "nothing received")
         if self._drain is not None:
             self._drain.set()
             await self._drain_workers()
@@ -275,19 +303,84 @@ class Collector:
         ]
 
 
+# The command-line option of each endpoint setting, for the message that names the fix.
+_OPTION = {"http_endpoint": "--http", "grpc_endpoint": "--grpc"}
+
+
+def _cannot_listen(name: str, endpoint: str, errno: int | None) -> ConfigError:
+    """One line for an address that cannot be had — commonly an OpenTelemetry Collector
+    already on 4317/4318 — naming the option, instead of tracebacks (issue 11 point 2)."""
+    why = os.strerror(errno).lower() if errno else "address in use or not on this machine"
+    if errno == EADDRINUSE:
+        why += ": another process, an OpenTelemetry Collector perhaps, listens there"
+    return ConfigError(
+        f"cannot listen on {endpoint} ({why}): choose another address with "
+        f"{_OPTION[name]} HOST:PORT or [collector] {name}, or {_OPTION[name]} '' to turn it off"
+    )
+
+
+def _check_free(host: str, port: int, endpoint: str) -> None:
+    """Bind `host:port` once and let go, to name the reason before grpcio tries."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, where = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio binds
+            probe.bind(where)
+    except OSError as exc:
+        raise _cannot_listen("grpc_endpoint", endpoint, exc.errno) from None
+
+
+def _how_to_send(settings: Settings, http_port: int | None, grpc_port: int | None) -> list[str]:
+    """What a service exports to reach this collector (the standard OTLP variables), and
+    where the probes are: printed under the ready line."""
+    scheme = "https" if settings.tls_cert_file else "http"
+
+    def url(endpoint: str, port: int) -> str:
+        host = split_endpoint(endpoint)[0]
+        if host in ("0.0.0.0", "::", ""):  # every interface: name this machine
+            host = socket.gethostname()
+        return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    lines = []
+    if http_port:
+        lines.append(f"export OTEL_EXPORTER_OTLP_ENDPOINT={url(settings.http_endpoint, http_port)}")
+    if grpc_port:
+        where = url(settings.grpc_endpoint, grpc_port)
+        lines.append(
+            f"or, for gRPC: OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT={where}"
+        )
+    if settings.auth_token:
+        lines.append('and OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer <the auth_token>"')
+    if http_port:
+        base = url(settings.http_endpoint, http_port)
+        lines.append(f"probes: {base}/healthz (live), {base}/readyz (ready)")
+    return lines
+
+
 async def _serve(settings: Settings) -> None:
     collector = Collector(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    await collector.start()
+    try:
+        await collector.start()
+    except BaseException:
+        # Stop what did start (the lake writers, the WAL, the lock): a failed start must
+        # exit, not wait for child processes that wait for a drain signal.
+        await collector.stop()
+        raise
     endpoints = []
     if collector.http_port:
         endpoints.append(f"http={split_endpoint(settings.http_endpoint)[0]}:{collector.http_port}")
     if collector.grpc_port:
         endpoints.append(f"grpc={split_endpoint(settings.grpc_endpoint)[0]}:{collector.grpc_port}")
     print(f"flagscope collector ready {' '.join(endpoints)} lake={settings.lake_path}", flush=True)
+    for line in _how_to_send(settings, collector.http_port, collector.grpc_port):
+        print(f"  {line}", flush=True)
     await stop.wait()
     log.info("stopping: answering in-flight requests and flushing the WAL into the lake")
     await collector.stop()

@@ -215,6 +215,7 @@ class WalWriter:
         self._rotate_retry_at = 0.0
         self._faults = RateLimitedLog(log)
         self.fsyncs = 0
+        self.failing: str | None = None  # the last write's error, until a write succeeds
 
     # -- called from request handlers -------------------------------------------------
     def append(self, signal: int, payload: bytes) -> Future[None]:
@@ -242,6 +243,21 @@ class WalWriter:
     @property
     def backlog_bytes(self) -> int:
         return self._backlog
+
+    def problems(self) -> list[str]:
+        """Why an append would be refused now (empty: it would be taken), for /readyz."""
+        found = []
+        if not self._thread.is_alive():
+            found.append("the write-ahead log is not running")
+        if not os.access(self.directory, os.W_OK):
+            found.append(f"the write-ahead log directory {self.directory} is not writable")
+        if self.failing:
+            found.append(f"the last write-ahead log write failed: {self.failing}")
+        if self._backlog > self.max_backlog_bytes:
+            found.append("the write-ahead log backlog is full; the lake is behind")
+        if self.lag is not None and self.lag.over():
+            found.append(f"the lake is {self.lag.seconds():.0f} s behind the write-ahead log")
+        return found
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -357,10 +373,12 @@ class WalWriter:
                 self._directory_synced = True
             failpoints.hit("wal.after_fsync")
         except OSError as exc:
+            self.failing = str(exc)
             self._recover_after_failed_write(exc)
             for _, future in batch:
                 future.set_exception(exc)
             return
+        self.failing = None
         self._size += len(data)
         self._backlog += len(data)
         self._appended += len(data)

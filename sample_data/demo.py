@@ -110,7 +110,10 @@ def main() -> int:
     )
     html = (DATA_DIR / "reports" / "new-checkout" / "latest.html").resolve()
     print(f"\n   open the HTML report: {html.as_uri()}")
-    print(f'\nTry: .venv/bin/flagscope query --data-dir {DATA_DIR} "SELECT * FROM events LIMIT 5"')
+    print(
+        f"\nNext: export FLAGSCOPE_DATA_DIR={DATA_DIR}, and README's commands read this lake, e.g."
+    )
+    print('  .venv/bin/flagscope query "SELECT * FROM events LIMIT 5"')
     print(f"demo finished in {time.monotonic() - started:.1f} s")
     return 0
 

@@ -49,7 +49,7 @@ def write(lake_dir: Path, rows: list[dict[str, Any]]) -> Path:
     return synthetic.write(lake_dir, rows, name=f"reports-{next(_names):012d}-000")
 
 
-def build_flip_lake(lake_dir: Path, users: int = 600) -> Path:
+def build_flip_lake(lake_dir: Path, users: int = 1200) -> Path:
     """Two flags, six hours of traffic on each of DAY1 and DAY2 (00:00–06:00):
 
     - `checkout-v2` is harmless on DAY1 and regresses on DAY2 (+60 % latency, +7 pp errors);

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from flagscope.analysis.cli import build_parser, main
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
+from flagscope.collector.lake.read import fetch
 from flagscope.collector.lake.write import write_table
 from flagscope.collector.tagging import Tagger
 
@@ -80,19 +82,43 @@ def test_query_error_names_the_view_and_exits_non_zero(lake_dir, capsys):
     assert "nope" in err and "query the view 'events'" in err
 
 
-def test_query_on_an_empty_lake_sees_the_schema(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "query",
-                "--lake",
-                str(tmp_path / "none"),
-                "SELECT count(*) AS n, count(flags) AS f FROM events",
-            ]
-        )
-        == 0
-    )
-    assert "(1 row)" in capsys.readouterr().out
+def test_an_empty_lake_still_has_the_schema_for_a_library_reader(tmp_path):
+    columns, rows = fetch(tmp_path / "none", "SELECT count(*) AS n, count(flags) AS f FROM events")
+    assert columns == ["n", "f"] and rows == [(0, 0)]
+
+
+READERS = (
+    ["query", "SELECT count(*) FROM events"],
+    ["flags"],
+    ["flags", "--stale"],
+    ["diff", "--flag", "new-checkout"],
+    ["report", "--flag", "new-checkout"],
+)
+
+
+@pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize("state", ["missing", "empty", "a file"])
+def test_a_lake_that_is_not_there_is_an_error_naming_it(tmp_path, capsys, command, state):
+    """Not '(0 rows)' and exit 0 (issue 11): the path it looked in, and the options."""
+    lake = tmp_path / "lake"
+    if state == "empty":
+        (lake / "date=2026-01-01" / "hour=00").mkdir(parents=True)
+    elif state == "a file":
+        lake.write_text("")
+    assert main([command[0], "--lake", str(lake), *command[1:]]) == 2
+    captured = capsys.readouterr()
+    problem = {"missing": "does not exist", "empty": "holds no events yet"}
+    assert f"lake {lake} {problem.get(state, 'is not a directory')}" in captured.err
+    assert "pass --data-dir or --lake" in captured.err and captured.out == ""
+
+
+def test_a_missing_lake_beside_the_demo_names_the_demo(lake_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(lake_dir, tmp_path / "flagscope-data" / "demo" / "lake")
+    assert main(["flags"]) == 2
+    assert "(make demo's lake: --data-dir flagscope-data/demo)" in capsys.readouterr().err
+    assert main(["flags", "--data-dir", "flagscope-data/demo"]) == 0
+    assert "lake: flagscope-data/demo/lake" in capsys.readouterr().err
 
 
 def test_bad_config_file_exits_non_zero_with_the_fix(tmp_path, capsys):
@@ -148,7 +174,8 @@ def test_diff_prints_the_sentence_first_and_exits_with_the_verdict(tmp_path, cap
     code = main(["diff", "--lake", str(lake_dir), "--flag", "f", "--since", "3h"])
     out = capsys.readouterr().out
     assert out.startswith("f on vs off: ")
-    assert code == 11 and "INCONCLUSIVE" in out.splitlines()[0]  # 1 user per cohort: too few
+    assert code == 11 and "INCONCLUSIVE" in out.split("\n\n")[0]  # 1 user per cohort: too few
+    assert all(len(line) <= 100 for line in out.splitlines()[:6])  # sentences wrap
 
 
 def test_diff_usage_mistakes_name_the_fix(tmp_path, capsys):
@@ -209,16 +236,33 @@ def test_report_writes_every_format_and_exits_with_the_verdict(tmp_path, capsys)
     assert json.loads((out / "f" / "latest.json").read_text())["verdict"] == "REGRESSION"
 
 
-def test_schedule_once_runs_the_declared_reports(tmp_path, capsys):
+def test_schedule_once_runs_the_declared_reports_as_report_does(tmp_path, capsys):
+    """`schedule --once` and `report` without --flag: the same lines, the same exit code
+    (the most severe verdict's), not silence and 0 (issue 11 point 5)."""
     lake_dir = _shop_like_lake(tmp_path)
     config = tmp_path / "flagscope.toml"
     config.write_text(
         f'[reports]\nout_dir = "{tmp_path / "out"}"\n\n[[reports.flag]]\n'
         'flag = "f"\nwindow = "3h"\nformats = ["md", "json"]\n'
     )
-    assert main(["schedule", "--once", "--config", str(config), "--lake", str(lake_dir)]) == 0
+    common = ["--config", str(config), "--lake", str(lake_dir)]
+    assert main(["schedule", "--once", *common]) == 14
+    assert re.fullmatch(r"f: REGRESSION — \S+/out/f/\d{8}T\d{4}Z\.md\n", capsys.readouterr().out)
     history = (tmp_path / "out" / "f" / "history.jsonl").read_text().splitlines()
     assert len(history) == 1 and json.loads(history[0])["verdict"] == "REGRESSION"
+    assert main(["report", *common]) == 14
+    assert capsys.readouterr().out.startswith("f: REGRESSION — ")
+
+
+@pytest.mark.parametrize(
+    "option", [["--since", "2h"], ["--variant", "on"], ["--sequential"], ["--min-users", "5"]]
+)
+def test_report_without_a_flag_refuses_the_per_flag_options(tmp_path, capsys, option):
+    config = tmp_path / "flagscope.toml"
+    config.write_text('[[reports.flag]]\nflag = "f"\n')
+    assert main(["report", "--config", str(config), *option]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[0]} compares one flag: give --flag too" in err
 
 
 def test_flags_stale_lists_flags_ready_to_remove(tmp_path, capsys):
@@ -236,3 +280,55 @@ def test_flags_stale_lists_flags_ready_to_remove(tmp_path, capsys):
     assert main(["flags", "--lake", str(lake_dir), "--stale", "30", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["flag"] for r in rows] == ["old-flag"]
+
+
+@pytest.mark.parametrize(
+    ("scope", "message"),
+    [
+        (["--service", "chekout"], "--service 'chekout' is not in the lake; known: 'frontend'"),
+        (["--route", "/chekout"], "--route '/chekout' is not in the lake; known: 'GET /checkout'"),
+    ],
+)
+def test_an_unknown_service_or_route_is_a_usage_error_listing_the_known(
+    tmp_path, capsys, scope, message
+):
+    """A typo is not NO_DATA (issue 11 point 5); a known route still works either way."""
+    lake_dir = _shop_like_lake(tmp_path)
+    common = ["diff", "--lake", str(lake_dir), "--flag", "f", "--since", "3h"]
+    assert main([*common, *scope]) == 2
+    assert message in capsys.readouterr().err
+    assert main([*common, "--route", "GET /checkout"]) == 14
+    assert main([*common, "--since", "-3h", "--route", "/checkout"]) == 14
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("front", ["--http", "--grpc"])
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path, front):
+    """An OpenTelemetry Collector often holds 4317/4318 already: one line naming the address
+    and the option, exit 2 — no traceback, no lake writer left behind (issue 11 point 2)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        other = ["--grpc", ""] if front == "--http" else ["--http", "127.0.0.1:0"]
+        serve = [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(tmp_path)]
+        done = subprocess.run(
+            [*serve, front, address, *other],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2 and done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if "INFO" not in line]
+    assert lines == [
+        f"flagscope: error: cannot listen on {address} (address already in use: another "
+        "process, an OpenTelemetry Collector perhaps, listens there): choose another address "
+        f"with {front} HOST:PORT or [collector] {front[2:]}_endpoint, or {front} '' to turn it off"
+    ]
+
+
+def test_serve_with_an_impossible_port_names_the_range(tmp_path, capsys):
+    assert main(["serve", "--data-dir", str(tmp_path), "--http", "127.0.0.1:99999"]) == 2
+    assert "a port from 0 to 65535" in capsys.readouterr().err

@@ -143,7 +143,13 @@ def test_service_and_route_narrow_the_comparison(tmp_path):
     lake = write(tmp_path, rows)
     assert run_diff(lake, options(route="/a", thresholds=_lenient())).treatment.requests == 1
     assert run_diff(lake, options(route="POST /b", thresholds=_lenient())).treatment.requests == 1
-    assert run_diff(lake, options(service="nope", thresholds=_lenient())).verdict is Verdict.NO_DATA
+    with pytest.raises(
+        AnalysisError, match="--service 'nope' is not in the lake; known: 'frontend'"
+    ):
+        run_diff(lake, options(service="nope", thresholds=_lenient()))
+    # a route the lake has, but not in the service asked for: named as such
+    with pytest.raises(AnalysisError, match="of service 'frontend'; known: 'GET /a', 'POST /b'"):
+        run_diff(lake, options(service="frontend", route="/c", thresholds=_lenient()))
 
 
 def test_variant_defaults_and_choices():

@@ -111,7 +111,7 @@ def test_the_installed_package_runs_without_the_checkout(wheel, tmp_path):
     )
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("flagscope 0.")
-    lake = tmp_path / "no-lake"
+    lake = ROOT / "sample_data" / "lake"  # the recorded lake: data, not the checkout's code
     query = subprocess.run(
         [
             sys.executable,
@@ -129,4 +129,4 @@ def test_the_installed_package_runs_without_the_checkout(wheel, tmp_path):
         timeout=60,
     )
     assert query.returncode == 0, query.stderr
-    assert "(1 row)" in query.stdout
+    assert "(1 row)" in query.stdout and "(make demo" not in query.stderr

@@ -4,6 +4,7 @@ health checks, and the package's import discipline."""
 from __future__ import annotations
 
 import ast
+import math
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from flagscope.analysis.stats import (
     RatioStats,
     Status,
     benjamini_hochberg,
+    bounded_by_data,
     choose_error_method,
     error_rate_difference,
     quantile_difference,
@@ -22,6 +24,7 @@ from flagscope.analysis.stats import (
     rare_difference,
     ratio_difference,
     sequential_estimate,
+    sequential_stretch,
     srm_test,
 )
 
@@ -123,6 +126,26 @@ def test_quantile_interval_statuses() -> None:
     same = quantile_interval_from_samples([[5.0, 5.0], [5.0], [5.0]], 0.5)
     assert same.status is Status.ZERO_VARIANCE
     assert quantile_interval_from_samples([[1.0], [2.0]], 1.5).status is Status.INVALID_INPUT
+
+
+def test_a_quantile_with_too_few_requests_beyond_it_is_not_bounded() -> None:
+    """40 users of 5 requests: 2 beyond the p99. Its rank interval reaches rank 1, where
+    the interval would end at the sample maximum: TOO_FEW_IN_TAIL, not an interval."""
+    users = [[float(10 * u + r) for r in range(5)] for u in range(40)]
+    assert quantile_interval_from_samples(users, 0.99).status is Status.TOO_FEW_IN_TAIL
+    assert quantile_interval_from_samples(users, 0.5).status is Status.OK
+    many = [[float(10 * u + r) for r in range(5)] for u in range(2000)]  # 100 beyond it
+    assert quantile_interval_from_samples(many, 0.99).status is Status.OK
+
+
+def test_bounded_by_data_reads_the_widened_rank_interval() -> None:
+    assert bounded_by_data(0.99, 0.009) and not bounded_by_data(0.99, 0.011)
+    assert not bounded_by_data(0.99, 0.006, stretch=1.7)  # the always-valid widening
+    assert bounded_by_data(0.5, 0.2, stretch=2.4) and not bounded_by_data(0.5, 0.2, stretch=2.6)
+    assert not bounded_by_data(0.5, math.inf)
+    # at the tuning point: sqrt(2 (v + 1) / v log(sqrt(v + 1) / alpha)) / z, v = 7.936
+    assert sequential_stretch(1000, 0.05, 1000) == pytest.approx(1.5486, abs=1e-4)
+    assert sequential_stretch(12, 0.05, 1000) > 4 and sequential_stretch(1e9, 0.05, 1000) >= 1
 
 
 def test_quantile_difference_statuses() -> None:

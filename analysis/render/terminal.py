@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from typing import TYPE_CHECKING
 
 from flagscope.analysis.render import text
@@ -24,14 +26,24 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def render(r: DiffResult) -> str:
+def prose(line: str, width: int, indent: str = "  ") -> str:
+    """A sentence wrapped to the terminal (an outside reader met 389-character lines);
+    continuation lines indented under it."""
+    lead = " " * (len(line) - len(line.lstrip(" "))) + indent
+    return textwrap.fill(line, width, subsequent_indent=lead, break_on_hyphens=False)
+
+
+def render(r: DiffResult, width: int | None = None) -> str:
+    """The report for a terminal `width` columns wide (default: the terminal's, else 100);
+    the tables keep their rows whole, the sentences wrap."""
+    width = max(60, width or shutil.get_terminal_size((100, 24)).columns)
     o = r.options
     clean = text.printable
     out = [
-        clean(r.summary),
+        prose(clean(r.summary), width),
         "",
-        f"verdict: {r.verdict.value} — {clean(r.reason)}",
-        f"window: {text.window(r)}; {clean(text.exclusions(r))}",
+        prose(f"verdict: {r.verdict.value} — {clean(r.reason)}", width),
+        prose(f"window: {text.window(r)}; {clean(text.exclusions(r))}", width),
     ]
     if not r.compared:
         return "\n".join(out) + "\n"
@@ -54,6 +66,7 @@ def render(r: DiffResult) -> str:
             table(*text.breakdown_rows(r)),
         ]
     out += ["", "health"] + [
-        f"  {'ok  ' if h.ok else 'FAIL'}  {h.name}: {clean(h.detail)}" for h in r.health
+        prose(f"  {'ok  ' if h.ok else 'FAIL'}  {h.name}: {clean(h.detail)}", width, "    ")
+        for h in r.health
     ]
     return "\n".join(out) + "\n"

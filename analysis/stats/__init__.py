@@ -9,8 +9,10 @@ from flagscope.analysis.stats.proportions import (
 )
 from flagscope.analysis.stats.quantiles import (
     QuantileInterval,
+    bounded_by_data,
     quantile_difference,
     quantile_interval_from_samples,
+    quantile_rank_halfwidth,
     quantile_rank_interval,
     quantile_type7,
 )
@@ -27,6 +29,7 @@ from flagscope.analysis.stats.sequential import (
     sequential_estimate,
     sequential_halfwidth,
     sequential_p_value,
+    sequential_stretch,
 )
 from flagscope.analysis.stats.srm import SRM_ALERT_P_VALUE, SrmResult, srm_test
 
@@ -41,6 +44,7 @@ __all__ = [
     "SrmResult",
     "Status",
     "benjamini_hochberg",
+    "bounded_by_data",
     "choose_error_method",
     "design_effect",
     "error_rate_difference",
@@ -49,6 +53,7 @@ __all__ = [
     "newcombe_p_value",
     "quantile_difference",
     "quantile_interval_from_samples",
+    "quantile_rank_halfwidth",
     "quantile_rank_interval",
     "quantile_type7",
     "rare_difference",
@@ -56,6 +61,7 @@ __all__ = [
     "sequential_estimate",
     "sequential_halfwidth",
     "sequential_p_value",
+    "sequential_stretch",
     "srm_test",
     "wilson_interval",
 ]

@@ -31,6 +31,9 @@ class Status(StrEnum):
     # valid, relative fields not
     ZERO_BASELINE = "ZERO_BASELINE"
     INVALID_INPUT = "INVALID_INPUT"  # non-finite, negative or inconsistent inputs
+    # a quantile with too few requests beyond it: its rank interval reaches rank 0 or 1,
+    # where the data no longer bound it (the sample's extreme is not an interval's end)
+    TOO_FEW_IN_TAIL = "TOO_FEW_IN_TAIL"
 
     @property
     def has_interval(self) -> bool:

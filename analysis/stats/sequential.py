@@ -60,6 +60,18 @@ def sequential_halfwidth(
     return sd * _unit_margin(n, sequential_rho(alpha, tuning), alpha)
 
 
+def sequential_stretch(
+    n: float, alpha: float, tuning: float = DEFAULT_TUNING, crit: float | None = None
+) -> float:
+    """How many times wider than the fixed-horizon interval (critical value ``crit``,
+    default z) the always-valid one is after ``n`` units: sqrt(n) margin(n) / crit, at
+    least 1. It depends on n, alpha and the tuning only, not on the data."""
+    if not (valid_alpha(alpha) and math.isfinite(n) and n > 0 and tuning > 0):
+        return 1.0
+    crit = critical_value(alpha, None) if crit is None else crit
+    return max(1.0, math.sqrt(n) * _unit_margin(n, sequential_rho(alpha, tuning), alpha) / crit)
+
+
 def sequential_p_value(
     diff: float, sd: float, n: float, alpha: float = 0.05, tuning: float = DEFAULT_TUNING
 ) -> float:
@@ -101,8 +113,7 @@ def sequential_estimate(
         return replace(fixed, sequential=True)
     sd = fixed.se * math.sqrt(n)
     crit = critical_value(fixed.alpha, fixed.df)  # z, or t for a small-sample interval
-    fixed_half = crit * fixed.se  # the fixed interval's (mean) half-width
-    k = max(1.0, sequential_halfwidth(sd, n, alpha, tuning) / fixed_half)
+    k = sequential_stretch(n, alpha, tuning, crit)
     # The p-value is read on the side of the interval that must cross 0, with that side's
     # own standard error: an asymmetric (Newcombe) interval's lower and upper halves
     # differ, and a symmetric p-value could then disagree with the stretched interval.

@@ -33,6 +33,18 @@ _QUERY_ERRORS = (
 )
 
 
+def require_events(lake: Path) -> Path:
+    """`lake` if it holds events; otherwise a `LakeError` that names the path and the fix
+    (a reader must not answer "0 rows" for a lake that is not there, issue 11)."""
+    if not lake.is_dir():
+        problem = "does not exist" if not lake.exists() else "is not a directory"
+    elif not has_files(lake):
+        problem = "holds no events yet (no collector has written to it)"
+    else:
+        return lake
+    raise LakeError(f"lake {lake} {problem}: pass --data-dir or --lake to name the lake to read")
+
+
 def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     """`events_raw`: every stored row; `events`: one row per span/log (retries de-duplicated)."""
     select = "*"
@@ -84,13 +96,23 @@ def translate(exc: duckdb.Error, lake: Path) -> LakeError:
     return LakeError(f"reading the lake at {lake} failed: {exc}")
 
 
+# DuckDB draws its own progress bar on stderr for a query that runs over 2 s, terminal or
+# not (it showed up in a benchmark's log file): off, unless the CLI turns it on for a
+# person at a terminal (`show_progress`), where a 20 s diff must not be silent.
+_progress = False
+
+
+def show_progress(on: bool) -> None:
+    """DuckDB's progress bar on stderr for this process's lake queries over 2 s."""
+    global _progress
+    _progress = on
+
+
 def _open(lake: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
     """A fresh connection with the lake's views (DuckDB's errors come out raw)."""
-    # DuckDB draws its own progress bar on stderr, terminal or not (it showed up in a
-    # benchmark's log file); the CLI says what it is doing in its own words.
     con = duckdb.connect()
     try:
-        con.execute("SET enable_progress_bar = false")
+        con.execute(f"SET enable_progress_bar = {'true' if _progress else 'false'}")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         define_views(con, lake)
