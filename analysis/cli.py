@@ -255,7 +255,7 @@ def _diff(args: argparse.Namespace) -> int:
 _PER_FLAG_OPTIONS = (
     "since", "start", "end", "variant", "baseline", "service", "route", "include_test",
     "only_test", "expected_split", "sequential", "cuped", "expected_users", "alpha",
-    "error_threshold_pp", "latency_threshold_pct", "min_users",
+    "error_threshold_pp", "latency_threshold_pct", "min_users", "format",
 )  # fmt: skip
 
 
@@ -263,6 +263,8 @@ def _declared_reports_only(args: argparse.Namespace, parser: argparse.ArgumentPa
     given = [n for n in _PER_FLAG_OPTIONS if getattr(args, n) != parser.get_default(n)]
     if given:
         option = "--" + {"start": "from", "end": "to"}.get(given[0], given[0]).replace("_", "-")
+        if given[0] == "format":
+            option = "--format (each declared report has its own formats)"
         raise ConfigError(
             f"{option} compares one flag: give --flag too, or set it on the report's "
             "[[reports.flag]] in flagscope.toml (report without --flag runs those as declared)"

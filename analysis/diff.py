@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +51,7 @@ from flagscope.analysis.stats import (
     sequential_stretch,
     srm_test,
 )
-from flagscope.analysis.stats.estimate import degenerate
+from flagscope.analysis.stats.estimate import critical_value, degenerate
 from flagscope.analysis.stats.mix import (
     post_stratified_difference,
     post_stratified_rate_difference,
@@ -85,35 +85,41 @@ def lake_variants(con: duckdb.DuckDBPyConnection, flag: str) -> set[str]:
     return {r[0] for r in rows if r[0] is not None}
 
 
+_SERVICE = "coalesce(service_name, 'unknown_service')"  # as cohorts.py names a request's
+
+
 def check_scope(con: duckdb.DuckDBPyConnection, service: str | None, route: str | None) -> None:
     """A --service or --route that no entry span in the lake has is a usage error that
-    lists the known ones, not NO_DATA (a typo would otherwise read as "no traffic")."""
+    lists the known ones, not NO_DATA (a typo would otherwise read as "no traffic"). One
+    indexed-free probe each (LIMIT 1); the listing only when the probe finds nothing."""
     if service is not None:
-        services = [
-            r[0]
-            for r in con.execute(
-                "SELECT DISTINCT coalesce(service_name, 'unknown_service') FROM events_raw "
-                "WHERE is_entry ORDER BY 1"
+        probe = f"SELECT 1 FROM events_raw WHERE is_entry AND {_SERVICE} = $service LIMIT 1"
+        if not con.execute(probe, {"service": service}).fetchall():
+            services = con.execute(
+                f"SELECT DISTINCT {_SERVICE} FROM events_raw WHERE is_entry ORDER BY 1 LIMIT 21"
             ).fetchall()
-        ]
-        if service not in services:
-            raise AnalysisError(f"--service {service!r} is not in the lake; {_known(services)}")
+            listed = _known([r[0] for r in services])
+            raise AnalysisError(f"--service {service!r} is not in the lake; {listed}")
     if route is not None:
-        where = "is_entry" + ("" if service is None else " AND service_name = $service")
-        routes = con.execute(
-            "SELECT DISTINCT trim(coalesce(http_method, '') || ' ' || coalesce(http_route, name)),"
-            f" coalesce(http_route, name) FROM events_raw WHERE {where} ORDER BY 1",
-            {} if service is None else {"service": service},
-        ).fetchall()
-        if not any(route in pair for pair in routes):
+        where = "is_entry" + ("" if service is None else f" AND {_SERVICE} = $service")
+        params = {"route": route} | ({} if service is None else {"service": service})
+        path = "coalesce(http_route, name)"
+        full = f"trim(coalesce(http_method, '') || ' ' || {path})"
+        probe = f"SELECT 1 FROM events_raw WHERE {where} AND ({path} = $route OR {full} = $route) LIMIT 1"
+        if not con.execute(probe, params).fetchall():
+            routes = con.execute(
+                f"SELECT DISTINCT {full} FROM events_raw WHERE {where} ORDER BY 1 LIMIT 21",
+                {k: v for k, v in params.items() if k != "route"},
+            ).fetchall()
             within = "" if service is None else f" of service {service!r}"
-            listed = _known(sorted({r[0] for r in routes}))
+            listed = _known([r[0] for r in routes])
             raise AnalysisError(f"--route {route!r} is not in the lake{within}; {listed}")
 
 
 def _known(names: list[str], most: int = 20) -> str:
+    """The first `most` names (the query asked for one more, to know there are more)."""
     shown = ", ".join(repr(n) for n in names[:most])
-    more = f" and {len(names) - most} more" if len(names) > most else ""
+    more = " and more" if len(names) > most else ""
     return f"known: {shown}{more}" if names else "the lake holds no entry spans"
 
 
@@ -205,11 +211,11 @@ def estimates(
     c: CohortSums,
     alpha: float,
     metrics: tuple[str, ...] = METRICS,
-    stretch: float = 1.0,
+    stretch: Callable[[Estimate], float] = lambda _: 1.0,
 ) -> dict[str, Estimate]:
-    """The plain estimates; a quantile whose rank interval, widened by `stretch` (the
-    always-valid widening in sequential mode), leaves (0, 1) in a cohort is
-    TOO_FEW_IN_TAIL: the data do not bound it there."""
+    """The plain estimates; a quantile whose rank interval, widened by `stretch(estimate)`
+    (the always-valid widening of that estimate in sequential mode), leaves (0, 1) in a
+    cohort is TOO_FEW_IN_TAIL: the data do not bound it there."""
     out: dict[str, Estimate] = {}
     if "error_rate" in metrics:
         out["error_rate"] = error_rate_difference(t.errors, c.errors, alpha)
@@ -225,7 +231,8 @@ def estimates(
             p, t_est, t_lo, t_hi, c_est, c_lo, c_hi, alpha, t.users, c.users
         )
         halves = (quantile_rank_halfwidth(p, s.below_quantile[k], alpha) for s in (t, c))
-        if estimate.has_interval and not all(bounded_by_data(p, h, stretch) for h in halves):
+        reach = stretch(estimate) if estimate.has_interval else 1.0
+        if estimate.has_interval and not all(bounded_by_data(p, h, reach) for h in halves):
             estimate = degenerate(Status.TOO_FEW_IN_TAIL, alpha, Method.QUANTILE, c_est, t_est)
         out[name] = estimate
     return out
@@ -261,11 +268,15 @@ def mix_adjusted(sums: UnitSums, alpha: float) -> dict[str, Estimate]:
     return out
 
 
-def _stretch(options: DiffOptions, users: int) -> float:
-    """The always-valid widening of an interval after `users` (1 at a fixed horizon)."""
+def _stretch(options: DiffOptions, users: int) -> Callable[[Estimate], float]:
+    """How much wider than an estimate's fixed-horizon interval its reported one is after
+    `users`: 1 at a fixed horizon; in sequential mode the factor `sequential_estimate`
+    applies, with the estimate's own critical value (t with its df, else z)."""
     if not options.sequential:
-        return 1.0
-    return sequential_stretch(users, options.alpha, options.expected_users)
+        return lambda _: 1.0
+    return lambda e: sequential_stretch(
+        users, options.alpha, options.expected_users, critical_value(e.alpha, e.df)
+    )
 
 
 def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> dict[str, Estimate]:

@@ -111,6 +111,7 @@ class GrpcFrontEnd:
                 await _abort(context, error)
             except Exception:
                 log.exception("unexpected error in gRPC %s Export", signal.name)
+                self.receiver.counts["refused.500"] += 1
                 await _abort(context, ProtocolError("internal error"))
             encoded: bytes = response.SerializeToString()  # protobuf's Message is untyped
             return encoded

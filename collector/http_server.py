@@ -202,6 +202,7 @@ class HttpFrontEnd:
             )
             return error_response(ProtocolError("connection lost"), header)
         except Exception as exc:  # noqa: BLE001 - logged with its traceback; the process keeps serving
+            self.receiver.counts["refused.500"] += 1
             self.log.report(
                 logging.ERROR,
                 f"unexpected error handling {request.path}",

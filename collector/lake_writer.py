@@ -54,6 +54,7 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     reader = SegmentReader(path)
     quarantine = Quarantine(path.parent, seq)
     rows = records = 0
+    news: list[str] = []  # first data of a service, said once its files are in the lake
     chunk: list[tuple[int, bytes]] = []
     size = 0
     writer = PartitionedWriter(settings.lake_path, file_stem(settings.writer, seq))
@@ -64,7 +65,7 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
                     table = convert_chunk(converter, chunk, quarantine)
                     writer.write(table)
                     rows += table.num_rows
-                    _announce_services(path.parent, table)
+                    news += _new_services(path.parent, table)
                 chunk, size = [], 0
             if record is not None:
                 chunk.append(record)
@@ -75,6 +76,8 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
         writer.abort()
         raise
     writer.close()
+    for line in news:
+        log.info("%s", line)
     _report_damage(path, reader, records)
     if kept is not None:
         QUARANTINED["items"] += len(quarantine.items)
@@ -118,9 +121,16 @@ def _first_to_see(wal_dir: Path, service: str) -> bool:
     return True
 
 
-def _announce_services(wal_dir: Path, table: pa.Table) -> None:
+MAX_SERVICES_SEEN = 1000  # a client sending a new service.name per request: stop saying it
+
+
+def _new_services(wal_dir: Path, table: pa.Table) -> list[str]:
+    """'first data from service …' lines for the services `table` brings first."""
+    lines: list[str] = []
     names = pc.unique(table.column("service_name")).to_pylist()
     for name in sorted(n for n in names if n is not None and n not in SERVICES_SEEN):
+        if len(SERVICES_SEEN) >= MAX_SERVICES_SEEN:
+            break
         SERVICES_SEEN.add(name)
         if not _first_to_see(wal_dir, name):
             continue
@@ -130,7 +140,10 @@ def _announce_services(wal_dir: Path, table: pa.Table) -> None:
             f"{c['counts']} {'spans' if c['values'] == 'span' else 'log records'}"
             for c in sorted(signals, key=lambda c: str(c["values"]))
         )
-        log.info("first data from service %r: %s", name, what)
+        lines.append(f"first data from service {name!r}: {what}")
+        if len(SERVICES_SEEN) == MAX_SERVICES_SEEN:
+            lines.append(f"{MAX_SERVICES_SEEN} services seen: no more first-data lines this run")
+    return lines
 
 
 def _report_damage(path: Path, reader: SegmentReader, records: int) -> None:

@@ -152,6 +152,9 @@ class Collector:
             site = GuardedSite(self._runner, host, port, guard, tls.http_context(s))
             try:
                 await site.start()
+            except socket.gaierror:
+                reason = f"cannot resolve {host}"
+                raise _cannot_listen("http_endpoint", s.http_endpoint, None, reason) from None
             except OSError as exc:
                 raise _cannot_listen("http_endpoint", s.http_endpoint, exc.errno) from None
             self.http_port = self._runner.addresses[0][1]  # the one site's first socket
@@ -307,10 +310,13 @@ class Collector:
 _OPTION = {"http_endpoint": "--http", "grpc_endpoint": "--grpc"}
 
 
-def _cannot_listen(name: str, endpoint: str, errno: int | None) -> ConfigError:
+def _cannot_listen(
+    name: str, endpoint: str, errno: int | None, reason: str | None = None
+) -> ConfigError:
     """One line for an address that cannot be had — commonly an OpenTelemetry Collector
     already on 4317/4318 — naming the option, instead of tracebacks (issue 11 point 2)."""
-    why = os.strerror(errno).lower() if errno else "address in use or not on this machine"
+    known = errno if errno is not None and errno > 0 else None  # getaddrinfo's are < 0
+    why = reason or (os.strerror(known).lower() if known else "address not available")
     if errno == EADDRINUSE:
         why += ": another process, an OpenTelemetry Collector perhaps, listens there"
     return ConfigError(
@@ -320,17 +326,26 @@ def _cannot_listen(name: str, endpoint: str, errno: int | None) -> ConfigError:
 
 
 def _check_free(host: str, port: int, endpoint: str) -> None:
-    """Bind `host:port` once and let go, to name the reason before grpcio tries."""
+    """Bind each address `host:port` resolves to once and let go, to name the reason
+    before grpcio tries (it binds every address and needs one; it says only "Failed to
+    bind"). Refuses only when none of them binds."""
     if port == 0:
         return
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, where = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio binds
-            probe.bind(where)
-    except OSError as exc:
-        raise _cannot_listen("grpc_endpoint", endpoint, exc.errno) from None
+    except socket.gaierror:
+        raise _cannot_listen("grpc_endpoint", endpoint, None, f"cannot resolve {host}") from None
+    errors = []
+    for family, kind, proto, _, where in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio binds
+                probe.bind(where)
+            return
+        except OSError as exc:
+            errors.append(exc.errno)
+    errno = EADDRINUSE if EADDRINUSE in errors else next(iter(errors), None)
+    raise _cannot_listen("grpc_endpoint", endpoint, errno)
 
 
 def _how_to_send(settings: Settings, http_port: int | None, grpc_port: int | None) -> list[str]:
@@ -370,8 +385,12 @@ async def _serve(settings: Settings) -> None:
         await collector.start()
     except BaseException:
         # Stop what did start (the lake writers, the WAL, the lock): a failed start must
-        # exit, not wait for child processes that wait for a drain signal.
-        await collector.stop()
+        # exit, not wait for child processes that wait for a drain signal. The start's
+        # error is the one to report, whatever the clean-up meets.
+        try:
+            await collector.stop()
+        except Exception:
+            log.exception("stopping after a failed start")
         raise
     endpoints = []
     if collector.http_port:

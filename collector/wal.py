@@ -182,6 +182,9 @@ def requeue(items: Path, directory: Path) -> Path:
     return target
 
 
+FAILING_FOR_S = 30.0  # how long a failed WAL write keeps /readyz unready
+
+
 class WalFullError(OSError):
     """The WAL holds more unconverted data than allowed: back-pressure."""
 
@@ -215,7 +218,10 @@ class WalWriter:
         self._rotate_retry_at = 0.0
         self._faults = RateLimitedLog(log)
         self.fsyncs = 0
-        self.failing: str | None = None  # the last write's error, until a write succeeds
+        # (when, what) of the last write's error, until a write succeeds; readiness reads it
+        # for FAILING_FOR_S only, or an unready collector that gets no traffic (a load
+        # balancer stops sending) could never become ready again
+        self.failing: tuple[float, str] | None = None
 
     # -- called from request handlers -------------------------------------------------
     def append(self, signal: int, payload: bytes) -> Future[None]:
@@ -251,8 +257,9 @@ class WalWriter:
             found.append("the write-ahead log is not running")
         if not os.access(self.directory, os.W_OK):
             found.append(f"the write-ahead log directory {self.directory} is not writable")
-        if self.failing:
-            found.append(f"the last write-ahead log write failed: {self.failing}")
+        failing = self.failing
+        if failing and time.monotonic() - failing[0] < FAILING_FOR_S:
+            found.append(f"the last write-ahead log write failed: {failing[1]}")
         if self._backlog > self.max_backlog_bytes:
             found.append("the write-ahead log backlog is full; the lake is behind")
         if self.lag is not None and self.lag.over():
@@ -268,6 +275,8 @@ class WalWriter:
 
     def close(self) -> None:
         """Write what is queued, fsync, and close; the last segment is then complete."""
+        if self._thread.ident is None:  # never started (a collector that failed to start)
+            return
         self._queue.put(None)
         self._thread.join()
         if self._fd >= 0:
@@ -373,7 +382,7 @@ class WalWriter:
                 self._directory_synced = True
             failpoints.hit("wal.after_fsync")
         except OSError as exc:
-            self.failing = str(exc)
+            self.failing = (time.monotonic(), str(exc))
             self._recover_after_failed_write(exc)
             for _, future in batch:
                 future.set_exception(exc)
