@@ -26,13 +26,22 @@ SEVERITY_ERROR = 17  # OTLP SeverityNumber ERROR..ERROR4 = 17..20, FATAL = 21..2
 SEVERITY_MAX = 24
 
 
-# -- AnyValue → JSON-ready Python values -------------------------------------------------
-# Non-finite doubles become the strings OTLP/JSON uses ("NaN", "Infinity", "-Infinity"),
-# since JSON has no literal for them; bytes become base64 as in OTLP/JSON.
-def _double(value: float) -> float | str:
+# -- AnyValue → JSON-ready Python values, and back ------------------------------------------
+# Strings, integers, booleans, finite doubles, arrays and kvlists are plain JSON. JSON has no
+# literal for bytes or a non-finite double: those are stored as OTLP/JSON's AnyValue objects,
+# {"bytesValue": "<base64>"} and {"doubleValue": "NaN" | "Infinity" | "-Infinity"}, so they
+# never read as the strings "NaN" or a base64 text (issue 10 point 14). A kvlist that would
+# read as one of those objects (a single key among WRAPPERS) is stored as
+# {"kvlistValue": {...}}. So every stored value decodes to what was sent (`stored_value`).
+WRAPPERS = frozenset({"bytesValue", "doubleValue", "kvlistValue"})
+
+
+def _double(value: float) -> float | dict[str, str]:
     if math.isfinite(value):
         return value
-    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return {
+        "doubleValue": "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    }
 
 
 def any_value(v: Any) -> Any:
@@ -48,10 +57,32 @@ def any_value(v: Any) -> Any:
     if kind == "array_value":
         return [any_value(x) for x in v.array_value.values]
     if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+        kvlist = {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+        return {"kvlistValue": kvlist} if len(kvlist) == 1 and kvlist.keys() <= WRAPPERS else kvlist
     if kind == "bytes_value":
-        return base64.b64encode(v.bytes_value).decode("ascii")
+        return {"bytesValue": base64.b64encode(v.bytes_value).decode("ascii")}
     return None
+
+
+_SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def stored_value(value: Any) -> Any:
+    """The value a stored (JSON-decoded) attribute stands for: bytes for {"bytesValue"},
+    a float for {"doubleValue"} and a kvlist's dict for {"kvlistValue"}, recursively; the
+    inverse of `any_value` (a reader's and the round-trip test's)."""
+    if isinstance(value, list):
+        return [stored_value(x) for x in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and value.keys() <= WRAPPERS:
+            ((wrapper, inner),) = value.items()
+            if wrapper == "bytesValue":
+                return base64.b64decode(inner)
+            if wrapper == "doubleValue":
+                return _SPECIAL_DOUBLES[inner]
+            return {k: stored_value(x) for k, x in inner.items()}
+        return {k: stored_value(x) for k, x in value.items()}
+    return value
 
 
 def attributes(kvs: Iterable[Any]) -> dict[str, Any]:

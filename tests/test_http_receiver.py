@@ -369,8 +369,13 @@ def test_12_json_non_finite_doubles_accepted_as_ieee_values(server):
     assert got[0] == got[1]
     attrs = json.loads(stored(server, trace_id, "attributes")[0][0])
     # Documented policy (collector/convert.py): JSON has no literal for them, so the lake
-    # keeps OTLP/JSON's spelling.
-    assert attrs == {"d.nan": "NaN", "d.inf": "Infinity", "d.ninf": "-Infinity", "d.one": 1.5}
+    # keeps OTLP/JSON's AnyValue object — never the plain string "NaN" (issue 10 point 14).
+    assert attrs == {
+        "d.nan": {"doubleValue": "NaN"},
+        "d.inf": {"doubleValue": "Infinity"},
+        "d.ninf": {"doubleValue": "-Infinity"},
+        "d.one": 1.5,
+    }
 
 
 # == OTLP/HTTP — rejections ================================================================
