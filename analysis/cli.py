@@ -299,7 +299,7 @@ def _report(args: argparse.Namespace) -> int:
         _declared_reports_only(args, args.parser)
     options = None if args.flag is None else _options(args)
     config = load_config(args.config, require=args.flag is None)
-    lake = _lake(args, announce=False)
+    lake = _lake(args)
     out = Path(args.out) if args.out else config.out_dir
     if args.flag is None:  # one-shot run of the declared reports
         return _run_declared(Scheduler(replace(config, out_dir=out), lake))
@@ -309,7 +309,6 @@ def _report(args: argparse.Namespace) -> int:
     assert options is not None
     result = run_diff(lake, options, charts="html" in formats)
     files = write_report(result, out, formats, utc_now())
-    print(printable(f"lake: {lake}"), file=sys.stderr)
     print(printable(result.summary))
     for fmt, path in files.files.items():
         print(printable(f"  {fmt:4} {path}"))
@@ -326,7 +325,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.once:
-        return _run_declared(Scheduler(config, _lake(args, announce=False)))
+        return _run_declared(Scheduler(config, _lake(args)))
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -395,7 +394,7 @@ def _requeue(args: argparse.Namespace) -> int:
 DEMO_DATA_DIR = "flagscope-data/demo"  # where `make demo` leaves its lake (sample_data/demo.py)
 
 
-def _lake(args: argparse.Namespace, announce: bool = True) -> Path:
+def _lake(args: argparse.Namespace) -> Path:
     """The lake a reading command reads, which must hold events (else exit 2 naming the
     fix, not an empty answer); said on stderr for a person (not with csv/json output)."""
     from flagscope.collector.errors import LakeError
@@ -410,7 +409,7 @@ def _lake(args: argparse.Namespace, announce: bool = True) -> Path:
             raise LakeError(f"{exc} (make demo's lake: --data-dir {DEMO_DATA_DIR})") from None
         raise
     human = args.command == "report" or getattr(args, "format", "table") in ("table", "markdown")
-    if announce and human:
+    if human:
         print(printable(f"lake: {lake}"), file=sys.stderr)
     if human and sys.stderr.isatty():  # a person waits: DuckDB's bar for a slow query
         from flagscope.collector.lake.read import show_progress

@@ -90,8 +90,8 @@ _SERVICE = "coalesce(service_name, 'unknown_service')"  # as cohorts.py names a 
 
 def check_scope(con: duckdb.DuckDBPyConnection, service: str | None, route: str | None) -> None:
     """A --service or --route that no entry span in the lake has is a usage error that
-    lists the known ones, not NO_DATA (a typo would otherwise read as "no traffic"). One
-    indexed-free probe each (LIMIT 1); the listing only when the probe finds nothing."""
+    lists the known ones, not NO_DATA (a typo would otherwise read as "no traffic"). A
+    LIMIT 1 probe each; the known ones are listed only when the probe finds nothing."""
     if service is not None:
         probe = f"SELECT 1 FROM events_raw WHERE is_entry AND {_SERVICE} = $service LIMIT 1"
         if not con.execute(probe, {"service": service}).fetchall():
