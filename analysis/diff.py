@@ -43,8 +43,8 @@ from flagscope.analysis.stats import (
     benjamini_hochberg,
     bounded_by_data,
     error_rate_difference,
+    pooled_rank_halfwidths,
     quantile_difference,
-    quantile_rank_halfwidth,
     quantile_rank_interval,
     ratio_difference,
     sequential_estimate,
@@ -197,9 +197,11 @@ def _summary(sums: CohortSums, variant: str) -> CohortSummary:
     )
 
 
-def _quantile_interval(sums: CohortSums, k: int, alpha: float) -> tuple[float, float, float]:
+def _quantile_interval(
+    sums: CohortSums, k: int, alpha: float, half: float
+) -> tuple[float, float, float]:
     p = QUANTILES[k]
-    p_lo, p_hi = quantile_rank_interval(p, sums.below_quantile[k], alpha)
+    p_lo, p_hi = quantile_rank_interval(p, sums.below_quantile[k], alpha, half)
     grid = sums.grid
     # Deng, Knoblich & Lu 2018 §4: the interval's ends are the empirical quantiles at the
     # rank interval's ends (read from the grid pass 1 computed, by linear interpolation).
@@ -220,17 +222,17 @@ def estimates(
     if "error_rate" in metrics:
         out["error_rate"] = error_rate_difference(t.errors, c.errors, alpha)
     if "mean_latency" in metrics:
-        out["mean_latency"] = ratio_difference(t.latency, c.latency, alpha)
+        out["mean_latency"] = ratio_difference(t.latency, c.latency, alpha, floor=True)
     for k, name in enumerate(QUANTILE_METRICS):
         if name not in metrics:
             continue
-        t_est, t_lo, t_hi = _quantile_interval(t, k, alpha)
-        c_est, c_lo, c_hi = _quantile_interval(c, k, alpha)
         p = QUANTILES[k]
+        halves = pooled_rank_halfwidths(p, t.below_quantile[k], c.below_quantile[k], alpha)
+        t_est, t_lo, t_hi = _quantile_interval(t, k, alpha, halves[0])
+        c_est, c_lo, c_hi = _quantile_interval(c, k, alpha, halves[1])
         estimate = quantile_difference(
             p, t_est, t_lo, t_hi, c_est, c_lo, c_hi, alpha, t.users, c.users
         )
-        halves = (quantile_rank_halfwidth(p, s.below_quantile[k], alpha) for s in (t, c))
         reach = stretch(estimate) if estimate.has_interval else 1.0
         if estimate.has_interval and not all(bounded_by_data(p, h, reach) for h in halves):
             estimate = degenerate(Status.TOO_FEW_IN_TAIL, alpha, Method.QUANTILE, c_est, t_est)
@@ -263,7 +265,11 @@ def mix_adjusted(sums: UnitSums, alpha: float) -> dict[str, Estimate]:
             )
         else:
             out[metric] = post_stratified_difference(
-                (t.estimate, t.variance), (c.estimate, c.variance), alpha, (t.units, c.units)
+                (t.estimate, t.variance),
+                (c.estimate, c.variance),
+                alpha,
+                (t.units, c.units),
+                floor=True,
             )
     return out
 

@@ -10,6 +10,7 @@ from flagscope.analysis.stats.proportions import (
 from flagscope.analysis.stats.quantiles import (
     QuantileInterval,
     bounded_by_data,
+    pooled_rank_halfwidths,
     quantile_difference,
     quantile_interval_from_samples,
     quantile_rank_halfwidth,
@@ -51,6 +52,7 @@ __all__ = [
     "is_rare",
     "newcombe_difference",
     "newcombe_p_value",
+    "pooled_rank_halfwidths",
     "quantile_difference",
     "quantile_interval_from_samples",
     "quantile_rank_halfwidth",

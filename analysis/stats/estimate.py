@@ -132,6 +132,28 @@ def welch_df(var_t: float, n_t: float, var_c: float, n_c: float) -> float | None
     return df if math.isfinite(df) and df > 0 else None
 
 
+def pooled_floor(var_t: float, n_t: float, var_c: float, n_c: float) -> tuple[float, float]:
+    """Each cohort's variance of its estimate, raised to at least what the two cohorts'
+    pooled per-user variance gives for its users: S^2 = (n_t^2 var_t + n_c^2 var_c) /
+    (n_t + n_c) (the per-user variances n var, weighted by users, as Student's pooled
+    two-sample t), and var_X' = max(var_X, S^2 / n_X).
+
+    Why: with heavy-tailed users a small cohort's own variance runs with its estimate —
+    a heavy, slow user raises both the cohort's latency and its variance, a sample
+    without one has both low — so the t statistic leans to the side of the smaller
+    cohort being better (20/80 A/A on production-shaped traffic: the p95 interval left
+    out 0 below 6.1 % of the time and above 1.4 %, coverage 0.925). Under no effect both
+    cohorts share one distribution and the pooled variance, dominated by the larger
+    cohort, does not move with the small one's estimate; under an effect the larger of
+    the two is kept, so the interval is never narrower than either says (conservative).
+    Unchanged below 2 users or with unusable input."""
+    values = (var_t, n_t, var_c, n_c)
+    if not (all(math.isfinite(v) for v in values) and min(n_t, n_c) >= 2):
+        return var_t, var_c
+    per_user = (n_t * n_t * max(var_t, 0.0) + n_c * n_c * max(var_c, 0.0)) / (n_t + n_c)
+    return max(var_t, per_user / n_t), max(var_c, per_user / n_c)
+
+
 def two_sided_p(z: float) -> float:
     """Two-sided normal p-value 2 * (1 - Phi(|z|)) = erfc(|z| / sqrt 2).
 

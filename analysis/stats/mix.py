@@ -37,7 +37,13 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from flagscope.analysis.stats.estimate import Estimate, Method, normal_estimate, welch_df
+from flagscope.analysis.stats.estimate import (
+    Estimate,
+    Method,
+    normal_estimate,
+    pooled_floor,
+    welch_df,
+)
 from flagscope.analysis.stats.rare import rare_difference
 from flagscope.analysis.stats.ratio import RatioStats, choose_error_method, design_effect
 
@@ -122,10 +128,15 @@ def post_stratified_difference(
     control: tuple[float, float],
     alpha: float,
     units: tuple[int, int] | None = None,
+    floor: bool = False,
 ) -> Estimate:
     """Treatment minus control from each cohort's (estimate, variance); method DELTA.
-    With the cohorts' `units`, Student t with Welch–Satterthwaite degrees of freedom."""
+    With the cohorts' `units`, Student t with Welch–Satterthwaite degrees of freedom;
+    ``floor`` (with `units`) raises each variance to the pooled one's share
+    (:func:`pooled_floor`)."""
     (m_t, v_t), (m_c, v_c) = treatment, control
+    if floor and units is not None:
+        v_t, v_c = pooled_floor(v_t, units[0], v_c, units[1])
     df = None if units is None else welch_df(v_t, units[0], v_c, units[1])
     return normal_estimate(m_c, m_t, v_c, v_t, alpha, Method.DELTA, df)
 

@@ -28,6 +28,7 @@ from flagscope.analysis.stats.estimate import (
     critical_value,
     degenerate,
     normal_estimate,
+    pooled_floor,
     valid_alpha,
     welch_df,
     z_value,
@@ -83,6 +84,25 @@ def quantile_rank_halfwidth(p: float, below: RatioStats, alpha: float = 0.05) ->
     return rank_critical_value(alpha, below.n) * math.sqrt(below.sampling_variance())
 
 
+def pooled_rank_halfwidths(
+    p: float, treatment: RatioStats, control: RatioStats, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Both cohorts' rank half-widths t sigma with each sigma^2 raised to the pooled
+    share (:func:`pooled_floor`): a small cohort's own rank variance rises and falls with
+    its quantile (a heavy, slow user adds requests above it and pulls it up), which tilted
+    a 20/80 A/A p95 interval to "treatment faster" (coverage 0.925 -> 0.953 with the
+    floor). Infinite where a cohort's own is."""
+    t_half = quantile_rank_halfwidth(p, treatment, alpha)
+    c_half = quantile_rank_halfwidth(p, control, alpha)
+    if not (math.isfinite(t_half) and math.isfinite(c_half)):
+        return t_half, c_half
+    t_crit, c_crit = rank_critical_value(alpha, treatment.n), rank_critical_value(alpha, control.n)
+    var_t, var_c = pooled_floor(
+        (t_half / t_crit) ** 2, treatment.n, (c_half / c_crit) ** 2, control.n
+    )
+    return t_crit * math.sqrt(var_t), c_crit * math.sqrt(var_c)
+
+
 def bounded_by_data(p: float, half: float, stretch: float = 1.0) -> bool:
     """Whether the rank interval p -/+ stretch * half lies inside (0, 1). Where it reaches
     rank 0 or 1 there are too few requests beyond the quantile: clamped, the interval's
@@ -93,10 +113,13 @@ def bounded_by_data(p: float, half: float, stretch: float = 1.0) -> bool:
     return math.isfinite(reach) and p - reach > 0.0 and p + reach < 1.0
 
 
-def quantile_rank_interval(p: float, below: RatioStats, alpha: float = 0.05) -> tuple[float, float]:
-    """Ranks (p_lo, p_hi) = p -/+ t sigma (:func:`quantile_rank_halfwidth`), clamped to
-    [0, 1]; with unusable input the honest answer is the whole range (0, 1)."""
-    half = quantile_rank_halfwidth(p, below, alpha)
+def quantile_rank_interval(
+    p: float, below: RatioStats, alpha: float = 0.05, half: float | None = None
+) -> tuple[float, float]:
+    """Ranks (p_lo, p_hi) = p -/+ t sigma (:func:`quantile_rank_halfwidth`, or the given
+    ``half``, e.g. from :func:`pooled_rank_halfwidths`), clamped to [0, 1]; with unusable
+    input the honest answer is the whole range (0, 1)."""
+    half = quantile_rank_halfwidth(p, below, alpha) if half is None else half
     if not math.isfinite(half):
         return 0.0, 1.0
     return max(0.0, p - half), min(1.0, p + half)

@@ -26,6 +26,7 @@ from flagscope.analysis.stats.estimate import (
     Status,
     degenerate,
     normal_estimate,
+    pooled_floor,
     valid_alpha,
     welch_df,
 )
@@ -166,14 +167,17 @@ def _worst_status(treatment: RatioStats, control: RatioStats) -> Status:
     return next((s for s in order if s in statuses), Status.OK)
 
 
-def ratio_difference(treatment: RatioStats, control: RatioStats, alpha: float = 0.05) -> Estimate:
+def ratio_difference(
+    treatment: RatioStats, control: RatioStats, alpha: float = 0.05, floor: bool = False
+) -> Estimate:
     """Treatment minus control for a ratio metric, users as the unit.
 
     Per cohort the jackknife variance over users when its sums are known, else the
     delta method's (:meth:`RatioStats.sampling_variance`), Wald interval and
     test on the difference with Welch–Satterthwaite degrees of freedom (users per cohort;
     z once they are many); relative interval by the delta method for the ratio of two
-    independent estimates (gbstats uses the same). Method DELTA.
+    independent estimates (gbstats uses the same). Method DELTA. ``floor``: raise each
+    cohort's variance to the pooled one's share (:func:`pooled_floor`), as latency needs.
     """
     if not valid_alpha(alpha):
         return degenerate(Status.INVALID_INPUT, 0.05, Method.DELTA)
@@ -181,6 +185,8 @@ def ratio_difference(treatment: RatioStats, control: RatioStats, alpha: float = 
     if status is not Status.OK:
         return degenerate(status, alpha, Method.DELTA, control.ratio, treatment.ratio)
     var_c, var_t = control.sampling_variance(), treatment.sampling_variance()
+    if floor:
+        var_t, var_c = pooled_floor(var_t, treatment.n, var_c, control.n)
     df = welch_df(var_t, treatment.n, var_c, control.n)
     return normal_estimate(control.ratio, treatment.ratio, var_c, var_t, alpha, Method.DELTA, df)
 
