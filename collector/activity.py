@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 
 log = logging.getLogger("flagscope.collector")
-_ITEMS = {"traces": "spans", "logs": "log records"}
+_ITEMS = {"traces": "spans", "logs": "log records", "metrics": "data points"}
 
 
 def describe(delta: Counter[str]) -> str | None:

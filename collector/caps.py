@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
+from flagscope.collector.otlp import METRICS, TRACES, Signal, data_points
+
 
 @dataclass(frozen=True)
 class AttributeCaps:
@@ -52,16 +54,21 @@ class Cut:
         )
 
 
-def apply(request: Message, traces: bool, caps: AttributeCaps) -> Cut:
-    """Cap every attribute holder of an export request in place."""
+def apply(request: Message, signal: Signal, caps: AttributeCaps) -> Cut:
+    """Cap every attribute holder of an export request in place (for metrics: resource,
+    scope and each data point)."""
     cut = Cut()
-    for resource in request.resource_spans if traces else request.resource_logs:
+    for resource in getattr(request, signal.resources):
         _cap(resource.resource, caps, cut)
-        for scope in resource.scope_spans if traces else resource.scope_logs:
+        for scope in getattr(resource, signal.scopes):
             _cap(scope.scope, caps, cut)
-            for item in scope.spans if traces else scope.log_records:
+            for item in getattr(scope, signal.items):
+                if signal is METRICS:
+                    for point in data_points(item):
+                        _cap(point, caps, cut)
+                    continue
                 _cap(item, caps, cut)
-                if traces:
+                if signal is TRACES:
                     for part in (*item.events, *item.links):
                         _cap(part, caps, cut)
     return cut
@@ -72,10 +79,12 @@ def _cap(holder: Message, caps: AttributeCaps, cut: Cut) -> None:
     if caps.max_attributes and len(attributes) > caps.max_attributes:
         dropped = len(attributes) - caps.max_attributes
         del attributes[caps.max_attributes :]
-        # a uint32 on the wire: a count already near its top stays at the top
-        holder.dropped_attributes_count = min(
-            0xFFFF_FFFF, holder.dropped_attributes_count + dropped
-        )
+        # a uint32 on the wire: a count already near its top stays at the top (a metric's
+        # data point has no such count; the cut is reported to the client all the same)
+        if "dropped_attributes_count" in holder.DESCRIPTOR.fields_by_name:
+            holder.dropped_attributes_count = min(
+                0xFFFF_FFFF, holder.dropped_attributes_count + dropped
+            )
         cut.attributes_dropped += dropped
     if caps.max_value_bytes:
         _cut_values((kv.value for kv in attributes), caps.max_value_bytes, cut)

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from flagscope.collector.caps import NO_CAPS, AttributeCaps
 from flagscope.collector.caps import apply as caps_apply
 from flagscope.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal
+from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal, data_points
 from flagscope.collector.otlp_json import JsonMessage, compile_message, encode_request
 
 ENCODINGS = ("identity", "gzip", "deflate")
@@ -177,6 +177,21 @@ def _time_problem(value: int, name: str) -> str | None:
     return None
 
 
+def _point_problem(point: Message) -> str | None:
+    """A metric data point is placed in time by its `time_unix_nano` (required by the data
+    model); an exemplar's ids, when set, must be ids."""
+    problem = _time_problem(point.time_unix_nano, "time_unix_nano")
+    if problem is None and point.start_time_unix_nano > MAX_TIME_NS:
+        problem = f"start_time_unix_nano {point.start_time_unix_nano} is beyond the year 2262"
+    for exemplar in getattr(point, "exemplars", ()) if problem is None else ():
+        problem = _id_problem(exemplar.trace_id, 16, "exemplar trace_id", False) or _id_problem(
+            exemplar.span_id, 8, "exemplar span_id", False
+        )
+        if problem is not None:
+            break
+    return problem
+
+
 def _log_problem(record: Message) -> str | None:
     return _id_problem(record.trace_id, 16, "trace_id", False) or _id_problem(
         record.span_id, 8, "span_id", False
@@ -211,31 +226,46 @@ def prepare(
     give log records without a usable observed time the receive time, and apply the
     attribute caps if there are any."""
     request = parse(signal, body, content_type)
-    traces = signal.name == "traces"
-    cut = caps_apply(request, traces, caps) if caps.on else None
-    problem_of = _span_problem if traces else _log_problem
+    traces, metrics = signal.name == "traces", signal.name == "metrics"
+    cut = caps_apply(request, signal, caps) if caps.on else None
+    problem_of = _span_problem if traces else _point_problem if metrics else _log_problem
     received_ns = time.time_ns() if received_ns is None else received_ns
     accepted = rejected = 0
     stamped = False
     problems: list[str] = []
-    for r_index, resource in enumerate(request.resource_spans if traces else request.resource_logs):
-        for s_index, scope in enumerate(resource.scope_spans if traces else resource.scope_logs):
-            items = scope.spans if traces else scope.log_records
-            bad = []
-            for i_index, item in enumerate(items):
-                problem = problem_of(item)
-                if problem is not None:
-                    bad.append(i_index)
-                    if len(problems) < _MAX_DESCRIBED:
-                        problems.append(
-                            f"resource {r_index} scope {s_index} item {i_index}: {problem}"
-                        )
-                elif not traces and _stamp_log(item, received_ns):
-                    stamped = True
-            for i_index in reversed(bad):
-                del items[i_index]
-            accepted += len(items)
-            rejected += len(bad)
+    for r_index, resource in enumerate(getattr(request, signal.resources)):
+        for s_index, scope in enumerate(getattr(resource, signal.scopes)):
+            # an item is a span or log record; for metrics, a data point of a metric
+            groups = (
+                [
+                    (f" metric {m_index}", data_points(m), m.name)
+                    for m_index, m in enumerate(scope.metrics)
+                ]
+                if metrics
+                else [("", getattr(scope, signal.items), "-")]
+            )
+            for where, items, name in groups:
+                bad = []
+                for i_index, item in enumerate(items):
+                    problem = problem_of(item) if name else "the metric has no name"
+                    if problem is not None:
+                        bad.append(i_index)
+                        if len(problems) < _MAX_DESCRIBED:
+                            problems.append(
+                                f"resource {r_index} scope {s_index}{where} item {i_index}: "
+                                + problem
+                            )
+                    elif not (traces or metrics) and _stamp_log(item, received_ns):
+                        stamped = True
+                for i_index in reversed(bad):
+                    del items[i_index]
+                accepted += len(items)
+                rejected += len(bad)
+        if metrics:  # a metric left without points stores nothing: drop it
+            for scope in resource.scope_metrics:
+                for m_index in reversed(range(len(scope.metrics))):
+                    if not data_points(scope.metrics[m_index]):
+                        del scope.metrics[m_index]
     messages = []
     if rejected:
         more = f"; and {rejected - len(problems)} more" if rejected > len(problems) else ""

@@ -1,4 +1,4 @@
-"""OTLP/HTTP: POST /v1/traces and /v1/logs, protobuf or JSON, optionally gzip/deflate."""
+"""OTLP/HTTP: POST /v1/traces, /v1/logs and /v1/metrics, protobuf or JSON, optionally gzip/deflate."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from aiohttp import web
 from flagscope.collector.auth import bearer_matches
 from flagscope.collector.decode import check_encoding, media_type
 from flagscope.collector.errors import (
-    NotFound,
     PayloadTooLarge,
     ProtocolError,
     RequestTimeout,
@@ -112,7 +111,6 @@ class HttpFrontEnd:
         app = web.Application(middlewares=middlewares)
         for name in SIGNALS:
             app.router.add_post(f"/v1/{name}", self._export)
-        app.router.add_post("/v1/metrics", self._metrics)
 
         async def live(_: web.Request) -> web.Response:
             return web.json_response({"live": True})
@@ -132,13 +130,6 @@ class HttpFrontEnd:
             return
         if not bearer_matches(request.headers.get("Authorization"), self.token):
             raise Unauthenticated("missing or wrong bearer token (Authorization: Bearer <token>)")
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        error = NotFound(
-            "metrics are not supported yet; send traces to /v1/traces and logs to /v1/logs"
-        )
-        self._refused(request, error)
-        return error_response(error, request.headers.get("Content-Type"))
 
     def _refused(self, request: web.Request, error: ProtocolError) -> None:
         # 503 is back-pressure the client retries; the rest are a client's mistake. Both

@@ -124,6 +124,9 @@ def _first_to_see(wal_dir: Path, service: str) -> bool:
 MAX_SERVICES_SEEN = 1000  # a client sending a new service.name per request: stop saying it
 
 
+_NOUNS = {"span": "spans", "log": "log records", "metric": "metric data points"}
+
+
 def _new_services(wal_dir: Path, table: pa.Table) -> list[str]:
     """'first data from service …' lines for the services `table` brings first."""
     lines: list[str] = []
@@ -137,7 +140,7 @@ def _new_services(wal_dir: Path, table: pa.Table) -> list[str]:
         of = pc.equal(table.column("service_name"), name)
         signals = pc.value_counts(pc.filter(table.column("signal"), of)).to_pylist()
         what = ", ".join(
-            f"{c['counts']} {'spans' if c['values'] == 'span' else 'log records'}"
+            f"{c['counts']} {_NOUNS.get(str(c['values']), str(c['values']))}"
             for c in sorted(signals, key=lambda c: str(c["values"]))
         )
         lines.append(f"first data from service {name!r}: {what}")

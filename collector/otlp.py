@@ -7,12 +7,14 @@ are `google.rpc.Status`; back-pressure adds a `google.rpc.RetryInfo` detail for 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 PROTOBUF = "application/x-protobuf"
@@ -28,12 +30,17 @@ MAX_TIME_NS = 2**63 - 1
 
 @dataclass(frozen=True)
 class Signal:
-    name: str  # "traces" | "logs"
-    item: str  # "spans" | "log records", for messages
+    name: str  # "traces" | "logs" | "metrics"
+    item: str  # "spans" | "log records" | "data points", for messages
     request_type: type[Message]
     response_type: type[Message]
     rejected_field: str  # field of partial_success
     grpc_service: str
+    # the request's nesting: resources → scopes → items (for metrics an item is a Metric,
+    # whose data points are what is counted)
+    resources: str
+    scopes: str
+    items: str
 
 
 TRACES = Signal(
@@ -43,6 +50,9 @@ TRACES = Signal(
     trace_service_pb2.ExportTraceServiceResponse,
     "rejected_spans",
     "opentelemetry.proto.collector.trace.v1.TraceService",
+    "resource_spans",
+    "scope_spans",
+    "spans",
 )
 LOGS = Signal(
     "logs",
@@ -51,10 +61,40 @@ LOGS = Signal(
     logs_service_pb2.ExportLogsServiceResponse,
     "rejected_log_records",
     "opentelemetry.proto.collector.logs.v1.LogsService",
+    "resource_logs",
+    "scope_logs",
+    "log_records",
 )
-SIGNALS = {"traces": TRACES, "logs": LOGS}
-SIGNAL_CODES = {"traces": 1, "logs": 2}  # as stored in WAL records
+METRICS = Signal(
+    "metrics",
+    "data points",
+    metrics_service_pb2.ExportMetricsServiceRequest,
+    metrics_service_pb2.ExportMetricsServiceResponse,
+    "rejected_data_points",
+    "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "resource_metrics",
+    "scope_metrics",
+    "metrics",
+)
+SIGNALS = {"traces": TRACES, "logs": LOGS, "metrics": METRICS}
+SIGNAL_CODES = {"traces": 1, "logs": 2, "metrics": 3}  # as stored in WAL records
 SIGNAL_BY_CODE = {code: SIGNALS[name] for name, code in SIGNAL_CODES.items()}
+
+
+# A Metric's data is one of these (its `data` oneof), each holding `data_points`.
+METRIC_TYPES = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+
+
+def metric_type(metric: Message) -> str | None:
+    """Which of METRIC_TYPES `metric` holds, None for a metric without data."""
+    kind = metric.WhichOneof("data")
+    return kind if kind in METRIC_TYPES else None
+
+
+def data_points(metric: Message) -> Any:
+    """The metric's repeated data points (empty for a metric without data)."""
+    kind = metric_type(metric)
+    return () if kind is None else getattr(metric, kind).data_points
 
 
 def trim(message: str) -> str:

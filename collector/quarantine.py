@@ -21,7 +21,7 @@ import pyarrow as pa
 from flagscope.collector.convert import Converter
 from flagscope.collector.lake.durable import write_atomically
 from flagscope.collector.lake.schema import SCHEMA
-from flagscope.collector.otlp import SIGNAL_BY_CODE, TRACES
+from flagscope.collector.otlp import SIGNAL_BY_CODE, Signal
 from flagscope.collector.wal import SUFFIX, encode_record, requeue, segment_name
 
 Record = tuple[int, bytes]
@@ -93,21 +93,20 @@ def split(record: Record) -> Iterator[Record]:
     except Exception:  # noqa: BLE001 - DecodeError and friends
         yield record
         return
-    traces = signal is TRACES
-    for resource in request.resource_spans if traces else request.resource_logs:
-        for scope in resource.scope_spans if traces else resource.scope_logs:
-            for item in scope.spans if traces else scope.log_records:
-                yield code, _one_item(signal.request_type, resource, scope, item, traces)
+    for resource in getattr(request, signal.resources):
+        for scope in getattr(resource, signal.scopes):
+            for item in getattr(scope, signal.items):
+                yield code, _one_item(signal, resource, scope, item)
 
 
-def _one_item(request_type: Any, resource: Any, scope: Any, item: Any, traces: bool) -> bytes:
-    request = request_type()
-    outer = (request.resource_spans if traces else request.resource_logs).add()
+def _one_item(signal: Signal, resource: Any, scope: Any, item: Any) -> bytes:
+    request = signal.request_type()
+    outer = getattr(request, signal.resources).add()
     outer.resource.CopyFrom(resource.resource)
     outer.schema_url = resource.schema_url
-    inner = (outer.scope_spans if traces else outer.scope_logs).add()
+    inner = getattr(outer, signal.scopes).add()
     inner.scope.CopyFrom(scope.scope)
     inner.schema_url = scope.schema_url
-    (inner.spans if traces else inner.log_records).add().CopyFrom(item)
+    getattr(inner, signal.items).add().CopyFrom(item)
     encoded: bytes = request.SerializeToString()  # protobuf's Message is untyped
     return encoded

@@ -25,8 +25,10 @@ from typing import Any
 
 import pyarrow as pa
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from flagscope.collector.lake.read import fetch
@@ -34,6 +36,8 @@ from flagscope.collector.lake.schema import SCHEMA
 from tests.otlp_requests import any_value, kv, new_trace_id, post, wait_rows
 
 JSON_COLUMNS = {
+    "buckets",
+    "exemplars",
     "attributes",
     "resource_attributes",
     "scope_attributes",
@@ -42,8 +46,14 @@ JSON_COLUMNS = {
     "body",
 }
 # Columns a signal has no field for: null in every row of that signal.
-NULL_FOR_SPANS = {"observed_time", "severity_number", "severity_text", "body"}
+METRIC_COLUMNS = {
+    "metric_type", "metric_unit", "metric_description", "start_time", "value", "value_int",
+    "is_monotonic", "aggregation_temporality", "point_count", "point_sum", "point_min",
+    "point_max", "buckets", "exemplars",
+}  # fmt: skip
+NULL_FOR_SPANS = {"observed_time", "severity_number", "severity_text", "body", *METRIC_COLUMNS}
 NULL_FOR_LOGS = {
+    *METRIC_COLUMNS,
     "end_time",
     "parent_span_id",
     "trace_state",
@@ -577,3 +587,148 @@ def test_every_log_record_column_holds_its_own_field(server):
     assert set(stored) == set(expected)
     for span_id, want in expected.items():
         assert_every_column(stored[span_id], want, NULL_FOR_LOGS)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+NULL_FOR_METRICS = {
+    "end_time", "observed_time", "trace_id", "span_id", "parent_span_id", "trace_state",
+    "kind", "duration_ms", "status_code", "status_message", "is_error", "http_method",
+    "http_route", "http_status_code", "user_id", "flags", "is_test", "test_reason",
+    "severity_number", "severity_text", "body", "span_events", "span_links",
+    "dropped_attributes_count", "dropped_events_count", "dropped_links_count", "trace_key",
+    "span_key",
+}  # fmt: skip
+
+
+def _metric_request(service: str, base: int) -> metrics_service_pb2.ExportMetricsServiceRequest:
+    """A monotonic integer sum with an exemplar, and a histogram: distinct values in every
+    field that feeds a column."""
+    request = metrics_service_pb2.ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add(schema_url="https://opentelemetry.io/schemas/metric-1")
+    _resource(rm, {"service.name": service, "host.name": "host-metric"})
+    sm = rm.scope_metrics.add(schema_url="https://example.com/metric-scope-schema")
+    sm.scope.name, sm.scope.version = "metric-scope", "metric-scope-version"
+    sm.scope.attributes.append(kv("metric.scope.attr", 2))
+    counter = sm.metrics.add(name="metric-sum", unit="unit-sum", description="about-sum")
+    counter.sum.is_monotonic = True
+    counter.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+    point = counter.sum.data_points.add(
+        time_unix_nano=base + 888_888_888,
+        start_time_unix_nano=base + 111,
+        as_int=2**53 + 1,  # exact in value_int, rounded in value
+        flags=1,
+    )
+    point.attributes.append(kv("feature_flag.key", "metric-flag"))
+    point.exemplars.add(
+        time_unix_nano=base + 999, as_double=0.25, trace_id=LINKED_TRACE, span_id=LINKED_SPAN
+    )
+    histogram = sm.metrics.add(name="metric-histogram", unit="unit-histogram")
+    histogram.histogram.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+    histogram.histogram.data_points.add(
+        time_unix_nano=base + 777_777,
+        start_time_unix_nano=base + 222,
+        count=6,
+        sum=123.5,
+        min=0.5,
+        max=99.0,
+        bucket_counts=[1, 2, 3],
+        explicit_bounds=[1.0, 10.0],
+    ).attributes.append(kv("route", "/metric-route"))
+    return request
+
+
+def _metric_event_id(rm: Any, sm: Any, metric: Any, point: Any) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (rm.resource.SerializeToString(), sm.scope.SerializeToString()):
+        digest.update(part)
+    digest.update(metric.name.encode())
+    digest.update(metric.WhichOneof("data").encode())
+    digest.update(point.SerializeToString())
+    return digest.hexdigest()
+
+
+def test_every_metric_column_holds_its_own_field(server):
+    service, base = f"svc-metric-{uuid.uuid4().hex[:8]}", _base_ns()
+    request = _metric_request(service, base)
+    reply = post(server, "/v1/metrics", request.SerializeToString())
+    assert reply.status == 200, reply.body
+    wait_rows(server, "service_name = ?", [service], 2)
+    select = ", ".join(
+        f"epoch_ns({f.name}) AS {f.name}" if pa.types.is_timestamp(f.type) else f.name
+        for f in SCHEMA
+    )
+    columns, rows = fetch(
+        server.lake, f"select {select} from events_raw where service_name = ?", [service]
+    )
+    stored = {row["name"]: row for row in (dict(zip(columns, r, strict=True)) for r in rows)}
+    rm = request.resource_metrics[0]
+    sm = rm.scope_metrics[0]
+    common = {
+        "signal": "metric",
+        "service_name": service,
+        "scope_name": "metric-scope",
+        "scope_version": "metric-scope-version",
+        "resource_attributes": {"service.name": service, "host.name": "host-metric"},
+        "scope_attributes": {"metric.scope.attr": 2},
+        "resource_schema_url": "https://opentelemetry.io/schemas/metric-1",
+        "scope_schema_url": "https://example.com/metric-scope-schema",
+        "is_entry": False,  # never a request
+    }
+    expected = {
+        "metric-sum": {
+            **common,
+            "time": base + 888_888_888,
+            "start_time": base + 111,
+            "event_id": _metric_event_id(rm, sm, sm.metrics[0], sm.metrics[0].sum.data_points[0]),
+            "name": "metric-sum",
+            "metric_type": "sum",
+            "metric_unit": "unit-sum",
+            "metric_description": "about-sum",
+            "value": float(2**53 + 1),
+            "value_int": 2**53 + 1,
+            "is_monotonic": True,
+            "aggregation_temporality": 1,
+            "point_count": None,
+            "point_sum": None,
+            "point_min": None,
+            "point_max": None,
+            "buckets": None,
+            "exemplars": [
+                {
+                    "time": base + 999,
+                    "value": 0.25,
+                    "trace_id": LINKED_TRACE.hex(),
+                    "span_id": LINKED_SPAN.hex(),
+                }
+            ],
+            "attributes": {"feature_flag.key": "metric-flag"},
+            "otlp_flags": 1,
+        },
+        "metric-histogram": {
+            **common,
+            "time": base + 777_777,
+            "start_time": base + 222,
+            "event_id": _metric_event_id(
+                rm, sm, sm.metrics[1], sm.metrics[1].histogram.data_points[0]
+            ),
+            "name": "metric-histogram",
+            "metric_type": "histogram",
+            "metric_unit": "unit-histogram",
+            "metric_description": None,
+            "value": None,
+            "value_int": None,
+            "is_monotonic": None,
+            "aggregation_temporality": 2,
+            "point_count": 6,
+            "point_sum": 123.5,
+            "point_min": 0.5,
+            "point_max": 99.0,
+            "buckets": {"bounds": [1.0, 10.0], "counts": [1, 2, 3]},
+            "exemplars": None,
+            "attributes": {"route": "/metric-route"},
+            "otlp_flags": None,
+        },
+    }
+    assert set(stored) == set(expected)
+    for name, want in expected.items():
+        assert_every_column(stored[name], want, NULL_FOR_METRICS)

@@ -380,17 +380,20 @@ def test_inflight_budget_exceeded_is_unavailable_with_retry_info(tmp_path):
 # -- 40: metrics -----------------------------------------------------------------------------
 
 
-def test_metrics_export_is_unimplemented(server, channel):
+def test_metrics_export_is_stored(server, channel):
+    """Item 5/40 for gRPC: the MetricsService is served (it answered UNIMPLEMENTED before)."""
     before = total(server.lake)
     stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
     request = metrics_service_pb2.ExportMetricsServiceRequest()
     metric = request.resource_metrics.add().scope_metrics.add().metrics.add(name="requests")
-    metric.gauge.data_points.add(as_int=1, time_unix_nano=1_700_000_000_000_000_000)
+    metric.gauge.data_points.add(as_int=1, time_unix_nano=time.time_ns())
 
-    error = rpc_error(stub.Export, request)
+    answer = stub.Export(request, timeout=10)
 
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED, error.details()
-    assert_keeps_serving(channel, server.lake, before)
+    assert answer.partial_success.rejected_data_points == 0
+    sql = "SELECT count(*) FROM events_raw WHERE signal = 'metric' AND name = 'requests'"
+    assert wait_for_count(server.lake, sql, 1) == 1
+    assert_keeps_serving(channel, server.lake, before + 1)
 
 
 # -- 41: concurrency ---------------------------------------------------------------------------

@@ -189,10 +189,12 @@ def test_a_mutated_request_is_refused_exactly_when_json_format_refuses_it(
     if got is None and expected is not None:
         # Stricter than json_format on purpose: it reads any iterable as a message (a
         # string's characters as unknown field names), true as the enum number 1, and an
-        # enum number beyond int32 modulo 2³² (2³² + 3 as 3).
+        # enum number beyond int32 modulo 2³² (2³² + 3 as 3), and a fraction such as 1.5 as
+        # an enum number.
         stricter = (
             "expected an object" in why
             or (isinstance(value, bool) and "is not an integer" in why)
+            or (isinstance(value, float) and not value.is_integer() and "not an integer" in why)
             or (type(value) is int and value >= 2**32 and "out of range" in why)
         )
         assert stricter, f"{path} := {mutated}: {why}"

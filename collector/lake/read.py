@@ -45,8 +45,19 @@ def require_events(lake: Path) -> Path:
     raise LakeError(f"lake {lake} {problem}: pass --data-dir or --lake to name the lake to read")
 
 
+# The metric data points with their own columns only (README "Metrics").
+METRICS_VIEW = (
+    "SELECT time, start_time, service_name, name, metric_type, metric_unit, "
+    "metric_description, value, value_int, is_monotonic, aggregation_temporality, "
+    "point_count, point_sum, point_min, point_max, buckets, exemplars, attributes, "
+    "resource_attributes, scope_name, scope_version, scope_attributes, otlp_flags, event_id "
+    "FROM events WHERE signal = 'metric'"
+)
+
+
 def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
-    """`events_raw`: every stored row; `events`: one row per span/log (retries de-duplicated)."""
+    """`events_raw`: every stored row; `events`: one row per span, log record or metric
+    data point (retries de-duplicated); `metrics`: the data points' own columns."""
     select = "*"
     con.register("_flagscope_empty", SCHEMA.empty_table())
     source = "_flagscope_empty"
@@ -78,6 +89,7 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     con.execute(
         "CREATE OR REPLACE TEMP VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw"
     )
+    con.execute(f"CREATE OR REPLACE TEMP VIEW metrics AS {METRICS_VIEW}")
 
 
 def _sql_str(value: str) -> str:
