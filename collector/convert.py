@@ -275,6 +275,18 @@ def _link(link: Any, link_attributes: Any) -> dict[str, Any]:
     return entry
 
 
+def _scope_columns(scoped: Any) -> tuple[Any, ...]:
+    """(scope_name, scope_version, scope_attributes JSON, scope_schema_url) of a
+    ScopeSpans, ScopeLogs or ScopeMetrics."""
+    scope = scoped.scope
+    return (
+        scope.name or None,
+        scope.version or None,
+        _json(attributes(scope.attributes)) if scope.attributes else None,
+        scoped.schema_url or None,
+    )
+
+
 def _point_values(kind: str, point: Any) -> tuple[Any, ...]:
     """(value, value_int, count, sum, min, max, buckets JSON) of one data point."""
     if kind in ("gauge", "sum"):
@@ -356,9 +368,9 @@ class Converter:
             )
             if rows
         ]
-        if len(parts) == 1:
-            return parts[0]
-        return pa.concat_tables(parts) if parts else _table(SPAN_FIELDS, [], "span")
+        if not parts:
+            return _table(SPAN_FIELDS, [], "span")
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     # -- spans ----------------------------------------------------------------------
     def _spans(self, request: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -370,12 +382,7 @@ class Converter:
             service = _text(resource.get("service.name"))
             context = (tagger_marker(resource), _json(resource), service, rs.schema_url or None)
             for ss in rs.scope_spans:
-                scope = (
-                    ss.scope.name or None,
-                    ss.scope.version or None,
-                    _json(attributes(ss.scope.attributes)) if ss.scope.attributes else None,
-                    ss.schema_url or None,
-                )
+                scope = _scope_columns(ss)
                 for span in ss.spans:
                     append(span_row(span, context, scope))
 
@@ -477,13 +484,7 @@ class Converter:
                 rm.resource.SerializeToString(),
             )
             for sm in rm.scope_metrics:
-                scope = (
-                    sm.scope.name or None,
-                    sm.scope.version or None,
-                    _json(attributes(sm.scope.attributes)) if sm.scope.attributes else None,
-                    sm.schema_url or None,
-                    sm.scope.SerializeToString(),
-                )
+                scope = (*_scope_columns(sm), sm.scope.SerializeToString())
                 for metric in sm.metrics:
                     self._metric_rows(metric, context, scope, rows)
 
@@ -500,7 +501,7 @@ class Converter:
         temporality = data.aggregation_temporality if kind not in ("gauge", "summary") else None
         for point in data.data_points:
             when = _nanos(point.time_unix_nano)
-            if when is None:  # decode refuses these; records from before that rule
+            if when is None:  # decode refuses these: only a WAL written otherwise has one
                 raise Unconvertible("a metric data point without a storable time")
             # Data points have no id: a digest of resource, scope, metric identity and the
             # point identifies a retried duplicate.
@@ -552,10 +553,7 @@ class Converter:
             resource_bytes = rl.resource.SerializeToString()
             resource_schema_url = rl.schema_url or None
             for sl in rl.scope_logs:
-                scope_name = sl.scope.name or None
-                scope_version = sl.scope.version or None
-                scope_json = _json(attributes(sl.scope.attributes)) if sl.scope.attributes else None
-                scope_schema_url = sl.schema_url or None
+                scope_name, scope_version, scope_json, scope_schema_url = _scope_columns(sl)
                 scope_bytes = sl.scope.SerializeToString()
                 for record in sl.log_records:
                     attrs = attributes(record.attributes)

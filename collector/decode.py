@@ -235,19 +235,24 @@ def prepare(
     problems: list[str] = []
     for r_index, resource in enumerate(getattr(request, signal.resources)):
         for s_index, scope in enumerate(getattr(resource, signal.scopes)):
-            # an item is a span or log record; for metrics, a data point of a metric
+            # an item is a span or log record; for metrics, a data point of a metric, and a
+            # metric without a name refuses all its points
             groups = (
                 [
-                    (f" metric {m_index}", data_points(m), m.name)
+                    (
+                        f" metric {m_index}",
+                        data_points(m),
+                        None if m.name else "the metric has no name",
+                    )
                     for m_index, m in enumerate(scope.metrics)
                 ]
                 if metrics
-                else [("", getattr(scope, signal.items), "-")]
+                else [("", getattr(scope, signal.items), None)]
             )
-            for where, items, name in groups:
+            for where, items, every_item in groups:
                 bad = []
                 for i_index, item in enumerate(items):
-                    problem = problem_of(item) if name else "the metric has no name"
+                    problem = every_item or problem_of(item)
                     if problem is not None:
                         bad.append(i_index)
                         if len(problems) < _MAX_DESCRIBED:
@@ -261,8 +266,7 @@ def prepare(
                     del items[i_index]
                 accepted += len(items)
                 rejected += len(bad)
-        if metrics:  # a metric left without points stores nothing: drop it
-            for scope in resource.scope_metrics:
+            if metrics:  # a metric left without points stores nothing: drop it
                 for m_index in reversed(range(len(scope.metrics))):
                     if not data_points(scope.metrics[m_index]):
                         del scope.metrics[m_index]
