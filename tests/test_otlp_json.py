@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from flagscope.collector.decode import parse
 from flagscope.collector.errors import BadRequest
-from flagscope.collector.otlp import JSON, LOGS, TRACES
+from flagscope.collector.otlp import JSON, LOGS, METRICS, TRACES
 from tests.otlp_requests import ID_KEYS, hex_to_base64, map_ids, otlp_json
 
 T = FieldDescriptor
@@ -122,7 +122,7 @@ def wire(message: Message) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
-@pytest.mark.parametrize("signal", [TRACES, LOGS], ids=["traces", "logs"])
+@pytest.mark.parametrize("signal", [TRACES, LOGS, METRICS], ids=["traces", "logs", "metrics"])
 @checks
 @given(data=st.data(), proto_names=st.booleans(), enum_numbers=st.booleans())
 def test_any_request_decodes_to_the_message_it_was_printed_from(
@@ -164,7 +164,7 @@ def _replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     return doc
 
 
-@pytest.mark.parametrize("signal", [TRACES, LOGS], ids=["traces", "logs"])
+@pytest.mark.parametrize("signal", [TRACES, LOGS, METRICS], ids=["traces", "logs", "metrics"])
 @checks
 @given(data=st.data(), proto_names=st.booleans())
 def test_a_mutated_request_is_refused_exactly_when_json_format_refuses_it(
@@ -188,12 +188,14 @@ def test_a_mutated_request_is_refused_exactly_when_json_format_refuses_it(
         got, why = None, str(exc)
     if got is None and expected is not None:
         # Stricter than json_format on purpose: it reads any iterable as a message (a
-        # string's characters as unknown field names), true as the enum number 1, and an
-        # enum number beyond int32 modulo 2³² (2³² + 3 as 3), and a fraction such as 1.5 as
-        # an enum number.
+        # string's characters as unknown field names), true as the enum number 1 or as the
+        # double 1.0, an enum number beyond int32 modulo 2³² (2³² + 3 as 3), and a fraction
+        # such as 1.5 as an enum number.
         stricter = (
             "expected an object" in why
-            or (isinstance(value, bool) and "is not an integer" in why)
+            or (
+                isinstance(value, bool) and ("is not an integer" in why or "is not a number" in why)
+            )
             or (isinstance(value, float) and not value.is_integer() and "not an integer" in why)
             or (type(value) is int and value >= 2**32 and "out of range" in why)
         )
