@@ -454,7 +454,8 @@ def test_route_error_rate_difference_matches_its_oracle_on_both_paths() -> None:
 def p95_oracle(cohorts: list[list[np.ndarray]], alpha: float) -> tuple[dict[str, float], list]:
     """Deng, Knoblich & Lu 2018 §4 for each cohort (numpy quantiles, per-user counts at
     or below the estimate, delta variance, rank interval clamped to [0, 1]), then the
-    difference with SEs from the widths and the relative interval, by scipy."""
+    difference with SEs from the widths (the linear SE) and its intervals and test on the
+    log scale, by scipy."""
     ends, ranks, crit = [], [], []
     for per_user in cohorts:
         # the rank is a mean over users: Student t with users - 1 degrees of freedom
@@ -472,7 +473,22 @@ def p95_oracle(cohorts: list[list[np.ndarray]], alpha: float) -> tuple[dict[str,
     (t_q, t_lo, t_hi), (c_q, c_lo, c_hi) = ends
     var_t, var_c = ((t_hi - t_lo) / (2 * crit[0])) ** 2, ((c_hi - c_lo) / (2 * crit[1])) ** 2
     units = (len(cohorts[0]), len(cohorts[1]))
-    return normal_oracle(c_q, t_q, var_c, var_t, alpha, units), ranks
+    linear = normal_oracle(c_q, t_q, var_c, var_t, alpha, units)
+    # the combination is on the log scale: log(T/C) +/- t sqrt(sum (log(hi/lo) / 2t)^2)
+    log_t, log_c = math.log(t_hi / t_lo) / (2 * crit[0]), math.log(c_hi / c_lo) / (2 * crit[1])
+    log_se = math.hypot(log_t, log_c)
+    dist = stats.t(welch(log_t**2, units[0], log_c**2, units[1]))
+    log_ratio = math.log(t_q / c_q)
+    lo, hi = (log_ratio + s * dist.isf(alpha / 2) * log_se for s in (-1, 1))
+    geometric_mean = math.sqrt(t_q * c_q)  # T - C = sqrt(TC) (sqrt(T/C) - sqrt(C/T))
+    oracle = linear | {
+        "rel_lo": math.exp(lo) - 1,
+        "rel_hi": math.exp(hi) - 1,
+        "diff_lo": geometric_mean * (math.exp(lo / 2) - math.exp(-lo / 2)),
+        "diff_hi": geometric_mean * (math.exp(hi / 2) - math.exp(-hi / 2)),
+        "p_value": 2 * dist.sf(abs(log_ratio) / log_se),
+    }
+    return oracle, ranks
 
 
 def library_p95(cohorts: list[list[np.ndarray]], alpha: float) -> Estimate:

@@ -249,13 +249,30 @@ def test_quantile_interval_matches_independent_numpy_implementation(p: float) ->
 
 
 def test_quantile_difference_recovers_se_from_widths_and_matches_scipy() -> None:
+    # treatment 130 in (120, 142), control 100 in (94, 108), at a normal critical value
     est = quantile_difference(0.95, 130.0, 120.0, 142.0, 100.0, 94.0, 108.0, 0.05)
     z = stats.norm.isf(0.025)
-    se = math.hypot(22.0 / (2 * z), 14.0 / (2 * z))
-    assert est.se == pytest.approx(se, rel=1e-12)
-    assert est.p_value == pytest.approx(2 * stats.norm.sf(30.0 / se), rel=1e-9)
-    assert (est.diff_lo, est.diff_hi) == pytest.approx((30 - z * se, 30 + z * se))
-    assert est.rel == pytest.approx(0.3)
+    assert est.se == pytest.approx(math.hypot(22.0 / (2 * z), 14.0 / (2 * z)), rel=1e-12)
+    # the interval and the test are on the log scale
+    log_se = math.hypot(math.log(142 / 120) / (2 * z), math.log(108 / 94) / (2 * z))
+    rel_lo, rel_hi = 1.3 * math.exp(-z * log_se) - 1, 1.3 * math.exp(z * log_se) - 1
+    assert (est.rel, est.rel_lo, est.rel_hi) == pytest.approx((0.3, rel_lo, rel_hi), rel=1e-12)
+    g = math.sqrt(130 * 100)  # T - C = g (sqrt(T/C) - sqrt(C/T)), at each end of log(T/C)
+    ends = [
+        g
+        * (math.exp(s * z * log_se / 2) * 1.3**0.5 - 1 / (math.exp(s * z * log_se / 2) * 1.3**0.5))
+        for s in (-1, 1)
+    ]
+    assert (est.diff_lo, est.diff_hi) == pytest.approx(tuple(ends), rel=1e-12)
+    assert est.p_value == pytest.approx(2 * stats.norm.sf(math.log(1.3) / log_se), rel=1e-9)
+
+
+def test_quantile_difference_with_an_end_at_zero_is_linear() -> None:
+    est = quantile_difference(0.95, 30.0, 0.0, 42.0, 10.0, 4.0, 18.0, 0.05)
+    z = stats.norm.isf(0.025)
+    se = math.hypot(42.0 / (2 * z), 14.0 / (2 * z))
+    assert (est.diff_lo, est.diff_hi) == pytest.approx((20 - z * se, 20 + z * se))
+    assert est.p_value == pytest.approx(2 * stats.norm.sf(20.0 / se), rel=1e-9)
 
 
 # --- SRM, incomplete gamma, BH -------------------------------------------------------------

@@ -19,21 +19,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flagscope.analysis.stats.estimate import (
     Estimate,
     Method,
     Status,
+    checked,
     critical_value,
     degenerate,
     normal_estimate,
     pooled_floor,
+    two_sided_p,
     valid_alpha,
     welch_df,
     z_value,
 )
 from flagscope.analysis.stats.ratio import RatioStats
+from flagscope.analysis.stats.special import student_t_two_sided_p
 
 
 @dataclass(frozen=True)
@@ -143,14 +146,23 @@ def quantile_difference(
 ) -> Estimate:
     """Treatment minus control p-quantile from each cohort's outer interval.
 
-    Each cohort's standard error is recovered from its interval width,
-    SE ~= (hi - lo) / (2 t) with the rank interval's own critical value (Deng, Knoblich & Lu 2018, §4: the quantile interval is
-    asymptotically symmetric, so its width gives the SE needed to combine cohorts).
-    Then diff +/- z sqrt(SE_t^2 + SE_c^2), a z-test p-value, and the relative interval
-    by the delta method for a ratio of independent estimates. The outer interval may
-    be asymmetric in small samples; this symmetric approximation is the price of
-    combining cohorts. ``alpha`` must be the one used for :func:`quantile_rank_interval`.
-    Pass the user counts to get TOO_FEW_USERS for cohorts below 2 users.
+    Each cohort's standard error is read off its interval's width (Deng, Knoblich & Lu
+    2018, §4: the quantile interval is asymptotically symmetric, so its width gives the
+    SE needed to combine cohorts), with the rank interval's own critical value t. The
+    cohorts are combined on the log scale: log(T / C) +/- t_df SE, with SE^2 the sum of
+    the cohorts' (log(hi / lo) / (2 t))^2 and Welch's df; the relative interval is its
+    exp - 1 and the absolute one 2 sqrt(T C) sinh(end / 2) (T - C at the geometric mean
+    of the two, mirrored when the cohorts are swapped), so both, and the p-value of
+    log(T / C) / SE, agree on whether 0 is excluded. Why the log scale: latencies are
+    right-skewed and a quantile's interval reaches further up than down; combined
+    linearly, a small cohort's upper side was too short, and a 20/80 A/A p95 interval said
+    "treatment faster" in 3.2 % of draws and "slower" in 1.1 % (nominal 2.5 % each); on
+    the log scale 2.5 % and 2.1 % (tests/test_unbalanced_cohorts.py). With an end at or
+    below 0 (a log would not exist) the combination is linear: diff +/- t sqrt(SE_T^2 +
+    SE_C^2) and the delta method for the ratio (:func:`relative_variance`). ``se`` is
+    the linear one either way (what GrowthBook's quantile SE is compared with). ``alpha``
+    must be the one used for :func:`quantile_rank_interval`. Pass the user counts to get
+    TOO_FEW_USERS for cohorts below 2 users, and Student t critical values.
     """
     if not valid_alpha(alpha):
         return degenerate(Status.INVALID_INPUT, 0.05, Method.QUANTILE)
@@ -161,15 +173,48 @@ def quantile_difference(
     if any(u is not None and u < 2 for u in (users_t, users_c)):
         status = Status.NO_DATA if 0 in (users_t, users_c) else Status.TOO_FEW_USERS
         return degenerate(status, alpha, Method.QUANTILE, c_est, t_est)
-    df = None
     if users_t is None or users_c is None:
         z_t = z_c = z_value(alpha)
     else:
         z_t, z_c = rank_critical_value(alpha, users_t), rank_critical_value(alpha, users_c)
     se_t, se_c = (t_hi - t_lo) / (2.0 * z_t), (c_hi - c_lo) / (2.0 * z_c)
-    if users_t is not None and users_c is not None:
-        df = welch_df(se_t**2, users_t, se_c**2, users_c)
-    return normal_estimate(c_est, t_est, se_c**2, se_t**2, alpha, Method.QUANTILE, df)
+    df = _df(se_t**2, users_t, se_c**2, users_c)
+    linear = normal_estimate(c_est, t_est, se_c**2, se_t**2, alpha, Method.QUANTILE, df)
+    if not (linear.has_interval and min(t_lo, c_lo) > 0.0):
+        return linear
+    log_t, log_c = math.log(t_hi / t_lo) / (2.0 * z_t), math.log(c_hi / c_lo) / (2.0 * z_c)
+    return _on_log_scale(linear, log_t, log_c, _df(log_t**2, users_t, log_c**2, users_c))
+
+
+def _df(var_t: float, users_t: int | None, var_c: float, users_c: int | None) -> float | None:
+    if users_t is None or users_c is None:
+        return None
+    return welch_df(var_t, users_t, var_c, users_c)
+
+
+def _on_log_scale(linear: Estimate, log_se_t: float, log_se_c: float, df: float | None) -> Estimate:
+    """``linear`` with its intervals, p-value and df from log(T / C) +/- t_df SE."""
+    se = math.hypot(log_se_t, log_se_c)
+    if se == 0.0:
+        return linear
+    t, c = linear.treatment, linear.control
+    log_ratio, crit = math.log(t / c), critical_value(linear.alpha, df)
+    lo, hi = log_ratio - crit * se, log_ratio + crit * se
+    # T - C = 2 sqrt(T C) sinh(log(T / C) / 2): the absolute ends at the cohorts' geometric
+    # mean, so that swapping the cohorts mirrors them exactly
+    scale = 2.0 * math.sqrt(t * c)
+    z = log_ratio / se
+    return checked(
+        replace(
+            linear,
+            diff_lo=scale * math.sinh(lo / 2.0),
+            diff_hi=scale * math.sinh(hi / 2.0),
+            rel_lo=math.expm1(lo),
+            rel_hi=math.expm1(hi),
+            p_value=two_sided_p(z) if df is None else student_t_two_sided_p(z, df),
+            df=df,
+        )
+    )
 
 
 def _below_counts(values_by_user: list[list[float]], q: float) -> RatioStats:
