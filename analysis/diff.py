@@ -281,7 +281,11 @@ def _stretch(options: DiffOptions, users: int) -> Callable[[Estimate], float]:
     if not options.sequential:
         return lambda _: 1.0
     return lambda e: sequential_stretch(
-        users, options.alpha, options.expected_users, critical_value(e.alpha, e.df)
+        users,
+        options.alpha,
+        options.expected_users,
+        critical_value(e.alpha, e.df),
+        options.one_sided,
     )
 
 
@@ -291,7 +295,9 @@ def _final(estimates: dict[str, Estimate], users: int, options: DiffOptions) -> 
     if not options.sequential:
         return estimates
     return {
-        m: sequential_estimate(e, users, options.alpha, options.expected_users)
+        m: sequential_estimate(
+            e, users, options.alpha, options.expected_users, one_sided=options.one_sided
+        )
         for m, e in estimates.items()
     }
 

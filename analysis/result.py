@@ -57,6 +57,11 @@ class DiffOptions:
     test_mode: TrafficFilter = TrafficFilter.EXCLUDE
     alpha: float = DEFAULT_ALPHA
     sequential: bool = False
+    # Sequential mode: each end of every interval an always-valid one-sided bound at
+    # alpha / 2, from the one-sided mixture (stats.sequential), for the guard: only
+    # "worse?" matters, so it asks for alpha = 2 x its one-sided level. (At a fixed
+    # horizon each end of a 1 - alpha interval already is one.)
+    one_sided: bool = False
     # Users (both cohorts) the sequential intervals are tightest at: the sample size the
     # rollout is expected to reach (stats.sequential).
     expected_users: int = DEFAULT_EXPECTED_USERS
@@ -278,6 +283,7 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
         "settings": {
             "alpha": o.alpha,
             "sequential": o.sequential,
+            "one_sided": o.one_sided,
             "expected_users": o.expected_users,
             "cuped_lookback_s": None if o.pre_exposure is None else o.pre_exposure.total_seconds(),
             "error_rate_threshold_pp": o.thresholds.error_rate_pp,
