@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flagscope.analysis.guard import command as guard_command
 from flagscope.analysis.render.text import printable
 from flagscope.collector import config
 from flagscope.collector.errors import ConfigError, FlagscopeError
@@ -191,6 +192,7 @@ def _add_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     _common(schedule)
     schedule.add_argument("--once", action="store_true", help="run every report now and exit")
+    guard_command.add_parser(commands, _common)
 
 
 def _split(text: str | None) -> dict[str, float] | None:
@@ -468,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
         if args.command == "schedule":
             return _schedule(args)
+        if args.command == "guard":
+            settings = _settings(args, ("data_dir", "lake_dir"))
+            return guard_command.run(args, _lake(args), Path(settings.data_dir), _split)
         if args.command == "requeue":
             return _requeue(args)
         if args.command == "query":

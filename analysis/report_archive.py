@@ -192,7 +192,12 @@ def previous_verdict(out_dir: Path, flag: str) -> Verdict | None:
 
 def read_history(out_dir: Path, flag: str) -> list[dict[str, Any]]:
     """The flag's history, oldest first; a torn or corrupt line is skipped."""
-    path = Path(out_dir) / flag_dir_name(flag) / "history.jsonl"
+    return read_jsonl(Path(out_dir) / flag_dir_name(flag) / "history.jsonl")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a file of lines, oldest first (none if it does not exist); a
+    torn or corrupt line is skipped."""
     try:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:

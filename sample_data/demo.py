@@ -10,6 +10,7 @@ nothing is left running.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -110,12 +111,40 @@ def main() -> int:
     )
     html = (DATA_DIR / "reports" / "new-checkout" / "latest.html").resolve()
     print(f"\n   open the HTML report: {html.as_uri()}")
+    flags = write_flagd_definitions(DATA_DIR / "flags.flagd.json")
+    print(
+        f"\n8. flagscope guard --once --dry-run: what a guard would do with {flags}\n", flush=True
+    )
+    subprocess.run(
+        flagscope(
+            "guard", *lake, "--flag", "new-checkout", "--flagd", str(flags), "--once", "--dry-run"
+        ),
+        check=False,
+    )
     print(
         f"\nNext: export FLAGSCOPE_DATA_DIR={DATA_DIR}, and README's commands read this lake, e.g."
     )
     print('  .venv/bin/flagscope query "SELECT * FROM events LIMIT 5"')
     print(f"demo finished in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def write_flagd_definitions(path: Path) -> Path:
+    """The shop's rollout as OpenFeature flagd flag definitions: new-checkout on for 20 %
+    of users (the shop itself evaluates with an in-memory provider of the same split)."""
+    definitions = {
+        "$schema": "https://flagd.dev/schema/v0/flags.json",
+        "flags": {
+            "new-checkout": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {"fractional": [["on", 20], ["off", 80]]},
+            }
+        },
+    }
+    path.write_text(json.dumps(definitions, indent=2) + "\n")
+    return path
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ LONG_RUNNING = (
     re.compile(r"^make "),
     re.compile(r"^\.venv/bin/flagscope serve(?! --help-config)"),
     re.compile(r"^\.venv/bin/flagscope schedule(?! --once)"),
+    re.compile(r"^\.venv/bin/flagscope guard(?!.* --once)"),
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.socket]
@@ -96,7 +97,7 @@ def test_each_readme_command_runs_verbatim_after_the_demo(
     if command.startswith("duckdb ") and shutil.which("duckdb") is None:
         pytest.skip("the DuckDB CLI is not installed here (the README says: if installed)")
     done = run_in(here, env, ["bash", "-c", command])
-    verdicts = re.match(r"\.venv/bin/flagscope (diff|report)\b", command)
+    verdicts = re.match(r"\.venv/bin/flagscope (diff|report|guard)\b", command)
     allowed = VERDICT_CODES if verdicts else {0}
     assert done.returncode in allowed, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
