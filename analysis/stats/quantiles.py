@@ -204,13 +204,15 @@ def _on_log_scale(linear: Estimate, log_se_t: float, log_se_c: float, df: float 
     # mean, so that swapping the cohorts mirrors them exactly
     scale = 2.0 * math.sqrt(t * c)
     z = log_ratio / se
+    # a baseline too close to 0 for a ratio (ZERO_BASELINE) keeps its empty relative fields
+    ratio_ok = linear.status is Status.OK
     return checked(
         replace(
             linear,
             diff_lo=scale * math.sinh(lo / 2.0),
             diff_hi=scale * math.sinh(hi / 2.0),
-            rel_lo=math.expm1(lo),
-            rel_hi=math.expm1(hi),
+            rel_lo=math.expm1(lo) if ratio_ok else linear.rel_lo,
+            rel_hi=math.expm1(hi) if ratio_ok else linear.rel_hi,
             p_value=two_sided_p(z) if df is None else student_t_two_sided_p(z, df),
             df=df,
         )
