@@ -5,10 +5,9 @@ and the rollback that gives everyone the baseline variant.
 The rollback rewrites only the guarded flag's object in the file — its `defaultVariant`
 becomes the baseline and its `targeting` is dropped (flagd serves `defaultVariant` when a
 flag has no targeting) — and leaves every other byte of the file as it was, so other
-flags, `$evaluators`, metadata, comments in neighbouring tools' diffs and the file's own
-formatting are untouched. The new file is written beside the old one and renamed over it
-(atomic: a provider polling the file sees the old or the new, never half), keeping its
-permissions.
+flags, `$evaluators`, metadata and the file's own formatting are untouched. The new file
+is written beside the old one and renamed over it (atomic: a provider polling the file
+sees the old or the new, never half), keeping its permissions.
 """
 
 from __future__ import annotations

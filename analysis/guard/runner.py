@@ -191,7 +191,7 @@ class Guard:
             if spec.dry_run:
                 actions.append(f"would notify {webhook.redact(spec.webhook_url)}")
             else:
-                sent = self.notify(spec.webhook_url, self.message(spec, result, actions))
+                sent = self.notify(spec.webhook_url, self.message(result, actions))
                 record["webhook"] = "sent" if sent else "failed"
                 actions.append(f"webhook {record['webhook']}")
         if spec.command:
@@ -206,7 +206,7 @@ class Guard:
         return tuple(actions)
 
     @staticmethod
-    def message(spec: GuardSpec, result: DiffResult, actions: Sequence[str]) -> dict[str, Any]:
+    def message(result: DiffResult, actions: Sequence[str]) -> dict[str, Any]:
         done = "; ".join(actions) or "no rollback configured"
         return {
             "text": f"flagscope guard: {webhook.escape(result.summary)} — {webhook.escape(done)}"
