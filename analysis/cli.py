@@ -274,19 +274,21 @@ def _declared_reports_only(args: argparse.Namespace, parser: argparse.ArgumentPa
 
 
 def _run_declared(scheduler: Scheduler) -> int:
-    """Every declared report once: one line each, exit 2 if any failed, else the most
-    severe verdict's code (as `report --flag` would exit)."""
-    from flagscope.analysis.verdict import EXIT_CODES
+    """Every declared report once: one line each (and what became of its notification),
+    then the most alarming code: the worst verdict's, 2 for a failed run (verdict table)."""
+    from flagscope.analysis.verdict import EXIT_CODES, FAILED_EXIT_CODE, worst_exit_code
 
     outcomes = scheduler.run_once()
     for outcome in outcomes:
         where = outcome.files.main_file() if outcome.files else outcome.error
         verdict = outcome.verdict.value if outcome.verdict else "FAILED"
-        print(printable(f"{outcome.flag}: {verdict} — {where}"))
+        said = {None: "", True: " [notified]", False: " [notification failed; retried later]"}
+        print(printable(f"{outcome.flag}: {verdict} — {where}{said[outcome.notified]}"))
     if not outcomes:
         print("no reports declared: add [[reports.flag]] to flagscope.toml", file=sys.stderr)
-    codes = [EXIT_CODES[o.files.verdict] for o in outcomes if o.files]
-    return 2 if any(o.error for o in outcomes) else max(codes, default=0)
+    return worst_exit_code(
+        [EXIT_CODES[o.verdict] if o.verdict else FAILED_EXIT_CODE for o in outcomes]
+    )
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -80,6 +80,7 @@ class CohortQuery:
 # Evaluations may precede the entry span's start a little (clock skew between services)
 # and follow it by up to the request's duration: look a little beyond the window.
 _SLACK = "INTERVAL 1 HOUR"
+SLACK = timedelta(hours=1)  # the same, for the window's lower edge computed in Python
 
 # Arms: the compared variants coded as small integers, so the per-trace and per-user
 # bookkeeping over millions of rows moves bytes, not strings.
@@ -107,7 +108,7 @@ _EVALS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_evals AS
 SELECT trace_key, {_user_hash("user_id")} AS user_hash, time, flags[$flag] AS variant
 FROM events_raw
-WHERE time >= $start - {_SLACK} AND time < $end + {_SLACK}
+WHERE time >= $lower AND time < $end + {_SLACK}
   AND trace_key IS NOT NULL AND map_contains(flags, $flag) AND flags[$flag] IS NOT NULL
 """
 
@@ -277,9 +278,17 @@ class Evaluations:
 
     @classmethod
     def collect(
-        cls, con: duckdb.DuckDBPyConnection, flag: str, start: datetime, end: datetime
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        flag: str,
+        start: datetime,
+        end: datetime,
+        not_before: datetime | None = None,
     ) -> Evaluations:
-        con.execute(_EVALS_SQL, {"flag": flag, "start": start, "end": end})
+        """`not_before`: no evaluation before it is read, not even within the slack (a ramp
+        stage's start: a user the ramp moved to the treatment is no crossover of it)."""
+        lower = start - SLACK if not_before is None else max(start - SLACK, not_before)
+        con.execute(_EVALS_SQL, {"flag": flag, "lower": lower, "end": end})
         rows = con.execute(
             "SELECT variant, count(DISTINCT coalesce(user_hash, hash(trace_key))) FROM fs_evals "
             "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",

@@ -382,7 +382,9 @@ def _run(
     con: duckdb.DuckDBPyConnection, options: DiffOptions
 ) -> tuple[LabelledRequests | None, DiffResult]:
     """The labelled requests (for the charts; None without evaluations) and the result."""
-    evaluations = Evaluations.collect(con, options.flag, options.start, options.end)
+    evaluations = Evaluations.collect(
+        con, options.flag, options.start, options.end, options.evaluations_from
+    )
     available = evaluations.variants
     if not available:
         flags = known_flags(con)

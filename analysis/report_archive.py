@@ -5,7 +5,8 @@ gets a sanitized name plus a short hash):
 
     <flag>/20261128T0900Z.html    one file per run and format (html, md, json)
     <flag>/latest.html            the newest of each format, at a stable address
-    <flag>/history.jsonl          one line per run: time, verdict, summary, files
+    <flag>/history.jsonl          one line per run: time, verdict, summary, files; and one
+                                  per notification attempt: time, notification, problem
     <flag>/state.json             the last verdict, to detect a change
 
 Every file is written under a temporary name, fsynced and renamed into place
@@ -172,6 +173,19 @@ def record_failure(out_dir: Path, flag: str, now: datetime, error: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     history = directory / "history.jsonl"
     append_line(history, {"time": iso_z(now), "flag": flag, "verdict": None, "error": error})
+    return history
+
+
+def record_notification(
+    out_dir: Path, flag: str, now: datetime, state: str, problem: str | None = None
+) -> Path:
+    """Append a notification attempt (`sent`, `failed` — retried later — or `expired`) to
+    the flag's history; it has no `verdict` key, so it is not taken for a run."""
+    directory = Path(out_dir) / flag_dir_name(flag)
+    directory.mkdir(parents=True, exist_ok=True)
+    history = directory / "history.jsonl"
+    record = {"time": iso_z(now), "flag": flag, "notification": state, "problem": problem}
+    append_line(history, record)
     return history
 
 

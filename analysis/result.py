@@ -70,11 +70,15 @@ class DiffOptions:
     # CUPED: regress the adjusted metrics on each user's requests this long before their
     # first exposure (analysis.adjustment); None: no regression adjustment.
     pre_exposure: timedelta | None = None
+    # No evaluation before this is read (not even the hour of slack before `start`): the
+    # start of a ramp stage, so the users the ramp moved over are not crossovers of it.
+    evaluations_from: datetime | None = None
 
     def __post_init__(self) -> None:
         # The lake's timestamps are naive UTC; an aware time is converted, not refused.
-        for name in ("start", "end"):
-            object.__setattr__(self, name, naive_utc(getattr(self, name)))
+        for name in ("start", "end", "evaluations_from"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, naive_utc(getattr(self, name)))
         check_alpha(self.alpha)
         if self.pre_exposure is not None and self.pre_exposure <= timedelta(0):
             raise AnalysisError("--cuped look-back must be longer than zero, e.g. --cuped 14d")
@@ -290,6 +294,7 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
             "latency_threshold_pct": o.thresholds.latency_pct,
             "min_users": o.thresholds.min_users,
             "expected_split": o.expected_split,
+            "evaluations_from": None if o.evaluations_from is None else iso_z(o.evaluations_from),
         },
         "cohorts": {"treatment": _cohort_dict(r.treatment), "baseline": _cohort_dict(r.baseline)},
         "metrics": [_metric_dict(m) for m in r.metrics],

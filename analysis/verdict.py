@@ -45,6 +45,18 @@ EXIT_CODES = {
 }
 
 
+FAILED_EXIT_CODE = 2  # the run itself failed (also argparse's usage error)
+# From the least to the most alarming: a failed run outranks "nothing to see" verdicts, but
+# not a broken comparison or a regression someone must act on.
+_SEVERITY = (0, 10, 11, 12, FAILED_EXIT_CODE, 13, 14)
+
+
+def worst_exit_code(codes: Sequence[int]) -> int:
+    """The exit code of several runs (`schedule --once`, `guard --once`): the most
+    alarming one (README's verdict table; 2, a failed run, between NO_DATA and UNHEALTHY)."""
+    return max(codes, key=_SEVERITY.index, default=0)
+
+
 DEFAULT_ALPHA = 0.05  # 1 - confidence level
 
 

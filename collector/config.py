@@ -205,7 +205,7 @@ def _from_toml(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for section, body in doc.items():
         if section not in SECTIONS:
-            if section in ("report", "reports", "analysis"):
+            if section in ("report", "reports", "analysis", "guard"):
                 continue  # read by the analysis side
             raise ConfigError(f"{path}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
         for key, value in body.items():

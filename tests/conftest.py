@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import RunningCollector, make_settings
+from tests.webhook_receiver import Hook
 
 _REPO_EXAMPLES = Path(__file__).resolve().parent / "data" / "otlp-examples"
 
@@ -14,6 +15,13 @@ _REPO_EXAMPLES = Path(__file__).resolve().parent / "data" / "otlp-examples"
 def otlp_examples() -> Path:
     """The OTLP spec's example payloads (a copy lives in tests/data for a lone checkout)."""
     return _REPO_EXAMPLES
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    """A webhook receiver on loopback that records POSTs and answers from `hook.script`."""
+    with Hook() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -204,7 +204,7 @@ def test_a_regression_rolls_back_notifies_runs_the_hook_and_is_audited(
     lake = _lake(tmp_path, bad=True)
     hook_out = tmp_path / "hook.json"
     spec = _spec(definitions, webhook_url=url, command=f"cat > {hook_out}")
-    guard = Guard(lake, [spec], tmp_path / "audit.jsonl")
+    guard = Guard(lake, [spec], tmp_path)
     outcome = guard.look(spec, DAY1 + timedelta(hours=6))
     assert outcome.verdict is Verdict.REGRESSION, outcome.summary
     assert outcome.exit_code == 14
@@ -212,24 +212,28 @@ def test_a_regression_rolls_back_notifies_runs_the_hook_and_is_audited(
     assert bodies and "checkout-v2" in bodies[0]["text"] and "rolled back" in bodies[0]["text"]
     hooked = json.loads(hook_out.read_text())
     assert hooked["verdict"] == "REGRESSION" and hooked["result"]["settings"]["one_sided"]
-    (record,) = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    record, delivery = [
+        json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()
+    ]
     assert record["flag"] == FLAG and record["action"] == "rolled_back"
+    assert delivery["notification"] == "sent" and delivery["notification_id"] == record["notification"]
+    assert outcome.notified is True
     assert record["change"]["after"] == json.dumps(
         {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"},
         separators=(", ", ": "),
     )
-    assert record["webhook"] == "sent" and record["command"]["exit_code"] == 0
+    assert record["command"]["exit_code"] == 0
     assert record["result"]["settings"]["expected_split"] == {"on": 0.2, "off": 0.8}
     # the next look does not act again
     later = guard.look(spec, DAY1 + timedelta(hours=7))
     assert later.actions == () and "rolled back at" in later.summary
-    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 1 and len(bodies) == 1
+    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 2 and len(bodies) == 1
 
 
 def test_a_harmless_flag_changes_nothing(tmp_path: Path, definitions: Path, receiver) -> None:
     url, bodies = receiver
     spec = _spec(definitions, webhook_url=url)
-    guard = Guard(_lake(tmp_path, bad=False), [spec], tmp_path / "audit.jsonl")
+    guard = Guard(_lake(tmp_path, bad=False), [spec], tmp_path)
     outcome = guard.look(spec, DAY1 + timedelta(hours=6))
     assert outcome.verdict is not Verdict.REGRESSION and outcome.actions == ()
     assert definitions.read_text() == DEFINITIONS
@@ -239,7 +243,7 @@ def test_a_harmless_flag_changes_nothing(tmp_path: Path, definitions: Path, rece
 def test_a_dry_run_says_what_it_would_do(tmp_path: Path, definitions: Path, receiver) -> None:
     url, bodies = receiver
     spec = _spec(definitions, webhook_url=url, command="exit 3", dry_run=True)
-    guard = Guard(_lake(tmp_path, bad=True), [spec], tmp_path / "audit.jsonl")
+    guard = Guard(_lake(tmp_path, bad=True), [spec], tmp_path)
     outcome = guard.look(spec, DAY1 + timedelta(hours=6))
     assert outcome.verdict is Verdict.REGRESSION
     assert [a.split()[0:2] for a in outcome.actions] == [
@@ -258,7 +262,7 @@ def test_guard_once_from_the_command_line(tmp_path: Path, definitions: Path) -> 
     done = subprocess.run(
         [sys.executable, "-m", "flagscope", "guard", "--lake", str(lake), "--flag", FLAG,
          "--flagd", str(definitions), "--once", "--rollout-start", DAY1.isoformat(),
-         "--audit-log", str(audit)],
+         "--audit-log", str(audit), "--state-dir", str(tmp_path / "state")],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 14, done.stderr

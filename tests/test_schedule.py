@@ -10,9 +10,7 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Self
 
 import pytest
 
@@ -247,61 +245,6 @@ def test_notification_rule():
     assert not should_notify(Verdict.REGRESSION, Verdict.REGRESSION)
 
 
-# -- a webhook receiver on loopback ------------------------------------------------------------
-class Hook:
-    """An HTTP server on 127.0.0.1:0 that records POSTs and answers from a script:
-    each entry (status, headers, delay seconds) serves one request, then 200."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.script: list[tuple[int, dict[str, str], float]] = []
-        self.release = threading.Event()  # ends a hanging answer at teardown
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                hook.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
-                )
-                status, headers, delay = hook.script.pop(0) if hook.script else (200, {}, 0.0)
-                if delay and hook.release.wait(delay):
-                    return
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/secret"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def hook():
-    with Hook() as running:
-        yield running
-
-
 PAYLOAD = {"text": "checkout-v2 on vs off: … — REGRESSION — reports/checkout-v2/x.html"}
 
 
@@ -460,6 +403,56 @@ def test_webhook_is_posted_on_a_verdict_change_and_not_otherwise(lake, tmp_path,
     again = scheduler.run_once("checkout-v2", SIX + timedelta(days=1, minutes=30))
     assert again[0].verdict is Verdict.REGRESSION and again[0].notified is None
     assert len(hook.requests) == 1  # same verdict: no second message
+
+
+def test_a_failed_webhook_is_recorded_and_sent_at_the_next_check(lake, tmp_path, hook):
+    config = config_for(tmp_path, hook.url)
+    config = type(config)(**{**config.__dict__, "webhook_retries": 0})
+    scheduler = Scheduler(config, lake, clock=Clock(SIX))
+    scheduler.run_due(SIX)
+    hook.script = [(503, {}, 0.0)]  # down for the regression's message, then back
+    day2 = scheduler.run_due(SIX + timedelta(days=1))
+    assert (day2[0].flag, day2[0].verdict, day2[0].notified) == (
+        "checkout-v2",
+        Verdict.REGRESSION,
+        False,
+    )
+    assert read_history(tmp_path, "checkout-v2")[-1]["notification"] == "failed"
+    assert scheduler.run_due(SIX + timedelta(days=1, minutes=1)) == []  # nothing due, but…
+    assert len(hook.requests) == 2 and hook.requests[0]["json"] == hook.requests[1]["json"]
+    assert "REGRESSION" in hook.requests[1]["json"]["text"]
+    assert [h.get("notification") for h in read_history(tmp_path, "checkout-v2")][-2:] == [
+        "failed",
+        "sent",
+    ]
+    assert (tmp_path / ".notifications.jsonl").read_bytes() == b""  # nothing left pending
+    scheduler.run_due(SIX + timedelta(days=1, minutes=2))
+    assert len(hook.requests) == 2  # delivered once, not again
+
+
+def test_a_report_that_keeps_failing_alerts_once_and_says_when_it_works_again(
+    lake, tmp_path, hook, monkeypatch
+):
+    from flagscope.analysis.schedule import runner
+
+    real = runner.run_diff
+
+    def broken(*args, **kwargs):
+        raise AnalysisError("the lake is on a disk that went away")
+
+    config = config_for(tmp_path, hook.url, {"flag": "search-v2"})
+    scheduler = Scheduler(config, lake, clock=Clock(SIX))
+    assert scheduler.run_once(now=SIX)[0].verdict is Verdict.PASS
+    monkeypatch.setattr(runner, "run_diff", broken)
+    failed = [scheduler.run_once(now=SIX + timedelta(minutes=m))[0] for m in (1, 2, 3)]
+    assert [o.notified for o in failed] == [True, None, None]
+    (alert,) = hook.requests
+    assert "is failing: the lake is on a disk that went away" in alert["json"]["text"]
+    monkeypatch.setattr(runner, "run_diff", real)
+    back = scheduler.run_once(now=SIX + timedelta(minutes=4))[0]
+    assert back.verdict is Verdict.PASS and back.notified is True
+    assert "works again" in hook.requests[-1]["json"]["text"] and len(hook.requests) == 2
+    assert scheduler.run_once(now=SIX + timedelta(minutes=5))[0].notified is None
 
 
 def test_a_first_run_notifies_only_bad_news(lake, tmp_path, hook):

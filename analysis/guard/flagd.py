@@ -1,13 +1,16 @@
 """OpenFeature flagd flag definitions (the JSON that flagd and the OpenFeature flagd
 providers read, https://flagd.dev/reference/flag-definitions/): a flag's intended split,
-and the rollback that gives everyone the baseline variant.
+the rollback that gives everyone the baseline variant, and the next stage of a ramp.
 
 The rollback rewrites only the guarded flag's object in the file — its `defaultVariant`
 becomes the baseline and its `targeting` is dropped (flagd serves `defaultVariant` when a
 flag has no targeting) — and leaves every other byte of the file as it was, so other
 flags, `$evaluators`, metadata and the file's own formatting are untouched. The new file
 is written beside the old one and renamed over it (atomic: a provider polling the file
-sees the old or the new, never half), keeping its permissions.
+sees the old or the new, never half), keeping its permissions. Advancing a ramp
+(`set_share`) rewrites only the weights of the flag's `fractional` rule: flagd buckets a
+user by a hash into [0, total weight), so raising the treatment's weight keeps everyone
+who had it and moves only new users over.
 """
 
 from __future__ import annotations
@@ -105,14 +108,66 @@ def roll_back(path: Path, flag: str, baseline: str, dry_run: bool = False) -> Ro
         return result
     rewritten = text[:start] + new + text[end:]
     _check(path, rewritten, flag, baseline)
+    _replace(path, rewritten)
+    return result
+
+
+def set_share(
+    path: Path, flag: str, variant: str, baseline: str, percent: float, dry_run: bool = False
+) -> Rollback:
+    """Give `variant` `percent` % of users and `baseline` the rest, in the weights of the
+    flag's lone fractional rule (the form `expected_split` reads); other buckets must be
+    absent. Returns what changed (the flag's object before and after)."""
+    text = _read(path)
+    flags = _flags(path, _parse(path, text))
+    if flag not in flags:
+        raise AnalysisError(f"{path}: no flag {flag!r} (it has {_names(flags)})")
+    definition = _definition(path, flag, flags[flag])
+    split = expected_split(definition)
+    if split is None or set(split) - {variant, baseline}:
+        raise AnalysisError(
+            f"{path}: flag {flag!r} has no fractional rule between {variant!r} and "
+            f"{baseline!r} alone to advance, e.g. "
+            '"targeting": {"fractional": [["on", 5], ["off", 95]]}'
+        )
+    scale = 10 ** _decimals(percent)  # flagd weights are integers
+    weights = {variant: round(percent * scale), baseline: round((100 - percent) * scale)}
+    rule = definition.targeting["fractional"]
+    buckets = [b for b in rule if isinstance(b, list)]
+    order = [b[0] for b in buckets] + [v for v in (variant, baseline) if v not in split]
+    updated = dict(flags[flag])
+    updated["targeting"] = {
+        "fractional": [b for b in rule if not isinstance(b, list)]
+        + [[name, weights[name]] for name in order]
+    }
+    start, end = _value_span(text, ("flags", flag))
+    old, new = text[start:end], json.dumps(updated, ensure_ascii=False, separators=(", ", ": "))
+    change = Rollback(path, flag, old, new)
+    if dry_run or not change.changed:
+        return change
+    rewritten = text[:start] + new + text[end:]
+    shares = expected_split(_definition(path, flag, _flags(path, _parse(path, rewritten))[flag]))
+    if shares is None or abs(shares.get(variant, 0.0) * 100 - percent) > 1e-9:
+        raise AnalysisError(f"{path}: the new split of {flag!r} did not take; file left as it was")
+    _replace(path, rewritten)
+    return change
+
+
+def _decimals(percent: float) -> int:
+    for places in range(4):
+        if abs(percent * 10**places - round(percent * 10**places)) < 1e-9:
+            return places
+    return 4
+
+
+def _replace(path: Path, text: str) -> None:
     mode = os.stat(path).st_mode & 0o7777
 
     def write(handle: Any) -> None:
         os.fchmod(handle.fileno(), mode)
-        handle.write(rewritten.encode())
+        handle.write(text.encode())
 
     durable.write_atomically(path, write)
-    return result
 
 
 # -- reading -------------------------------------------------------------------------------

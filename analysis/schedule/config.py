@@ -60,6 +60,8 @@ _EXAMPLES = {
     "float": "0.5",
     "int": "50",
     "tables": '[[reports.flag]] tables with flag = "…"',
+    "bool": "true",
+    "numbers": "[1, 5, 25, 50, 100]",
 }
 
 
@@ -160,7 +162,7 @@ def parse_config(
     where = f"{source} [reports]"
     if not isinstance(body, Mapping):
         raise AnalysisError(f"{source}: reports must be a table: write [reports]")
-    _known(body, {**GLOBAL_KEYS, **FLAG_KEYS}, where)
+    check_known(body, {**GLOBAL_KEYS, **FLAG_KEYS}, where)
     if "flag" in body and not isinstance(body["flag"], list):
         raise AnalysisError(
             f"{where}: flag must be [[reports.flag]] tables, one per flag, "
@@ -176,7 +178,7 @@ def parse_config(
         if not isinstance(table, Mapping):
             raise AnalysisError(f"{where}: flag entry #{i + 1} must be a [[reports.flag]] table")
         label = f"{source} [[reports.flag]] #{i + 1}"
-        _known(table, FLAG_KEYS, label)
+        check_known(table, FLAG_KEYS, label)
         reports_.append(_report({**defaults, **table}, label))
     seen: set[str] = set()
     for r in reports_:
@@ -186,19 +188,19 @@ def parse_config(
                 "keep one (a flag has one report directory)"
             )
         seen.add(r.flag)
-    webhook_url = env.get(WEBHOOK_ENV) or _get(body, "webhook_url", "str", where) or None
+    webhook_url = env.get(WEBHOOK_ENV) or get_setting(body, "webhook_url", "str", where) or None
     if webhook_url:
-        _check_url(webhook_url, "webhook_url", where)
-    link_base = _get(body, "link_base", "str", where) or None
+        check_url(webhook_url, "webhook_url", where)
+    link_base = get_setting(body, "link_base", "str", where) or None
     if link_base:
-        _check_url(link_base, "link_base", where)
+        check_url(link_base, "link_base", where)
     default = ReportsConfig()
-    timeout = _get(body, "webhook_timeout_s", "float", where, default.webhook_timeout_s)
-    retries = _get(body, "webhook_retries", "int", where, default.webhook_retries)
+    timeout = get_setting(body, "webhook_timeout_s", "float", where, default.webhook_timeout_s)
+    retries = get_setting(body, "webhook_retries", "int", where, default.webhook_retries)
     if timeout <= 0 or retries < 0:
         raise AnalysisError(f"{where}: webhook_timeout_s must be > 0 and webhook_retries ≥ 0")
     return ReportsConfig(
-        Path(_get(body, "out_dir", "str", where, str(default.out_dir))),
+        Path(get_setting(body, "out_dir", "str", where, str(default.out_dir))),
         tuple(reports_),
         webhook_url,
         link_base,
@@ -209,29 +211,68 @@ def parse_config(
 
 
 def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
-    flag = _get(t, "flag", "str", where)
+    flag = get_setting(t, "flag", "str", where)
     if not flag:
         raise AnalysisError(f'{where}: flag is required, e.g. flag = "new-checkout"')
     where = f"{where} ({flag})"
-    cron_text = _get(t, "cron", "str", where, DEFAULT_CRON)
+    cron_text = get_setting(t, "cron", "str", where, DEFAULT_CRON)
     try:
         cron = cronlib.parse(cron_text)
         span = window.parse_duration(
-            _get(t, "window", "str", where, window.DEFAULT_SINCE), "window"
+            get_setting(t, "window", "str", where, window.DEFAULT_SINCE), "window"
         )
-        cuped = _get(t, "cuped", "str", where)
+        cuped = get_setting(t, "cuped", "str", where)
         pre_exposure = None if cuped is None else window.parse_duration(cuped, "cuped =")
     except AnalysisError as exc:
         raise AnalysisError(f"{where}: {exc}") from exc
     if span <= timedelta(0):
         raise AnalysisError(f'{where}: window must be longer than zero, e.g. window = "24h"')
     fmts = report_archive.normalize_formats(
-        _get(t, "formats", "list", where, tuple(report_archive.EXTENSIONS)), f"{where}: formats"
+        get_setting(t, "formats", "list", where, tuple(report_archive.EXTENSIONS)),
+        f"{where}: formats",
     )
-    variant, baseline = _get(t, "variant", "str", where), _get(t, "baseline", "str", where)
+    c = comparison_settings(t, where)
+    return ScheduledReport(
+        flag,
+        cron,
+        span,
+        fmts,
+        c.variant,
+        c.baseline,
+        get_setting(t, "service", "str", where),
+        get_setting(t, "route", "str", where),
+        c.expected_split,
+        c.thresholds,
+        c.alpha,
+        c.test_mode,
+        c.webhook_url,
+        c.expected_users,
+        pre_exposure,
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The settings a scheduled report and a guard share, validated."""
+
+    variant: str | None
+    baseline: str | None
+    expected_split: dict[str, float] | None
+    thresholds: Thresholds
+    alpha: float
+    expected_users: int
+    test_mode: TrafficFilter
+    webhook_url: str | None
+
+
+def comparison_settings(t: Mapping[str, Any], where: str) -> Comparison:
+    """variant, baseline, expected_split, the thresholds, alpha, expected_users,
+    test_traffic and webhook_url of one [[reports.flag]] or [[guard.flag]] table."""
+    variant = get_setting(t, "variant", "str", where)
+    baseline = get_setting(t, "baseline", "str", where)
     if variant and variant == baseline:
         raise AnalysisError(f"{where}: variant and baseline must differ")
-    split = _get(t, "expected_split", "split", where)
+    split = get_setting(t, "expected_split", "split", where)
     if split is not None:
         missing = [v for v in (variant, baseline) if v and v not in split]
         if missing or any(s <= 0 for s in split.values()):
@@ -242,13 +283,13 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
     default = Thresholds()
     try:
         th = Thresholds(
-            _get(t, "error_threshold_pp", "float", where, default.error_rate_pp),
-            _get(t, "latency_threshold_pct", "float", where, default.latency_pct),
-            _get(t, "min_users", "int", where, default.min_users),
-            _get(t, "max_crossover_share", "float", where, default.max_crossover_share),
+            get_setting(t, "error_threshold_pp", "float", where, default.error_rate_pp),
+            get_setting(t, "latency_threshold_pct", "float", where, default.latency_pct),
+            get_setting(t, "min_users", "int", where, default.min_users),
+            get_setting(t, "max_crossover_share", "float", where, default.max_crossover_share),
         )
-        alpha = check_alpha(_get(t, "alpha", "float", where, DEFAULT_ALPHA))
-        expected_users = _get(t, "expected_users", "int", where, DEFAULT_EXPECTED_USERS)
+        alpha = check_alpha(get_setting(t, "alpha", "float", where, DEFAULT_ALPHA))
+        expected_users = get_setting(t, "expected_users", "int", where, DEFAULT_EXPECTED_USERS)
         if expected_users < 1:
             raise AnalysisError(
                 f"expected_users = {expected_users}: the users (both cohorts) the rollout is "
@@ -256,32 +297,18 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
             )
     except AnalysisError as exc:
         raise AnalysisError(f"{where}: {exc}") from exc
-    mode = _get(t, "test_traffic", "str", where, "exclude")
+    mode = get_setting(t, "test_traffic", "str", where, "exclude")
     if mode not in TrafficFilter.__members__.values():
         raise AnalysisError(f"{where}: test_traffic = {mode!r}: choose exclude, include or only")
-    hook = _get(t, "webhook_url", "str", where)
+    hook = get_setting(t, "webhook_url", "str", where)
     if hook:
-        _check_url(hook, "webhook_url", where)
-    return ScheduledReport(
-        flag,
-        cron,
-        span,
-        fmts,
-        variant,
-        baseline,
-        _get(t, "service", "str", where),
-        _get(t, "route", "str", where),
-        split,
-        th,
-        alpha,
-        TrafficFilter(mode),
-        hook,
-        expected_users,
-        pre_exposure,
+        check_url(hook, "webhook_url", where)
+    return Comparison(
+        variant, baseline, split, th, alpha, expected_users, TrafficFilter(mode), hook
     )
 
 
-def _known(table: Mapping[str, Any], keys: Mapping[str, str], where: str) -> None:
+def check_known(table: Mapping[str, Any], keys: Mapping[str, str], where: str) -> None:
     for key in table:
         if key not in keys:
             close = difflib.get_close_matches(key, list(keys), n=1)
@@ -289,7 +316,9 @@ def _known(table: Mapping[str, Any], keys: Mapping[str, str], where: str) -> Non
             raise AnalysisError(f"{where}: unknown setting {key!r}; {hint}known: {', '.join(keys)}")
 
 
-def _get(table: Mapping[str, Any], key: str, kind: str, where: str, default: Any = None) -> Any:
+def get_setting(
+    table: Mapping[str, Any], key: str, kind: str, where: str, default: Any = None
+) -> Any:
     if key not in table:
         return default
     value = table[key]
@@ -300,6 +329,10 @@ def _get(table: Mapping[str, Any], key: str, kind: str, where: str, default: Any
         "list": isinstance(value, (list, str)) and all(isinstance(v, str) for v in value),
         "split": isinstance(value, Mapping)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()),
+        "bool": isinstance(value, bool),
+        "numbers": isinstance(value, list)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+        "tables": isinstance(value, list) and all(isinstance(v, Mapping) for v in value),
     }[kind]
     if not ok:
         raise AnalysisError(f"{where}: {key} = {value!r}: expected e.g. {key} = {_EXAMPLES[kind]}")
@@ -309,10 +342,12 @@ def _get(table: Mapping[str, Any], key: str, kind: str, where: str, default: Any
         return {str(k): float(v) for k, v in value.items()}
     if kind == "list":
         return [value] if isinstance(value, str) else list(value)
+    if kind == "numbers":
+        return [float(v) for v in value]
     return value
 
 
-def _check_url(url: str, key: str, where: str) -> None:
+def check_url(url: str, key: str, where: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise AnalysisError(f"{where}: {key} = {url!r}: expected an http:// or https:// URL")

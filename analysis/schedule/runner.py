@@ -31,7 +31,10 @@ Declared in flagscope.toml (the collector's loader leaves `[reports]` to this mo
 
 Scheduled reports always use always-valid (sequential) intervals: they look repeatedly.
 Notifications: when the verdict differs from the previous run's; on a flag's first run
-only for REGRESSION or UNHEALTHY.
+only for REGRESSION or UNHEALTHY; once when a report starts failing (not at every failed
+run) and once when it works again. They go through an outbox (schedule.outbox,
+`<out_dir>/.notifications.jsonl`): a webhook that fails is recorded in the flag's history
+and tried again at the next check (at least every minute), not forgotten.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from flagscope.analysis.schedule.config import (
     parse_config,
 )
 from flagscope.analysis.schedule.cron import next_fire
+from flagscope.analysis.schedule.outbox import Delivery, Outbox
 from flagscope.analysis.verdict import Verdict
 from flagscope.analysis.window import aware_utc
 from flagscope.collector.errors import FlagscopeError
@@ -73,6 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 MAX_WAIT_S = 60.0  # run_forever re-reads the clock at least this often (clock jumps, suspend)
+OUTBOX_NAME = ".notifications.jsonl"
 FIRST_RUN_ALERTS = frozenset({Verdict.REGRESSION, Verdict.UNHEALTHY})
 
 
@@ -83,7 +88,8 @@ def utc_now() -> datetime:
 @dataclass(frozen=True)
 class RunOutcome:
     """One report run. `notified`: None when no notification was due (or no webhook is
-    configured), else whether the POST succeeded. `error`: why the run failed, if it did."""
+    configured), else whether the POST succeeded (a failed one is retried at the next
+    check). `error`: why the run failed, if it did."""
 
     flag: str
     time: datetime
@@ -92,6 +98,7 @@ class RunOutcome:
     files: ReportFiles | None = None
     notified: bool | None = None
     error: str | None = None
+    notification: str | None = None  # the outbox id of this run's message
 
     @property
     def ok(self) -> bool:
@@ -127,7 +134,12 @@ class Scheduler:
         self.lake_dir = Path(lake_dir)
         self._clock = clock
         self._sleep = sleep
-        self._notify = notify
+        self.outbox = Outbox(
+            self.config.out_dir / OUTBOX_NAME,
+            notify,
+            timeout_s=config.webhook_timeout_s,
+            retries=config.webhook_retries,
+        )
         start = aware_utc(clock())
         self._next = {r.flag: next_fire(r.cron, start) for r in config.reports}
 
@@ -138,14 +150,15 @@ class Scheduler:
 
     def run_due(self, now: datetime | None = None) -> list[RunOutcome]:
         """Run every report whose next fire time is at or before `now` (default: the clock),
-        then schedule its next fire after `now` (missed fires are not caught up)."""
+        then schedule its next fire after `now` (missed fires are not caught up); then
+        deliver the notifications due, this round's and earlier failed ones."""
         now = aware_utc(now if now is not None else self._clock())
         outcomes = []
         for report in self.config.reports:
             if self._next[report.flag] <= now:
                 outcomes.append(self.run_report(report, now))
                 self._next[report.flag] = next_fire(report.cron, now)
-        return outcomes
+        return self.deliver(outcomes, now)
 
     def run_once(
         self, flag_name: str | None = None, now: datetime | None = None
@@ -153,7 +166,29 @@ class Scheduler:
         """Run one declared report (or all) now; the schedule is left as it is."""
         now = aware_utc(now if now is not None else self._clock())
         chosen = [self.config.report(flag_name)] if flag_name else list(self.config.reports)
-        return [self.run_report(r, now) for r in chosen]
+        return self.deliver([self.run_report(r, now) for r in chosen], now)
+
+    def deliver(self, outcomes: list[RunOutcome], now: datetime) -> list[RunOutcome]:
+        """Send what the outbox holds (all at once, one attempt round each), note each
+        attempt in its flag's history, and say in `outcomes` whether theirs went out."""
+        if not self.outbox.path.exists():
+            return outcomes
+        deliveries = {d.id: d for d in self.outbox.deliver(self.webhook_for, now)}
+        for delivery in deliveries.values():
+            self._record_delivery(delivery, now)
+        return [
+            replace(o, notified=deliveries[o.notification].state == "sent")
+            if o.notification in deliveries
+            else o
+            for o in outcomes
+        ]
+
+    def webhook_for(self, flag: str) -> str | None:
+        """The flag's own hook, else the [reports] one ("" on the flag turns it off)."""
+        for report in self.config.reports:
+            if report.flag == flag and report.webhook_url is not None:
+                return report.webhook_url or None
+        return self.config.webhook_url
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Run reports as they fall due until `stop_event` is set (SIGTERM handler, Ctrl-C)."""
@@ -177,6 +212,7 @@ class Scheduler:
         """Diff, write the files, notify on a verdict change. Never raises: a failure is
         logged, recorded in the flag's history, and returned as the outcome's `error`."""
         now = aware_utc(now)
+        was_failing = self._failing(report.flag)
         try:
             result = run_diff(self.lake_dir, report.options(now), charts="html" in report.formats)
             files = report_archive.write_report(result, self.config.out_dir, report.formats, now)
@@ -190,8 +226,10 @@ class Scheduler:
             files.previous_verdict.value if files.previous_verdict else "none",
             files.main_file(),
         )
-        url = report.webhook_url if report.webhook_url is not None else self.config.webhook_url
-        if url and should_notify(files.previous_verdict, result.verdict):
+        if not self.webhook_for(report.flag):
+            return outcome
+        payload = None
+        if should_notify(files.previous_verdict, result.verdict):
             payload = webhook.verdict_changed_payload(
                 report.flag,
                 files.previous_verdict,
@@ -199,13 +237,12 @@ class Scheduler:
                 result.summary,
                 self.report_link(files),
             )
-            sent = self._notify(
-                url,
-                payload,
-                timeout_s=self.config.webhook_timeout_s,
-                retries=self.config.webhook_retries,
+        elif was_failing:
+            payload = webhook.recovered_payload(
+                report.flag, result.summary, self.report_link(files)
             )
-            outcome = replace(outcome, notified=bool(sent))
+        if payload is not None:
+            outcome = replace(outcome, notification=self.outbox.add(report.flag, payload, now))
         return outcome
 
     def report_link(self, files: ReportFiles) -> str:
@@ -223,8 +260,26 @@ class Scheduler:
         else:
             message = f"{type(exc).__name__}: {exc}"
             log.exception("report %s failed: %s", report.flag, message)
+        notification = None
         try:
+            first = not self._failing(report.flag)  # a failing report alerts once, not hourly
             report_archive.record_failure(self.config.out_dir, report.flag, now, message)
+            if first and self.webhook_for(report.flag):
+                payload = webhook.failing_payload(report.flag, message)
+                notification = self.outbox.add(report.flag, payload, now)
         except OSError as write_error:
             log.error("report %s: cannot record the failure: %s", report.flag, write_error)
-        return RunOutcome(report.flag, now, error=message)
+        return RunOutcome(report.flag, now, error=message, notification=notification)
+
+    def _failing(self, flag: str) -> bool:
+        """Whether the flag's last run (its history's last run line) failed."""
+        runs = [h for h in report_archive.read_history(self.config.out_dir, flag) if "verdict" in h]
+        return bool(runs) and runs[-1].get("verdict") is None
+
+    def _record_delivery(self, delivery: Delivery, now: datetime) -> None:
+        try:
+            report_archive.record_notification(
+                self.config.out_dir, delivery.flag, now, delivery.state, delivery.problem
+            )
+        except OSError as write_error:
+            log.error("report %s: cannot record the notification: %s", delivery.flag, write_error)

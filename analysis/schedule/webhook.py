@@ -150,3 +150,16 @@ def verdict_changed_payload(
             {"type": "context", "elements": [{"type": "mrkdwn", "text": link}]},
         ],
     }
+
+
+def failing_payload(flag: str, error: str) -> dict[str, Any]:
+    """A report (or guard) has started failing: sent once, not at every failed run."""
+    text = f"flagscope `{escape(flag)}` is failing: {escape(error)}"
+    return {"text": f"{text} (said once; a message follows when it works again)"}
+
+
+def recovered_payload(flag: str, summary: str, report_link: str) -> dict[str, Any]:
+    """A failing report works again (its verdict as before the failures)."""
+    return {
+        "text": f"flagscope `{escape(flag)}` works again: {escape(summary)} — {escape(report_link)}"
+    }
