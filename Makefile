@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps gbstats==0.8.0
 	touch $(STAMP)
 
+# `make demo GUARD=rollback`: the guard rolls the shop's flag back for real (flagd provider).
 demo: $(STAMP)
-	$(BIN)/python sample_data/demo.py
+	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))
 
 test: check browser
 	$(BIN)/python -m pytest -q

@@ -6,10 +6,18 @@ POST /checkout, found with the QA testers excluded — and writes the report as 
 Markdown and JSON, printing the summary and the HTML report's path. The collector runs on free loopback ports with the lake in
 ./flagscope-data/demo (recreated each run) and is stopped with SIGTERM at the end, so
 nothing is left running.
+
+`--guard rollback` (`make demo GUARD=rollback`) shows the guard acting instead: the shop
+takes its flag from flagscope-data/demo/flags.flagd.json through the real flagd provider
+(in-process, file mode) and serves live traffic; `flagscope guard --once` looks after each
+round until it calls the regression and rolls `new-checkout` back in that file; the shop
+keeps serving, its provider reads the new file, and the lake shows the evaluations
+before and after the rollback, with the guard's audit log line.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -17,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,6 +36,23 @@ OVERVIEW_SQL = """
 SELECT service_name, signal, count(*) AS events, count(*) FILTER (WHERE is_test) AS test_events,
        count(*) FILTER (WHERE cardinality(flags) > 0) AS with_flags
 FROM events GROUP BY ALL ORDER BY ALL
+"""
+ROUND = 3000  # live requests before each of the guard's looks
+ROUNDS = 4  # looks before the demo gives up on a rollback (the shop's regression needs one)
+AFTER = 3000  # requests served after the rollback, paced at AFTER_PER_S
+AFTER_PER_S = 1500
+# new-checkout's evaluations (on the checkout service's spans) before and after the rollback
+ROLLBACK_SQL = """
+SELECT CASE WHEN time < TIMESTAMP '{rollback}' THEN 'before'
+            WHEN time < TIMESTAMP '{rollback}' + INTERVAL 500 MILLISECONDS THEN 'first 0.5 s after'
+            ELSE 'after' END AS rollback,
+       count(DISTINCT user_id) AS users,
+       count(DISTINCT user_id) FILTER (WHERE flags['new-checkout'] = 'on') AS users_on,
+       round(100 * users_on / users, 1) AS pct_users_on,
+       count(*) AS evaluations,
+       count(*) FILTER (WHERE flags['new-checkout'] = 'on') AS evaluations_on
+FROM events WHERE signal = 'span' AND flags['new-checkout'] IS NOT NULL
+GROUP BY 1 ORDER BY min(time)
 """
 
 
@@ -51,7 +77,18 @@ def start_collector() -> tuple[subprocess.Popen[str], int, int]:
     return proc, int(match[1]), int(match[2])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--guard",
+        choices=["rollback"],
+        help="rollback: the guard rolls new-checkout back in the running shop, for real",
+    )
+    args = parser.parse_args(argv)
+    return guard_rollback() if args.guard == "rollback" else first_look()
+
+
+def first_look() -> int:
     started = time.monotonic()
     shutil.rmtree(DATA_DIR, ignore_errors=True)
     print(f"1. starting the collector (data in {DATA_DIR}) …", flush=True)
@@ -131,20 +168,93 @@ def main() -> int:
 
 def write_flagd_definitions(path: Path) -> Path:
     """The shop's rollout as OpenFeature flagd flag definitions: new-checkout on for 20 %
-    of users (the shop itself evaluates with an in-memory provider of the same split)."""
-    definitions = {
-        "$schema": "https://flagd.dev/schema/v0/flags.json",
-        "flags": {
-            "new-checkout": {
-                "state": "ENABLED",
-                "variants": {"on": True, "off": False},
-                "defaultVariant": "off",
-                "targeting": {"fractional": [["on", 20], ["off", 80]]},
-            }
-        },
-    }
-    path.write_text(json.dumps(definitions, indent=2) + "\n")
+    of users (the first look's shop evaluates with an in-memory provider of the same
+    split; `--guard rollback`'s reads this file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(shop.flagd_definitions(), indent=2) + "\n")
     return path
+
+
+def guard_rollback() -> int:
+    """`make demo GUARD=rollback` (see the module doc)."""
+    started = time.monotonic()
+    shutil.rmtree(DATA_DIR, ignore_errors=True)  # the lake, the guard's state, the flags file
+    flags = write_flagd_definitions(DATA_DIR / "flags.flagd.json")
+    print(f"1. starting the collector (data in {DATA_DIR}) …", flush=True)
+    proc, http_port, grpc_port = start_collector()
+    config = shop.ShopConfig(flagd_file=flags, live=True)
+    rollback_ns = None
+    try:
+        print(
+            f"2. the sample shop, live, its flag from {flags} through the flagd provider "
+            "(file mode): new-checkout on for 20 % of users",
+            flush=True,
+        )
+        with shop.Shop(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", config) as s:
+            rollback_ns = look_until_rollback(s, flags)
+            if rollback_ns is not None:
+                print(
+                    f"\n4. the shop keeps serving: {AFTER} more requests, {AFTER_PER_S} a "
+                    "second (its flagd provider looks at the file every 0.1 s)",
+                    flush=True,
+                )
+                s.send(AFTER, per_second=AFTER_PER_S)
+    finally:
+        print("   stopping the collector (SIGTERM: the WAL drained to the lake) …", flush=True)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(300)
+    if rollback_ns is None:
+        print("   the guard did not roll new-checkout back: see its lines above")
+        return 1
+    rollback = datetime.fromtimestamp(rollback_ns / 1e9, UTC).replace(tzinfo=None)
+    print(
+        f"\n5. the lake: new-checkout's evaluations before and after the rollback ({rollback:%H:%M:%S.%f} UTC)\n",
+        flush=True,
+    )
+    lake = ["--data-dir", str(DATA_DIR)]
+    subprocess.run(flagscope("query", *lake, ROLLBACK_SQL.format(rollback=rollback)), check=True)
+    audit = DATA_DIR / "guard" / "audit.jsonl"
+    print(f'\n6. the guard\'s audit log, {audit} (here without "result", the whole comparison):\n')
+    for line in audit.read_text().splitlines():
+        entry = json.loads(line)
+        entry.pop("result", None)
+        print(json.dumps(entry, indent=2, ensure_ascii=False))
+    print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def look_until_rollback(running: shop.Shop, flags: Path) -> int | None:
+    """Rounds of traffic, each followed by `flagscope guard --once` once the lake holds all
+    of it, until the guard rolls new-checkout back: when it did (the file's mtime, ns)."""
+    for _ in range(ROUNDS):
+        running.send(ROUND)
+        settle(running)
+        print(
+            f"\n3. flagscope guard --flag new-checkout --flagd {flags} --once, "
+            f"after {running.counts['requests']} requests:\n",
+            flush=True,
+        )
+        lake = ["--data-dir", str(DATA_DIR)]
+        args = ("guard", *lake, "--flag", "new-checkout", "--flagd", str(flags), "--once")
+        subprocess.run(flagscope(*args), check=False)
+        if "targeting" not in json.loads(flags.read_text())["flags"]["new-checkout"]:
+            return flags.stat().st_mtime_ns
+    return None
+
+
+def settle(running: shop.Shop, timeout_s: float = 120) -> None:
+    """Wait until the lake holds every span the shop has sent, so the look sees them all."""
+    from flagscope.collector.lake.read import fetch
+
+    running.flush()
+    deadline = time.monotonic() + timeout_s
+    sql = "SELECT count(*) FROM events WHERE signal = 'span'"
+    while (held := fetch(DATA_DIR / "lake", sql)[1][0][0]) < running.spans:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"the lake holds {held} of {running.spans} spans after {timeout_s:g} s"
+            )
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.guard import config as guard_config
-from flagscope.analysis.guard import flagd
+from flagscope.analysis.guard import flagd, slo
 from flagscope.analysis.guard.runner import Guard, GuardSpec
 from flagscope.analysis.verdict import Thresholds, Verdict
 from tests.report_lakes import DAY1, cohort_traffic, write
@@ -66,6 +66,7 @@ def test_the_documented_config_parses_and_mistakes_are_named(tmp_path: Path) -> 
             "every": "30s",
             "webhook_url": "https://hooks.example.com/services/x",
             "alpha": 0.01,
+            "slo": [{"service": "checkout", "availability": 0.999}],
             "flag": [
                 {"flag": FLAG, "flagd": "flags.flagd.json", "ramp": [5, 25, 100],
                  "advance_after": "2h", "rollout_start": "2026-12-01T09:00:00Z"},
@@ -81,6 +82,7 @@ def test_the_documented_config_parses_and_mistakes_are_named(tmp_path: Path) -> 
     assert first.since is not None and first.since.hour == 9
     assert second.dry_run and second.variant == "b" and second.flagd_file is None
     assert second.webhook_url == "https://hooks.example.com/services/x"  # the [guard] default
+    assert first.slos == second.slos and first.slos[0].objective == 0.999
     env = {"FLAGSCOPE_WEBHOOK_URL": "https://secret.example.com/hook"}
     assert (
         guard_config.parse_config(doc, env=env).specs[0].webhook_url == env["FLAGSCOPE_WEBHOOK_URL"]
@@ -219,3 +221,55 @@ def test_guard_once_runs_the_declared_flags_and_exits_with_the_worst_code(
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert refused.returncode == 2 and "give --flag too" in refused.stderr
+
+
+def test_a_rollback_says_how_bad_in_slo_terms_and_the_message_leads_with_the_severity(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """8 % errors in treatment against a 99.5 % availability SLO burns 16× at 100 %: above
+    the workbook's 6× over 6 h and its last 30 m (9×: 3 of 69 requests), a page; a latency
+    SLO the flag keeps is no alarm."""
+    lake = _lake(tmp_path, [BAD])
+    slos = slo.parse_slos(
+        [
+            {"service": "frontend", "availability": 0.995},
+            {"service": "frontend", "latency_ms": 2000, "latency_objective": 0.99},
+        ]
+    )
+    spec = GuardSpec(FLAG, variant="on", baseline="off", webhook_url=hook.url, slos=slos)
+    guard = Guard(lake, [spec], tmp_path / "state")
+    outcome = guard.look(spec, DAY1 + timedelta(hours=6))
+    assert outcome.verdict is Verdict.REGRESSION and outcome.severity is slo.Severity.PAGE
+    availability, latency = outcome.budget
+    assert "at 100 % this flag would exhaust the 30-day budget in" in availability
+    assert availability.endswith("— page") and "the budget is safe" in latency
+    assert "\n  frontend availability" in outcome.line()
+    (message,) = hook.requests
+    assert message["json"]["text"].startswith("[PAGE] flagscope guard `checkout-v2`: ")
+    (entry,) = [e for e in _audit(tmp_path / "state") if "verdict" in e]
+    assert entry["severity"] == "page" and len(entry["slo"]) == 2
+    (six_hours,) = [w for w in entry["slo"][0]["windows"] if w["window"] == "6h"]
+    treatment = entry["result"]["cohorts"]["treatment"]
+    assert six_hours["treatment"]["requests"] == treatment["requests"]  # the diff's requests
+    assert six_hours["treatment"]["burn"] == pytest.approx(treatment["error_rate"] / 0.005)
+
+
+def test_a_flag_rolled_out_again_after_a_rollback_is_watched_anew(tmp_path: Path) -> None:
+    definitions = _definitions(tmp_path, on=20)
+    original = definitions.read_text()
+    lake = _lake(tmp_path, [BAD])
+    spec = GuardSpec(FLAG, variant="on", baseline="off", flagd_file=definitions)
+    guard = Guard(lake, [spec], tmp_path / "state")
+    first = guard.look(spec, DAY1 + timedelta(hours=3))
+    assert first.verdict is Verdict.REGRESSION and "rolled back" in first.actions[0]
+    held = guard.look(spec, DAY1 + timedelta(hours=3, minutes=1))
+    assert "rolled back at" in held.summary and held.actions == ()
+    definitions.write_text(original)  # the team rolls it out again
+    again = guard.look(spec, DAY1 + timedelta(hours=3, minutes=2))
+    assert again.stage is not None and again.stage.number == 3 and again.stage.percent == 20.0
+    assert again.verdict is Verdict.NO_DATA  # a new stage: nothing to compare yet
+    second = guard.look(spec, DAY1 + timedelta(hours=6))
+    assert second.verdict is Verdict.REGRESSION and "rolled back" in second.actions[0]
+    assert json.loads(definitions.read_text())["flags"][FLAG].get("targeting") is None
+    rollbacks = [e for e in _audit(tmp_path / "state") if e.get("action") == "rolled_back"]
+    assert [e["stage"]["number"] for e in rollbacks] == [1, 3]

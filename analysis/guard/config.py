@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from flagscope.analysis import window
 from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.guard import slo
 from flagscope.analysis.guard.runner import GuardSpec
 from flagscope.analysis.schedule.config import (
     WEBHOOK_ENV,
@@ -75,6 +76,7 @@ GLOBAL_KEYS: dict[str, str] = {
     "state_dir": "str",
     "webhook_timeout_s": "float",
     "flag": "tables",
+    "slo": "tables",
 }
 
 
@@ -114,13 +116,14 @@ def parse_config(
             'e.g.\n[[guard.flag]]\nflag = "new-checkout"\nflagd = "flags.flagd.json"'
         )
     defaults = {k: v for k, v in body.items() if k in FLAG_KEYS and k != "flag"}
+    slos = slo.parse_slos(get_setting(body, "slo", "tables", where, []), f"{source} [[guard.slo]]")
     if env.get(WEBHOOK_ENV):
         defaults["webhook_url"] = env[WEBHOOK_ENV]  # a secret belongs in the environment
     specs: list[GuardSpec] = []
     for i, table in enumerate(get_setting(body, "flag", "tables", where, [])):
         label = f"{source} [[guard.flag]] #{i + 1}"
         check_known(table, FLAG_KEYS, label)
-        specs.append(_spec({**defaults, **table}, label))
+        specs.append(replace(_spec({**defaults, **table}, label), slos=slos))
     names = [s.flag for s in specs]
     for name in names:
         if names.count(name) > 1:

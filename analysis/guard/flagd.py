@@ -112,6 +112,16 @@ def roll_back(path: Path, flag: str, baseline: str, dry_run: bool = False) -> Ro
     return result
 
 
+def flag_text(path: Path, flag: str) -> str | None:
+    """The flag's object as it stands in the file (None: no such flag), to tell whether a
+    rollback still holds or someone has rolled the flag out again."""
+    text = _read(path)
+    if flag not in _flags(path, _parse(path, text)):
+        return None
+    start, end = _value_span(text, ("flags", flag))
+    return text[start:end]
+
+
 def set_share(
     path: Path, flag: str, variant: str, baseline: str, percent: float, dry_run: bool = False
 ) -> Rollback:

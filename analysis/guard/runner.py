@@ -40,7 +40,7 @@ from flagscope.analysis import report_archive
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.flags import list_flags
-from flagscope.analysis.guard import flagd
+from flagscope.analysis.guard import flagd, slo
 from flagscope.analysis.guard.looks import LookHistory, Stage, record
 from flagscope.analysis.result import (
     DEFAULT_EXPECTED_USERS,
@@ -83,6 +83,7 @@ class GuardSpec:
     dry_run: bool = False
     ramp: tuple[float, ...] = ()  # the treatment's stages in percent, e.g. (1, 5, 25, 100)
     advance_after: timedelta | None = None  # None: never advance the ramp
+    slos: tuple[slo.Slo, ...] = ()  # say how bad in error-budget terms (guard.slo)
 
     @property
     def stage_alpha(self) -> float:
@@ -99,6 +100,8 @@ class LookOutcome:
     error: str | None = None
     stage: Stage | None = None
     notified: bool | None = None  # None: nothing sent this round; else whether it went out
+    severity: slo.Severity | None = None  # None: no SLO declared (or none assessable)
+    budget: tuple[str, ...] = ()  # each SLO's sentence
 
     @property
     def exit_code(self) -> int:
@@ -111,7 +114,8 @@ class LookOutcome:
             actions.append("notified" if self.notified else "notification failed; retried")
         done = f" [{'; '.join(actions)}]" if actions else ""
         where = f" {self.stage.label()}" if self.stage is not None else ""
-        return f"{self.at:%Y-%m-%d %H:%M:%S}Z {self.flag}{where}: {what}{done}"
+        budget = "".join(f"\n  {sentence}" for sentence in self.budget)
+        return f"{self.at:%Y-%m-%d %H:%M:%S}Z {self.flag}{where}: {what}{done}{budget}"
 
 
 class Guard:
@@ -185,7 +189,7 @@ class Guard:
         history = self.history(spec.flag)
         previous = history.last()
         try:
-            done = self.rolled_back(spec.flag)
+            done = self.rolled_back(spec)
             if done is not None:
                 return LookOutcome(spec.flag, at, Verdict.REGRESSION, f"rolled back at {done}")
             outcome, result = self._compare(spec, history, at)
@@ -197,10 +201,27 @@ class Guard:
             return self._failed(spec, history, previous, at, f"look failed: {exc!r}")
         if result is None:
             return outcome
+        assessments = self.assess(spec, result, outcome.stage, at)
+        outcome = replace(
+            outcome,
+            severity=_worst_severity(assessments),
+            budget=tuple(a.sentence for a in assessments),
+        )
         actions: tuple[str, ...] = ()
-        entering = previous is None or previous.get("verdict") != result.verdict.value
+        entering = (  # act once per episode: a new verdict, or a new stage (or rollout)
+            previous is None
+            or previous.get("verdict") != result.verdict.value
+            or (outcome.stage is not None and previous.get("stage") != outcome.stage.number)
+        )
         if result.verdict is Verdict.REGRESSION and entering:
-            actions = self.act(spec, result, at, outcome.stage)
+            actions = self.act(spec, result, at, outcome.stage, assessments)
+            if outcome.stage is not None and self.rolled_back(spec) is not None:
+                # the rollback is a stage of its own (0 %): a later rollout starts afresh
+                after = Stage(outcome.stage.number + 1, 0.0, naive_utc(at))
+                self.history(spec.flag).add(
+                    record(at, after, result.verdict.value, "rolled back",
+                           variant=result.options.variant, baseline=result.options.baseline)
+                )  # fmt: skip
         elif result.verdict is Verdict.UNHEALTHY and entering:
             self._say(spec, at, f"the comparison is broken, nothing done: {result.summary}")
         elif result.verdict is Verdict.PASS and outcome.stage is not None:
@@ -297,12 +318,42 @@ class Guard:
         ]
         return min(seen) if seen else None
 
+    def assess(
+        self, spec: GuardSpec, result: DiffResult, stage: Stage | None, now: datetime
+    ) -> list[slo.SloAssessment]:
+        """Each declared SLO's view of the flag over the windows since the stage began. An
+        SLO that cannot be assessed (its service is not in the lake) is logged, not fatal:
+        the rollback must not wait on a typo in an SLO."""
+        variant, baseline = result.options.variant, result.options.baseline
+        if not spec.slos or variant is None or baseline is None:
+            return []
+        found = []
+        for objective in spec.slos:
+            try:
+                found.append(
+                    slo.assess(
+                        self.lake_dir, objective, spec.flag, variant, baseline,
+                        None if stage is None else stage.start, now, spec.test_mode,
+                    )
+                )  # fmt: skip
+            except FlagscopeError as exc:
+                log.warning("guard %s: SLO %s not assessed: %s", spec.flag, objective.name, exc)
+        return found
+
     # -- acting ----------------------------------------------------------------------------
     def act(
-        self, spec: GuardSpec, result: DiffResult, now: datetime, stage: Stage | None = None
+        self,
+        spec: GuardSpec,
+        result: DiffResult,
+        now: datetime,
+        stage: Stage | None = None,
+        assessments: Sequence[slo.SloAssessment] = (),
     ) -> tuple[str, ...]:
         baseline = result.options.baseline or ""
         entry = self._entry(spec, result, now, stage)
+        level = _worst_severity(assessments)
+        entry["severity"] = None if level is None else str(level)
+        entry["slo"] = [a.to_dict() for a in assessments]
         actions: list[str] = []
         if spec.flagd_file is not None:
             change = flagd.roll_back(spec.flagd_file, spec.flag, baseline, spec.dry_run)
@@ -316,7 +367,8 @@ class Guard:
             if spec.dry_run:
                 actions.append(f"would notify {webhook.redact(spec.webhook_url)}")
             else:
-                entry["notification"] = self._say(spec, now, _summary(result, actions))
+                text = _summary(result, actions, [a.sentence for a in assessments])
+                entry["notification"] = self._say(spec, now, text, severity=level)
                 actions.append("notification queued")
         if spec.command:
             if spec.dry_run:
@@ -373,14 +425,26 @@ class Guard:
             "result": result.to_dict(),
         }  # fmt: skip
 
-    def _say(self, spec: GuardSpec, now: datetime, text: str, failing: bool = False) -> str | None:
-        """Queue a message for the flag's webhook (none configured, or a dry run: nothing)."""
+    def _say(
+        self,
+        spec: GuardSpec,
+        now: datetime,
+        text: str,
+        failing: bool = False,
+        severity: slo.Severity | None = None,
+    ) -> str | None:
+        """Queue a message for the flag's webhook (none configured, or a dry run: nothing).
+        A severity leads the text (`[PAGE]`, `[TICKET]`), so a chat rule can route it."""
         if not spec.webhook_url or spec.dry_run:
             return None
+        lead = "" if severity in (None, slo.Severity.NONE) else f"[{str(severity).upper()}] "
         payload = (
             webhook.failing_payload(spec.flag, text)
             if failing
-            else {"text": f"flagscope guard `{webhook.escape(spec.flag)}`: {webhook.escape(text)}"}
+            else {
+                "text": f"{lead}flagscope guard `{webhook.escape(spec.flag)}`: "
+                f"{webhook.escape(text)}"
+            }
         )
         return self.outbox.add(spec.flag, payload, now)
 
@@ -412,16 +476,35 @@ class Guard:
         self.audit_log.parent.mkdir(parents=True, exist_ok=True)
         report_archive.append_line(self.audit_log, entry)
 
-    def rolled_back(self, flag: str) -> str | None:
-        """When this guard rolled `flag` back (the audit log's last record saying so)."""
+    def rolled_back(self, spec: GuardSpec) -> str | None:
+        """When this guard rolled the flag back (the audit log's last record saying so), as
+        long as the rollback holds: once someone rolls the flag out again (its definition in
+        the flagd file is no longer what the rollback wrote), the guard watches it anew."""
         for entry in reversed(report_archive.read_jsonl(self.audit_log)):
-            if entry.get("flag") == flag and entry.get("action") == ROLLED_BACK:
+            if entry.get("flag") == spec.flag and entry.get("action") == ROLLED_BACK:
+                written = (entry.get("change") or {}).get("after")
+                if (
+                    spec.flagd_file is not None
+                    and written is not None
+                    and flagd.flag_text(spec.flagd_file, spec.flag) != written
+                ):
+                    return None  # rolled out again
                 return str(entry.get("at"))
         return None
 
 
-def _summary(result: DiffResult, actions: Sequence[str]) -> str:
-    return f"{result.summary} — {'; '.join(actions) or 'no rollback configured'}"
+def _summary(result: DiffResult, actions: Sequence[str], budget: Sequence[str] = ()) -> str:
+    done = "; ".join(actions) or "no rollback configured"
+    return "\n".join([f"{result.summary} — {done}", *budget])
+
+
+_SEVERITY_ORDER = (slo.Severity.NONE, slo.Severity.TICKET, slo.Severity.PAGE)
+
+
+def _worst_severity(assessments: Sequence[slo.SloAssessment]) -> slo.Severity | None:
+    if not assessments:
+        return None
+    return max((a.severity for a in assessments), key=_SEVERITY_ORDER.index)
 
 
 def _delivery_record(delivery: Delivery, now: datetime) -> dict[str, Any]:
