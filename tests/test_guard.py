@@ -216,7 +216,9 @@ def test_a_regression_rolls_back_notifies_runs_the_hook_and_is_audited(
         json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()
     ]
     assert record["flag"] == FLAG and record["action"] == "rolled_back"
-    assert delivery["notification"] == "sent" and delivery["notification_id"] == record["notification"]
+    assert (
+        delivery["notification"] == "sent" and delivery["notification_id"] == record["notification"]
+    )
     assert outcome.notified is True
     assert record["change"]["after"] == json.dumps(
         {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"},
