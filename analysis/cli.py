@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from flagscope.analysis.guard import command as guard_command
 from flagscope.analysis.render.text import printable
+from flagscope.analysis.ui import command as ui_command
 from flagscope.collector import config
 from flagscope.collector.errors import ConfigError, FlagscopeError
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(query)
     query.add_argument("sql", help='e.g. "SELECT service_name, count(*) FROM events GROUP BY 1"')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    ui_command.add_parser(commands, _common)
     return parser
 
 
@@ -395,6 +397,19 @@ def _requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from flagscope.collector.auth import bearer_matches
+
+    settings = _settings(args, ("data_dir", "lake_dir"))
+    lake = settings.lake_path
+    if not lake.is_dir():
+        lake = _lake(args)  # the error that names the lake and the fix
+    markers = (*settings.test_attributes, "user_agent.synthetic.type")
+    return ui_command.run(
+        args, lake, Path(settings.data_dir), settings.auth_token, markers, bearer_matches
+    )
+
+
 DEMO_DATA_DIR = "flagscope-data/demo"  # where `make demo` leaves its lake (sample_data/demo.py)
 
 
@@ -477,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return guard_command.run(args, _lake(args), Path(settings.data_dir), _split)
         if args.command == "requeue":
             return _requeue(args)
+        if args.command == "ui":
+            return _ui(args)
         if args.command == "query":
             from flagscope.analysis.query import format_rows, run
 

@@ -10,6 +10,10 @@ page that has no script must log none at all.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import itertools
+import json
 import os
 import re
 import shutil
@@ -19,6 +23,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +39,11 @@ FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--host-resolver-rules=MAP * ~NOTFOUND",
+)
+# For a page on a server on loopback: that one address stays reachable, nothing else resolves.
+SERVER_FLAGS = (
+    *(f for f in FLAGS if not f.startswith("--host-resolver-rules")),
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 )
 CONSOLE = re.compile(r":CONSOLE[:(]\d*\)?\]\s*(.*)")
 PROBLEM = re.compile(r"error|uncaught|failed|refused|violat", re.IGNORECASE)
@@ -168,3 +178,154 @@ def colours(png: Path, step: int = 3) -> dict[tuple[int, int, int], int]:
             rgb = tuple(row[x * bpp : x * bpp + 3])
             seen[rgb] = seen.get(rgb, 0) + 1
     return seen
+
+
+# -- driving it: the DevTools protocol, over aiohttp's WebSocket client -----------------------
+class DevTools:
+    """One headless Chromium driven over the Chrome DevTools Protocol (CDP), for pages on a
+    server: navigate, click like a person (mouse events at the element), read the DOM,
+    take full-page screenshots; every request the page makes and every console message,
+    exception and browser log entry (a CSP violation, a failed load) is recorded.
+
+    Use as `async with DevTools(chromium) as tab: await tab.open(url) ...`.
+    """
+
+    def __init__(self, browser: str, width: int = 1366, height: int = 900) -> None:
+        self.browser, self.width, self.height = browser, width, height
+        self.requests: list[str] = []  # every URL the page asked for
+        self.console: list[str] = []  # console messages (any level)
+        self.errors: list[str] = []  # exceptions, error-level console and log entries
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._loaded = asyncio.Event()
+
+    async def __aenter__(self) -> DevTools:
+        import aiohttp
+
+        self._profile = tempfile.TemporaryDirectory(prefix="flagscope-chromium-")
+        self._proc = subprocess.Popen(
+            [self.browser, *SERVER_FLAGS, f"--user-data-dir={self._profile.name}",
+             "--remote-debugging-port=0", f"--window-size={self.width},{self.height}",
+             "--hide-scrollbars", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        active = Path(self._profile.name) / "DevToolsActivePort"
+        for _ in range(300):
+            if active.exists() and len(active.read_text().split()) == 2:
+                break
+            await asyncio.sleep(0.05)
+        port, path = active.read_text().split()
+        self._http = aiohttp.ClientSession()
+        self._ws = await self._http.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0)
+        self._reader = asyncio.create_task(self._read())
+        target = await self.send("Target.createTarget", url="about:blank")
+        attached = await self.send(
+            "Target.attachToTarget", targetId=target["targetId"], flatten=True
+        )
+        self._session = attached["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            await self.send(f"{domain}.enable", session=True)
+        await self.resize(self.width, self.height)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._reader.cancel()
+        await self._ws.close()
+        await self._http.close()
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._profile.cleanup()
+
+    async def send(self, method: str, session: bool = False, **params: Any) -> dict[str, Any]:
+        number = next(self._ids)
+        message: dict[str, Any] = {"id": number, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self._session
+        self._waiting[number] = future = asyncio.get_running_loop().create_future()
+        try:
+            await self._ws.send_json(message)
+            answer = await asyncio.wait_for(future, 60)
+        finally:
+            self._waiting.pop(number, None)
+        if "error" in answer:
+            raise AssertionError(f"{method}: {answer['error']}")
+        return answer.get("result", {})
+
+    async def _read(self) -> None:
+        async for frame in self._ws:
+            message = json.loads(frame.data)
+            if "id" in message and message["id"] in self._waiting:
+                self._waiting[message["id"]].set_result(message)
+            else:
+                self._event(message.get("method", ""), message.get("params", {}))
+
+    def _event(self, method: str, params: dict[str, Any]) -> None:
+        if method == "Network.requestWillBeSent":
+            self.requests.append(params["request"]["url"])
+        elif method == "Runtime.consoleAPICalled":
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+            self.console.append(text)
+            if params["type"] in ("error", "assert", "warning"):
+                self.errors.append(f"console.{params['type']}: {text}")
+        elif method == "Runtime.exceptionThrown":
+            self.errors.append(f"exception: {params['exceptionDetails'].get('text')}")
+        elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+            entry = params["entry"]
+            self.errors.append(f"log {entry['level']}: {entry['text']} {entry.get('url', '')}")
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            self.errors.append(f"failed load: {params.get('errorText')}")
+        elif method == "Page.loadEventFired":
+            self._loaded.set()
+
+    async def resize(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        await self.send(
+            "Emulation.setDeviceMetricsOverride", session=True,
+            width=width, height=height, deviceScaleFactor=1, mobile=False,
+        )  # fmt: skip
+
+    async def open(self, url: str) -> None:
+        self._loaded.clear()
+        await self.send("Page.navigate", session=True, url=url)
+        await asyncio.wait_for(self._loaded.wait(), 60)
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of `expression` in the page (DevTools' evaluation is not the page's
+        script: the page's Content-Security-Policy does not apply to it)."""
+        result = await self.send(
+            "Runtime.evaluate", session=True, expression=expression, returnByValue=True
+        )
+        return result["result"].get("value")
+
+    async def click(self, selector: str) -> str:
+        """Scroll the first element matching `selector` into view and click its middle with
+        the mouse, as a person would; wait for the page it leads to. Its href."""
+        box = await self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
+            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2, e.href && (e.href.baseVal ?? e.href)]; })()"
+        )
+        assert box, f"nothing matches {selector!r} on {await self.evaluate('location.href')}"
+        self._loaded.clear()
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.send(
+                "Input.dispatchMouseEvent", session=True,
+                type=kind, x=box[0], y=box[1], button="left", clickCount=1,
+            )  # fmt: skip
+        await asyncio.wait_for(self._loaded.wait(), 60)
+        return str(box[2])
+
+    async def html(self) -> str:
+        return str(await self.evaluate("document.documentElement.outerHTML"))
+
+    async def screenshot(self, png: Path) -> Path:
+        """The whole page, not only the window, as a PNG."""
+        metrics = await self.send("Page.getLayoutMetrics", session=True)
+        size = metrics["cssContentSize"]
+        shot = await self.send(
+            "Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": self.width, "height": size["height"], "scale": 1},
+        )  # fmt: skip
+        png.write_bytes(base64.b64decode(shot["data"]))
+        return png

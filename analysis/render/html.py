@@ -89,6 +89,22 @@ footer dt { font-weight: 600; } footer dd { margin: 0; }
 
 def render(result: DiffResult) -> str:
     r = result
+    body = sections(r)
+    title = f"flagscope: {r.options.flag} — {r.verdict.value}"
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+        + "\n".join(body)
+        + "\n</main></body></html>\n"
+    )
+
+
+def sections(result: DiffResult) -> list[str]:
+    """The report's parts in order, from the header to the settings: what `render` puts
+    in a page (and `flagscope ui` in its own)."""
+    r = result
     body = [_header(r)]
     if r.compared:
         body += [_cohorts(r), _metrics(r), _charts(r), _breakdown(r), _health(r)]
@@ -102,15 +118,7 @@ def render(result: DiffResult) -> str:
             )
         )
     body.append(_footer(r))
-    title = f"flagscope: {r.options.flag} — {r.verdict.value}"
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-        + "\n".join(body)
-        + "\n</main></body></html>\n"
-    )
+    return body
 
 
 # -- building blocks ------------------------------------------------------------------------
