@@ -10,6 +10,7 @@ so grpcio answers UNIMPLEMENTED.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -48,8 +49,9 @@ class _AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     (OTLP-RECEIVER item 48).
     """
 
-    def __init__(self, token: bytes) -> None:
+    def __init__(self, token: bytes, counts: Counter[str]) -> None:
         self.token = token
+        self.counts = counts  # the receiver's: a refused call shows in the activity line
 
     async def intercept_service(
         self,
@@ -59,14 +61,13 @@ class _AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         given = dict(details.invocation_metadata or ()).get("authorization", "")
         if bearer_matches(given, self.token):
             return await continuation(details)
-        return grpc.stream_unary_rpc_method_handler(_refuse_unauthenticated)
+        return grpc.stream_unary_rpc_method_handler(self._refuse)
 
-
-async def _refuse_unauthenticated(_requests: object, context: aio.ServicerContext) -> bytes:
-    await _abort(
-        context, Unauthenticated("missing or wrong bearer token (authorization: Bearer <token>)")
-    )
-    return b""
+    async def _refuse(self, _requests: object, context: aio.ServicerContext) -> bytes:
+        error = Unauthenticated("missing or wrong bearer token (authorization: Bearer <token>)")
+        self.counts[f"refused.{error.http_status}"] += 1  # as HTTP would answer
+        await _abort(context, error)
+        return b""
 
 
 class GrpcFrontEnd:
@@ -88,7 +89,7 @@ class GrpcFrontEnd:
             ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
             ("grpc.max_allowed_incoming_connections", self.max_connections),
         ]
-        interceptors = [_AuthInterceptor(self.token)] if self.token else []
+        interceptors = [_AuthInterceptor(self.token, self.receiver.counts)] if self.token else []
         server = aio.server(options=options, interceptors=interceptors)
         for signal in SIGNALS.values():
             handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))

@@ -449,6 +449,7 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCollecto
 def test_missing_or_wrong_token_is_unauthenticated(authed, metadata):
     trace_id = _trace_id()
     before = total(authed.lake)
+    refused = authed.collector.receiver.counts["refused.401"]
     with grpc.insecure_channel(authed.grpc_target) as chan:
         for stub, request in (
             (trace_service_pb2_grpc.TraceServiceStub(chan), span_request(trace_id)),
@@ -465,6 +466,8 @@ def test_missing_or_wrong_token_is_unauthenticated(authed, metadata):
         )
     assert stored(authed.lake, trace_id) == 0
     assert stored(authed.lake, trace_id, signal="log") == 0
+    # counted as HTTP's 401s are, so the activity line shows a misconfigured client
+    assert authed.collector.receiver.counts["refused.401"] == refused + 2
 
 
 def test_the_bearer_scheme_is_case_insensitive(authed):
