@@ -10,7 +10,11 @@ factory) and adds:
   connection is closed (the body has `body_timeout_s`, and an idle kept-alive connection
   aiohttp's keep-alive timeout);
 - a connection limit: beyond `max_connections` open at once, a new one is answered
-  `503 Service Unavailable` with `Retry-After` and closed, before any of it is read;
+  `503 Service Unavailable` with `Retry-After` before any of it is parsed; then its write
+  side is shut and what it still sends is read and dropped (up to `DRAIN_BYTES`, for
+  `DRAIN_S`) before it is closed — closing with its request unread would send a TCP reset,
+  and a client still writing its body would see EPIPE instead of the 503 (18 of 30 with a
+  2 MB body);
 - one log line per cause per interval, with counts, instead of nothing (or a traceback
   per refused accept).
 """
@@ -33,6 +37,8 @@ BUSY = (
     b"collector has too many open connections; retry\r\n\r\n"
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DRAIN_BYTES = 8 * 1024 * 1024  # read and dropped from a refused connection at most…
+DRAIN_S = 2.0  # …for at most this long
 
 
 class _Connection:
@@ -52,16 +58,24 @@ class _Guarded(asyncio.Protocol):
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self.guard, self.inner = guard, inner
+        self.draining: _Drain | None = None  # a refused connection, read until it is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.guard.admit(self.inner, transport):
             self.inner.connection_made(transport)
+        else:
+            self.draining = _Drain(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.draining is not None:
+            self.draining.drop(len(data))
+            return
         self.guard.data(self.inner)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self.draining is not None:
+            return False  # close: the client has sent all it will
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
@@ -71,8 +85,26 @@ class _Guarded(asyncio.Protocol):
         self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.guard.release(self.inner):
+        if self.draining is not None:
+            self.draining.stop()
+        elif self.guard.release(self.inner):
             self.inner.connection_lost(exc)
+
+
+class _Drain:
+    """A refused connection after its 503: its bytes dropped, then it is closed."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport, self.left = transport, DRAIN_BYTES
+        self.timer = asyncio.get_running_loop().call_later(DRAIN_S, transport.close)
+
+    def drop(self, size: int) -> None:
+        self.left -= size
+        if self.left <= 0:
+            self.transport.close()
+
+    def stop(self) -> None:
+        self.timer.cancel()
 
 
 class ConnectionGuard:
@@ -119,6 +151,9 @@ class ConnectionGuard:
         )
         if isinstance(transport, asyncio.WriteTransport):
             transport.write(BUSY)
+            if transport.can_write_eof():
+                transport.write_eof()  # the answer, then FIN; what the client sends is drained
+                return
         transport.close()
 
     def _arm(self, connection: _Connection) -> None:

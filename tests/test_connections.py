@@ -105,3 +105,31 @@ def test_connections_beyond_the_limit_get_503_and_retry_after(guarded, caplog):
     time.sleep(0.2)
     body, _ = one_span()
     assert post(guarded, "/v1/traces", body, PB).status == 200  # room again
+
+
+def test_a_refused_client_still_writing_its_body_reads_the_503_not_a_reset(guarded):
+    """Closing a refused connection with its request unread sends a TCP reset: a client
+    still writing a 2 MB body got EPIPE instead of the 503 in 18 of 30 tries. The refused
+    connection's bytes are now read and dropped (up to 8 MiB, for 2 s) after the answer."""
+    body = b"x" * 2_000_000
+    request = (
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: " + PB.encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    held = [_connect(guarded) for _ in range(4)]
+    answers = []
+    try:
+        time.sleep(0.1)
+        for _ in range(10):
+            with _connect(guarded) as extra:
+                extra.settimeout(5)
+                try:
+                    extra.sendall(request)
+                    answers.append(extra.recv(4096)[:12])
+                except OSError as exc:
+                    answers.append(type(exc).__name__.encode())
+    finally:
+        for sock in held:
+            sock.close()
+    assert answers == [b"HTTP/1.1 503"] * 10
+
