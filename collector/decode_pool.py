@@ -7,7 +7,9 @@ senders ran). A worker process decodes instead; the front end only hands over th
 and gets back the `Prepared` payload the WAL stores.
 
 A worker that dies (killed, out of memory) takes only its requests with it: they are
-answered 503 so their clients retry, and the pool is started again.
+answered 503 so their clients retry, and the pool is started again. So does a decode that
+runs past its deadline (`deadline_s`, ~20 × what the largest allowed body takes): its
+worker is killed, as a stuck one would never give its process back.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from flagscope.collector.errors import Unavailable
 from flagscope.collector.otlp import SIGNALS, Signal
 
 log = logging.getLogger("flagscope.collector")
+# A 64 MiB body (the default size limit) decodes in ~6 s on the 2-core machine measured.
+DEFAULT_DEADLINE_S = 120.0
 
 
 def _prepare(
@@ -42,8 +46,9 @@ def _ready() -> bool:
 class DecodePool:
     """`workers` processes that run `decode.prepare`; `start()` before use, `close()` after."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.workers = workers
+        self.deadline_s = deadline_s
         self._executor: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -62,17 +67,28 @@ class DecodePool:
         executor = self._executor
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
+            work = loop.run_in_executor(
                 executor, _prepare, signal.name, body, content_type, time.time_ns(), caps
             )
+            return await asyncio.wait_for(work, self.deadline_s)
         except BrokenProcessPool as exc:
-            self._restart(executor)
+            self._restart(executor, "an OTLP/JSON decoder process died")
             raise Unavailable("the JSON decoder restarted; retry", retry_after_s=1) from exc
+        except TimeoutError:
+            self._restart(
+                executor, f"an OTLP/JSON decode ran past {self.deadline_s:g} s", kill=True
+            )
+            raise Unavailable(
+                f"decoding took longer than {self.deadline_s:g} s; retry later", retry_after_s=5
+            ) from None
 
-    def _restart(self, broken: ProcessPoolExecutor) -> None:
+    def _restart(self, broken: ProcessPoolExecutor, why: str, kill: bool = False) -> None:
         if self._executor is not broken:  # another request restarted it already
             return
-        log.error("an OTLP/JSON decoder process died; starting a new one")
+        log.error("%s; starting a new decoder", why)
+        if kill:  # a worker busy past its deadline would never be given back
+            for process in list(broken._processes.values()):  # stdlib keeps them
+                process.kill()
         broken.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new_executor()
 

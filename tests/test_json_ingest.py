@@ -15,6 +15,7 @@ import time
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from flagscope.collector.caps import NO_CAPS
 from flagscope.collector.errors import Unavailable
 from flagscope.collector.receiver import Budget
 from tests.helpers import RunningCollector, make_settings, query
@@ -118,6 +119,33 @@ def test_a_decoder_process_that_dies_costs_one_retry_not_the_collector(collector
     # protobuf never depended on it
     pb_request = _request(new_trace_id())
     assert post(collector, "/v1/traces", pb_request.SerializeToString(), PB).status == 200
+
+
+def test_a_decode_past_its_deadline_is_killed_answered_503_and_the_pool_goes_on(collector):
+    """A worker busy past `deadline_s` never gives its process back: it is killed, the
+    request told to retry, and the next request decodes in a new worker."""
+    import asyncio
+
+    from flagscope.collector.decode_pool import DecodePool
+    from flagscope.collector.otlp import SIGNALS
+
+    body = dumps(otlp_json(_request(new_trace_id())))
+    pool = DecodePool(1, deadline_s=0.001)  # no 300-span decode is that fast
+
+    async def run() -> None:
+        await pool.start()
+        (stuck,) = pool.pids()
+        with pytest.raises(Unavailable, match="longer than 0.001 s"):
+            await pool.prepare(SIGNALS["traces"], body, JSON, NO_CAPS)
+        pool.deadline_s = 60.0
+        prepared = await pool.prepare(SIGNALS["traces"], body, JSON, NO_CAPS)
+        assert prepared.accepted == SPANS
+        assert pool.pids() and pool.pids() != [stuck]
+
+    try:
+        asyncio.run(run())
+    finally:
+        pool.close()
 
 
 def test_what_decoding_costs_comes_out_of_the_budget_but_never_more_than_all_of_it():
