@@ -138,8 +138,14 @@ def write_report(
         ext = EXTENSIONS[fmt]
         files[fmt] = directory / f"{stamp}.{ext}"
         latest[fmt] = directory / f"latest.{ext}"
-        write_atomically(files[fmt], text.encode())
-        write_atomically(latest[fmt], text.encode())
+        for path, stem in ((files[fmt], stamp), (latest[fmt], "latest")):
+            if fmt == "md" and "html" in texts:  # the Markdown points to its charts
+                text_ = (
+                    text.rstrip("\n") + f"\n\nCharts and every number: [{stem}.html]({stem}.html)\n"
+                )
+            else:
+                text_ = text
+            write_atomically(path, text_.encode())
     record = {
         "time": iso_z(now),
         "flag": flag,

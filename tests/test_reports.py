@@ -72,6 +72,16 @@ def test_files_per_format_latest_and_state(results, tmp_path):
     ]
 
 
+def test_the_markdown_report_links_to_its_html_one(results, tmp_path):
+    files = write_report(results["regression"], tmp_path, ["md", "html"], NINE)
+    run, latest = files.files["md"].read_text(), files.latest["md"].read_text()
+    assert run.endswith("Charts and every number: [20261128T0900Z.html](20261128T0900Z.html)\n")
+    assert latest.endswith("Charts and every number: [latest.html](latest.html)\n")
+    assert "latest.html" not in write_report(
+        results["regression"], tmp_path / "md-only", ["md"], NINE
+    ).latest["md"].read_text()
+
+
 def test_history_and_previous_verdict_across_runs(results, tmp_path):
     first = write_report(results["pass"], tmp_path, ["json"], NINE)
     second = write_report(results["regression"], tmp_path, ["json"], NINE + timedelta(hours=1))
