@@ -37,3 +37,16 @@ def test_the_headline_leads_with_the_metric_that_decided() -> None:
                            Judgement(Verdict.REGRESSION, ""))  # fmt: skip
     assert _deciding_first([open_, decided], Verdict.REGRESSION) == [decided, open_]
     assert _deciding_first([open_, decided], Verdict.INCONCLUSIVE) == [open_, decided]
+
+
+def test_an_error_rate_whose_relative_interval_disagrees_shows_only_the_deciding_one() -> None:
+    from flagscope.analysis.render.text import change
+
+    est = _estimate(0.004, 0.0005, 0.0075)  # absolute: excludes 0
+    wide = Estimate(**{**est.__dict__, "rel_lo": -0.05, "rel_hi": 0.85})  # relative: does not
+    metric = MetricResult("error_rate", wide, Judgement(Verdict.REGRESSION, ""))
+    absolute, relative, _ = change(metric)
+    assert absolute == "+0.40 pp [+0.05, +0.75]"
+    assert relative == "+40.0 % (interval: the absolute one decides)"
+    agreeing = MetricResult("error_rate", est, Judgement(Verdict.REGRESSION, ""))
+    assert change(agreeing)[1] == "+40.0 % [+5.0, +75.0]"

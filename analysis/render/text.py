@@ -53,12 +53,20 @@ def change(m: MetricResult) -> tuple[str, str, str]:
         absolute = f"{e.diff * 100:+.2f} pp [{e.diff_lo * 100:+.2f}, {e.diff_hi * 100:+.2f}]"
     else:
         absolute = f"{e.diff:+.1f} ms [{e.diff_lo:+.1f}, {e.diff_hi:+.1f}]"
-    relative = (
-        f"{e.rel * 100:+.1f} % [{e.rel_lo * 100:+.1f}, {e.rel_hi * 100:+.1f}]"
-        if e.has_relative
-        else ""
-    )
+    relative = ""
+    if e.has_relative:
+        relative = f"{e.rel * 100:+.1f} % [{e.rel_lo * 100:+.1f}, {e.rel_hi * 100:+.1f}]"
+        disagree = _excludes_zero(e.diff_lo, e.diff_hi) != _excludes_zero(e.rel_lo, e.rel_hi)
+        if m.metric == "error_rate" and disagree:
+            # The relative interval (delta method on the ratio, as gbstats) is a different
+            # interval and can disagree near the edge; an error rate's verdict reads the
+            # absolute one (percentage points), so only that one is shown.
+            relative = f"{e.rel * 100:+.1f} % (interval: the absolute one decides)"
     return absolute, relative, f"{e.p_value:.3g}"
+
+
+def _excludes_zero(lo: float, hi: float) -> bool:
+    return lo > 0 or hi < 0
 
 
 def cohort_rows(r: DiffResult) -> tuple[list[str], list[list[str]]]:
