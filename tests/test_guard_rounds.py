@@ -215,6 +215,14 @@ def test_guard_once_runs_the_declared_flags_and_exits_with_the_worst_code(
     assert len(lines) == 2 and "REGRESSION" in lines[0] and "would roll back" in lines[0]
     assert "no-such-flag: NO_DATA — treatment not evaluated yet" in lines[1]
     assert json.loads(definitions.read_text())["flags"][FLAG]["targeting"]  # dry run
+    flagd.set_share(definitions, FLAG, "on", "off", 50)  # ramped: the next look a new stage
+    ramped = subprocess.run(
+        [sys.executable, "-m", "flagscope", "guard", "--lake", str(lake), "--config",
+         str(config), "--once", "--dry-run"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "stage 2 (50 %" in ramped.stdout and "begins" in ramped.stdout, ramped.stdout
+    assert "  stages: 1 (20 %): REGRESSION; 2 (50 %): NO_DATA" in ramped.stdout
     refused = subprocess.run(
         [sys.executable, "-m", "flagscope", "guard", "--lake", str(lake), "--config",
          str(config), "--once", "--variant", "on"],

@@ -152,6 +152,14 @@ def run(
 
     def say(outcome: LookOutcome) -> None:
         print(printable(outcome.line()), flush=True)
+        stages = guard.history(outcome.flag).stages()
+        if len(stages) > 1:  # a ramp: each stage's verdict, its last look's
+            done = "; ".join(
+                f"{s.stage.number} ({'?' if s.stage.percent is None else f'{s.stage.percent:g} %'}"
+                f"): {s.verdict or 'FAILED'}"
+                for s in stages
+            )
+            print(printable(f"  stages: {done}"), flush=True)
 
     if args.once:
         outcomes = guard.look_all()
