@@ -135,7 +135,7 @@ def test_a_decode_past_its_deadline_is_killed_answered_503_and_the_pool_goes_on(
     async def run() -> None:
         await pool.start()
         (stuck,) = pool.pids()
-        with pytest.raises(Unavailable, match="longer than 0.001 s"):
+        with pytest.raises(Unavailable, match=r"longer than 0\.001 s"):
             await pool.prepare(SIGNALS["traces"], body, JSON, NO_CAPS)
         pool.deadline_s = 60.0
         prepared = await pool.prepare(SIGNALS["traces"], body, JSON, NO_CAPS)
