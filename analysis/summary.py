@@ -84,4 +84,3 @@ def _deciding_first(metrics: Sequence[MetricResult], verdict: Verdict) -> list[M
     """The metrics whose own verdict is `verdict` first (stable otherwise): a headline
     leads with what decided it, not with an interval that includes zero."""
     return sorted(metrics, key=lambda m: m.judgement.verdict is not verdict)
-

@@ -132,4 +132,3 @@ def test_a_refused_client_still_writing_its_body_reads_the_503_not_a_reset(guard
         for sock in held:
             sock.close()
     assert answers == [b"HTTP/1.1 503"] * 10
-

@@ -77,9 +77,12 @@ def test_the_markdown_report_links_to_its_html_one(results, tmp_path):
     run, latest = files.files["md"].read_text(), files.latest["md"].read_text()
     assert run.endswith("Charts and every number: [20261128T0900Z.html](20261128T0900Z.html)\n")
     assert latest.endswith("Charts and every number: [latest.html](latest.html)\n")
-    assert "latest.html" not in write_report(
-        results["regression"], tmp_path / "md-only", ["md"], NINE
-    ).latest["md"].read_text()
+    assert (
+        "latest.html"
+        not in write_report(results["regression"], tmp_path / "md-only", ["md"], NINE)
+        .latest["md"]
+        .read_text()
+    )
 
 
 def test_history_and_previous_verdict_across_runs(results, tmp_path):
