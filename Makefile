@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast check lint types bench clean browser
 SOURCES := collector analysis tests bench sample_data
+NODE_CLIENT := tests/node_client
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): flagscope and its pinned dependencies (a minute or two, once)"
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))
 
-test: check browser
+test: check browser $(NODE_CLIENT)/node_modules
 	$(BIN)/python -m pytest -q
 
 # The edit-run loop (well under a minute): no collector on a socket, no subprocess, crash
@@ -57,6 +58,17 @@ browser:
 		echo "note: no Chromium found; the HTML report test needs it (apt-get install chromium)"; \
 	fi
 
+# The Node.js OpenTelemetry SDK and OpenFeature JS that tests/test_node_clients.py runs as a
+# client, at the versions package-lock.json pins, when npm is there (the tests skip if not).
+$(NODE_CLIENT)/node_modules: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "note: no npm found; the Node.js client tests need Node.js >= 20.6 and npm"; \
+	elif (cd $(NODE_CLIENT) && npm ci --loglevel=error); then \
+		touch $@; \
+	else \
+		echo "note: npm ci failed in $(NODE_CLIENT); the Node.js client tests will skip"; \
+	fi
+
 # Ingest (~1 min), then the analysis at 1 M, 10 M and 100 M events (the 100 M lake takes
 # ~5 min and ~12 GB to generate once; it is cached in bench/out/lakes).
 bench: $(STAMP)
@@ -65,4 +77,5 @@ bench: $(STAMP)
 
 
 clean:
-	rm -rf $(VENV) flagscope-data .pytest_cache .typecheck .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) flagscope-data .pytest_cache .typecheck .mypy_cache .ruff_cache build dist *.egg-info \
+		$(NODE_CLIENT)/node_modules
