@@ -3,7 +3,8 @@
 It prints what `flagscope query` sees (events per service), the flags in the lake, and
 `flagscope diff` of the flag `new-checkout`: the regression the shop injected on
 POST /checkout, found with the QA testers excluded — and writes the report as HTML,
-Markdown and JSON, printing the summary and the HTML report's path. The collector runs on free loopback ports with the lake in
+Markdown and JSON, printing the summary and the HTML report's path, and last the command
+that opens the web view (`flagscope ui`). The collector runs on free loopback ports with the lake in
 ./flagscope-data/demo (recreated each run) and is stopped with SIGTERM at the end, so
 nothing is left running.
 
@@ -163,7 +164,15 @@ def first_look() -> int:
     )
     print('  .venv/bin/flagscope query "SELECT * FROM events LIMIT 5"')
     print(f"demo finished in {time.monotonic() - started:.1f} s")
+    print_ui_command()
     return 0
+
+
+def print_ui_command() -> None:
+    """The last lines: how to look at all of it in a browser."""
+    print("\nLook at it in a browser (Ctrl-C stops it):")
+    print(f"  .venv/bin/flagscope ui --data-dir {DATA_DIR} --reports {DATA_DIR / 'reports'}")
+    print("  then open http://127.0.0.1:4320/")
 
 
 def write_flagd_definitions(path: Path) -> Path:
@@ -220,6 +229,7 @@ def guard_rollback() -> int:
         entry.pop("result", None)
         print(json.dumps(entry, indent=2, ensure_ascii=False))
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
+    print_ui_command()
     return 0
 
 

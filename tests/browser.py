@@ -1,5 +1,6 @@
-"""Headless Chromium for the HTML report's tests: find it, load a file:// page, read back a
-screenshot, the DOM and the browser's log.
+"""Headless Chromium for the HTML report's and the UI's tests: find it, load a file:// page,
+read back a screenshot, the DOM and the browser's log; or drive it over the DevTools
+protocol (`DevTools`) through a server's pages, clicking like a person.
 
 Chromium runs with a fresh profile, no sandbox (tests may run as root in containers), no
 GPU, every background service off and every host name unresolvable, so that nothing but
@@ -198,10 +199,9 @@ class DevTools:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._loaded = asyncio.Event()
+        self.url = "about:blank"  # the main frame's, as last navigated
 
     async def __aenter__(self) -> DevTools:
-        import aiohttp
-
         self._profile = tempfile.TemporaryDirectory(prefix="flagscope-chromium-")
         self._proc = subprocess.Popen(
             [self.browser, *SERVER_FLAGS, f"--user-data-dir={self._profile.name}",
@@ -210,6 +210,19 @@ class DevTools:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        self._http: Any = None
+        self._ws: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        try:
+            await self._connect()
+        except BaseException:
+            await self.__aexit__()  # never leave a browser running
+            raise
+        return self
+
+    async def _connect(self) -> None:
+        import aiohttp
+
         active = Path(self._profile.name) / "DevToolsActivePort"
         for _ in range(300):
             if active.exists() and len(active.read_text().split()) == 2:
@@ -227,14 +240,20 @@ class DevTools:
         for domain in ("Page", "Runtime", "Log", "Network"):
             await self.send(f"{domain}.enable", session=True)
         await self.resize(self.width, self.height)
-        return self
 
     async def __aexit__(self, *_: object) -> None:
-        self._reader.cancel()
-        await self._ws.close()
-        await self._http.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._http is not None:
+            await self._http.close()
         self._proc.terminate()
-        self._proc.wait(10)
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
         self._profile.cleanup()
 
     async def send(self, method: str, session: bool = False, **params: Any) -> dict[str, Any]:
@@ -275,6 +294,8 @@ class DevTools:
             self.errors.append(f"log {entry['level']}: {entry['text']} {entry.get('url', '')}")
         elif method == "Network.loadingFailed" and not params.get("canceled"):
             self.errors.append(f"failed load: {params.get('errorText')}")
+        elif method == "Page.frameNavigated" and not params["frame"].get("parentId"):
+            self.url = params["frame"]["url"]
         elif method == "Page.loadEventFired":
             self._loaded.set()
 
@@ -303,29 +324,33 @@ class DevTools:
         the mouse, as a person would; wait for the page it leads to. Its href."""
         box = await self.evaluate(
             f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
-            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " e.scrollIntoView({block: 'center'}); const r = e.getClientRects()[0];"
             " return [r.left + r.width / 2, r.top + r.height / 2, e.href && (e.href.baseVal ?? e.href)]; })()"
         )
-        assert box, f"nothing matches {selector!r} on {await self.evaluate('location.href')}"
+        assert box, f"nothing matches {selector!r} on {self.url}"
+        before = self.url
         self._loaded.clear()
         for kind in ("mousePressed", "mouseReleased"):
             await self.send(
                 "Input.dispatchMouseEvent", session=True,
                 type=kind, x=box[0], y=box[1], button="left", clickCount=1,
             )  # fmt: skip
-        await asyncio.wait_for(self._loaded.wait(), 60)
+        async with asyncio.timeout(60):  # a meta refresh of the old page is not the click's
+            while not (self._loaded.is_set() and self.url != before):
+                self._loaded.clear()
+                await self._loaded.wait()
         return str(box[2])
 
     async def html(self) -> str:
         return str(await self.evaluate("document.documentElement.outerHTML"))
 
-    async def screenshot(self, png: Path) -> Path:
-        """The whole page, not only the window, as a PNG."""
+    async def screenshot(self, png: Path, top: float = 0, height: float | None = None) -> Path:
+        """The page from `top` down, `height` CSS pixels of it (all of it: None), as a PNG."""
         metrics = await self.send("Page.getLayoutMetrics", session=True)
-        size = metrics["cssContentSize"]
+        height = height or metrics["cssContentSize"]["height"] - top
         shot = await self.send(
             "Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
-            clip={"x": 0, "y": 0, "width": self.width, "height": size["height"], "scale": 1},
+            clip={"x": 0, "y": top, "width": self.width, "height": height, "scale": 1},
         )  # fmt: skip
         png.write_bytes(base64.b64decode(shot["data"]))
         return png

@@ -23,6 +23,7 @@ LONG_RUNNING = (
     re.compile(r"^\.venv/bin/flagscope serve(?! --help-config)"),
     re.compile(r"^\.venv/bin/flagscope schedule(?! --once)"),
     re.compile(r"^\.venv/bin/flagscope guard(?!.* --once)"),
+    re.compile(r"^\.venv/bin/flagscope ui(?! --help)"),
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.socket]

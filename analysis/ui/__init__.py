@@ -1,0 +1,1 @@
+"""`flagscope ui`: a read-only web view of the lake (server-rendered pages, SVG charts)."""
