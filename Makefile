@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast check lint types bench clean browser
+.PHONY: demo test test-fast check lint types bench clean browser java
 SOURCES := collector analysis tests bench sample_data
 NODE_CLIENT := tests/node_client
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))
 
-test: check browser $(NODE_CLIENT)/node_modules
+test: check browser java $(NODE_CLIENT)/node_modules
 	$(BIN)/python -m pytest -q
 
 # The edit-run loop (well under a minute): no collector on a socket, no subprocess, crash
@@ -47,6 +47,17 @@ types: $(STAMP)
 	@ln -sfn ../../collector .typecheck/flagscope/collector
 	@ln -sfn ../../analysis .typecheck/flagscope/analysis
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p flagscope
+
+# tests/test_engines.py reads the lake with Spark 4 (pyspark, local mode), which needs a Java
+# 17 or 21 runtime: Debian's default-jre-headless (17 on bookworm) when there is none.
+java:
+	@command -v java >/dev/null 2>&1 || [ -x "$${JAVA_HOME:-/nonexistent}/bin/java" ] || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's default-jre-headless for the Spark test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jre-headless >/dev/null; \
+	else \
+		echo "note: no Java runtime found; the Spark test needs one (apt-get install default-jre-headless)"; \
+	fi
 
 # The HTML report is checked in headless Chromium (Debian's package) when it is there.
 browser:

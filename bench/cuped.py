@@ -96,7 +96,7 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import machine
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, DiffResult
-from flagscope.collector.lake.schema import KEY_COLUMNS, SCHEMA, with_keys
+from flagscope.collector.lake.schema import INPUT_SCHEMA, complete
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "cuped.json"
 FLAG = "new-checkout"
@@ -234,16 +234,14 @@ def write_lake(lake: Path, traffic: Traffic, seed: int) -> dict[str, int]:
         "is_test": pa.array(np.zeros(m, bool)),
         **{name: pa.array([value] * m) for name, value in strings.items()},
     }
-    fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
+    fields = list(INPUT_SCHEMA)
     table = pa.table(
         {f.name: columns.get(f.name, pa.nulls(m, f.type)) for f in fields},
         schema=pa.schema(fields),
     )
     path = lake / "compacted" / "cuped-bench.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        with_keys(table).cast(SCHEMA), path, compression="zstd", row_group_size=ROW_GROUP_ROWS
-    )
+    pq.write_table(complete(table), path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return {
         "rows": m,
         "rollout_requests": int(flagged.sum()),

@@ -3,7 +3,7 @@
 `make_lake(lake_dir, events)` writes about `events` wide events with exactly the columns and
 types of `flagscope.collector.lake.schema.SCHEMA`, as the collector would store them, in its layout:
 `<lake>/date=YYYY-MM-DD/hour=HH/bench-<seq:012d>-000.parquet` (zstd, row groups of 128 Ki
-rows, each file written under a `.tmp` name and renamed into place). A file holds whole
+rows, each file written under a temporary name engines skip and renamed into place). A file holds whole
 traces of one hour; an hour has one file per `rows_per_file` rows. 100 M events take a
 few minutes on 2 cores and stay within DuckDB's `memory_limit` (4 GB by default).
 CLI: `python bench/make_lake.py --events 10000000 --out DIR`.
@@ -84,11 +84,20 @@ import duckdb
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flagscope.collector.lake.schema import SCHEMA, derived_keys
+from flagscope.collector.lake.layout import temporary
+from flagscope.collector.lake.schema import NANOS, SCHEMA, derived_keys
 
 HOUR_NS = 3_600_000_000_000
 ROW_GROUP_ROWS = 128 * 1024
-MANIFEST = "bench-lake.json"  # written at the lake's top; no `*.parquet` glob matches it
+# The manifest goes beside the lake, `<lake>.json`: the lake directory holds only what
+# engines read (Polars, given a directory, reads every file in it).
+MANIFEST_SUFFIX = ".json"
+
+
+def manifest_path(lake_dir: Path | str) -> Path:
+    lake = Path(lake_dir)
+    return lake.with_name(lake.name + MANIFEST_SUFFIX)
+
 
 # method, route, share of (regular) traffic, median latency ms, lognormal sigma, error rate
 ROUTES = (
@@ -112,7 +121,7 @@ USER_SKEW = 2.0  # user index = floor(users * u ** USER_SKEW)
 INFO_LOGS = 0.05
 
 _DUCK_TYPES = {
-    pa.timestamp("ns"): "TIMESTAMP_NS",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
     pa.string(): "VARCHAR",
     pa.int8(): "TINYINT",
     pa.int32(): "INTEGER",
@@ -163,6 +172,10 @@ def _select(**columns: str) -> str:
         raise KeyError(f"not in SCHEMA: {sorted(unknown)}")
     sources = ("trace_id", "span_id", "signal", "kind", "parent_span_id", "name")
     columns = derived_keys(*(columns.get(name, "NULL") for name in sources)) | columns
+    for stamp, nanos in NANOS.items():  # given as TIMESTAMP_NS: exact, and as UTC micros
+        if stamp in columns:
+            columns[nanos] = f"epoch_ns({columns[stamp]})"
+            columns[stamp] = f"timezone('UTC', ({columns[stamp]})::TIMESTAMP)"
     items = []
     for f in SCHEMA:
         expr = columns.get(f.name, "NULL")
@@ -558,7 +571,7 @@ def _write_file(job: tuple[str, str, int]) -> int:
         _worker_con.execute("SET preserve_insertion_order = false")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = temporary(target)
     result = _worker_con.execute(
         f"COPY ({sql}) TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd, "
         f"ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
@@ -670,12 +683,12 @@ def make_lake(
             "rows_per_file": rows_per_file,
         },
     )
-    (lake / MANIFEST).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    manifest_path(lake).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
 
 
 def read_manifest(lake_dir: Path | str) -> dict | None:
-    path = Path(lake_dir) / MANIFEST
+    path = manifest_path(lake_dir)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -16,7 +16,15 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from flagscope.collector.lake.schema import SCHEMA, SPAN_KIND_SERVER, is_entry, span_key
+from flagscope.collector.lake.schema import (
+    NANOS,
+    SCHEMA,
+    SPAN_KIND_SERVER,
+    is_entry,
+    lake_time,
+    span_key,
+    trace_key_halves,
+)
 from flagscope.collector.otlp import MAX_TIME_NS, METRICS, SIGNAL_BY_CODE, TRACES, metric_type
 from flagscope.collector.rawproto import AttributeCache, TraceRequest
 from flagscope.collector.tagging import FLAG_EVENT_NAMES, Tagger, evaluation
@@ -140,7 +148,10 @@ JSON_COLUMNS = frozenset(
     }
 )
 
-# Columns each signal fills row by row; every other column of SCHEMA is null for it.
+# Columns each signal fills row by row; every other column of SCHEMA is null for it. Times
+# come as integer nanoseconds (the `*_unix_nano` columns and the timestamps derive from
+# them) and the trace id as its 16 bytes (split into the trace key's halves).
+TRACE_BYTES = "trace_id_bytes"
 SPAN_FIELDS = (
     "time",
     "end_time",
@@ -176,7 +187,7 @@ SPAN_FIELDS = (
     "scope_attributes",
     "resource_schema_url",
     "scope_schema_url",
-    "trace_key",
+    TRACE_BYTES,
     "span_key",
     "is_entry",
 )
@@ -208,7 +219,7 @@ LOG_FIELDS = (
     "scope_attributes",
     "resource_schema_url",
     "scope_schema_url",
-    "trace_key",
+    TRACE_BYTES,
     "span_key",
 )
 METRIC_FIELDS = (
@@ -244,13 +255,20 @@ METRIC_FIELDS = (
 def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) -> pa.Table:
     n = len(rows)
     columns = dict(zip(fields, zip(*rows, strict=False), strict=True)) if rows else {}
+    derived: dict[str, pa.Array] = {}
+    for stamp, nanos in NANOS.items():
+        if stamp in columns:
+            derived[nanos] = pa.array(columns[stamp], type=pa.int64())
+            derived[stamp] = lake_time(derived[nanos])
+    if TRACE_BYTES in columns:
+        ids = pa.array(columns[TRACE_BYTES], type=pa.binary(16))
+        derived["trace_key_hi"], derived["trace_key_lo"] = trace_key_halves(ids)
     arrays = []
     for field in SCHEMA:
-        if field.name in JSON_COLUMNS and field.name in columns:
+        if field.name in derived:
+            arrays.append(derived[field.name])
+        elif field.name in JSON_COLUMNS and field.name in columns:
             arrays.append(pa.array(columns[field.name], type=pa.binary()).view(pa.string()))
-        elif field.name == "trace_key" and field.name in columns:
-            storage = pa.array(columns[field.name], type=pa.binary(16))
-            arrays.append(pa.ExtensionArray.from_storage(field.type, storage))
         elif field.name == "is_entry" and field.name not in columns:
             arrays.append(pa.array([False] * n, type=field.type))
         elif field.name in columns:

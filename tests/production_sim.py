@@ -68,7 +68,7 @@ import pyarrow.compute as pc
 
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, DiffResult
-from flagscope.collector.lake.schema import KEY_COLUMNS, SCHEMA, with_keys
+from flagscope.collector.lake.schema import INPUT_SCHEMA
 from flagscope.collector.lake.write import write_table
 
 FLAG = "new-checkout"
@@ -328,7 +328,7 @@ def _spans(
     rng: np.random.Generator,
 ) -> pa.Table:
     """The traces' spans: S1, C1, S2, C2, … per trace (a SERVER span, its CLIENT call, the
-    callee's SERVER span, …), each the previous one's child, as a table in SCHEMA."""
+    callee's SERVER span, …), each the previous one's child, as a table in INPUT_SCHEMA."""
     routes = _route_table(traffic)
     depth = np.array([len(r.servers) for r in routes])[edge["route"]]
     length = 2 * depth - 1
@@ -384,7 +384,9 @@ def _spans(
 def _table(
     rows: dict[str, np.ndarray], hops: list[tuple[str, str, str]], users: list[str]
 ) -> pa.Table:
-    """The spans in the collector's schema, join keys derived as the collector does."""
+    """The spans as a builder of wide events gives them (`INPUT_SCHEMA`: times as naive
+    nanoseconds); `write_table` stores them in the lake's form, join keys derived as the
+    collector derives them."""
     n = len(rows["ms"])
     server, hop, failed = rows["server"], rows["hop"], rows["failed"]
     services = sorted({s for s, _, _ in hops})
@@ -429,9 +431,9 @@ def _table(
         "resource_attributes": pa.array(np.full(n, "{}")),
     }
     columns["event_id"] = pc.binary_join_element_wise(columns["trace_id"], columns["span_id"], "")
-    fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
+    fields = list(INPUT_SCHEMA)
     arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in fields]
-    return with_keys(pa.Table.from_arrays(arrays, schema=pa.schema(fields))).cast(SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def _ns(moment: datetime) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flagscope.collector.lake.schema import KEY_COLUMNS, SCHEMA, with_keys
+from flagscope.collector.lake.schema import INPUT_SCHEMA, complete
 from flagscope.collector.lake.write import write_table
 
 _ids = itertools.count(1)
@@ -113,11 +113,11 @@ def request(
 def write(lake_dir: Path, rows: list[dict[str, Any]], name: str = "syn-000000000001-000") -> Path:
     """The rows as one lake file; the join keys are derived from the hex ids as the
     collector derives them from the raw ones."""
-    fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
+    fields = list(INPUT_SCHEMA)
     table = pa.Table.from_pydict(
         {f.name: [r.get(f.name) for r in rows] for f in fields}, schema=pa.schema(fields)
     )
-    write_table(lake_dir, with_keys(table).cast(SCHEMA), name)
+    write_table(lake_dir, complete(table), name)
     return lake_dir
 
 

@@ -23,7 +23,6 @@ import time
 import uuid
 from typing import Any
 
-import pyarrow as pa
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -32,7 +31,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from flagscope.collector.lake.read import fetch
-from flagscope.collector.lake.schema import SCHEMA
+from flagscope.collector.lake.schema import NANOS, SCHEMA, TRACE_KEY
 from tests.otlp_requests import any_value, kv, new_trace_id, post, wait_rows
 
 JSON_COLUMNS = {
@@ -45,16 +44,22 @@ JSON_COLUMNS = {
     "span_links",
     "body",
 }
+# The views' columns: SCHEMA's (the files'), and the trace key as one UUID.
+COLUMNS = [*SCHEMA.names, TRACE_KEY]
 # Columns a signal has no field for: null in every row of that signal.
 METRIC_COLUMNS = {
     "metric_type", "metric_unit", "metric_description", "start_time", "value", "value_int",
     "is_monotonic", "aggregation_temporality", "point_count", "point_sum", "point_min",
-    "point_max", "buckets", "exemplars",
+    "point_max", "buckets", "exemplars", "start_time_unix_nano",
 }  # fmt: skip
-NULL_FOR_SPANS = {"observed_time", "severity_number", "severity_text", "body", *METRIC_COLUMNS}
+NULL_FOR_SPANS = {
+    "observed_time", "observed_time_unix_nano", "severity_number", "severity_text", "body",
+    *METRIC_COLUMNS,
+}  # fmt: skip
 NULL_FOR_LOGS = {
     *METRIC_COLUMNS,
     "end_time",
+    "end_time_unix_nano",
     "parent_span_id",
     "trace_state",
     "kind",
@@ -96,17 +101,36 @@ def _rows_by_span(server: Any, trace_id: bytes, expected_rows: int) -> dict[str 
     """The stored rows of `trace_id` as column → value, times as integer nanoseconds."""
     wait_rows(server, "trace_id = ?", [trace_id.hex()], expected_rows)
     columns, _ = fetch(server.lake, "select * from events_raw limit 0")
-    assert columns == SCHEMA.names, "the view's columns are not SCHEMA's"
-    select = ", ".join(
-        f"epoch_ns({f.name}) AS {f.name}" if pa.types.is_timestamp(f.type) else f.name
-        for f in SCHEMA
-    )
+    assert columns == COLUMNS, "the view's columns are not SCHEMA's and the trace key"
+    select = _select()
     columns, rows = fetch(
         server.lake, f"select {select} from events_raw where trace_id = ?", [trace_id.hex()]
     )
     assert len(rows) == expected_rows, rows
     found = [dict(zip(columns, row, strict=True)) for row in rows]
     return {row["span_id"]: row for row in found}
+
+
+def _select() -> str:
+    """Every view column, times as integer nanoseconds."""
+    return ", ".join(
+        [f"epoch_ns({f.name}) AS {f.name}" if f.name in NANOS else f.name for f in SCHEMA]
+        + [TRACE_KEY]
+    )
+
+
+def derived(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with what the lake derives from it: the exact nanoseconds beside each time,
+    and the trace key's two halves (the id's bytes, big-endian, signed)."""
+    row = dict(row)
+    for stamp, nanos in NANOS.items():
+        if stamp in row:
+            row[nanos] = row[stamp]
+    if TRACE_KEY in row:
+        key = row[TRACE_KEY].bytes
+        row["trace_key_hi"] = int.from_bytes(key[:8], "big", signed=True)
+        row["trace_key_lo"] = int.from_bytes(key[8:], "big", signed=True)
+    return row
 
 
 def _same(name: str, got: Any, want: Any) -> bool:
@@ -120,13 +144,13 @@ def _same(name: str, got: Any, want: Any) -> bool:
 
 
 def assert_every_column(row: dict[str, Any], expected: dict[str, Any], null: set[str]) -> None:
-    """Each column of SCHEMA is either expected (with its value) or null for the signal."""
-    names = set(SCHEMA.names)
+    """Each view column is either expected (with its value) or null for the signal."""
+    names = set(COLUMNS)
     assert not (unchecked := names - set(expected) - null), f"columns not checked: {unchecked}"
     assert not (unknown := set(expected) - names), f"no such columns: {unknown}"
     assert not (both := set(expected) & null), f"expected and null at once: {both}"
     wrong = {}
-    for name in SCHEMA.names:
+    for name in COLUMNS:
         want = None if name in null else expected[name]
         if not _same(name, row[name], want):
             wrong[name] = {"stored": row[name], "expected": want}
@@ -396,7 +420,7 @@ def test_every_span_column_holds_its_own_field(server):
     partial = trace_service_pb2.ExportTraceServiceResponse.FromString(reply.body).partial_success
     assert partial.rejected_spans == 0, partial
     stored = _rows_by_span(server, trace_id, 3)
-    expected = _expected_spans(trace_id, base)
+    expected = {k: derived(v) for k, v in _expected_spans(trace_id, base).items()}
     assert_swaps_show(list(expected.values()), NULL_FOR_SPANS)
     assert set(stored) == set(expected)
     for span_id, want in expected.items():
@@ -582,7 +606,7 @@ def test_every_log_record_column_holds_its_own_field(server):
     partial = logs_service_pb2.ExportLogsServiceResponse.FromString(reply.body).partial_success
     assert partial.rejected_log_records == 0, partial
     stored = _rows_by_span(server, trace_id, 2)
-    expected = _expected_logs(request, trace_id, base)
+    expected = {k: derived(v) for k, v in _expected_logs(request, trace_id, base).items()}
     assert_swaps_show(list(expected.values()), NULL_FOR_LOGS)
     assert set(stored) == set(expected)
     for span_id, want in expected.items():
@@ -596,7 +620,7 @@ NULL_FOR_METRICS = {
     "http_route", "http_status_code", "user_id", "flags", "is_test", "test_reason",
     "severity_number", "severity_text", "body", "span_events", "span_links",
     "dropped_attributes_count", "dropped_events_count", "dropped_links_count", "trace_key",
-    "span_key",
+    "trace_key_hi", "trace_key_lo", "span_key", "end_time_unix_nano", "observed_time_unix_nano",
 }  # fmt: skip
 
 
@@ -653,12 +677,8 @@ def test_every_metric_column_holds_its_own_field(server):
     reply = post(server, "/v1/metrics", request.SerializeToString())
     assert reply.status == 200, reply.body
     wait_rows(server, "service_name = ?", [service], 2)
-    select = ", ".join(
-        f"epoch_ns({f.name}) AS {f.name}" if pa.types.is_timestamp(f.type) else f.name
-        for f in SCHEMA
-    )
     columns, rows = fetch(
-        server.lake, f"select {select} from events_raw where service_name = ?", [service]
+        server.lake, f"select {_select()} from events_raw where service_name = ?", [service]
     )
     stored = {row["name"]: row for row in (dict(zip(columns, r, strict=True)) for r in rows)}
     rm = request.resource_metrics[0]
@@ -729,6 +749,7 @@ def test_every_metric_column_holds_its_own_field(server):
             "otlp_flags": None,
         },
     }
+    expected = {k: derived(v) for k, v in expected.items()}
     assert set(stored) == set(expected)
     for name, want in expected.items():
         assert_every_column(stored[name], want, NULL_FOR_METRICS)

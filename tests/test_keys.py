@@ -1,10 +1,10 @@
-"""The lake's join keys (trace_key, span_key, is_entry): written by the collector, derived
-for files from before they existed, and the same either way."""
+"""The lake's join keys (trace_key_hi/lo, span_key, is_entry): written by the collector,
+derived for files from before they existed (or from before issue 12, with a UUID trace key
+and naive nanosecond times), and the same either way."""
 
 from __future__ import annotations
 
 import random
-import uuid
 
 import duckdb
 import pyarrow as pa
@@ -17,12 +17,15 @@ from flagscope.collector.convert import Converter
 from flagscope.collector.lake.maintain import compact
 from flagscope.collector.lake.read import connect
 from flagscope.collector.lake.schema import (
+    INPUT_SCHEMA,
     KEY_COLUMNS,
+    NANOS,
     SCHEMA,
+    TRACE_KEY,
+    complete,
     derived_keys,
     is_entry,
     span_key,
-    with_keys,
 )
 from flagscope.collector.lake.write import write_table
 from flagscope.collector.otlp import SIGNAL_CODES, TRACES
@@ -58,10 +61,46 @@ def _converted() -> pa.Table:
     return Converter(Tagger.from_settings(Settings())).table(records)
 
 
+def halves(trace_id: bytes) -> tuple[int, int]:
+    """The trace key's two halves: the id's bytes 0–7 and 8–15, big-endian, signed."""
+    return tuple(int.from_bytes(trace_id[i : i + 8], "big", signed=True) for i in (0, 8))
+
+
+def older(table: pa.Table, keys: bool) -> pa.Table:
+    """`table` (SCHEMA) as files held it before issue 12: times as naive nanosecond
+    timestamps, no `*_unix_nano` columns, and the trace key as a UUID (`keys`) or, as
+    before issue 10, no keys at all."""
+    columns = {}
+    for field in SCHEMA:
+        name = field.name
+        if name in NANOS:
+            columns[name] = table[NANOS[name]].cast(pa.timestamp("ns"))
+        elif name not in NANOS.values() and name not in KEY_COLUMNS:
+            columns[name] = table[name]
+    if keys:
+        raw = [
+            None
+            if hi is None
+            else hi.to_bytes(8, "big", signed=True) + lo.to_bytes(8, "big", signed=True)
+            for hi, lo in zip(
+                table["trace_key_hi"].to_pylist(), table["trace_key_lo"].to_pylist(), strict=True
+            )
+        ]
+        storage = pa.array(raw, pa.binary(16))
+        columns[TRACE_KEY] = pa.ExtensionArray.from_storage(pa.uuid(), storage)
+        columns["span_key"] = table["span_key"]
+        columns["is_entry"] = table["is_entry"]
+    return pa.table(columns)
+
+
 def test_the_collector_writes_the_ids_as_keys():
     table = _converted()
     assert table.schema.equals(SCHEMA)
-    assert table["trace_key"].to_pylist() == [uuid.UUID(bytes=TRACE)] * 3
+    hi, lo = halves(TRACE)
+    assert (table["trace_key_hi"].to_pylist(), table["trace_key_lo"].to_pylist()) == (
+        [hi] * 3,
+        [lo] * 3,
+    )
     assert table["span_key"].to_pylist() == [-(2**63) + 1, 0x0123456789ABCDEF, 9]
     # root (an INTERNAL span without parent) and SERVER spans are requests; the CLIENT span not
     assert table["is_entry"].to_pylist() == [True, True, False]
@@ -69,8 +108,8 @@ def test_the_collector_writes_the_ids_as_keys():
 
 def test_older_files_get_the_collectors_keys():
     table = _converted()
-    derived = with_keys(table.drop_columns(list(KEY_COLUMNS)))
-    assert derived.select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
+    for form in (table.drop_columns(list(KEY_COLUMNS)), older(table, True), older(table, False)):
+        assert complete(form).equals(table)
 
 
 def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
@@ -78,11 +117,9 @@ def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
     path = tmp_path / "keys.parquet"
     pq.write_table(table, path)
     derived = derived_keys()
-    rows = duckdb.sql(
-        f"SELECT trace_key = {derived['trace_key']}, span_key = {derived['span_key']}, "
-        f"is_entry = {derived['is_entry']} FROM read_parquet('{path}')"
-    ).fetchall()
-    assert rows == [(True, True, True)] * 3
+    checks = ", ".join(f"{name} = {derived[name]}" for name in KEY_COLUMNS)
+    rows = duckdb.sql(f"SELECT {checks} FROM read_parquet('{path}')").fetchall()
+    assert rows == [(True,) * len(KEY_COLUMNS)] * 3
 
 
 def _one_file(directory) -> tuple[str, pa.Table]:
@@ -91,13 +128,12 @@ def _one_file(directory) -> tuple[str, pa.Table]:
     return str(path.parent.relative_to(directory)), pq.read_table(path)
 
 
-def _put(directory, partition: str, table: pa.Table, name: str, legacy: bool) -> None:
-    """A file in `partition` as written before the keys existed (`legacy`) or now."""
+def _put(directory, partition: str, table: pa.Table, name: str, legacy: bool | str) -> None:
+    """A file in `partition` as written before the keys existed (`legacy`), before issue 12
+    (`legacy="uuid"`), or now."""
     (directory / partition).mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        table.drop_columns(list(KEY_COLUMNS)) if legacy else table,
-        directory / partition / f"{name}.parquet",
-    )
+    form = older(table, keys=legacy == "uuid") if legacy else table
+    pq.write_table(form, directory / partition / f"{name}.parquet")
 
 
 def _traffic() -> list[dict]:
@@ -138,20 +174,23 @@ def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
     expected = run_diff(tmp_path / "new", options(thresholds=_lenient())).to_dict()
     assert expected["cohorts"]["treatment"]["requests"] == 20  # the retry counted once
     half = 41  # between a trace's root span and its retried copy
+    want = query(tmp_path / "new", "SELECT * FROM events_raw ORDER BY event_id, span_id")
 
-    old = tmp_path / "old"  # every file without the keys
-    _put(old, partition, table, "old-000000000001-000", legacy=True)
-    mixed = tmp_path / "mixed"  # one file from before, one from after
-    _put(mixed, partition, table.slice(0, half), "mix-000000000001-000", legacy=True)
-    _put(mixed, partition, table.slice(half), "mix-000000000002-000", legacy=False)
-    for directory in (old, mixed):
+    lakes = []
+    for legacy in (True, "uuid"):
+        old = tmp_path / f"old-{legacy}"  # every file in the older form
+        _put(old, partition, table, "old-000000000001-000", legacy=legacy)
+        mixed = tmp_path / f"mixed-{legacy}"  # one file from before, one from after
+        _put(mixed, partition, table.slice(0, half), "mix-000000000001-000", legacy=legacy)
+        _put(mixed, partition, table.slice(half), "mix-000000000002-000", legacy=False)
+        lakes += [old, mixed]
+    for directory in lakes:
         got = run_diff(directory, options(thresholds=_lenient())).to_dict()
         for key in ("verdict", "cohorts", "metrics", "breakdown", "excluded"):
             # the same numbers, up to the order DuckDB sums them in (last bits of a float)
             assert _rounded(got[key]) == _rounded(expected[key]), (directory.name, key)
-        assert query(
-            directory, "SELECT count(*) FROM events_raw WHERE trace_key IS NULL OR span_key IS NULL"
-        ) == [(0,)]
+        # every column as the collector writes it now, times to the nanosecond
+        assert query(directory, "SELECT * FROM events_raw ORDER BY event_id, span_id") == want
 
 
 def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_path):
@@ -160,8 +199,10 @@ def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_pa
     _put(directory, partition, table, "w-000000000001-000", legacy=True)
     con = connect(directory)  # the views are defined now, before the keyed file
     _put(directory, partition, table, "w-000000000002-000", legacy=False)  # e.g. upgraded
-    rows = con.execute("SELECT count(*), count(trace_key), count(span_key) FROM events_raw")
-    assert rows.fetchall() == [(2 * table.num_rows,) * 3]
+    rows = con.execute(
+        "SELECT count(*), count(trace_key), count(span_key), count(time_unix_nano) FROM events_raw"
+    )
+    assert rows.fetchall() == [(2 * table.num_rows,) * 4]
     con.close()
 
 
@@ -173,13 +214,27 @@ def test_compaction_gives_older_files_their_keys(tmp_path):
     compact(directory, min_files=2, target_rows=10_000, writer="w")
     (merged,) = directory.glob("**/*.parquet")
     assert pq.read_schema(merged).equals(SCHEMA)
-    assert pq.read_table(merged).select(list(KEY_COLUMNS)).equals(table.select(list(KEY_COLUMNS)))
+    assert pq.read_table(merged).equals(table)
+
+
+def test_compaction_rewrites_each_file_from_before_issue_12_in_the_current_form(tmp_path):
+    """Even one file alone, or one too large to merge: then every engine reads the lake."""
+    partition, table = _one_file(tmp_path / "new")
+    directory = tmp_path / "lake"
+    _put(directory, partition, table, "w-000000000001-000", legacy="uuid")
+    _put(directory, "date=2020-01-01/hour=00", table, "w-000000000002-000", legacy=True)
+    _put(directory, "date=2020-01-01/hour=01", table, "other-000000000003-000", legacy=True)
+    assert compact(directory, min_files=8, target_rows=10, writer="w") == 2
+    for path in directory.glob("**/compact-w-*.parquet"):
+        assert pq.read_table(path).equals(table), path
+    # another writer's file is left to that writer (the views still read it)
+    (theirs,) = directory.glob("**/other-*.parquet")
+    assert "time_unix_nano" not in pq.read_schema(theirs).names
 
 
 def _without_keys(rows: list[dict]) -> pa.Table:
-    fields = [f for f in SCHEMA if f.name not in KEY_COLUMNS]
     return pa.Table.from_pydict(
-        {f.name: [r.get(f.name) for r in rows] for f in fields}, schema=pa.schema(fields)
+        {f.name: [r.get(f.name) for r in rows] for f in INPUT_SCHEMA}, schema=INPUT_SCHEMA
     )
 
 
@@ -190,10 +245,12 @@ def test_odd_ids_get_the_keys_the_collector_would_give(tmp_path):
         dict(rows[0], span_id="zz" * 8),
         dict(rows[0], span_id="0" * 16, parent_span_id="", kind=1),
     ]
-    keys = with_keys(_without_keys(rows + odd)).select(list(KEY_COLUMNS)).to_pylist()
+    keys = complete(_without_keys(rows + odd)).select(list(KEY_COLUMNS)).to_pylist()
     assert [k["span_key"] for k in keys[2:]] == [None, None, span_key(bytes(8))]  # 8 bytes or none
     assert keys[4]["is_entry"] is is_entry(1, b"")  # an empty parent is no parent
-    assert {k["trace_key"] for k in keys} == {uuid.UUID(rows[0]["trace_id"])}
+    assert {(k["trace_key_hi"], k["trace_key_lo"]) for k in keys} == {
+        halves(bytes.fromhex(rows[0]["trace_id"]))
+    }
 
 
 def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
@@ -204,7 +261,7 @@ def test_entry_spans_without_a_span_key_are_never_merged(tmp_path):
         dict(root, span_id="2", event_id=root["trace_id"] + "2"),
         dict(root),
     ]  # and a real retry, so that de-duplication runs
-    write_table(tmp_path, with_keys(_without_keys(rows)).cast(SCHEMA), "x-000000000001-000")
+    write_table(tmp_path, _without_keys(rows), "x-000000000001-000")
     result = run_diff(tmp_path, options(thresholds=_lenient()))
     assert result.baseline.requests == 3  # the root once, both key-less entry spans
 
@@ -225,7 +282,7 @@ def test_a_flag_evaluations_own_root_span_is_not_a_request(tmp_path):
         name="feature_flag.evaluation",
         duration_ms=0.01,
     )
-    keys = with_keys(_without_keys([*rows, evaluation])).select(list(KEY_COLUMNS)).to_pylist()
+    keys = complete(_without_keys([*rows, evaluation])).select(list(KEY_COLUMNS)).to_pylist()
     assert [k["is_entry"] for k in keys] == [True, False, True, False, False]
     workers = [dict(evaluation, trace_id=f"{0xB0 + i:032x}", user_id=f"w{i}") for i in range(5)]
     lake = write(tmp_path, [*rows, *workers])

@@ -4,6 +4,7 @@ temporary directories, without a server."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 from datetime import UTC, datetime
@@ -15,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from flagscope.collector import wal
-from flagscope.collector.lake.layout import GLOB, has_files, partitions
+from flagscope.collector.lake.layout import GLOB, TEMPORARY_GLOB, has_files, partitions, temporary
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.read import connect
-from flagscope.collector.lake.schema import SCHEMA
+from flagscope.collector.lake.schema import INPUT_SCHEMA, SCHEMA, TRACE_KEY
 from flagscope.collector.lake.write import PartitionedWriter, remove_stale_temporaries, write_table
 from flagscope.collector.wal import (
     WalFullError,
@@ -37,14 +38,15 @@ def ns(iso: str) -> int:
 
 
 def table(times: list[int], ids: list[str]) -> pa.Table:
-    """Wide events with the lake's schema: only time, signal and the ids filled in."""
-    columns = {name: [None] * len(ids) for name in SCHEMA.names}
+    """Wide events as a builder gives them (times in nanoseconds): only time, signal and
+    the ids filled in; the writer derives the rest of the lake's schema."""
+    columns = {name: [None] * len(ids) for name in INPUT_SCHEMA.names}
     columns["time"] = times
     columns["signal"] = ["span"] * len(ids)
     columns["event_id"] = ids
     columns["trace_id"] = [i[:32] for i in ids]
     columns["span_id"] = [i[32:] for i in ids]
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
+    return pa.Table.from_pydict(columns, schema=INPUT_SCHEMA)
 
 
 def event_ids(prefix: str, n: int) -> list[str]:
@@ -78,8 +80,30 @@ def test_write_table_partitions_by_hour_with_deterministic_names(tmp_path):
     ]
     hour10 = pq.read_table(tmp_path / "date=2024-05-01/hour=10/w-000000000007-000.parquet")
     hour11 = pq.read_table(tmp_path / "date=2024-05-01/hour=11/w-000000000007-000.parquet")
-    assert sorted(hour10["time"].cast(pa.int64()).to_pylist()) == [T10, T10 + 5]
-    assert sorted(hour11["time"].cast(pa.int64()).to_pylist()) == [times[2], times[0]]
+    assert hour10.schema.equals(SCHEMA) and hour11.schema.equals(SCHEMA)
+    assert sorted(hour10["time_unix_nano"].to_pylist()) == [T10, T10 + 5]
+    assert sorted(hour11["time_unix_nano"].to_pylist()) == [times[2], times[0]]
+    # the timestamp column: the same instants in UTC, to the microsecond
+    assert sorted(hour10["time"].to_pylist()) == [datetime.fromtimestamp(T10 // 10**9, UTC)] * 2
+
+
+def test_times_are_utc_instants_to_the_microsecond_and_exact_in_nanoseconds(tmp_path):
+    at = ns("2024-05-01T10:30:00") + 123_456_789
+    (path,) = write_table(tmp_path, table([at], event_ids("t", 1)), "w-000000000001-000")
+    field = pq.ParquetFile(path).schema.column(0)  # `time`, the first column
+    assert field.name == "time"
+    assert json.loads(field.logical_type.to_json()) | {"is_from_converted_type": False} == {
+        "Type": "Timestamp",
+        "isAdjustedToUTC": True,
+        "timeUnit": "microseconds",
+        "is_from_converted_type": False,
+        "force_set_converted_type": False,
+    }
+    stored = pq.read_table(path)
+    assert stored["time"].to_pylist() == [datetime(2024, 5, 1, 10, 30, 0, 123456, tzinfo=UTC)]
+    assert stored["time_unix_nano"].to_pylist() == [at]
+    # flagscope's views: naive UTC at nanosecond precision, as before
+    assert query(tmp_path, "select epoch_ns(time), time_unix_nano from events_raw") == [(at, at)]
 
 
 def test_write_table_of_no_rows_writes_no_file(tmp_path):
@@ -90,7 +114,7 @@ def test_write_table_of_no_rows_writes_no_file(tmp_path):
 def test_a_writer_aborted_midway_leaves_nothing_in_the_lake(tmp_path):
     writer = PartitionedWriter(tmp_path, "w-000000000001-000")
     writer.write(table([T10, T10 + HOUR_NS], event_ids("a", 2)))  # two partitions
-    assert len(list(tmp_path.glob("**/*.parquet.tmp"))) == 2
+    assert len(list(tmp_path.glob(TEMPORARY_GLOB))) == 2
     writer.abort()
     assert list(tmp_path.glob("**/*.parquet*")) == []
 
@@ -110,7 +134,9 @@ def test_rewriting_the_same_name_replaces_the_file(tmp_path):
 def test_temporary_files_are_not_matched_by_the_lake_glob(tmp_path):
     write_table(tmp_path, table([T10] * 2, event_ids("c", 2)), "w-000000000001-000")
     partition = tmp_path / "date=2024-05-01/hour=10"
-    (partition / "w-000000000002-000.parquet.tmp").write_bytes(b"PAR1 half a file")
+    half = temporary(partition / "w-000000000002-000.parquet")
+    assert half.name == ".w-000000000002-000.parquet.tmp"  # hidden: Spark, pyarrow skip it
+    half.write_bytes(b"PAR1 half a file")
 
     assert glob_count(tmp_path) == 2
     assert [p.name for p in tmp_path.glob(GLOB)] == ["w-000000000001-000.parquet"]
@@ -120,12 +146,13 @@ def test_temporary_files_are_not_matched_by_the_lake_glob(tmp_path):
 def test_remove_stale_temporaries_deletes_only_this_writers_tmp_files(tmp_path):
     write_table(tmp_path, table([T10], event_ids("d", 1)), "w-000000000001-000")
     partition = tmp_path / "date=2024-05-01/hour=10"
-    (partition / "w-000000000002-000.parquet.tmp").write_bytes(b"torn")
-    (partition / "compact-w-000000000001-000000000002.parquet.tmp").write_bytes(b"torn")
-    (partition / "other-000000000002-000.parquet.tmp").write_bytes(b"in progress")
+    (partition / ".w-000000000002-000.parquet.tmp").write_bytes(b"torn")
+    (partition / ".compact-w-000000000001-000000000002.parquet.tmp").write_bytes(b"torn")
+    (partition / "w-000000000003-000.parquet.tmp").write_bytes(b"torn, by a version before")
+    (partition / ".other-000000000002-000.parquet.tmp").write_bytes(b"in progress")
 
-    assert remove_stale_temporaries(tmp_path, "w") == 2
-    assert files(partition) == ["other-000000000002-000.parquet.tmp", "w-000000000001-000.parquet"]
+    assert remove_stale_temporaries(tmp_path, "w") == 3
+    assert files(partition) == [".other-000000000002-000.parquet.tmp", "w-000000000001-000.parquet"]
 
 
 # -- compaction --------------------------------------------------------------------------
@@ -224,7 +251,7 @@ def test_empty_lake_gives_an_empty_events_view_with_the_full_schema(tmp_path, ex
     try:
         for view in ("events", "events_raw"):
             result = con.execute(f"select * from {view}")
-            assert [d[0] for d in result.description] == SCHEMA.names
+            assert [d[0] for d in result.description] == [*SCHEMA.names, TRACE_KEY]
             assert result.fetchall() == []
     finally:
         con.close()

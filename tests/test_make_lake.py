@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.make_lake import Effect, make_lake, read_manifest
-from flagscope.collector.lake.schema import SCHEMA
+from flagscope.collector.lake.schema import INPUT_SCHEMA, SCHEMA, TRACE_KEY
 from flagscope.collector.lake.write import write_table
 from tests.helpers import query
 
@@ -54,7 +54,7 @@ def test_the_lake_has_the_collectors_schema_and_layout(generated, tmp_path: Path
     lake_dir, _ = generated
     # A lake the collector's own writer made from a converted-shape table.
     reference = tmp_path / "collector-lake"
-    one = {name: [None] for name in SCHEMA.names}
+    one = {name: [None] for name in INPUT_SCHEMA.names}
     one.update(
         time=[1_700_000_000_000_000_000],
         signal=["span"],
@@ -62,9 +62,9 @@ def test_the_lake_has_the_collectors_schema_and_layout(generated, tmp_path: Path
         flags=[[("k", "v")]],
         is_test=[False],
     )
-    write_table(reference, pa.Table.from_pydict(one, schema=SCHEMA), "w-000000000001-000")
+    write_table(reference, pa.Table.from_pydict(one, schema=INPUT_SCHEMA), "w-000000000001-000")
     assert query(lake_dir, "DESCRIBE events") == query(reference, "DESCRIBE events")
-    assert [r[0] for r in query(lake_dir, "DESCRIBE events")] == SCHEMA.names
+    assert [r[0] for r in query(lake_dir, "DESCRIBE events")] == [*SCHEMA.names, TRACE_KEY]
 
     files = sorted(lake_dir.glob("**/*.parquet"))
     assert files and not list(lake_dir.glob("**/*.tmp"))

@@ -10,8 +10,9 @@ from typing import BinaryIO
 
 
 def publish(handle: BinaryIO, path: Path) -> None:
-    """Make the file written through `handle` (open on `<path>.tmp`) durable under `path`:
-    fsync, close, rename into place, fsync the directory. Readers see all or nothing."""
+    """Make the file written through `handle` (open on a temporary name beside `path`)
+    durable under `path`: fsync, close, rename into place, fsync the directory. Readers
+    see all or nothing."""
     handle.flush()
     os.fsync(handle.fileno())
     handle.close()
@@ -19,11 +20,13 @@ def publish(handle: BinaryIO, path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write(file)` under `<name>.tmp`, then `publish` it as `path`. A failed write
-    leaves nothing behind."""
+def write_atomically(
+    path: Path, write: Callable[[BinaryIO], object], tmp: Path | None = None
+) -> None:
+    """`write(file)` under `tmp` (default `<name>.tmp` beside `path`), then `publish` it
+    as `path`. A failed write leaves nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp or path.with_name(path.name + ".tmp")
     handle = open(tmp, "wb")  # noqa: SIM115 - publish() closes it
     try:
         write(handle)

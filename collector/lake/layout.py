@@ -7,6 +7,20 @@ from pathlib import Path
 
 HOUR_NS = 3_600_000_000_000
 GLOB = "**/*.parquet"
+# A file being written is `.<name>.tmp` beside its final name: the rename into place stays
+# within one directory (atomic), and no reader lists it — `*.parquet` globs do not match,
+# and Spark/Hadoop, pyarrow datasets and Polars skip names starting with a dot.
+TEMPORARY_GLOB = "**/.*.parquet.tmp"
+
+
+def temporary(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def published(temporary_path: Path) -> Path:
+    """The file a temporary name stands for (`temporary`'s inverse)."""
+    return temporary_path.with_name(temporary_path.name[1 : -len(".tmp")])
 
 
 def partition_of(hour_index: int) -> str:

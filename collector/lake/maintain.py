@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
-from flagscope.collector.lake.layout import covered_seq, partitions
-from flagscope.collector.lake.schema import KEY_COLUMNS, SCHEMA, with_keys
-from flagscope.collector.lake.write import ROW_GROUP_ROWS
+from flagscope.collector.lake.layout import covered_seq, partitions, temporary
+from flagscope.collector.lake.schema import SCHEMA, complete
+from flagscope.collector.lake.write import ROW_GROUP_ROWS, parquet_writer
 
 log = logging.getLogger(__name__)
 
@@ -23,43 +23,68 @@ log = logging.getLogger(__name__)
 def compact(
     lake: Path, min_files: int, target_rows: int, writer: str, below_seq: int | None = None
 ) -> int:
-    """Merge this writer's small files of each partition into files of about `target_rows`.
+    """Merge this writer's small files of each partition into files of about `target_rows`,
+    and rewrite each of its files from before the current SCHEMA (issue 12: UUID trace
+    keys, naive nanosecond times) in SCHEMA, merged with others or alone.
 
     Only files whose WAL segments are gone (seq < `below_seq`) qualify: a segment still in
     the WAL may be replayed, which rewrites its files by name. Streams row groups, so
     memory stays at one row group whatever the partition size. Inputs are deleted after
     the merged file is in place; a crash in between leaves duplicates that the `events`
-    view hides and the next compaction merges away. Returns the number of merges.
+    view hides and the next compaction merges away. Returns the number of files written.
     """
     merges = 0
     for partition in partitions(lake):
-        small = []
-        for path in sorted(partition.glob("*.parquet")):
-            seq = covered_seq(path.stem, writer)
-            if seq is None or (below_seq is not None and seq >= below_seq):
-                continue
-            try:
-                rows = pq.read_metadata(path).num_rows
-            except (OSError, pa.ArrowInvalid) as exc:
-                log.warning("skipping unreadable lake file %s: %s", path, exc)
-                continue
-            if rows < target_rows // 2:
-                small.append((seq, path, rows))
-        if len(small) < min_files:
-            continue
-        small.sort()
-        group: list[tuple[int, Path]] = []
-        total = 0
-        for seq, member, rows in [*small, (-1, None, 0)]:
-            if member is None or (group and total + rows > target_rows):
+        small, stale = _candidates(partition, target_rows, writer, below_seq)
+        merged: set[Path] = set()
+        if len(small) >= min_files:
+            for group in _groups(small, target_rows):
                 if len(group) > 1:
                     _merge(group, writer)
                     merges += 1
-                group, total = [], 0
-            if member is not None:
-                group.append((seq, member))
-                total += rows
+                    merged.update(path for _, path in group)
+        for seq, path in stale:
+            if path not in merged:
+                _merge([(seq, path)], writer)
+                merges += 1
     return merges
+
+
+def _candidates(
+    partition: Path, target_rows: int, writer: str, below_seq: int | None
+) -> tuple[list[tuple[int, Path, int]], list[tuple[int, Path]]]:
+    """This writer's files in `partition` that may be rewritten: the small ones (seq, path,
+    rows), in WAL order, and the ones not in SCHEMA (seq, path)."""
+    small, stale = [], []
+    for path in sorted(partition.glob("*.parquet")):
+        seq = covered_seq(path.stem, writer)
+        if seq is None or (below_seq is not None and seq >= below_seq):
+            continue
+        try:
+            metadata = pq.read_metadata(path)
+            names = metadata.schema.to_arrow_schema().names
+        except (OSError, pa.ArrowInvalid) as exc:
+            log.warning("skipping unreadable lake file %s: %s", path, exc)
+            continue
+        if metadata.num_rows < target_rows // 2:
+            small.append((seq, path, metadata.num_rows))
+        if names != SCHEMA.names:
+            stale.append((seq, path))
+    small.sort()
+    return small, stale
+
+
+def _groups(small: list[tuple[int, Path, int]], target_rows: int) -> list[list[tuple[int, Path]]]:
+    """Consecutive files of up to `target_rows` rows together."""
+    groups: list[list[tuple[int, Path]]] = [[]]
+    total = 0
+    for seq, path, rows in small:
+        if groups[-1] and total + rows > target_rows:
+            groups.append([])
+            total = 0
+        groups[-1].append((seq, path))
+        total += rows
+    return groups
 
 
 def _merge(group: list[tuple[int, Path]], writer: str) -> None:
@@ -67,41 +92,21 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
     first = min(seq for seq, _ in group)
     last = max(seq for seq, _ in group)
     target = paths[0].with_name(f"compact-{writer}-{first:012d}-{last:012d}.parquet")
-    # Files from before a column was widened (kind int8 → int32, …) unify to the wider type.
-    schema = pa.unify_schemas(
-        [pq.read_schema(p) for p in paths] + [SCHEMA], promote_options="permissive"
-    )
 
     def write(handle: BinaryIO) -> None:
-        with pq.ParquetWriter(handle, schema, compression="zstd") as parquet:
+        with parquet_writer(handle) as parquet:
             for path in paths:
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS):
-                    table = _conform(pa.Table.from_batches([batch]), schema)
+                    # Files from before a column existed or was widened (kind int8 →
+                    # int32, the keys, the nanosecond columns) are written in SCHEMA.
+                    table = complete(pa.Table.from_batches([batch]))
                     parquet.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
-    write_atomically(target, write)
+    write_atomically(target, write, temporary(target))
     for path in paths:
         if path != target:
             path.unlink(missing_ok=True)
     fsync_dir(target.parent)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with `schema`'s columns in order: files written before a column existed
-    (the join keys of such files are derived from their hex ids)."""
-    if table.schema == schema:
-        return table
-    if not set(KEY_COLUMNS) <= set(table.column_names):
-        table = with_keys(table)
-    return pa.table(
-        [
-            table[f.name].cast(f.type)
-            if f.name in table.column_names
-            else pa.nulls(table.num_rows, f.type)
-            for f in schema
-        ],
-        schema=schema,
-    )
 
 
 def expire(lake: Path, retention_days: float, now: float | None = None) -> int:

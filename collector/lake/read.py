@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import pyarrow as pa
 
 from flagscope.collector.errors import LakeError, LakeQueryError
 from flagscope.collector.lake.layout import GLOB, has_files
-from flagscope.collector.lake.schema import SCHEMA, derived_keys
+from flagscope.collector.lake.schema import NANOS, SCHEMA, TRACE_KEY, derived_keys, trace_key_sql
 
 T = TypeVar("T")
 ATTEMPTS = 3  # a query that raced compaction this many times in a row fails
@@ -57,39 +58,63 @@ METRICS_VIEW = (
 
 def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     """`events_raw`: every stored row; `events`: one row per span, log record or metric
-    data point (retries de-duplicated); `metrics`: the data points' own columns."""
-    select = "*"
+    data point (retries de-duplicated); `metrics`: the data points' own columns.
+
+    The views show SCHEMA's columns with the times as naive UTC nanosecond timestamps
+    (from the `*_unix_nano` columns, so DuckDB still skips row groups by time) and the
+    trace key as one UUID (`trace_key`), as the lake held them before issue 12. Files from
+    before (naive nanosecond times, a UUID or no trace key, fewer columns) are read too,
+    their missing columns derived, until compaction rewrites them (`maintain.compact`).
+    The connection's time zone is UTC, so a naive time compared with an aware one (`now()`)
+    means UTC, as everywhere in flagscope."""
+    con.execute("SET TimeZone = 'UTC'")
     con.register("_flagscope_empty", SCHEMA.empty_table())
-    source = "_flagscope_empty"
+    source, select = "_flagscope_empty", CURRENT_VIEW
     if has_files(lake):
         glob = _sql_str(str(lake / GLOB))
         source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
         names = ", ".join(f"'{name}'" for name in SCHEMA.names)
-        keyed, complete, files = con.execute(
-            "SELECT count(*) FILTER (WHERE has_key), count(*) FILTER (WHERE columns = "
-            f"{len(SCHEMA.names)}), count(*) FROM (SELECT file_name, bool_or(name = "
-            f"'trace_key') AS has_key, count(DISTINCT name) FILTER (WHERE name IN ({names})) "
-            f"AS columns FROM parquet_schema('{glob}') GROUP BY 1)"
+        current, files = con.execute(
+            f"SELECT count(*) FILTER (WHERE columns = {len(SCHEMA.names)}), count(*) FROM ("
+            f"SELECT file_name, count(DISTINCT name) FILTER (WHERE name IN ({names})) AS columns "
+            f"FROM parquet_schema('{glob}') GROUP BY 1)"
         ).fetchall()[0]
-        if complete < files:
-            # Files from before a column existed (the keys, what issue 10 point 14 added):
-            # the empty table in SCHEMA keeps every column defined (null in those files)
-            # whichever files exist when the view lists them again at a query.
-            source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_empty)"
-        if keyed < files:
-            # Files from before the keys: derive the keys for those rows.
-            select = (
-                "* REPLACE ("
-                + ", ".join(
-                    f"coalesce({name}, {sql}) AS {name}" for name, sql in derived_keys().items()
-                )
-                + ")"
-            )
-    con.execute(f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {select} FROM {source}")
+        if current < files:
+            # Files from before a column existed: the empty table keeps every column
+            # defined (null in those files, derived below) whichever files exist when the
+            # view lists them again at a query, the older forms' columns too.
+            con.register("_flagscope_older", _OLDER.empty_table())
+            source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_older)"
+            select = OLDER_VIEW
+    # (str.replace, not format: the derived keys' SQL has braces of its own)
+    con.execute("CREATE OR REPLACE TEMP VIEW events_raw AS " + select.replace("{source}", source))
     con.execute(
         "CREATE OR REPLACE TEMP VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw"
     )
     con.execute(f"CREATE OR REPLACE TEMP VIEW metrics AS {METRICS_VIEW}")
+
+
+def _view(derive: dict[str, str]) -> str:
+    """`events_raw` over `{source}`: SCHEMA's columns in order (each as `derive` says, else
+    as stored), the times from their nanoseconds, and the trace key from its halves."""
+    inner = ", ".join(f"{derive[n]} AS {n}" if n in derive else n for n in SCHEMA.names)
+    times = {stamp: f"make_timestamp_ns({nanos}) AS {stamp}" for stamp, nanos in NANOS.items()}
+    outer = ", ".join(times.get(n, n) for n in SCHEMA.names)
+    return f"SELECT {outer}, {trace_key_sql()} AS {TRACE_KEY} FROM (SELECT {inner} FROM {{source}})"
+
+
+CURRENT_VIEW = _view({})
+# Files from before issue 12 (naive nanosecond times, the trace key as a UUID or absent)
+# and before the keys (issue 10): every column that a file lacks is derived from the ones
+# it has, as `schema.complete` derives them when compaction rewrites it.
+_OLDER = pa.schema(
+    [pa.field(f.name, pa.timestamp("ns")) if f.name in NANOS else f for f in SCHEMA]
+    + [pa.field(TRACE_KEY, pa.uuid())]
+)
+OLDER_VIEW = _view(
+    {nanos: f"coalesce({nanos}, epoch_ns({stamp}))" for stamp, nanos in NANOS.items()}
+    | {name: f"coalesce({name}, {sql})" for name, sql in derived_keys().items()}
+)
 
 
 def _sql_str(value: str) -> str:
