@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCollecto
 # Tests that run a real collector on a loopback socket (in-process or as `flagscope serve`):
 # `make test-fast` leaves them out; `make test` (CI) runs everything.
 _SOCKET_FIXTURES = {"server", "collectors"}
-_SOCKET_NAMES = ("RunningCollector", "CollectorProcess", "running(")
+_SOCKET_NAMES = ("RunningCollector", "CollectorProcess", "running(", "record_regressed_shop")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

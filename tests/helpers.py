@@ -180,3 +180,21 @@ class CollectorProcess:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def record_regressed_shop(data_dir: Path) -> Path:
+    """The sample shop's traffic with its regression (400 users, 3,000 requests, seed 11),
+    through a real collector into `data_dir`'s lake, which it returns: what the browser
+    tests open."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
+    import shop
+
+    running = RunningCollector(make_settings(data_dir, max_request_bytes=8 * MiB)).start()
+    try:
+        config = shop.ShopConfig(
+            users=400, requests=3000, regression_latency=0.4, regression_errors=0.05, seed=11
+        )
+        shop.run(running.http_url, running.grpc_target, config)
+    finally:
+        running.stop()  # drains the WAL into the lake
+    return running.lake

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,10 +16,7 @@ from flagscope.analysis.render import html as html_report
 from flagscope.analysis.result import DiffOptions, DiffResult, HealthCheck, TrafficFilter
 from flagscope.analysis.verdict import Verdict
 from tests import browser
-from tests.helpers import MiB, RunningCollector, make_settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
-import shop
+from tests.helpers import record_regressed_shop
 
 CHARTS = {"cdf", "histogram", "error-rate", "p95", "forest-error-rate", "forest-p95"}
 SVG = re.compile(r'<svg class="chart" data-chart="([^"]+)"(.*?)</svg>', re.DOTALL)
@@ -43,26 +39,16 @@ def _window() -> tuple[datetime, datetime]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
     tmp = tmp_path_factory.mktemp("html")
-    running = RunningCollector(make_settings(tmp, max_request_bytes=8 * MiB)).start()
-    try:
-        shop.run(
-            running.http_url,
-            running.grpc_target,
-            shop.ShopConfig(
-                users=400, requests=3000, regression_latency=0.4, regression_errors=0.05, seed=11
-            ),
-        )
-    finally:
-        running.stop()  # drains the WAL into the lake
+    lake = record_regressed_shop(tmp)
     start, end = _window()
     result = run_diff(
-        running.lake,
+        lake,
         DiffOptions("new-checkout", start, end, expected_split={"on": 0.2, "off": 0.8}),
         charts=True,
     )
     page = tmp / "report.html"
     page.write_text(html_report.render(result), encoding="utf-8")
-    return Report(running.lake, result, page, page.read_text(encoding="utf-8"))
+    return Report(lake, result, page, page.read_text(encoding="utf-8"))
 
 
 def _charts(text: str) -> dict[str, str]:

@@ -9,18 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import browser
-from tests.helpers import MiB, RunningCollector, make_settings
+from tests.helpers import record_regressed_shop
 from tests.ui_server import UiProcess
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
-import shop
 
 RED = (0xB3, 0x26, 0x1E)  # the REGRESSION badge and a regressed row's mark
 WIDTHS = (1366, 800)
@@ -29,17 +25,7 @@ WIDTHS = (1366, 800)
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProcess]:
     tmp = tmp_path_factory.mktemp("ui-browser")
-    running = RunningCollector(make_settings(tmp, max_request_bytes=8 * MiB)).start()
-    try:
-        shop.run(
-            running.http_url,
-            running.grpc_target,
-            shop.ShopConfig(
-                users=400, requests=3000, regression_latency=0.4, regression_errors=0.05, seed=11
-            ),
-        )
-    finally:
-        running.stop()  # drains the WAL into the lake
+    record_regressed_shop(tmp)
     server = UiProcess(
         tmp, "--data-dir", str(tmp), "--trace-link", "https://jaeger.example/trace/{trace_id}"
     ).start()
