@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/ui.py
+	$(BIN)/python bench/guard_watch.py
 
 
 clean:
