@@ -38,11 +38,12 @@ from flagscope.collector.decode_pool import DecodePool
 from flagscope.collector.errors import ConfigError
 from flagscope.collector.grpc_server import GrpcFrontEnd
 from flagscope.collector.http_server import HttpFrontEnd
+from flagscope.collector.lake.claims import claim, highest_seq, identity
 from flagscope.collector.lake.write import remove_stale_temporaries
 from flagscope.collector.lake_writer import clear_seen, run_worker
 from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.receiver import Receiver
-from flagscope.collector.wal import WalWriter, list_segments
+from flagscope.collector.wal import WalWriter, list_segments, reserve_seq
 
 log = logging.getLogger("flagscope.collector")
 
@@ -128,6 +129,8 @@ class Collector:
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         s.lake_path.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_data_dir(s.data_dir)
+        claim(s.lake_path, s.writer, identity(Path(s.data_dir)))
+        reserve_seq(s.wal_path, highest_seq(s.lake_path, s.writer))
         remove_stale_temporaries(s.lake_path, s.writer)
         self.wal.start()
         clear_seen(s.wal_path)

@@ -67,6 +67,13 @@ def next_seq(directory: Path) -> int:
     return max(existing[-1][0] if existing else 0, read_last_seq(directory)) + 1
 
 
+def reserve_seq(directory: Path, seq: int) -> None:
+    """Number new segments above `seq` (the lake already holds files of segment `seq`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if next_seq(directory) <= seq:
+        _record_last_seq(directory, seq)
+
+
 def _record_last_seq(directory: Path, seq: int) -> None:
     # Lake file names derive from segment numbers, so a number must never be reused,
     # even after the lake writers have converted and deleted every segment.

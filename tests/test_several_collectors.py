@@ -1,0 +1,133 @@
+"""Several collectors, one lake (issue 12 point 5): real `flagscope serve` subprocesses with
+their own data directories and writer ids write one shared lake, each compacting its own
+files of the same hours, under concurrent load — no row lost or doubled. A writer id can
+belong to one collector only, and a collector whose data directory was wiped never reuses
+a file name its id already has in the lake."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flagscope.collector.lake.claims import CLAIMS
+from flagscope.collector.lake.layout import GLOB, partitions
+from tests.helpers import CollectorProcess, query
+from tests.test_durability import connection, post, spans_request, wait_until
+
+# Small segments and compaction every half second: many files, merged while load goes on.
+BUSY = {
+    "FLAGSCOPE_FLUSH_INTERVAL_S": "0.05",
+    "FLAGSCOPE_COMPACT_INTERVAL_S": "0.5",
+    "FLAGSCOPE_COMPACT_MIN_FILES": "3",
+    "FLAGSCOPE_RETENTION_DAYS": "0",
+}
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., CollectorProcess]]:
+    started: list[CollectorProcess] = []
+
+    def run(data_dir: Path, lake: Path, writer: str, **env: str) -> CollectorProcess:
+        variables = {**BUSY, "FLAGSCOPE_LAKE_DIR": str(lake), "FLAGSCOPE_WRITER_ID": writer}
+        process = CollectorProcess(data_dir, env={**variables, **env})
+        started.append(process)
+        return process.start()
+
+    yield run
+    for process in started:
+        process.close()
+
+
+def raw_counts(lake: Path) -> dict[str, int]:
+    """Stored rows per trace, duplicates included (`events_raw`, not the de-duplicated view)."""
+    sql = "SELECT trace_id, count(*) FROM events_raw WHERE signal = 'span' GROUP BY 1"
+    return dict(query(lake, sql))
+
+
+def send(collector: CollectorProcess, traces: list[bytes], spans: int) -> None:
+    conn = connection(collector)
+    try:
+        for trace_id in traces:  # one small request at a time: a segment, a small file each
+            assert post(conn, spans_request(trace_id, spans)) == 200
+            time.sleep(0.02)
+    finally:
+        conn.close()
+
+
+def test_two_collectors_compacting_the_same_hour_lose_and_double_nothing(
+    tmp_path: Path, start: Callable[..., CollectorProcess]
+) -> None:
+    lake = tmp_path / "lake"
+    east = start(tmp_path / "east", lake, "east")
+    west = start(tmp_path / "west", lake, "west")
+    rng = random.Random(12)
+    plan = {name: [rng.randbytes(16) for _ in range(60)] for name in ("east", "west")}
+    senders = [
+        threading.Thread(target=send, args=(collector, plan[name], 4))
+        for name, collector in (("east", east), ("west", west))
+    ]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(120)
+    expected = {trace.hex(): 4 for traces in plan.values() for trace in traces}
+
+    def merged_by_both() -> bool:
+        names = {path.name.split("-")[1] for path in lake.glob("**/compact-*.parquet")}
+        return {"east", "west"} <= names
+
+    assert wait_until(merged_by_both, timeout=60), "both collectors compacted their files"
+    assert wait_until(lambda: raw_counts(lake) == expected, timeout=60)
+    hours = {path.parent for path in lake.glob("**/compact-*.parquet")}
+    assert len(hours) == 1 and len(partitions(lake)) == 1, "one hour, compacted by both"
+    assert east.terminate() == 0 and west.terminate() == 0
+    assert raw_counts(lake) == expected
+    stems = [path.stem for path in lake.glob(GLOB)]
+    assert all(stem.split("-")[0] in {"east", "west", "compact"} for stem in stems)
+
+
+def test_a_second_collector_with_the_same_writer_id_is_refused(
+    tmp_path: Path, start: Callable[..., CollectorProcess]
+) -> None:
+    lake = tmp_path / "lake"
+    first = start(tmp_path / "one", lake, "shop")
+    second = CollectorProcess(
+        tmp_path / "two",
+        env={**BUSY, "FLAGSCOPE_LAKE_DIR": str(lake), "FLAGSCOPE_WRITER_ID": "shop"},
+    )
+    with pytest.raises(RuntimeError) as refused:
+        second.start()
+    try:
+        assert second.proc is not None and second.proc.wait(30) == 2
+        message = str(refused.value)
+        assert "writer id 'shop' already belongs to another collector" in message
+        assert "writer_id" in message and "Traceback" not in message
+    finally:
+        second.close()
+    send(first, [bytes(16 * [7])], 2)  # the first one is undisturbed
+    assert wait_until(lambda: raw_counts(lake) == {bytes(16 * [7]).hex(): 2})
+    assert first.terminate() == 0
+
+
+def test_a_wiped_data_directory_never_reuses_a_file_name_of_its_writer_id(
+    tmp_path: Path, start: Callable[..., CollectorProcess]
+) -> None:
+    lake, data_dir = tmp_path / "lake", tmp_path / "data"
+    before, after = bytes(16 * [1]), bytes(16 * [2])
+    collector = start(data_dir, lake, "solo")
+    send(collector, [before], 3)
+    assert collector.terminate() == 0
+    assert raw_counts(lake) == {before.hex(): 3}
+    # The data directory is lost; the operator follows the refusal's advice and frees the id.
+    for path in sorted(data_dir.rglob("*"), reverse=True):
+        path.unlink() if not path.is_dir() else path.rmdir()
+    (lake / CLAIMS / "solo").unlink()
+    collector = start(data_dir, lake, "solo")
+    send(collector, [after], 3)  # the same hour: a reused segment number would overwrite
+    assert collector.terminate() == 0
+    assert raw_counts(lake) == {before.hex(): 3, after.hex(): 3}
