@@ -48,6 +48,7 @@ from flagscope.analysis.stats import (
     quantile_rank_interval,
     ratio_difference,
     sequential_estimate,
+    sequential_srm_test,
     sequential_stretch,
     srm_test,
 )
@@ -594,17 +595,21 @@ def _health(
                 f"--expected-split names no share for {', '.join(missing)}; "
                 f"e.g. --expected-split {t.variant}=0.2,{c.variant}=0.8"
             )
-        srm = srm_test(
+        # Looked at again and again (sequential mode: the guard, schedules), the split
+        # needs the anytime-valid test, or repeated looks alone raise false alerts.
+        test = sequential_srm_test if options.sequential else srm_test
+        srm = test(
             {t.variant: t.users, c.variant: c.users},
             {t.variant: split[t.variant], c.variant: split[c.variant]},
         )
+        kind = "anytime-valid p" if srm.sequential else "p"
         checks.append(
             HealthCheck(
                 "sample_ratio",
                 not srm.alert,
                 f"users {t.variant}={t.users}, {c.variant}={c.users} against "
                 f"{split[t.variant]:g}:{split[c.variant]:g}: χ² = {srm.chi2:.2f}, "
-                f"p = {srm.p_value:.3g} (alert below 0.001)",
+                f"{kind} = {srm.p_value:.3g} (alert below 0.001)",
             )
         )
     compared = t.users + c.users  # a crossover user counts once, in their first variant

@@ -316,6 +316,12 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
         "health": [{"check": h.name, "ok": h.ok, "detail": h.detail} for h in r.health],
         "srm": None
         if r.srm is None
-        else {"chi2": r.srm.chi2, "df": r.srm.df, "p_value": r.srm.p_value, "alert": r.srm.alert},
+        else {
+            "chi2": r.srm.chi2,
+            "df": r.srm.df,
+            "p_value": r.srm.p_value,
+            "anytime_valid": r.srm.sequential,
+            "alert": r.srm.alert,
+        },
         "excluded": dict(r.excluded),
     }

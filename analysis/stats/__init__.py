@@ -32,7 +32,12 @@ from flagscope.analysis.stats.sequential import (
     sequential_p_value,
     sequential_stretch,
 )
-from flagscope.analysis.stats.srm import SRM_ALERT_P_VALUE, SrmResult, srm_test
+from flagscope.analysis.stats.srm import (
+    SRM_ALERT_P_VALUE,
+    SrmResult,
+    sequential_srm_test,
+    srm_test,
+)
 
 __all__ = [
     "DEFAULT_TUNING",
@@ -63,6 +68,7 @@ __all__ = [
     "sequential_estimate",
     "sequential_halfwidth",
     "sequential_p_value",
+    "sequential_srm_test",
     "sequential_stretch",
     "srm_test",
     "wilson_interval",
