@@ -3,9 +3,11 @@
 The same 256-span requests (bench/payload.py, in OTLP/JSON the way the Node.js exporter
 writes it: hex ids, enums as numbers, 64-bit integers as strings), on loopback:
 
-1. engine: decoding alone on one core, in this process — `decode.prepare` on protobuf,
-   on JSON (collector/otlp_json.py), and protobuf's own `json_format.ParseDict`, which
-   the collector used before; spans/s and JSON ÷ protobuf.
+1. engine: decoding alone on one core (per CPU second), in this process — `decode.prepare` on protobuf,
+   on JSON (collector/otlp_json.py with otlp_json_fast.py), the same as a decoder process
+   runs it (`decode_pool.prepare_in_worker`: the garbage collector paused), and protobuf's
+   own `json_format.ParseDict`, which the collector used before; spans/s, µs a span and
+   JSON ÷ protobuf.
 2. probe: one protobuf client posting a 32-span request every 50 ms; its ack p50/p99
    alone, beside `--senders` protobuf senders, and beside as many JSON senders sending
    the same spans/s (each paced to `--paced-rps` requests/s) — the JSON senders must not
@@ -19,8 +21,10 @@ writes it: hex ids, enums as numbers, 64-bit integers as strings), on loopback:
    `--seconds`, once protobuf, once JSON (a fresh collector each): acked spans/s, the
    sustained rate (acked ÷ time until all are in the lake), JSON ÷ protobuf
    (target ≥ ⅓).
-Prints the figures and writes bench/out/json_ingest.json. Run:
-`.venv/bin/python bench/json_ingest.py` (~2 minutes).
+Each phase records the 1-minute load average as it ends: on a machine shared with other
+work the figures mean little when it is far above the core count. Prints the figures and
+writes bench/out/json_ingest.json. Run: `.venv/bin/python bench/json_ingest.py`
+(~3 minutes).
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from bench.ingest import lake_count
 from bench.machine import machine
 from bench.payload import trace_request
+from flagscope.collector.caps import NO_CAPS
 from flagscope.collector.decode import prepare
+from flagscope.collector.decode_pool import prepare_in_worker
 from flagscope.collector.otlp import JSON, PROTOBUF, TRACES
 from tests.otlp_requests import hex_to_base64, map_ids, otlp_json
 
@@ -64,11 +70,13 @@ def js_json(payload: bytes) -> bytes:
 
 
 def rate(work: Callable[[], object], spans: int, seconds: float = 3.0) -> float:
-    n, start = 0, time.perf_counter()
+    """Spans a CPU second: on a machine shared with other work, wall time would count
+    theirs too."""
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         work()
         n += 1
-    return n * spans / (time.perf_counter() - start)
+    return n * spans / (time.process_time() - cpu)
 
 
 def engine(pb: bytes, js: bytes) -> dict[str, Any]:
@@ -77,13 +85,20 @@ def engine(pb: bytes, js: bytes) -> dict[str, Any]:
         map_ids(doc, hex_to_base64)
         json_format.ParseDict(doc, ExportTraceServiceRequest())
 
+    def in_worker() -> None:
+        prepare_in_worker(TRACES.name, js, JSON, time.time_ns(), NO_CAPS)
+
     out = {
         "protobuf_spans_per_s": rate(lambda: prepare(TRACES, pb, PROTOBUF), SPANS),
         "json_spans_per_s": rate(lambda: prepare(TRACES, js, JSON), SPANS),
+        "json_in_worker_spans_per_s": rate(in_worker, SPANS),
         "json_format_parsedict_spans_per_s": rate(parse_dict, SPANS),
     }
-    out["json_over_protobuf"] = out["json_spans_per_s"] / out["protobuf_spans_per_s"]
+    for key in list(out):
+        out[key.replace("spans_per_s", "us_per_span")] = 1e6 / out[key]
+    out["json_over_protobuf"] = out["json_in_worker_spans_per_s"] / out["protobuf_spans_per_s"]
     out["json_over_parsedict"] = out["json_spans_per_s"] / out["json_format_parsedict_spans_per_s"]
+    out["load_average"] = os.getloadavg()[0]
     return out
 
 
@@ -192,6 +207,7 @@ def throughput(bodies: list[bytes], kind: str, senders: int, seconds: float) -> 
         "refused_503": sum(r[1] for r in results),
         "ack_p50_ms": percentile(latencies, 0.5),
         "ack_p99_ms": percentile(latencies, 0.99),
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -218,7 +234,25 @@ def probe(
         "probe_requests": len(mine),
         "load_spans_per_s": sum(r[0] for r in others) * SPANS / args.seconds,
         "load_ack_p99_ms": percentile([x for r in others for x in r[2]], 0.99),
+        "load_average": os.getloadavg()[0],
     }
+
+
+def run_probes(
+    small: list[bytes], pb: list[bytes], js: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    pr = {
+        "alone": probe(small, None, PROTOBUF, args),
+        "beside_protobuf_senders": probe(small, pb, PROTOBUF, args),
+        "beside_json_senders": probe(small, js, JSON, args),
+        "beside_json_senders_decoded_in_thread": probe(small, js, JSON, args, json_decoders="0"),
+    }
+    pr["p99_json_over_protobuf_senders"] = (
+        pr["beside_json_senders"]["probe_ack_p99_ms"]
+        / pr["beside_protobuf_senders"]["probe_ack_p99_ms"]
+    )
+    print(json.dumps(pr, indent=2), flush=True)
+    return pr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--senders", type=int, default=2)
     parser.add_argument("--paced-rps", type=float, default=20.0, help="per load sender, probe")
+    parser.add_argument("--no-probe", action="store_true", help="engine and throughput only")
     args = parser.parse_args(argv)
 
     pb = [trace_request(SPANS, seed=s) for s in range(32)]
@@ -238,18 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "engine": engine(pb[0], js[0]),
     }
     print(json.dumps(figures, indent=2), flush=True)
-    pr = {
-        "alone": probe(small, None, PROTOBUF, args),
-        "beside_protobuf_senders": probe(small, pb, PROTOBUF, args),
-        "beside_json_senders": probe(small, js, JSON, args),
-        "beside_json_senders_decoded_in_thread": probe(small, js, JSON, args, json_decoders="0"),
-    }
-    pr["p99_json_over_protobuf_senders"] = (
-        pr["beside_json_senders"]["probe_ack_p99_ms"]
-        / pr["beside_protobuf_senders"]["probe_ack_p99_ms"]
-    )
-    figures["probe"] = pr
-    print(json.dumps(pr, indent=2), flush=True)
+    if not args.no_probe:
+        figures["probe"] = run_probes(small, pb, js, args)
     tp = {
         "protobuf": throughput(pb, PROTOBUF, args.senders, args.seconds),
         "json": throughput(js, JSON, args.senders, args.seconds),

@@ -22,6 +22,7 @@ from flagscope.collector.caps import apply as caps_apply
 from flagscope.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from flagscope.collector.otlp import JSON, MAX_TIME_NS, PROTOBUF, Signal, data_points
 from flagscope.collector.otlp_json import JsonMessage, compile_message, encode_request
+from flagscope.collector.otlp_json_fast import FAST_WRITERS
 
 ENCODINGS = ("identity", "gzip", "deflate")
 _CHUNK = 256 * 1024
@@ -94,11 +95,17 @@ def decompress(
 
 def parse(signal: Signal, body: bytes, content_type: str) -> Message:
     """Parse a request body; BadRequest with a message a client developer can act on."""
-    if content_type == JSON:
-        return _parse_json(signal, body)
+    return _parse_wire(signal, body, content_type)[0]
+
+
+def _parse_wire(signal: Signal, body: bytes, content_type: str) -> tuple[Message, bytes]:
+    """The parsed request and the protobuf bytes it was parsed from (for JSON, those
+    written from it: stored as they are unless an item is changed or dropped)."""
+    wire = _json_wire(signal, body) if content_type == JSON else body
     try:
-        return signal.request_type.FromString(body)
+        return signal.request_type.FromString(wire), wire
     except DecodeError as exc:
+        # the same limits (nesting depth, UTF-8) for JSON as for a protobuf body
         raise BadRequest(_describe_decode_error(signal, exc)) from exc
 
 
@@ -112,26 +119,21 @@ def _describe_decode_error(signal: Signal, exc: Exception) -> str:
     return f"invalid protobuf {name}: {text.rsplit(': ', 1)[-1]}"
 
 
-def _parse_json(signal: Signal, body: bytes) -> Message:
+def _json_wire(signal: Signal, body: bytes) -> bytes:
     if not body.strip():
-        return signal.request_type()
+        return b""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise BadRequest("invalid OTLP/JSON: the body must be a JSON object")
-    wire = encode_request(_json_table(signal), doc)
-    try:
-        # Parsed as a protobuf body is: the same limits (nesting depth, UTF-8) apply
-        return signal.request_type.FromString(wire)
-    except DecodeError as exc:
-        raise BadRequest(_describe_decode_error(signal, exc)) from exc
+    return encode_request(_json_table(signal), doc)
 
 
 @functools.cache
 def _json_table(signal: Signal) -> JsonMessage:
-    return compile_message(signal.request_type.DESCRIPTOR)
+    return compile_message(signal.request_type.DESCRIPTOR, FAST_WRITERS)
 
 
 def _id_problem(value: bytes, size: int, name: str, required: bool) -> str | None:
@@ -225,7 +227,7 @@ def prepare(
     """Parse and validate `body` (already decompressed); drop items that cannot be stored,
     give log records without a usable observed time the receive time, and apply the
     attribute caps if there are any."""
-    request = parse(signal, body, content_type)
+    request, wire = _parse_wire(signal, body, content_type)
     traces, metrics = signal.name == "traces", signal.name == "metrics"
     cut = caps_apply(request, signal, caps) if caps.on else None
     problem_of = _span_problem if traces else _point_problem if metrics else _log_problem
@@ -279,8 +281,8 @@ def prepare(
     message = "; ".join(messages)
     if not accepted:
         payload = b""
-    elif rejected or stamped or cut or content_type == JSON:
+    elif rejected or stamped or cut:
         payload = request.SerializeToString()
     else:
-        payload = body
+        payload = wire
     return Prepared(payload, accepted, rejected, message)

@@ -1,6 +1,6 @@
 """OTLP/JSON bodies decoded in worker processes, off the front end's interpreter.
 
-Decoding OTLP/JSON is Python work (`otlp_json`, ~30 µs a span). In a thread it still holds
+Decoding OTLP/JSON is Python work (`otlp_json`, `otlp_json_fast`). In a thread it still holds
 the front end's GIL, and every protobuf and gRPC client waits for it between the steps of
 its own ack (issue 10 point 1: their ack p90 went from 13 ms to 145–244 ms while two JSON
 senders ran). A worker process decodes instead; the front end only hands over the bytes
@@ -15,6 +15,7 @@ worker is killed, as a stuck one would never give its process back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,11 +33,19 @@ log = logging.getLogger("flagscope.collector")
 DEFAULT_DEADLINE_S = 120.0
 
 
-def _prepare(
+def prepare_in_worker(
     signal_name: str, body: bytes, content_type: str, received_ns: int, caps: AttributeCaps
 ) -> Prepared:
-    """In the worker: what `decode.prepare` makes of the (decompressed) body."""
-    return prepare(SIGNALS[signal_name], body, content_type, received_ns, caps)
+    """What a worker runs: `decode.prepare` on the (decompressed) body, with the cyclic
+    garbage collector paused. Parsed JSON is ~40 containers a span, all alive until the
+    request is written: on Python 3.11 each collection walks them again as they are being
+    made, which doubled orjson's time (issue 10 point 1). They hold no cycles (a tree of
+    dicts and lists); reference counting frees them, and the collector runs again after."""
+    gc.disable()
+    try:
+        return prepare(SIGNALS[signal_name], body, content_type, received_ns, caps)
+    finally:
+        gc.enable()
 
 
 def _ready() -> bool:
@@ -68,7 +77,7 @@ class DecodePool:
         loop = asyncio.get_running_loop()
         try:
             work = loop.run_in_executor(
-                executor, _prepare, signal.name, body, content_type, time.time_ns(), caps
+                executor, prepare_in_worker, signal.name, body, content_type, time.time_ns(), caps
             )
             return await asyncio.wait_for(work, self.deadline_s)
         except BrokenProcessPool as exc:

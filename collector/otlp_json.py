@@ -14,8 +14,9 @@ encoders and writes the wire format straight from `orjson`'s dicts:
 - `null` anywhere means absent; two members of one oneof is an error.
 
 The caller parses the bytes with the generated protobuf type, which applies the same
-limits (nesting depth, UTF-8) as to a protobuf body. A KeyValue whose value is one scalar
-(most attributes, repeating from span to span) is encoded once and cached.
+limits (nesting depth, UTF-8) as to a protobuf body. These writers define what is accepted;
+`otlp_json_fast` can stand in for some of them (`compile_message(special=...)`): spans and
+attributes written inline and memoized, falling back to these for anything unusual.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import binascii
 import math
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from flagscope.collector.errors import BadRequest
@@ -36,22 +36,21 @@ from flagscope.collector.errors import BadRequest
 # The depth upb refuses beyond (protobuf's default recursion limit), counted the same way.
 MAX_DEPTH = 100
 _HEX_ID_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})
-_HEX = re.compile(r"[0-9a-fA-F]*")
 _INTEGER = re.compile(r"-?[0-9]+")
 # Unambiguous (no two ways to match a digit), so matching is linear in the length.
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _MAX_NUMBER_TEXT = 400  # characters: a decimal double needs far fewer
 _MAX_INTEGER_TEXT = 21  # "-9223372036854775808", "18446744073709551615"
 _SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_CACHE_LIMIT = 1 << 14  # distinct KeyValues kept per field (cleared when full)
-_CACHED_TEXT = 512  # bytes of JSON: a larger KeyValue is encoded each time
 
 Encode = Callable[[Any, int], bytes]  # (JSON value, nesting depth) → wire payload
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     if 0 <= n < 0x80:
-        return _SMALL[n]
+        return SMALL[n]
+    if 0 < n < 0x4000:  # the length of most messages: two bytes, without the loop
+        return bytes((n & 0x7F | 0x80, n >> 7))
     n &= 0xFFFF_FFFF_FFFF_FFFF  # negative int32/int64: ten bytes, two's complement
     out = bytearray()
     while n > 0x7F:
@@ -61,7 +60,7 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [bytes((i,)) for i in range(0x80)]
+SMALL = [bytes((i,)) for i in range(0x80)]  # varints of 0…127
 
 
 def _show(value: Any) -> str:
@@ -70,7 +69,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 64 else text[:60] + " …" + text[-1]
 
 
-class _Invalid(ValueError):
+class Invalid(ValueError):
     """A value that breaks the OTLP/JSON rules; `where` is filled in on the way out (the
     path is built only for an error, not for every field)."""
 
@@ -78,7 +77,7 @@ class _Invalid(ValueError):
         super().__init__(problem)
         self.where: list[str] = []
 
-    def at(self, key: str) -> _Invalid:
+    def at(self, key: str) -> Invalid:
         self.where.append(f".{key}")
         return self
 
@@ -94,9 +93,9 @@ def _integer(value: Any, lo: int, hi: int) -> int:
     ):
         n = int(value)
     else:
-        raise _Invalid(f"{_show(value)} is not an integer")
+        raise Invalid(f"{_show(value)} is not an integer")
     if not lo <= n <= hi:
-        raise _Invalid(f"{n} is out of range {lo}…{hi}")
+        raise Invalid(f"{n} is out of range {lo}…{hi}")
     return n
 
 
@@ -110,12 +109,12 @@ def _double(value: Any) -> float:
             return special
         if len(value) <= _MAX_NUMBER_TEXT and _NUMBER.fullmatch(value):
             return float(value)
-    raise _Invalid(f"{_show(value)} is not a number")
+    raise Invalid(f"{_show(value)} is not a number")
 
 
 def _varint_encoder(lo: int, hi: int) -> Encode:
     def encode(value: Any, depth: int) -> bytes:
-        return _varint(_integer(value, lo, hi))
+        return varint(_integer(value, lo, hi))
 
     return encode
 
@@ -123,7 +122,7 @@ def _varint_encoder(lo: int, hi: int) -> Encode:
 def _zigzag_encoder(lo: int, hi: int) -> Encode:
     def encode(value: Any, depth: int) -> bytes:
         n = _integer(value, lo, hi)
-        return _varint((n << 1) ^ (n >> 63))
+        return varint((n << 1) ^ (n >> 63))
 
     return encode
 
@@ -145,47 +144,57 @@ def _float_encoder(fmt: str) -> Encode:
         try:
             return pack(number)
         except OverflowError as exc:  # a double beyond a float's range
-            raise _Invalid(f"{_show(value)} is out of range for a float") from exc
+            raise Invalid(f"{_show(value)} is out of range for a float") from exc
 
     return encode
 
 
 def _bool(value: Any, depth: int) -> bytes:
     if type(value) is not bool:
-        raise _Invalid(f"{_show(value)} is not true or false")
-    return _SMALL[value]
+        raise Invalid(f"{_show(value)} is not true or false")
+    return SMALL[value]
 
 
 def _string(value: Any, depth: int) -> bytes:
     if type(value) is not str:
-        raise _Invalid(f"{_show(value)} is not a string")
+        raise Invalid(f"{_show(value)} is not a string")
     try:
         data = value.encode()
     except UnicodeEncodeError as exc:  # a lone surrogate escape
-        raise _Invalid("the string is not valid Unicode") from exc
-    return _varint(len(data)) + data
+        raise Invalid("the string is not valid Unicode") from exc
+    return varint(len(data)) + data
 
 
 def _base64(value: Any, depth: int) -> bytes:
     if type(value) is not str:
-        raise _Invalid(f"{_show(value)} is not a base64 string")
+        raise Invalid(f"{_show(value)} is not a base64 string")
     text = value.rstrip("=")
     altchars = b"-_" if "-" in text or "_" in text else None
     try:
         data = base64.b64decode(text + "=" * (-len(text) % 4), altchars, validate=True)
     except (binascii.Error, ValueError) as exc:  # ValueError: a non-ASCII character
-        raise _Invalid(f"{_show(value)} is not base64") from exc
-    return _varint(len(data)) + data
+        raise Invalid(f"{_show(value)} is not base64") from exc
+    return varint(len(data)) + data
+
+
+def hex_id(value: Any) -> bytes | None:
+    """The bytes of a hex string, or None. `fromhex` skips whitespace: a string it read
+    all of is twice as long as its bytes."""
+    try:
+        data = bytes.fromhex(value)
+    except (TypeError, ValueError):  # not a string; not hex, or not ASCII
+        return None
+    return data if 2 * len(data) == len(value) else None
 
 
 def _hex(value: Any, depth: int) -> bytes:
-    if type(value) is not str or len(value) % 2 or not _HEX.fullmatch(value):
-        raise _Invalid(
+    data = hex_id(value)
+    if data is None:
+        raise Invalid(
             f"{_show(value)} is not a hex string (OTLP/JSON encodes trace and span ids as hex, "
             "not base64)",
         )
-    data = bytes.fromhex(value)
-    return _varint(len(data)) + data
+    return varint(len(data)) + data
 
 
 _I32, _I64 = (-(1 << 31), (1 << 31) - 1), (-(1 << 63), (1 << 63) - 1)
@@ -214,15 +223,15 @@ def _enum_encoder(field: FieldDescriptor) -> Encode:
     def encode(value: Any, depth: int) -> bytes:
         if type(value) is str and not _INTEGER.fullmatch(value):  # a name, not a number
             number = numbers.get(value)
-            return b"" if number is None else _varint(number)  # unknown names are ignored
-        return _varint(_integer(value, *_I32))
+            return b"" if number is None else varint(number)  # unknown names are ignored
+        return varint(_integer(value, *_I32))
 
     return encode
 
 
 # -- messages -----------------------------------------------------------------------------
 # A field's writer appends its tag and payload to the message's list of parts (nothing for a
-# proto3 scalar at its default); a broken value raises _Invalid.
+# proto3 scalar at its default); a broken value raises Invalid.
 Writer = Callable[[list[bytes], Any, int], None]
 
 
@@ -230,23 +239,35 @@ class JsonMessage:
     """A message type's field writers, by JSON name and by proto name."""
 
     def __init__(self, descriptor: Descriptor) -> None:
+        self.descriptor = descriptor
         self.full_name = descriptor.full_name
         self.writers: dict[str, Writer] = {}
+        self.json_names = frozenset(field.json_name for field in descriptor.fields)
         self.oneofs: dict[str, str] = {}  # member key → its oneof's name
         self.aliases: dict[str, str] = {}  # proto name → JSON name, where they differ
 
 
-def compile_message(descriptor: Descriptor) -> JsonMessage:
-    """The encoding table of `descriptor` and every message type it contains."""
-    return _compile(descriptor, {})
+# Makes the writer of a repeated field of one message type from the field's tag and the
+# element type's table (whose writers may still be being filled in: read them when called).
+Special = Callable[[bytes, JsonMessage], Writer]
 
 
-def _compile(descriptor: Descriptor, done: dict[str, JsonMessage]) -> JsonMessage:
+def compile_message(
+    descriptor: Descriptor, special: Mapping[str, Special] | None = None
+) -> JsonMessage:
+    """The encoding table of `descriptor` and every message type it contains; a repeated
+    field whose element type is named in `special` is written by the writer made there."""
+    return _compile(descriptor, {}, special or {})
+
+
+def _compile(
+    descriptor: Descriptor, done: dict[str, JsonMessage], special: Mapping[str, Special]
+) -> JsonMessage:
     if descriptor.full_name in done:
         return done[descriptor.full_name]
     table = done[descriptor.full_name] = JsonMessage(descriptor)
     for field in descriptor.fields:
-        write = _writer(field, done)
+        write = _writer(field, done, special)
         if field.name != field.json_name:
             table.aliases[field.name] = field.json_name
         for key in (field.json_name, field.name):
@@ -262,18 +283,24 @@ def _wire_type(field: FieldDescriptor) -> int:
     return 0 if field.type == _T.TYPE_ENUM else _SCALARS[field.type][0]
 
 
-def _writer(field: FieldDescriptor, done: dict[str, JsonMessage]) -> Writer:
+def tag_of(field: FieldDescriptor) -> bytes:
+    """The tag a field is written with."""
     packed = field.is_repeated and field.is_packed
-    tag = _varint(field.number << 3 | (2 if packed else _wire_type(field)))
+    return varint(field.number << 3 | (2 if packed else _wire_type(field)))
+
+
+def _writer(
+    field: FieldDescriptor, done: dict[str, JsonMessage], special: Mapping[str, Special]
+) -> Writer:
+    tag = tag_of(field)
     if field.type == _T.TYPE_MESSAGE:
-        sub = _compile(field.message_type, done)
+        sub = _compile(field.message_type, done, special)
         if not field.is_repeated:
             return _message_writer(tag, sub)
-        if sub.full_name.endswith(".KeyValue"):
-            return _key_values_writer(tag, sub)
-        return _messages_writer(tag, sub)
+        make = special.get(sub.full_name)
+        return _messages_writer(tag, sub) if make is None else make(tag, sub)
     encode = _scalar_encoder(field)
-    if packed:
+    if field.is_repeated and field.is_packed:
         return _packed_writer(tag, encode)
     if field.is_repeated:
         return _repeated_writer(tag, encode)
@@ -295,70 +322,43 @@ def _scalar_encoder(field: FieldDescriptor) -> Encode:
 def _message_writer(tag: bytes, sub: JsonMessage) -> Writer:
     def write(out: list[bytes], item: Any, depth: int) -> None:
         data = encode_fields(sub, item, depth + 1)
-        out += (tag, _varint(len(data)), data)
+        out += (tag, varint(len(data)), data)
 
     return write
 
 
 def _messages_writer(tag: bytes, sub: JsonMessage) -> Writer:
     def write(out: list[bytes], items: Any, depth: int) -> None:
-        for i, item in enumerate(_array(items)):
-            data = _element(sub, item, i, depth)
-            out += (tag, _varint(len(data)), data)
+        for i, item in enumerate(array(items)):
+            data = element(sub, item, i, depth)
+            out += (tag, varint(len(data)), data)
 
     return write
 
 
-def _key_values_writer(tag: bytes, sub: JsonMessage) -> Writer:
-    """KeyValue elements, each distinct small one encoded once (per field: the tag is part
-    of what is kept): its compact JSON text (orjson, in C) is the cache key — most
-    attributes repeat from span to span."""
-    cache: dict[bytes, bytes] = {}
-
-    def write(out: list[bytes], items: Any, depth: int) -> None:
-        for i, item in enumerate(_array(items)):
-            try:
-                key: bytes | None = orjson.dumps(item)
-            except TypeError:  # nested deeper than orjson writes: encoded, not cached
-                key = None
-            if key is not None and len(key) > _CACHED_TEXT:
-                key = None  # a large one is encoded each time
-            data = None if key is None else cache.get(key)
-            if data is None:
-                body = _element(sub, item, i, depth)
-                data = tag + _varint(len(body)) + body
-                if key is not None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    cache[key] = data
-            out.append(data)
-
-    return write
-
-
-def _element(sub: JsonMessage, item: Any, index: int, depth: int) -> bytes:
+def element(sub: JsonMessage, item: Any, index: int, depth: int) -> bytes:
     """One message of an array, without its tag and length."""
     try:
         if item is None:
-            raise _Invalid("null is not allowed in an array")
+            raise Invalid("null is not allowed in an array")
         return encode_fields(sub, item, depth + 1)
-    except _Invalid as exc:
+    except Invalid as exc:
         exc.where.append(f"[{index}]")
         raise
 
 
 def _packed_writer(tag: bytes, encode: Encode) -> Writer:
     def write(out: list[bytes], items: Any, depth: int) -> None:
-        data = b"".join(_each(encode, _array(items), depth))
+        data = b"".join(_each(encode, array(items), depth))
         if data:
-            out += (tag, _varint(len(data)), data)
+            out += (tag, varint(len(data)), data)
 
     return write
 
 
 def _repeated_writer(tag: bytes, encode: Encode) -> Writer:
     def write(out: list[bytes], items: Any, depth: int) -> None:
-        for data in _each(encode, _array(items), depth):
+        for data in _each(encode, array(items), depth):
             out += (tag, data)
 
     return write
@@ -368,9 +368,9 @@ def _each(encode: Encode, items: list[Any], depth: int) -> Iterator[bytes]:
     for i, item in enumerate(items):
         try:
             if item is None:
-                raise _Invalid("null is not allowed in an array")
+                raise Invalid("null is not allowed in an array")
             yield encode(item, depth)
-        except _Invalid as exc:
+        except Invalid as exc:
             exc.where.append(f"[{i}]")
             raise
 
@@ -378,7 +378,7 @@ def _each(encode: Encode, items: list[Any], depth: int) -> Iterator[bytes]:
 def _string_writer(tag: bytes) -> Writer:
     def write(out: list[bytes], item: Any, depth: int) -> None:
         if type(item) is not str:
-            raise _Invalid(f"{_show(item)} is not a string")
+            raise Invalid(f"{_show(item)} is not a string")
         if item:  # proto3: "" stays off the wire
             out += (tag, _string(item, depth))
 
@@ -396,9 +396,9 @@ def _scalar_writer(tag: bytes, encode: Encode, presence: bool) -> Writer:
     return write
 
 
-def _array(items: Any) -> list[Any]:
+def array(items: Any) -> list[Any]:
     if type(items) is not list:
-        raise _Invalid(f"expected an array, got {type(items).__name__}")
+        raise Invalid(f"expected an array, got {type(items).__name__}")
     return items
 
 
@@ -407,7 +407,7 @@ def encode_request(table: JsonMessage, doc: Any) -> bytes:
     BadRequest naming where the first broken value is (`resourceSpans[0].scopeSpans…`)."""
     try:
         return encode_fields(table, doc, 1)
-    except _Invalid as exc:
+    except Invalid as exc:
         where = "".join(reversed(exc.where)).lstrip(".") or "the request"
         raise BadRequest(f"invalid OTLP/JSON: {where}: {exc}") from None
 
@@ -415,7 +415,7 @@ def encode_request(table: JsonMessage, doc: Any) -> bytes:
 def encode_fields(table: JsonMessage, value: Any, depth: int) -> bytes:
     """The wire bytes of the message `table` describes, from its JSON object `value`."""
     if type(value) is not dict:
-        raise _Invalid(f"expected an object for {table.full_name}, got {type(value).__name__}")
+        raise Invalid(f"expected an object for {table.full_name}, got {type(value).__name__}")
     if depth > MAX_DEPTH:
         raise BadRequest(
             f"invalid OTLP/JSON: nesting deeper than the limit of {MAX_DEPTH} messages"
@@ -432,7 +432,7 @@ def encode_fields(table: JsonMessage, value: Any, depth: int) -> bytes:
             continue
         try:
             write(out, item, depth)
-        except _Invalid as exc:
+        except Invalid as exc:
             exc.where.append(f".{key}")
             raise
     return b"".join(out)
@@ -443,7 +443,7 @@ def _check_aliases(aliases: dict[str, str], value: dict[str, Any]) -> None:
     JSON parser does: which one would count is not for the receiver to guess."""
     for name, json_name in aliases.items():
         if value.get(name) is not None and value.get(json_name) is not None:
-            raise _Invalid(f"{json_name!r} is given twice, also as {name!r}").at(name)
+            raise Invalid(f"{json_name!r} is given twice, also as {name!r}").at(name)
 
 
 def _check_oneofs(oneofs: dict[str, str], value: dict[str, Any]) -> None:
@@ -452,7 +452,7 @@ def _check_oneofs(oneofs: dict[str, str], value: dict[str, Any]) -> None:
         name = oneofs.get(key)
         if name is not None and item is not None:
             if name in seen:
-                raise _Invalid(f"more than one value of the oneof {name!r}").at(key)
+                raise Invalid(f"more than one value of the oneof {name!r}").at(key)
             seen.add(name)
 
 

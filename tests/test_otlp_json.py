@@ -20,13 +20,15 @@ import orjson
 import pytest
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flagscope.collector.decode import parse
 from flagscope.collector.errors import BadRequest
 from flagscope.collector.otlp import JSON, LOGS, METRICS, TRACES
+from flagscope.collector.otlp_json import JsonMessage, compile_message, encode_request
+from flagscope.collector.otlp_json_fast import FAST_WRITERS
 from tests.otlp_requests import ID_KEYS, hex_to_base64, map_ids, otlp_json
 
 T = FieldDescriptor
@@ -287,3 +289,171 @@ def test_an_ignored_member_nested_past_what_orjson_writes_is_not_an_error():
     body = _span_doc(name="n", attributes=[{"key": "a", "value": {"intValue": 1}, "x": deep}])
     span = parse(TRACES, body, JSON).resource_spans[0].scope_spans[0].spans[0]
     assert span.attributes[0].value.int_value == 1
+
+
+# -- the fast writers (collector/otlp_json_fast.py) against the generic ones ---------------
+# One table each for the whole module: the fast one's memo fills up across examples, so a
+# KeyValue met before must come back as the value it is, not as one that looks like it.
+GENERIC = compile_message(TRACES.request_type.DESCRIPTOR)
+FAST = compile_message(TRACES.request_type.DESCRIPTOR, FAST_WRITERS)
+
+
+def outcome(table: JsonMessage, doc: Any) -> tuple[str, Any]:
+    """What a table makes of a request: its message (fields in a canonical order: the
+    writers may write them in any), or the refusal's message."""
+    try:
+        data = encode_request(table, doc)
+    except BadRequest as exc:
+        return "refused", str(exc)
+    try:
+        return "message", wire(TRACES.request_type.FromString(data))
+    except DecodeError:  # what upb refuses after either (UTF-8, depth)
+        return "undecodable", None
+
+
+# Mostly the values senders write, then those at the edges of what is accepted: the
+# inline writers must hand each of those to the generic one, or agree with it.
+ODD_VALUES = [None, True, False, 0, 1, -1, 127, 128, 1.0, 1.5, -0.0, 2**63 - 1, 2**63, 2**64,
+              "", "0", "12", "-5", "+5", " 5", "5 ", "1_0", "١٢", "０", "²", "9" * 19, "9" * 20,
+              "1" * 21, "NaN", "SPAN_KIND_SERVER", "0a 0b", "0A0B", "0a0", "abc", "é", "\ud800",
+              [], [1], {}, {"stringValue": "s"}]  # fmt: skip
+ODD = st.sampled_from(ODD_VALUES)
+HEX_IDS = st.one_of(st.binary(min_size=8, max_size=8), st.binary(min_size=16, max_size=16))
+HEX_TEXT = st.one_of(
+    HEX_IDS.map(bytes.hex),
+    HEX_IDS.map(lambda b: b.hex().upper()),
+    st.binary(max_size=3).map(bytes.hex),
+)
+TIMES = st.one_of(st.integers(0, 2**64 - 1).map(str), st.integers(0, 2**64 - 1))
+TEXT = st.text(max_size=6)
+SCALAR_VALUES = st.one_of(
+    st.builds(lambda v: {"stringValue": v}, TEXT),
+    st.builds(lambda v: {"intValue": v}, st.one_of(st.integers(-(2**63), 2**63 - 1).map(str), st.integers(-(2**63), 2**63 - 1))),
+    st.builds(lambda v: {"boolValue": v}, st.booleans()),
+    st.builds(lambda v: {"doubleValue": v}, st.floats(allow_nan=False, allow_infinity=False)),
+    st.builds(lambda v: {"bytesValue": v}, st.sampled_from(["", "AAE=", "AAE"])),
+    st.builds(lambda v: {"arrayValue": {"values": [v]}}, st.builds(lambda s: {"stringValue": s}, TEXT)),
+    st.builds(lambda m, v: {m: v}, st.sampled_from(["stringValue", "intValue", "boolValue", "doubleValue", "futureValue"]), ODD),
+    st.just({"stringValue": "a", "intValue": "1"}),
+)  # fmt: skip
+# few keys, so that the same KeyValue turns up again with its value in another form
+KEY_VALUES = st.one_of(
+    st.builds(lambda k, v: {"key": k, "value": v}, st.sampled_from(["k", "http.route", "", "é"]), SCALAR_VALUES),
+    st.builds(lambda k, v: {"key": k, "value": v, "futureField": 1}, st.sampled_from(["k"]), SCALAR_VALUES),
+    st.builds(lambda v: {"key": "k", "value": {"intValue": v}}, ODD),
+    st.builds(lambda k: {"key": k}, ODD),
+    ODD,
+)  # fmt: skip
+
+
+def _fields(usual: dict[str, Any], odd_names: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """A JSON object with some of `usual` (name → strategy), now and then one value
+    replaced by an odd one, or a field given by its proto name."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        doc = {k: draw(v) for k, v in usual.items() if draw(st.integers(0, 3))}
+        if draw(st.integers(0, 2)) == 0:
+            doc[draw(st.sampled_from([*usual, *odd_names]))] = draw(ODD)
+        return doc
+
+    return build()
+
+
+EVENTS = _fields(
+    {"timeUnixNano": TIMES, "name": TEXT, "attributes": st.lists(KEY_VALUES, max_size=4)},
+    ["time_unix_nano", "droppedAttributesCount", "future"],
+)
+SPANS = _fields(
+    {
+        "traceId": HEX_TEXT,
+        "spanId": HEX_TEXT,
+        "parentSpanId": HEX_TEXT,
+        "name": TEXT,
+        "kind": st.integers(0, 5),
+        "startTimeUnixNano": TIMES,
+        "endTimeUnixNano": TIMES,
+        "attributes": st.lists(KEY_VALUES, max_size=5),
+        "events": st.lists(st.one_of(EVENTS, ODD), max_size=2),
+        "status": st.builds(lambda c, m: {"code": c, "message": m}, st.integers(0, 2), TEXT),
+    },
+    ["trace_id", "span_id", "start_time_unix_nano", "links", "flags", "traceState", "future"],
+)
+
+
+@checks
+@given(spans=st.lists(st.one_of(SPANS, ODD), min_size=1, max_size=4),
+       resource=st.lists(KEY_VALUES, max_size=3))  # fmt: skip
+def test_the_fast_writers_accept_and_refuse_exactly_what_the_generic_ones_do(spans, resource):
+    doc = {
+        "resourceSpans": [
+            {"resource": {"attributes": resource}, "scopeSpans": [{"spans": spans}]},
+        ]
+    }
+    expected = outcome(GENERIC, doc)
+    assert outcome(FAST, doc) == expected
+    assert outcome(FAST, doc) == expected  # again, every KeyValue now memoized
+
+
+def test_a_memoized_attribute_is_told_apart_from_one_that_looks_like_it():
+    values = [{"intValue": 1}, {"intValue": "1"}, {"doubleValue": 1.0}, {"boolValue": True},
+              {"stringValue": "1"}, {"intValue": True}]  # fmt: skip
+    attributes = [{"key": "k", "value": v} for v in values[:-1]]
+    table = compile_message(TRACES.request_type.DESCRIPTOR, FAST_WRITERS)
+    for _ in range(2):  # the second time from the memo
+        request = parse_with(table, {"attributes": attributes, "name": "n"})
+        got = [(a.value.WhichOneof("value"), a.value) for a in request.attributes]
+        kinds = ["int_value", "int_value", "double_value", "bool_value", "string_value"]
+        assert [kind for kind, _ in got] == kinds
+        assert [v.int_value for _, v in got[:2]] == [1, 1]
+    with pytest.raises(
+        BadRequest, match=r"attributes\[0\]\.value\.intValue: True is not an integer"
+    ):
+        parse_with(table, {"attributes": [{"key": "k", "value": values[-1]}]})
+
+
+def parse_with(table: JsonMessage, span: dict[str, Any]) -> Any:
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    request = TRACES.request_type.FromString(encode_request(table, doc))
+    return request.resource_spans[0].scope_spans[0].spans[0]
+
+
+def _base_span() -> dict[str, Any]:
+    attributes = [{"key": "k", "value": {"stringValue": "v"}}]
+    return {
+        "traceId": "5b8efff798038103d269b633813fc60c",
+        "spanId": "eee19b7ec3c1b174",
+        "parentSpanId": "eee19b7ec3c1b173",
+        "name": "GET /",
+        "kind": 2,
+        "startTimeUnixNano": "1544712660000000000",
+        "endTimeUnixNano": "1544712661000000000",
+        "attributes": copy.deepcopy(attributes),
+        "events": [{"timeUnixNano": "1544712660300000000", "name": "e", "attributes": attributes}],
+        "status": {"code": 1},
+    }
+
+
+# Every value the inline writers read, each replaced by each odd value.
+INLINE_PATHS = [(key,) for key in _base_span() if key not in ("attributes", "events")] + [
+    ("events", 0, "timeUnixNano"), ("events", 0, "name"), ("events", 0),
+    ("attributes", 0), ("attributes", 0, "key"), ("attributes", 0, "value"),
+    *[("attributes", 0, "value", m) for m in ("stringValue", "intValue", "boolValue", "doubleValue")],
+]  # fmt: skip
+
+
+def test_each_inline_value_at_the_edges_is_judged_as_the_generic_writers_judge_it():
+    differ = []
+    for path in INLINE_PATHS:
+        for value in ODD_VALUES:
+            span = _base_span()
+            if path[-1] in ("stringValue", "intValue", "boolValue", "doubleValue"):
+                span = _replace(span, path[:-1], {path[-1]: value})  # the member alone
+            else:
+                span = _replace(span, path, value)
+            doc = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+            expected = outcome(GENERIC, doc)
+            for _ in range(2):  # the second time from the memo
+                if outcome(FAST, doc) != expected:
+                    differ.append((path, value, outcome(FAST, doc), expected))
+    assert not differ, differ[:5]
