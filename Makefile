@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # `make demo GUARD=rollback`: the guard rolls the shop's flag back for real (flagd provider).
+# `make demo UI=1`: then serve the web view of the demo's lake (http://127.0.0.1:4320/).
 demo: $(STAMP)
-	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))
+	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))$(if $(UI), --ui)
 
 test: check browser java $(NODE_CLIENT)/node_modules
 	$(BIN)/python -m pytest -q
@@ -48,8 +49,9 @@ types: $(STAMP)
 	@ln -sfn ../../analysis .typecheck/flagscope/analysis
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p flagscope
 
-# tests/test_engines.py reads the lake with Spark 4 (pyspark, local mode), which needs a Java
-# 17 or 21 runtime: Debian's default-jre-headless (17 on bookworm) when there is none.
+# tests/test_engines.py reads the lake with Spark 4 (pyspark, local mode), and
+# tests/test_spark_engine.py runs the diff's cohort stage in it (`--engine spark`); both need
+# a Java 17 or 21 runtime: Debian's default-jre-headless (17 on bookworm) when there is none.
 java:
 	@command -v java >/dev/null 2>&1 || [ -x "$${JAVA_HOME:-/nonexistent}/bin/java" ] || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

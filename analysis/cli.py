@@ -100,9 +100,19 @@ EXIT_HELP = (
 )
 
 
+def _engine(parser: argparse.ArgumentParser, default: str = "duckdb") -> None:
+    parser.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        help="where the cohort stage runs: DuckDB here, or Spark SQL (local mode, or the "
+        f"cluster spark-submit names; README 'Spark'); default: {default}",
+    )
+
+
 def _add_comparison(parser: argparse.ArgumentParser, flag_required: bool = True) -> None:
     """The options `diff` and `report` share: what to compare, and how strictly."""
     _common(parser)
+    _engine(parser, "duckdb, or each declared report's engine without --flag")
     parser.add_argument("--flag", required=flag_required, help="the flag key, e.g. new-checkout")
     parser.add_argument("--since", help="window ending now, e.g. 6h, 2d (default 24h)")
     parser.add_argument("--from", dest="start", help="window start, ISO 8601 (UTC if no zone)")
@@ -183,6 +193,11 @@ def _add_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--out", help="directory for the reports (default: [reports] out_dir, else ./reports)"
     )
     report.add_argument("--format", default="html,md,json", help="comma-separated: html, md, json")
+    report.add_argument(
+        "--trace-link",
+        help="link example traces elsewhere: a URL with {trace_id}, e.g. "
+        "'https://jaeger.example/trace/{trace_id}' (default: [reports] trace_link)",
+    )
     report.set_defaults(parser=report)  # for the defaults of the per-flag options
 
     schedule = commands.add_parser(
@@ -194,6 +209,7 @@ def _add_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     _common(schedule)
     schedule.add_argument("--once", action="store_true", help="run every report now and exit")
+    _engine(schedule, "each report's engine in flagscope.toml, else duckdb")
     guard_command.add_parser(commands, _common)
 
 
@@ -242,6 +258,7 @@ def _options(args: argparse.Namespace) -> DiffOptions:
         **({} if args.expected_users is None else {"expected_users": args.expected_users}),
         pre_exposure=None if args.cuped is None else window.parse_duration(args.cuped, "--cuped"),
         thresholds=Thresholds(args.error_threshold_pp, args.latency_threshold_pct, args.min_users),
+        engine=args.engine or "duckdb",
     )
 
 
@@ -297,28 +314,35 @@ def _report(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from flagscope.analysis.diff import run_diff
+    from flagscope.analysis.different_query import with_differences
+    from flagscope.analysis.example_query import with_examples
+    from flagscope.analysis.examples import check_trace_link
     from flagscope.analysis.report_archive import normalize_formats, write_report
-    from flagscope.analysis.schedule.config import load_config
+    from flagscope.analysis.schedule.config import load_config, with_engine
     from flagscope.analysis.schedule.runner import Scheduler, utc_now
 
     if args.flag is None:
         _declared_reports_only(args, args.parser)
     options = None if args.flag is None else _options(args)
-    config = load_config(args.config, require=args.flag is None)
+    config = with_engine(load_config(args.config, require=args.flag is None), args.engine)
+    trace_link = check_trace_link(args.trace_link) or config.trace_link
     lake = _lake(args)
     out = Path(args.out) if args.out else config.out_dir
     if args.flag is None:  # one-shot run of the declared reports
-        return _run_declared(Scheduler(replace(config, out_dir=out), lake))
+        declared = replace(config, out_dir=out, trace_link=trace_link)
+        return _run_declared(Scheduler(declared, lake))
     formats = normalize_formats(
         [f.strip() for f in args.format.split(",") if f.strip()], "--format"
     )
     assert options is not None
-    result = run_diff(lake, options, charts="html" in formats)
+    result = with_examples(lake, run_diff(lake, options, charts="html" in formats), trace_link)
+    result = with_differences(lake, result)
     files = write_report(result, out, formats, utc_now())
     print(printable(result.summary))
     for fmt, path in files.files.items():
         print(printable(f"  {fmt:4} {path}"))
     print(printable(f"  latest: {files.latest[formats[0]].parent}/latest.*"))
+    print(printable(f"  every flag: {out / 'index.html'}"))
     return result.exit_code
 
 
@@ -326,10 +350,10 @@ def _schedule(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from flagscope.analysis.schedule.config import load_config
+    from flagscope.analysis.schedule.config import load_config, with_engine
     from flagscope.analysis.schedule.runner import Scheduler
 
-    config = load_config(args.config)
+    config = with_engine(load_config(args.config), args.engine)
     if args.once:
         return _run_declared(Scheduler(config, _lake(args)))
     import logging

@@ -26,6 +26,9 @@ cannot run out of order: `Evaluations.collect` (the flag's evaluations around th
 stratum and exclusion marks) → `.unit_sums()` → `UnitSums` (per cohort, and per cohort and
 stratum, the per-user sums the statistics need, as typed values). Everything heavy runs in
 DuckDB; Python receives a few rows per cohort and stratum.
+The stages read the narrow tables beside each lake file (`Tables`, issue 12 point 2:
+entry spans and flag evaluations in a few columns, only the hour partitions the window
+needs), or the wide rows (`events_raw`) where asked; both give the same answers.
 Traces are joined on the lake's `trace_key` (16 bytes, not 32 hex characters), requests
 found by `is_entry`, and users and units carried as 64-bit hashes: at 10 M events that
 took a diff from 5.6 s to about 3 s (bench/RESULTS.md).
@@ -33,15 +36,19 @@ took a diff from 5.6 s to about 3 s (bench/RESULTS.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
 
 from flagscope.analysis.adjustment import AdjustedMoments, adjusted_moments, collect_pre_exposure
+from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.result import TrafficFilter
 from flagscope.analysis.stats import RatioStats
+from flagscope.collector.lake import narrow_views
+from flagscope.collector.lake.read import lake_of
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # Probabilities around each quantile at which the empirical quantile function is read,
@@ -82,6 +89,48 @@ class CohortQuery:
 _SLACK = "INTERVAL 1 HOUR"
 SLACK = timedelta(hours=1)  # the same, for the window's lower edge computed in Python
 
+
+@dataclass(frozen=True)
+class Tables:
+    """Where the stages read evaluations, test marks and requests: the wide rows
+    (`events_raw`), or the narrow tables beside each lake file (`narrow_views`, issue 12),
+    which hold the same rows in fewer columns and only the hours the window needs."""
+
+    evaluations: str
+    tests: str  # the test marks of the whole lake (users ever marked)
+    requests: str
+    variant: str  # the flag's variant in an evaluations row
+    has_flag: str
+    root: str  # a request without a parent
+    entry: str  # the filter that keeps entry spans, if the table has others
+
+    def sql(self, template: str) -> str:
+        for name, value in asdict(self).items():
+            template = template.replace("{" + name + "}", value)
+        return template
+
+
+WIDE = Tables(
+    "events_raw",
+    "events_raw",
+    "events_raw",
+    "flags[$flag]",
+    "map_contains(flags, $flag) AND flags[$flag] IS NOT NULL",
+    "coalesce(r.parent_span_id, '') = ''",
+    "r.is_entry AND",
+)
+NARROW = Tables(
+    "fs_narrow_evaluations",
+    "fs_narrow_tests",
+    "fs_narrow_requests",
+    "variant",
+    "flag = $flag AND variant IS NOT NULL",
+    "r.root",
+    "",
+)
+# `wide` reads the wide rows (the path before issue 12, for comparison); default `narrow`.
+TABLES_ENV = "FLAGSCOPE_LAKE_TABLES"
+
 # Arms: the compared variants coded as small integers, so the per-trace and per-user
 # bookkeeping over millions of rows moves bytes, not strings.
 TREATMENT, BASELINE, OTHER = 1, 0, 2
@@ -106,20 +155,20 @@ def _user_hash(column: str) -> str:
 # (`map_contains` first: it rejects the rows without the flag faster than extracting.)
 _EVALS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_evals AS
-SELECT trace_key, {_user_hash("user_id")} AS user_hash, time, flags[$flag] AS variant
-FROM events_raw
+SELECT trace_key, {_user_hash("user_id")} AS user_hash, time, {{variant}} AS variant
+FROM {{evaluations}}
 WHERE time >= $lower AND time < $end + {_SLACK}
-  AND trace_key IS NOT NULL AND map_contains(flags, $flag) AND flags[$flag] IS NOT NULL
+  AND trace_key IS NOT NULL AND {{has_flag}}
 """
 
 # Test traffic: traces marked in the window (± slack), and users ever marked as testers
 # (one boolean column scanned across the lake: a tester marked last week is still staff).
 _TESTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_tests AS
-SELECT trace_key, NULL::UBIGINT AS user_hash FROM events_raw
+SELECT trace_key, NULL::UBIGINT AS user_hash FROM {{evaluations}}
 WHERE is_test AND trace_key IS NOT NULL AND time >= $start - {_SLACK} AND time < $end + {_SLACK}
 UNION ALL
-SELECT DISTINCT NULL, hash(user_id) FROM events_raw WHERE is_test AND user_id IS NOT NULL
+SELECT DISTINCT NULL, hash(user_id) FROM {{tests}} WHERE is_test AND user_id IS NOT NULL
 """
 
 # A trace's arm and unit: those of its first evaluation (of the first one naming a user);
@@ -151,12 +200,12 @@ CREATE OR REPLACE TEMP TABLE fs_entries AS
 SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
        coalesce(t.eval_user, {_user_hash("r.user_id")}) AS user_hash,
        t.eval_user IS NULL AND r.user_id IS NOT NULL AS request_user,
-       coalesce(r.parent_span_id, '') = '' AS root,
+       {{root}} AS root,
        coalesce(r.service_name, 'unknown_service') AS service_name,
        trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)) AS route,
        coalesce(r.http_route, r.name) AS path, r.time, r.duration_ms, r.is_error
-FROM events_raw r JOIN fs_traces t USING (trace_key)
-WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
+FROM {{requests}} r JOIN fs_traces t USING (trace_key)
+WHERE {{entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
 """
 # A trace whose evaluation names nobody is the user of its request: the entry spans of
 # services that do not see the user id (a downstream SERVER span) take the trace's first
@@ -272,9 +321,12 @@ class UnitSums:
 class Evaluations:
     """Stage 1: the flag's evaluations around the window (`fs_evals`, one scan)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, variants: dict[str, int]) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, variants: dict[str, int], tables: Tables = WIDE
+    ) -> None:
         self._con = con
         self.variants = variants  # users (or traces, without a user) per variant in the window
+        self.tables = tables
 
     @classmethod
     def collect(
@@ -284,30 +336,34 @@ class Evaluations:
         start: datetime,
         end: datetime,
         not_before: datetime | None = None,
+        tables: str | None = None,
     ) -> Evaluations:
         """`not_before`: no evaluation before it is read, not even within the slack (a ramp
-        stage's start: a user the ramp moved to the treatment is no crossover of it)."""
+        stage's start: a user the ramp moved to the treatment is no crossover of it).
+        `tables`: `narrow` (the default, or `TABLES_ENV`) or `wide` (`Tables`); a
+        connection without a lake (`read.lake_of`) reads `events_raw`."""
         lower = start - SLACK if not_before is None else max(start - SLACK, not_before)
-        con.execute(_EVALS_SQL, {"flag": flag, "lower": lower, "end": end})
+        chosen = _tables(con, start, end, tables)
+        con.execute(chosen.sql(_EVALS_SQL), {"flag": flag, "lower": lower, "end": end})
         rows = con.execute(
             "SELECT variant, count(DISTINCT coalesce(user_hash, hash(trace_key))) FROM fs_evals "
             "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
             {"start": start, "end": end},
         ).fetchall()
-        return cls(con, {variant: int(n) for variant, n in rows})
+        return cls(con, {variant: int(n) for variant, n in rows}, chosen)
 
     def label(self, q: CohortQuery) -> LabelledRequests:
         """Stage 2: every entry span of the window in a compared variant, with its cohort,
         unit, stratum, test and crossover marks (`fs_labelled`), and the ones compared
         (`fs_requests`)."""
         con = self._con
-        con.execute(_TESTS_SQL, {"start": q.start, "end": q.end})
+        con.execute(self.tables.sql(_TESTS_SQL), {"start": q.start, "end": q.end})
         one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
         arms = {"treatment": q.treatment, "baseline": q.baseline}
         con.execute(_TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL, arms)
         # Crossover is found over every entry span, before --service / --route narrow the
         # compared set: a filter must not change who counts as a crossover user.
-        _entries(con, q)
+        _entries(con, q, self.tables)
         con.execute(_TRACE_USER_SQL)
         con.execute(_USER_FIRST_SQL, arms)
         con.execute(_USER_MARKS_SQL)
@@ -333,14 +389,29 @@ class Evaluations:
         return LabelledRequests(con, q, excluded)
 
 
-def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery) -> None:
+def _tables(
+    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, chosen: str | None
+) -> Tables:
+    """The tables asked for; the narrow ones' views defined over the window's hours (the
+    evaluations' and test marks' with the slack around it)."""
+    chosen = chosen or os.environ.get(TABLES_ENV, "").strip() or "narrow"
+    if chosen not in ("narrow", "wide"):
+        raise AnalysisError(f"{TABLES_ENV}={chosen!r}: expected 'narrow' (the default) or 'wide'")
+    lake = lake_of(con)
+    if chosen == "wide" or lake is None:
+        return WIDE
+    narrow_views.define_views(con, lake, (start, end), (start - SLACK, end + SLACK))
+    return NARROW
+
+
+def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> None:
     """`fs_entries`, with the flagged traces as the hash join's build side: the entry spans
     scanned are the more. DuckDB cannot estimate a window over the view's `time` (computed
     from `time_unix_nano`, issue 12) and built on the lake's side instead, which took the
     10 M bench diff's statement from 1.8 to 3.0 s and its memory up by 0.8 GiB."""
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     try:
-        con.execute(_ENTRIES_SQL, {"start": q.start, "end": q.end})
+        con.execute(tables.sql(_ENTRIES_SQL), {"start": q.start, "end": q.end})
     finally:
         con.execute("RESET disabled_optimizers")
 

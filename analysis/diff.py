@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -59,7 +60,7 @@ from flagscope.analysis.stats.mix import (
 )
 from flagscope.analysis.stats.multiple import weighted_benjamini_hochberg
 from flagscope.analysis.summary import summarize
-from flagscope.analysis.verdict import Verdict, judge, overall_verdict
+from flagscope.analysis.verdict import Verdict, judge, metric_words, overall_verdict
 from flagscope.collector.lake.read import run
 
 TRUE_LIKE = ("on", "true", "enabled", "treatment", "yes", "variant", "new")
@@ -327,13 +328,28 @@ def run_diff(lake_dir: Path, options: DiffOptions, charts: bool = False) -> Diff
     """Compare the cohorts; `charts` adds the time series and histogram the HTML report draws.
     A run that raced compaction (a file merged away mid-read) starts again (lake.read.run)."""
 
-    def work(con: duckdb.DuckDBPyConnection) -> DiffResult:
-        requests, result = _run(con, options)
+    def work(con: Any, stage: Any = DuckDBStage) -> DiffResult:
+        requests, result = _run(con, options, stage)
         if charts and result.compared and requests is not None:
             result = replace(result, charts=_charts(requests, result.options))
         return result
 
+    if options.engine == "spark":  # the same diff, its cohort stage in Spark SQL
+        from flagscope.analysis import spark
+
+        return spark.run(lake_dir, lambda session: work(session, spark.SparkStage))
     return run(lake_dir, work)
+
+
+class DuckDBStage:
+    """What a diff asks of its engine (`cohorts` and the lake-wide questions above), each
+    taking the connection first; `spark.SparkStage` answers the same in Spark."""
+
+    collect = staticmethod(Evaluations.collect)
+    known_flags = staticmethod(known_flags)
+    lake_range = staticmethod(lake_range)
+    lake_variants = staticmethod(lake_variants)
+    check_scope = staticmethod(check_scope)
 
 
 def _charts(requests: LabelledRequests, options: DiffOptions) -> Charts:
@@ -380,15 +396,16 @@ def _no_data(
 
 
 def _run(
-    con: duckdb.DuckDBPyConnection, options: DiffOptions
+    con: Any, options: DiffOptions, stage: Any = DuckDBStage
 ) -> tuple[LabelledRequests | None, DiffResult]:
-    """The labelled requests (for the charts; None without evaluations) and the result."""
-    evaluations = Evaluations.collect(
+    """The labelled requests (for the charts; None without evaluations) and the result;
+    `con` is the `stage`'s: a DuckDB connection, or a Spark session (`spark.SparkStage`)."""
+    evaluations = stage.collect(
         con, options.flag, options.start, options.end, options.evaluations_from
     )
     available = evaluations.variants
     if not available:
-        flags = known_flags(con)
+        flags = stage.known_flags(con)
         if options.flag not in flags:
             close = difflib.get_close_matches(options.flag, flags, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -396,7 +413,7 @@ def _run(
                 f"flag {options.flag!r} is not in the lake; {hint}"
                 "run 'flagscope flags' to list flags"
             )
-        first, last = lake_range(con)
+        first, last = stage.lake_range(con)
         return None, _no_data(
             options,
             f"flag {options.flag!r} has no evaluations between "
@@ -408,7 +425,7 @@ def _run(
     if len(available) < 2 or absent:
         # A first look after a rollout starts may see one variant only: no data yet, not a
         # usage error — unless a named variant was never seen at all (a typo).
-        seen = lake_variants(con, options.flag)
+        seen = stage.lake_variants(con, options.flag)
         if all(v in seen for v in absent):
             only = ", ".join(repr(v) for v in available)
             still = (
@@ -439,7 +456,7 @@ def _run(
     sums = requests.unit_sums()
     overall = sums.overall
     if set(overall) != {"treatment", "baseline"}:
-        check_scope(con, options.service, options.route)
+        stage.check_scope(con, options.service, options.route)
         missing = [
             n for n, v in (("treatment", variant), ("baseline", baseline)) if n not in overall
         ]
@@ -474,21 +491,26 @@ def _run(
     )
     breakdown = _breakdown(routes, iter(q_routes), variant, baseline, options)
     health, srm = _health(options, treatment, base, excluded)
-    adjusted_judged = [(f"overall {m.metric} (route-mix adjusted)", m.judgement) for m in adjusted]
+    words = metric_words  # the reasons are read by people: "p95 latency", not p95_latency
+    adjusted_judged = [
+        (f"overall {words(m.metric)}, adjusted for the route mix", m.judgement) for m in adjusted
+    ]
     routes_judged = [
-        (f"{s.service} {s.route} {m.metric}", m.judgement, s) for s in breakdown for m in s.metrics
+        (f"{s.route} ({s.service}), {words(m.metric)}", m.judgement, s)
+        for s in breakdown
+        for m in s.metrics
     ]
     decisive = adjusted_judged + [(name, j) for name, j, _ in routes_judged]
     # PASS claims harm is ruled out for what the users experienced: every overall metric
     # (a tail regression that moves no mean still hurts) and every route with enough
     # users in both cohorts to have an answer.
-    ruled_out = adjusted_judged + [(f"overall {m.metric}", m.judgement) for m in metrics]
+    ruled_out = adjusted_judged + [(f"overall {words(m.metric)}", m.judgement) for m in metrics]
     ruled_out += [
         (name, j)
         for name, j, s in routes_judged
         if min(s.treatment.users, s.baseline.users) >= limits.min_users
     ]
-    verdict, reason = overall_verdict(
+    verdict, reasons = overall_verdict(
         decisive,
         ruled_out,
         [(h.name, h.detail) for h in health if not h.ok and h.name != "sample_size"],
@@ -515,9 +537,10 @@ def _run(
         excluded,
         srm,
         verdict,
-        reason,
+        "; ".join(reasons),
         summary,
         cuped=cuped,
+        reasons=reasons,
     )
 
 

@@ -8,6 +8,7 @@ gets a sanitized name plus a short hash):
     <flag>/history.jsonl          one line per run: time, verdict, summary, files; and one
                                   per notification attempt: time, notification, problem
     <flag>/state.json             the last verdict, to detect a change
+    index.html                    every flag's latest verdict, linked (render.index)
 
 Every file is written under a temporary name, fsynced and renamed into place
 (`os.replace`), so a reader or a web server never sees half a report and a crash leaves
@@ -21,6 +22,7 @@ import hashlib
 import logging
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +33,7 @@ import orjson
 
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.render import html, json, markdown, terminal
+from flagscope.analysis.render import index as index_page
 from flagscope.analysis.result import DiffResult
 from flagscope.analysis.verdict import Verdict
 from flagscope.analysis.window import aware_utc, iso_z
@@ -167,6 +170,7 @@ def write_report(
         )
         + b"\n",
     )
+    write_index(out_dir, now)
     return ReportFiles(
         flag, directory, stamp, files, latest, history, state, result.verdict, previous
     )
@@ -179,7 +183,49 @@ def record_failure(out_dir: Path, flag: str, now: datetime, error: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     history = directory / "history.jsonl"
     append_line(history, {"time": iso_z(now), "flag": flag, "verdict": None, "error": error})
+    write_index(out_dir, now)
     return history
+
+
+INDEX = "index.html"
+
+
+def write_index(out_dir: Path, now: datetime) -> Path | None:
+    """Rewrite `out_dir/index.html` from every flag directory's state and history. A
+    failure to write it is logged, not raised: the report itself is already in place."""
+    path = Path(out_dir) / INDEX
+    try:
+        write_atomically(path, index_page.render(index_entries(out_dir), iso_z(now)).encode())
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
+        return None
+    return path
+
+
+def index_entries(out_dir: Path) -> list[index_page.IndexEntry]:
+    """One entry per flag directory under `out_dir` that has a run in its history."""
+    entries = []
+    for directory in sorted(p for p in Path(out_dir).iterdir() if p.is_dir()):
+        runs = [h for h in read_jsonl(directory / "history.jsonl") if "verdict" in h]
+        if not runs:
+            continue
+        good = next((h for h in reversed(runs) if h.get("verdict") in Verdict.__members__), None)
+        last = runs[-1]
+        failed = str(last.get("error") or "failed") if last.get("verdict") is None else None
+        files = (good or {}).get("files") or {}
+        ext = next((EXTENSIONS[f] for f in PREFERRED_LINK if f in files), None)
+        target = f"latest.{ext}" if ext else "history.jsonl"
+        entries.append(
+            index_page.IndexEntry(
+                flag=str(last.get("flag") or directory.name),
+                verdict=Verdict(good["verdict"]) if good else None,
+                summary=str(good.get("summary") or "") if good else "",
+                time=str((good or last).get("time") or ""),
+                link=f"{urllib.parse.quote(directory.name)}/{target}",
+                failed=failed,
+            )
+        )
+    return entries
 
 
 def record_notification(

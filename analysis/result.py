@@ -28,6 +28,9 @@ from flagscope.analysis.window import iso_z, naive_utc
 if TYPE_CHECKING:  # Polars costs ~75 ms to import; only the frame helpers need it
     import polars as pl
 
+    from flagscope.analysis.different import Difference
+    from flagscope.analysis.examples import RouteExamples
+
 
 class TrafficFilter(StrEnum):
     """What to do with test traffic (`is_test`): leave it out (the default), keep it, or
@@ -43,6 +46,10 @@ class TrafficFilter(StrEnum):
 # 1,000, against 2.60 at 200 users with gbstats' 5,000 (an audit found 1.6–2.0× at
 # 500–2,000 users); rollouts decide in that range.
 DEFAULT_EXPECTED_USERS = 1000
+ENGINES = ("duckdb", "spark")  # where a diff's cohort stage can run
+CUPED_WITHOUT_SPARK = (
+    "CUPED is not computed by the Spark engine yet: run the --cuped diff with --engine duckdb"
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class DiffOptions:
     # No evaluation before this is read (not even the hour of slack before `start`): the
     # start of a ramp stage, so the users the ramp moved over are not crossovers of it.
     evaluations_from: datetime | None = None
+    # Where the cohort stage runs: DuckDB in this process, or Spark SQL (analysis.spark).
+    engine: str = "duckdb"
 
     def __post_init__(self) -> None:
         # The lake's timestamps are naive UTC; an aware time is converted, not refused.
@@ -80,6 +89,12 @@ class DiffOptions:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, naive_utc(getattr(self, name)))
         check_alpha(self.alpha)
+        if self.engine not in ENGINES:
+            raise AnalysisError(
+                f"engine {self.engine!r} is not one of {', '.join(ENGINES)}, e.g. --engine spark"
+            )
+        if self.engine == "spark" and self.pre_exposure is not None:
+            raise AnalysisError(CUPED_WITHOUT_SPARK)
         if self.pre_exposure is not None and self.pre_exposure <= timedelta(0):
             raise AnalysisError("--cuped look-back must be longer than zero, e.g. --cuped 14d")
         if not (isinstance(self.expected_users, int) and self.expected_users >= 1):
@@ -154,6 +169,17 @@ class DiffResult:
     charts: Charts | None = None
     # with --cuped: metric → {"theta": θ, "variance_reduction": share of variance removed}
     cuped: dict[str, dict[str, float]] | None = None
+    # every reason for the verdict, one line each (`reason` is them joined with "; ")
+    reasons: tuple[str, ...] = ()
+    # a report's example requests (analysis.example_query.with_examples); () elsewhere
+    examples: tuple[RouteExamples, ...] = ()
+    # a report's "what is different" per regressed route (different_query.with_differences)
+    different: tuple[Difference, ...] = ()
+
+    @property
+    def why(self) -> tuple[str, ...]:
+        """The reasons for the verdict as lines to show."""
+        return self.reasons or (self.reason,)
 
     @property
     def exit_code(self) -> int:
@@ -278,6 +304,7 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
         "summary": r.summary,
         "verdict": r.verdict.value,
         "reason": r.reason,
+        "reasons": list(r.why),
         "exit_code": r.exit_code,
         "flag": o.flag,
         "treatment_variant": o.variant,
@@ -324,4 +351,5 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
             "alert": r.srm.alert,
         },
         "excluded": dict(r.excluded),
+        "examples": [e.to_dict() for e in r.examples],
     }

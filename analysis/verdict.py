@@ -140,33 +140,69 @@ def _judge(
             f"too few users ({min(users)} < {thresholds.min_users} in a cohort)",
         )
     if not est.has_interval:
-        return Judgement(Verdict.INCONCLUSIVE, f"no interval: {est.status.value.lower()}")
+        return Judgement(Verdict.INCONCLUSIVE, f"no interval: {status_words(est.status)}")
     scale = harm_scale(metric, est)
     if scale is None:
-        return Judgement(Verdict.INCONCLUSIVE, "baseline is zero: no relative change")
+        return Judgement(
+            Verdict.INCONCLUSIVE, "the baseline is zero, so there is no relative change"
+        )
     value, lo, hi, unit = scale
     limit = thresholds.error_rate_pp if metric == "error_rate" else thresholds.latency_pct
-    shown = f"{value:+.2f} {unit} (CI {lo:+.2f}…{hi:+.2f}), threshold ±{limit:g} {unit}"
+    shown = f"{value:+.2f} {unit} (CI {lo:+.2f}…{hi:+.2f})"
+    bound = f"the ±{limit:g} {unit} threshold"
     if lo > 0 and value >= limit:
-        return Judgement(Verdict.REGRESSION, f"worse beyond the threshold: {shown}")
+        return Judgement(Verdict.REGRESSION, f"{shown}: worse beyond {bound}")
     if hi < 0 and value <= -limit:
-        return Judgement(Verdict.IMPROVEMENT, f"better beyond the threshold: {shown}")
+        return Judgement(Verdict.IMPROVEMENT, f"{shown}: better beyond {bound}")
     treatment_errors, baseline_errors = errors
     if metric == "error_rate" and baseline_errors == 0 and treatment_errors > 0:
         return Judgement(
             Verdict.INCONCLUSIVE,
-            f"baseline has no errors and treatment has {treatment_errors:g}: never a pass; {shown}",
+            f"{shown}: the baseline had no errors and the treatment {treatment_errors:g}, "
+            "so never a pass",
         )
     if hi < limit:
-        return Judgement(Verdict.PASS, f"harm beyond the threshold ruled out: {shown}")
-    return Judgement(Verdict.INCONCLUSIVE, f"harm beyond the threshold not ruled out: {shown}")
+        return Judgement(Verdict.PASS, f"{shown}: harm beyond {bound} ruled out")
+    return Judgement(Verdict.INCONCLUSIVE, f"{shown}: harm beyond {bound} not ruled out")
+
+
+# What a reader sees for the internal names (JSON keeps the names).
+METRIC_WORDS = {
+    "error_rate": "error rate",
+    "mean_latency": "mean latency",
+    "p50_latency": "median (p50) latency",
+    "p90_latency": "p90 latency",
+    "p95_latency": "p95 latency",
+    "p99_latency": "p99 latency",
+}
+CHECK_WORDS = {
+    "sample_ratio": "users per variant differ from the configured split",
+    "crossover_users": "too many users saw both variants",
+    "sample_size": "too few users",
+}
+_STATUS_WORDS = {
+    Status.NO_DATA: "a cohort has no requests",
+    Status.TOO_FEW_USERS: "fewer than 2 users in a cohort",
+    Status.ZERO_VARIANCE: "every user looks the same, so there is no spread to estimate from",
+    Status.ZERO_BASELINE: "the baseline is zero",
+    Status.INVALID_INPUT: "the inputs are not usable numbers",
+    Status.TOO_FEW_IN_TAIL: "too few requests in the tail to estimate this quantile",
+}
+
+
+def metric_words(metric: str) -> str:
+    return METRIC_WORDS.get(metric, metric.replace("_", " "))
+
+
+def status_words(status: Status) -> str:
+    return _STATUS_WORDS.get(status, status.value.lower().replace("_", " "))
 
 
 def overall_verdict(
     decisive: Sequence[tuple[str, Judgement]],
     ruled_out: Sequence[tuple[str, Judgement]],
     broken_checks: Sequence[tuple[str, str]],
-) -> tuple[Verdict, str]:
+) -> tuple[Verdict, tuple[str, ...]]:
     """UNHEALTHY > REGRESSION > INCONCLUSIVE > IMPROVEMENT > PASS.
 
     `decisive`: the tests that can make the verdict REGRESSION or IMPROVEMENT — the
@@ -178,15 +214,17 @@ def overall_verdict(
     verdict to be PASS — the adjusted metrics, every overall metric, and every route with
     enough users in both cohorts; anything else there makes it INCONCLUSIVE.
     `broken_checks`: (name, detail) of failed health checks that make the comparison
-    itself untrustworthy. Each list holds (what it is, its judgement).
+    itself untrustworthy. Each list holds (what it is, its judgement). Returns the
+    verdict and every reason for it, one line each, in words.
     """
     if broken_checks:
-        return Verdict.UNHEALTHY, "; ".join(f"{name}: {detail}" for name, detail in broken_checks)
+        return Verdict.UNHEALTHY, tuple(
+            f"{CHECK_WORDS.get(name, name)}: {detail}" for name, detail in broken_checks
+        )
 
-    def reasons(pairs: Sequence[tuple[str, Judgement]], *verdicts: Verdict) -> str:
-        hits = [f"{name}: {j.reason}" for name, j in pairs if j.verdict in verdicts]
-        more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
-        return "; ".join(hits[:3]) + more
+    def reasons(pairs: Sequence[tuple[str, Judgement]], *verdicts: Verdict) -> tuple[str, ...]:
+        # every one, not the first few: a list is cheap to read, a cut one hides what decided
+        return tuple(f"{name}: {j.reason}" for name, j in pairs if j.verdict in verdicts)
 
     if found := reasons(decisive, Verdict.REGRESSION):
         return Verdict.REGRESSION, found
@@ -195,4 +233,6 @@ def overall_verdict(
         return Verdict.INCONCLUSIVE, found
     if found := reasons(decisive, Verdict.IMPROVEMENT):
         return Verdict.IMPROVEMENT, found
-    return Verdict.PASS, "harm beyond the thresholds ruled out for every overall metric and route"
+    return Verdict.PASS, (
+        "harm beyond the thresholds ruled out for every overall metric and route",
+    )

@@ -12,8 +12,14 @@ in the same run:
       and test traffic excluded by trace and by user. This is the yardstick.
   (a') bare + breakdown: the same query with GROUPING SETS adding per service/route rows.
   (b) diff: `flagscope.analysis.diff.run_diff(lake, DiffOptions(flag, start, end))` — everything the
-      report needs (statistics, health checks, breakdowns). Skipped, with a note, while
-      flagscope.analysis.diff does not exist.
+      report needs (statistics, health checks, breakdowns) — over the narrow tables (issue 12
+      point 2), and (b') the same over the wide rows (`FLAGSCOPE_LAKE_TABLES=wide`, the path
+      before them); both must give the same cohorts, exclusions and verdict.
+  (c) floor: one DuckDB pass decoding every column of every narrow file (the bytes the
+      narrow diff must read), with the scan rate it implies.
+
+A lake without narrow tables (cached from before them) gets them first, timed as the lake
+writers pay for them (CPU µs per event, one DuckDB thread per file).
 
 Each measurement runs in a fresh subprocess (so peak RSS is its own; psutil samples the
 process every 20 ms): wall time best of 3 for N <= 10 M, one run for 100 M, page cache
@@ -30,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine
 from bench.make_lake import Effect, make_lake, read_manifest
+from flagscope.analysis.cohorts import TABLES_ENV
+from flagscope.collector.lake.narrow import SCHEMAS, has_companions, write_companions
 from flagscope.collector.lake.schema import SCHEMA, trace_key_sql
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lakes"
@@ -53,6 +62,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "analysis.json"
 FLAG = "new-checkout"
 BYTES_PER_EVENT = 145  # measured ~131 with the nanosecond columns (issue 12); a margin
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
+TABLES = tuple(SCHEMAS)
 
 
 def _sql_str(value: str) -> str:
@@ -162,6 +172,15 @@ def same_cohorts(bare: list[dict[str, Any]], diff: dict[str, Any]) -> bool:
     return True
 
 
+def _close(a: Any, b: Any) -> bool:
+    """Equal, floats to 1e-9 relative (DuckDB's parallel sums add in varying order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
+
+
 # -- workers (one subprocess per measurement) -------------------------------------------
 def _run_bare(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdown: bool) -> Any:
     con = duckdb.connect()
@@ -171,6 +190,35 @@ def _run_bare(lake_dir: Path, flag: str, start: datetime, end: datetime, breakdo
         return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
     finally:
         con.close()
+
+
+# The physical floor of the narrow path: one DuckDB pass decoding every column of every
+# narrow file the diff reads (the whole lake's, for a whole-lake window).
+def floor_sql(lake_dir: Path, table: str) -> str:
+    files = _sql_str(str(lake_dir / "**" / f"_*.{table}.pq"))
+    return f"SELECT count(*), max(COLUMNS(*)) FROM read_parquet({files})"
+
+
+def narrow_bytes(lake_dir: Path) -> int:
+    return sum(p.stat().st_size for p in lake_dir.glob("**/_*.pq"))
+
+
+def _run_floor(lake_dir: Path) -> Any:
+    con = duckdb.connect()
+    try:
+        return [con.execute(floor_sql(lake_dir, t)).fetchall()[0][0] for t in TABLES]
+    finally:
+        con.close()
+
+
+def build_narrow(lake_dir: Path) -> dict[str, float]:
+    """Write the narrow companions of every lake file that lacks them, as the lake writers
+    do (one DuckDB thread per file): wall and CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for path in sorted(lake_dir.glob("**/*.parquet")):
+        if not has_companions(path):
+            write_companions(path)
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
 
 
 def _run_diff(lake_dir: Path, flag: str, start: datetime, end: datetime) -> Any:
@@ -199,22 +247,26 @@ def _diff_summary(result: Any) -> dict[str, Any]:
 def worker(
     kind: str, lake_dir: Path, flag: str, start: datetime, end: datetime, repeat: int
 ) -> None:
-    times = []
+    times, cpu = [], []
     result: Any = None
     for _ in range(repeat):
-        began = time.perf_counter()
-        if kind == "diff":
+        began, began_cpu = time.perf_counter(), time.process_time()
+        if kind in ("diff", "diff_wide"):
+            os.environ[TABLES_ENV] = "wide" if kind == "diff_wide" else "narrow"
             result = _run_diff(lake_dir, flag, start, end)
+        elif kind == "floor":
+            result = _run_floor(lake_dir)
         else:
             result = _run_bare(lake_dir, flag, start, end, breakdown=kind == "bare_breakdown")
         times.append(time.perf_counter() - began)
+        cpu.append(time.process_time() - began_cpu)  # every thread's, DuckDB's included
     if kind == "bare":
         summary: Any = result
-    elif kind == "bare_breakdown":
-        summary = {"rows": len(result)}
+    elif kind in ("bare_breakdown", "floor"):
+        summary = {"rows": result}
     else:
         summary = _diff_summary(result)
-    print(json.dumps({"seconds": times, "result": summary}, default=str))
+    print(json.dumps({"seconds": times, "cpu_seconds": cpu, "result": summary}, default=str))
 
 
 def measure(
@@ -255,6 +307,7 @@ def measure(
         raise RuntimeError(f"{kind} worker failed ({proc.returncode}):\n{err[-3000:]}")
     data = json.loads(out.strip().splitlines()[-1])
     data["best_s"] = min(data["seconds"])
+    data["best_cpu_s"] = min(data["cpu_seconds"])
     data["peak_rss_mib"] = round(peak / 2**20, 1)
     return data
 
@@ -307,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-breakdown", action="store_true", help="skip the (a') measurement")
     parser.add_argument(
-        "--worker", choices=("bare", "bare_breakdown", "diff"), help=argparse.SUPPRESS
+        "--worker",
+        choices=("bare", "bare_breakdown", "diff", "diff_wide", "floor"),
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--flag", default=FLAG, help=argparse.SUPPRESS)
@@ -337,6 +392,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         start = datetime.fromisoformat(manifest["start"])
         end = datetime.fromisoformat(manifest["end"])
+        built = None
+        if not all(has_companions(p) for p in lake_dir.glob("**/*.parquet")):
+            print(f"N={events:,}: writing the narrow tables ...", flush=True)
+            built = build_narrow(lake_dir)
         repeat = 3 if events <= 10_000_000 else 1
         entry: dict[str, Any] = {
             "events": manifest["events"],
@@ -347,22 +406,42 @@ def main(argv: list[str] | None = None) -> None:
             "generated_now": generated,
             "window": [manifest["start"], manifest["end"]],
             "runs": repeat,
+            "narrow_mib": round(narrow_bytes(lake_dir) / 2**20, 1),
         }
+        if built is not None:
+            entry["narrow_build"] = built | {
+                "cpu_us_per_event": round(built["cpu_s"] / manifest["events"] * 1e6, 3),
+                "wall_us_per_event": round(built["wall_s"] / manifest["events"] * 1e6, 3),
+            }
         print(f"N={events:,}: bare query ...", flush=True)
         entry["bare"] = measure("bare", lake_dir, FLAG, start, end, repeat)
         if not args.no_breakdown:
             print(f"N={events:,}: bare query + breakdown ...", flush=True)
             entry["bare_breakdown"] = measure("bare_breakdown", lake_dir, FLAG, start, end, repeat)
+        print(f"N={events:,}: floor (one pass over the narrow files) ...", flush=True)
+        entry["floor"] = measure("floor", lake_dir, FLAG, start, end, repeat)
+        entry["floor"]["mib_per_s"] = round(entry["narrow_mib"] / entry["floor"]["best_s"], 1)
         if has_diff:
-            print(f"N={events:,}: diff ...", flush=True)
-            try:
-                entry["diff"] = measure("diff", lake_dir, FLAG, start, end, repeat)
-                entry["ratio_diff_bare"] = round(
-                    entry["diff"]["best_s"] / entry["bare"]["best_s"], 2
+            for kind in ("diff_wide", "diff"):
+                print(f"N={events:,}: {kind} ...", flush=True)
+                try:
+                    entry[kind] = measure(kind, lake_dir, FLAG, start, end, repeat)
+                except RuntimeError as exc:
+                    print(f"  {kind} failed: {exc}")
+                    entry[f"{kind}_error"] = str(exc)[-2000:]
+            if "diff" in entry:
+                best = entry["diff"]["best_s"]
+                entry["ratio_diff_bare"] = round(best / entry["bare"]["best_s"], 2)
+                entry["ratio_diff_floor"] = round(best / entry["floor"]["best_s"], 2)
+                cpu = entry["diff"]["best_cpu_s"]
+                entry["cpu_ratio_diff_bare"] = round(cpu / entry["bare"]["best_cpu_s"], 3)
+                entry["cpu_ratio_diff_floor"] = round(cpu / entry["floor"]["best_cpu_s"], 3)
+            if "diff" in entry and "diff_wide" in entry:
+                wide, narrow = entry["diff_wide"]["result"], entry["diff"]["result"]
+                entry["narrow_matches_wide"] = all(
+                    _close(wide.get(k), narrow.get(k))
+                    for k in ("treatment", "baseline", "verdict", "reason", "excluded")
                 )
-            except RuntimeError as exc:
-                print(f"  diff failed: {exc}")
-                entry["diff_error"] = str(exc)[-2000:]
         results.append(entry)
         for row in entry["bare"]["result"]:
             q = ", ".join(f"{x:.1f}" for x in row["quantiles_ms"])
@@ -387,6 +466,17 @@ def main(argv: list[str] | None = None) -> None:
                 f"  per-cohort counts and quantiles identical: "
                 f"{'yes' if entry['diff_matches_bare'] else 'NO'}"
             )
+        if "narrow_matches_wide" in entry:
+            print(
+                "  narrow and wide paths: same cohorts, verdict and exclusions: "
+                f"{'yes' if entry['narrow_matches_wide'] else 'NO'}"
+            )
+        if built is not None:
+            b = entry["narrow_build"]
+            print(
+                f"  narrow tables written in {b['wall_s']:.1f} s wall, {b['cpu_s']:.1f} s CPU: "
+                f"{b['cpu_us_per_event']:.2f} µs CPU per event"
+            )
 
     header = (
         "N events",
@@ -395,10 +485,14 @@ def main(argv: list[str] | None = None) -> None:
         "gen s",
         "bare s",
         "bare MiB",
-        "bare+bd s",
+        "narrow MiB",
+        "floor s",
+        "wide diff s",
+        "wide MiB",
         "diff s",
         "diff MiB",
         "diff/bare",
+        "diff/floor",
     )
     lines = [header]
     for e in results:
@@ -411,10 +505,14 @@ def main(argv: list[str] | None = None) -> None:
                 _fmt(e["generation_s"], ".1f"),
                 _fmt(e["bare"]["best_s"], ".3f"),
                 _fmt(e["bare"]["peak_rss_mib"], ",.0f"),
-                _fmt((e.get("bare_breakdown") or {}).get("best_s"), ".3f"),
+                _fmt(e["narrow_mib"], ",.0f"),
+                _fmt(e["floor"]["best_s"], ".3f"),
+                _fmt((e.get("diff_wide") or {}).get("best_s"), ".3f"),
+                _fmt((e.get("diff_wide") or {}).get("peak_rss_mib"), ",.0f"),
                 _fmt(diff.get("best_s"), ".3f"),
                 _fmt(diff.get("peak_rss_mib"), ",.0f"),
                 _fmt(e.get("ratio_diff_bare"), ".2f"),
+                _fmt(e.get("ratio_diff_floor"), ".2f"),
             )
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
@@ -423,6 +521,17 @@ def main(argv: list[str] | None = None) -> None:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    print("\nCPU seconds (user + system, every thread; less sensitive to a shared machine):")
+    for e in results:
+        cpu = {
+            k: (e.get(k) or {}).get("best_cpu_s") for k in ("bare", "floor", "diff_wide", "diff")
+        }
+        print(
+            f"  {e['events']:,} events: bare {_fmt(cpu['bare'], '.2f')}, floor "
+            f"{_fmt(cpu['floor'], '.2f')}, wide diff {_fmt(cpu['diff_wide'], '.2f')}, diff "
+            f"{_fmt(cpu['diff'], '.2f')} (diff/bare {_fmt(e.get('cpu_ratio_diff_bare'), '.3f')}, "
+            f"diff/floor {_fmt(e.get('cpu_ratio_diff_floor'), '.3f')})"
+        )
     print(
         f"\nmachine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
         f"Python {host['python']}, duckdb {host['duckdb']}; best of 3 for N <= 10 M, 1 run above"

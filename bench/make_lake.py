@@ -3,7 +3,8 @@
 `make_lake(lake_dir, events)` writes about `events` wide events with exactly the columns and
 types of `flagscope.collector.lake.schema.SCHEMA`, as the collector would store them, in its layout:
 `<lake>/date=YYYY-MM-DD/hour=HH/bench-<seq:012d>-000.parquet` (zstd, row groups of 128 Ki
-rows, each file written under a temporary name engines skip and renamed into place). A file holds whole
+rows, each file written under a temporary name engines skip and renamed into place), each
+with its narrow companions (`flagscope.collector.lake.narrow`) unless `narrow=False`. A file holds whole
 traces of one hour; an hour has one file per `rows_per_file` rows. 100 M events take a
 few minutes on 2 cores and stay within DuckDB's `memory_limit` (4 GB by default).
 CLI: `python bench/make_lake.py --events 10000000 --out DIR`.
@@ -85,6 +86,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flagscope.collector.lake.layout import temporary
+from flagscope.collector.lake.narrow import write_companions
 from flagscope.collector.lake.schema import NANOS, SCHEMA, derived_keys
 
 HOUR_NS = 3_600_000_000_000
@@ -560,10 +562,11 @@ UNION ALL SELECT {_select()} FROM draws WHERE u_info > 1
 _worker_con: duckdb.DuckDBPyConnection | None = None
 
 
-def _write_file(job: tuple[str, str, int]) -> int:
-    """Run one file's COPY (in a worker process); returns the rows written."""
+def _write_file(job: tuple[str, str, int, bool]) -> int:
+    """Run one file's COPY (in a worker process), and write its narrow companions as the
+    collector does when `narrow`; returns the rows written."""
     global _worker_con
-    path, sql, limit_mb = job
+    path, sql, limit_mb, narrow = job
     if _worker_con is None:
         _worker_con = duckdb.connect()
         _worker_con.execute("SET threads = 1")
@@ -576,6 +579,8 @@ def _write_file(job: tuple[str, str, int]) -> int:
         f"COPY ({sql}) TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd, "
         f"ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
     ).fetchone()
+    if narrow:
+        write_companions(target, source=tmp, current=True)
     os.replace(tmp, target)
     return int(result[0]) if result else 0
 
@@ -594,8 +599,10 @@ def make_lake(
     threads: int | None = None,
     memory_limit: str = "4GB",
     progress: bool = False,
+    narrow: bool = True,
 ) -> LakeInfo:
-    """Write a synthetic lake of about `events` rows into `lake_dir` (see the module doc)."""
+    """Write a synthetic lake of about `events` rows into `lake_dir` (see the module doc);
+    `narrow=False` leaves out the narrow companions, as a lake from before issue 12."""
     began = time.perf_counter()
     lake = Path(lake_dir)
     if events < 1 or hours < 1:
@@ -634,7 +641,12 @@ def make_lake(
     workers = max(1, min(int(threads or os.cpu_count() or 1), len(tasks)))
     limit_mb = max(256, _megabytes(memory_limit) // workers)
     jobs = [
-        (str(path), _trace_sql(seed, users, flag, rollout, effect, hour_ns, t0, t1), limit_mb)
+        (
+            str(path),
+            _trace_sql(seed, users, flag, rollout, effect, hour_ns, t0, t1),
+            limit_mb,
+            narrow,
+        )
         for path, hour_ns, t0, t1 in tasks
     ]
     lake.mkdir(parents=True, exist_ok=True)
@@ -681,6 +693,7 @@ def make_lake(
             "effect": asdict(effect),
             "hours": hours,
             "rows_per_file": rows_per_file,
+            "narrow": narrow,
         },
     )
     manifest_path(lake).write_text(json.dumps(asdict(info), indent=2) + "\n")
@@ -738,6 +751,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows-per-file", type=_number, default=1_000_000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--memory-limit", default="4GB")
+    parser.add_argument(
+        "--no-narrow", action="store_true", help="no narrow companions (a lake from before them)"
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.glob("**/*.parquet")):
         parser.error(f"{args.out} already holds Parquet files; choose an empty directory")
@@ -754,6 +770,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         memory_limit=args.memory_limit,
         progress=True,
+        narrow=not args.no_narrow,
     )
     print(
         f"{info.events:,} events ({info.traces:,} traces, {info.users:,} users) in {info.files} files, "

@@ -14,6 +14,9 @@ takes its flag from flagscope-data/demo/flags.flagd.json through the real flagd 
 round until it calls the regression and rolls `new-checkout` back in that file; the shop
 keeps serving, its provider reads the new file, and the lake shows the evaluations
 before and after the rollback, with the guard's audit log line.
+
+`--ui` (`make demo UI=1`) then serves the web view of the demo's lake on 127.0.0.1:4320
+until Ctrl-C, instead of only printing the command that does.
 """
 
 from __future__ import annotations
@@ -85,8 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=["rollback"],
         help="rollback: the guard rolls new-checkout back in the running shop, for real",
     )
+    parser.add_argument(
+        "--ui",
+        action="store_true",
+        help="then serve the web view of the demo's lake (Ctrl-C stops it)",
+    )
     args = parser.parse_args(argv)
-    return guard_rollback() if args.guard == "rollback" else first_look()
+    code = guard_rollback() if args.guard == "rollback" else first_look()
+    return serve_ui() if args.ui and code == 0 else code
 
 
 def first_look() -> int:
@@ -149,6 +158,8 @@ def first_look() -> int:
     )
     html = (DATA_DIR / "reports" / "new-checkout" / "latest.html").resolve()
     print(f"\n   open the HTML report: {html.as_uri()}")
+    index = (DATA_DIR / "reports" / "index.html").resolve()
+    print(f"   every flag's latest verdict: {index.as_uri()}")
     flags = write_flagd_definitions(DATA_DIR / "flags.flagd.json")
     print(
         f"\n8. flagscope guard --once --dry-run: what a guard would do with {flags}\n", flush=True
@@ -168,11 +179,26 @@ def first_look() -> int:
     return 0
 
 
+UI_ARGS = ("ui", "--data-dir", str(DATA_DIR), "--reports", str(DATA_DIR / "reports"))
+
+
 def print_ui_command() -> None:
     """The last lines: how to look at all of it in a browser."""
-    print("\nLook at it in a browser (Ctrl-C stops it):")
-    print(f"  .venv/bin/flagscope ui --data-dir {DATA_DIR} --reports {DATA_DIR / 'reports'}")
+    print("\nLook at it in a browser (Ctrl-C stops it), or run `make demo UI=1`:")
+    print(f"  .venv/bin/flagscope {' '.join(UI_ARGS)}")
     print("  then open http://127.0.0.1:4320/")
+
+
+def serve_ui() -> int:
+    """`make demo UI=1`: the web view of the demo's lake, in the foreground until Ctrl-C."""
+    print("\nStarting the web view: open http://127.0.0.1:4320/ (Ctrl-C stops it)\n", flush=True)
+    ui = subprocess.Popen(flagscope(*UI_ARGS))
+    try:
+        return ui.wait()
+    except KeyboardInterrupt:
+        ui.send_signal(signal.SIGINT)
+        ui.wait(30)
+        return 0
 
 
 def write_flagd_definitions(path: Path) -> Path:

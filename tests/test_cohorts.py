@@ -245,7 +245,7 @@ def test_sample_ratio_mismatch_makes_the_comparison_unhealthy(tmp_path):
     lake = write(tmp_path, population(rng, 1000, share_on=0.5))
     result = run_diff(lake, options(expected_split={"on": 0.2, "off": 0.8}))
     assert result.srm is not None and result.srm.alert
-    assert result.verdict is Verdict.UNHEALTHY and "sample_ratio" in result.reason
+    assert result.verdict is Verdict.UNHEALTHY and "configured split" in result.reason
 
 
 def _lenient():

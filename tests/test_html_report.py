@@ -3,17 +3,25 @@ charts=True)`, rendered to one self-contained file — then opened in headless C
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import html
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.render import html as html_report
-from flagscope.analysis.result import DiffOptions, DiffResult, HealthCheck, TrafficFilter
+from flagscope.analysis.result import (
+    DiffOptions,
+    DiffResult,
+    HealthCheck,
+    MetricResult,
+    TrafficFilter,
+)
 from flagscope.analysis.verdict import Verdict
 from tests import browser
 from tests.helpers import record_regressed_shop
@@ -125,6 +133,7 @@ def test_names_and_reasons_from_telemetry_are_escaped(report):
         breakdown=strata,
         summary=f"{evil_flag} vs & co",
         reason="<img src=x onerror=alert(2)>",
+        reasons=("<img src=x onerror=alert(2)>", f"{evil_route} (shop), error rate"),
         health=(HealthCheck("<u>check</u>", False, "detail <em>here</em>"),),
     )
     text = html_report.render(hostile)
@@ -208,3 +217,60 @@ def test_the_browser_check_catches_console_errors_and_refused_loads(tmp_path):
     errors = "\n".join(run.console_errors())
     assert "Uncaught Error: flagscope-check: uncaught" in errors
     assert "violates the following Content Security Policy" in errors  # the blocked image
+
+
+# Every <text> of every chart whose box leaves its <svg>'s box, as Chromium lays them out.
+OUTSIDE_SVG = """(() => {
+  const charts = [...document.querySelectorAll('svg.chart')];
+  const out = charts.flatMap(svg => {
+    const box = svg.getBoundingClientRect();
+    return [...svg.querySelectorAll('text')].filter(t => {
+      const b = t.getBoundingClientRect();
+      return b.left < box.left - 0.5 || b.right > box.right + 0.5
+        || b.top < box.top - 0.5 || b.bottom > box.bottom + 0.5;
+    }).map(t => svg.dataset.chart + ': ' + t.textContent);
+  });
+  return {charts: charts.length, texts: document.querySelectorAll('svg text').length, out};
+})()"""
+
+
+def _widest(r: DiffResult) -> DiffResult:
+    """The report with what ran a newcomer's p95 label out of the plot: p95 changes in the
+    hundreds of percent, a route name longer than the label column, a long variant name."""
+
+    def stretch(m: MetricResult) -> MetricResult:
+        if m.metric != "p95_latency":
+            return m
+        return dataclasses.replace(
+            m, estimate=dataclasses.replace(m.estimate, rel=2.5, rel_lo=1.024, rel_hi=10.347)
+        )
+
+    route = "GET /api/v1/catalogue/items/{item_id}/reviews/summary"
+    strata = tuple(
+        dataclasses.replace(s, route=route, metrics=tuple(stretch(m) for m in s.metrics))
+        for s in r.breakdown
+    )
+    options = dataclasses.replace(r.options, variant="new-checkout-flow-with-wallet-v2")
+    return dataclasses.replace(r, breakdown=strata, options=options)
+
+
+@pytest.mark.parametrize("case", ["shop", "widest"])
+def test_every_chart_label_is_inside_its_svg_in_chromium(report, tmp_path, case):
+    chromium = browser.require_chromium()
+    result = report.result if case == "shop" else _widest(report.result)
+    page = tmp_path / f"{case}.html"
+    page.write_text(html_report.render(result), encoding="utf-8")
+
+    async def measure() -> dict[int, dict[str, Any]]:
+        found = {}
+        async with browser.DevTools(chromium, 1366, 900) as tab:
+            await tab.open(page.as_uri())
+            for width in (1366, 800):
+                await tab.resize(width, 900)
+                found[width] = await tab.evaluate(OUTSIDE_SVG)
+                await tab.screenshot(tmp_path / f"{case}-{width}.png")
+        return found
+
+    for width, found in asyncio.run(measure()).items():
+        assert found["charts"] == len(CHARTS) and found["texts"] > 50, (width, found)
+        assert found["out"] == [], (width, found["out"])

@@ -16,7 +16,8 @@ import pytest
 
 from flagscope.collector.lake.claims import CLAIMS
 from flagscope.collector.lake.layout import GLOB, partitions
-from tests.helpers import CollectorProcess, query
+from flagscope.collector.lake.read import run
+from tests.helpers import CollectorProcess
 from tests.test_durability import connection, post, spans_request, wait_until
 
 # Small segments and compaction every half second: many files, merged while load goes on.
@@ -46,7 +47,8 @@ def start() -> Iterator[Callable[..., CollectorProcess]]:
 def raw_counts(lake: Path) -> dict[str, int]:
     """Stored rows per trace, duplicates included (`events_raw`, not the de-duplicated view)."""
     sql = "SELECT trace_id, count(*) FROM events_raw WHERE signal = 'span' GROUP BY 1"
-    return dict(query(lake, sql))
+    # `run` starts again when the query raced a compaction (it does, every half second)
+    return dict(run(lake, lambda con: con.execute(sql).fetchall()))
 
 
 def send(collector: CollectorProcess, traces: list[bytes], spans: int) -> None:

@@ -158,4 +158,4 @@ def test_pass_needs_the_tail_ruled_out_too(tmp_path: Path) -> None:
     assert by_metric["p99_latency"].estimate.rel_lo > 0.05  # the tail is clearly worse
     assert by_metric["mean_latency"].estimate.rel_hi < 0.05  # the mean is not
     assert result.verdict is not Verdict.PASS
-    assert "p99_latency" in result.reason
+    assert "p99 latency" in result.reason

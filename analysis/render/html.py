@@ -14,7 +14,7 @@ from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING
 
-from flagscope.analysis.render import svg, text
+from flagscope.analysis.render import different, examples, svg, text
 from flagscope.analysis.summary import describe  # the summary sentence's own wording
 from flagscope.analysis.verdict import Verdict
 from flagscope.analysis.window import aware_utc
@@ -72,6 +72,16 @@ td.long { overflow-wrap: anywhere; min-width: 7em; }
   gap: 16px; margin-bottom: 12px; }
 svg.chart { display: block; width: 100%; height: auto; }
 figcaption { font-size: .85rem; color: #59636e; margin-top: 2px; }
+ul.why { margin: .2rem 0 .4rem; padding-left: 1.3em; }
+ul.why li { margin: .15rem 0; overflow-wrap: anywhere; }
+.examples { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr));
+  gap: 4px 20px; }
+.examples .block { min-width: 0; }
+h4 { font-size: .92rem; margin: .8rem 0 .3rem; font-weight: 600; }
+tr.error td { background: #fff5f5; }
+.tag { display: inline-block; padding: 0 .4em; border-radius: 4px; font-size: .72rem;
+  font-weight: 700; }
+.tag.test { background: #fff8c5; color: #7d4e00; border: 1px solid #d4a72c; }
 ul.health { list-style: none; padding: 0; margin: 0; }
 ul.health li { padding: 6px 0; border-bottom: 1px solid #e3e6ea; }
 .ok, .fail { display: inline-block; min-width: 3.2em; font-weight: 700; }
@@ -82,7 +92,8 @@ footer dt { font-weight: 600; } footer dd { margin: 0; }
 @media (max-width: 960px) { table { font-size: .82rem; } th, td { padding-right: 7px; }
   td.num { white-space: normal; } td.short { white-space: nowrap; }
   td .badge { font-size: .68rem; padding: .1em .4em; } }
-@media (max-width: 700px) { main { padding: 12px 8px; } .charts, .forest { display: block; }
+@media (max-width: 700px) { main { padding: 12px 8px; }
+  .charts, .forest, .examples { display: block; }
   .charts > figure, .forest > figure { margin-bottom: 16px; } }
 """
 
@@ -107,7 +118,10 @@ def sections(result: DiffResult) -> list[str]:
     r = result
     body = [_header(r)]
     if r.compared:
-        body += [_cohorts(r), _metrics(r), _charts(r), _breakdown(r), _health(r)]
+        body += [_cohorts(r), _metrics(r), _charts(r), _breakdown(r)]
+        body += [part for part in (examples.html_section(r),) if part]  # "" without examples
+        body += different.report_sections(r)  # [] without
+        body.append(_health(r))
     else:
         body.append(
             _section(
@@ -190,10 +204,22 @@ def _header(r: DiffResult) -> str:
     return (
         f'<header><h1>{escape(o.flag)} <span class="muted">{escape(variants)}</span></h1>\n'
         f'<p class="summary">{badge(r.verdict)} <span id="summary">{escape(r.summary)}'
-        f"</span></p>\n<p><strong>Why:</strong> {escape(r.reason)}</p>\n"
+        f"</span></p>\n{_why(r)}\n"
         f'<p class="note" id="window">Window {escape(text.window(r))}; '
         f"{escape(text.exclusions(r))}"
         f"{'; ' + escape(scope) if scope else ''}.</p></header>"
+    )
+
+
+def _why(r: DiffResult) -> str:
+    """ "Why:" and each reason on a line of its own."""
+    lead = text.why_lead(r)
+    if not lead and len(r.why) == 1:
+        return f'<p id="why"><strong>Why:</strong> {escape(r.why[0])}</p>'
+    items = "".join(f"<li>{escape(line)}</li>" for line in r.why)
+    return (
+        f'<div id="why"><p><strong>Why:</strong> {escape(lead)}</p>'
+        f'<ul class="why">{items}</ul></div>'
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from flagscope.analysis.render import text
+from flagscope.analysis.render import different, examples, text
 
 if TYPE_CHECKING:
     from flagscope.analysis.result import DiffResult
@@ -30,12 +30,22 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
 
 
+def why(r: DiffResult) -> list[str]:
+    """The verdict, then a list item per reason."""
+    lead = text.why_lead(r)
+    if not lead and len(r.why) == 1:
+        return [f"Verdict **{r.verdict.value}**: {md(r.why[0])}"]
+    return [f"Verdict **{r.verdict.value}**. {md(lead or 'Because:')}", ""] + [
+        f"- {md(line)}" for line in r.why
+    ]
+
+
 def render(r: DiffResult) -> str:
     o = r.options
     out = [
         f"**{md(r.summary)}**",
         "",
-        f"Verdict **{r.verdict.value}**: {md(r.reason)}",
+        *why(r),
         "",
         f"Window {text.window(r)}; {md(text.exclusions(r))}.",
     ]
@@ -57,6 +67,8 @@ def render(r: DiffResult) -> str:
         ]
         if r.breakdown:
             out += ["", "### Per service and route", "", table(*text.breakdown_rows(r))]
+        out += examples.markdown_lines(r, table, md)
+        out += different.markdown_lines(r, table, md)
         out += ["", "### Health", ""]
         out += [f"- {'✅' if h.ok else '❌'} **{h.name}**: {md(h.detail)}" for h in r.health]
     return "\n".join(out) + "\n"

@@ -132,6 +132,45 @@ def clock(span_seconds: float) -> Callable[[float], str]:
     return lambda t: datetime.fromtimestamp(t, UTC).strftime(pattern)
 
 
+# -- text width -----------------------------------------------------------------------------
+# An SVG has no text measurement without a script, so widths are estimated from per-glyph
+# advances of DejaVu Sans (in em), among the widest of the sans-serif fonts a system-ui
+# stack falls back to: an estimate that errs wide keeps labels inside their box.
+_NARROW = dict.fromkeys(" .,:;[]()|!'il", 0.35)
+_WIDE = dict.fromkeys("mwMW%@", 1.0)
+_DIGIT = 0.64
+
+
+def text_width(s: str, size: float = FONT) -> float:
+    """The estimated rendered width of `s` at `size` px."""
+    em = 0.0
+    for ch in s:
+        if ch in _NARROW:
+            em += _NARROW[ch]
+        elif ch in _WIDE:
+            em += _WIDE[ch]
+        elif ch.isdigit():
+            em += _DIGIT
+        elif ch in "+−-=<>~":
+            em += 0.84 if ch != "-" else 0.4
+        elif ch.isupper():
+            em += 0.75
+        elif ch.isascii():
+            em += 0.62
+        else:
+            em += 1.0  # CJK, symbols, emoji: about a full em
+    return em * size
+
+
+def fit(s: str, width: float, size: float = FONT) -> str:
+    """`s`, cut with an ellipsis so that it fits in `width` px at `size`."""
+    if text_width(s, size) <= width:
+        return s
+    while s and text_width(s + "…", size) > width:
+        s = s[:-1]
+    return s + "…"
+
+
 # -- pieces ---------------------------------------------------------------------------------
 def _f(v: float) -> str:
     return f"{v:.1f}".removesuffix(".0")
@@ -192,24 +231,33 @@ def _open(kind: str, title: str, desc: str, width: int, height: int) -> tuple[st
     return head, "</svg>"
 
 
-def _legend(series: Sequence[Series], x: float, y: float) -> str:
+def _legend(series: Sequence[Series], x: float, y: float, width: float) -> str:
+    """Keys side by side; a label (a variant name, from telemetry) is cut to its share."""
     out = []
+    room = (width - x) / max(len(series), 1) - 44
     for s in series:
+        label = fit(s.label, room)
         out.append(_line(x, y, x + 26, y, s.color, 2, s.dash))
         out.append(marker(s.marker, x + 13, y, s.color))
-        out.append(_text(x + 32, y + 4.5, s.label, "start", FONT, TEXT))
-        x += 44 + 7.5 * len(s.label)
+        out.append(_text(x + 32, y + 4.5, label, "start", FONT, TEXT))
+        x += 44 + text_width(label)
     return "".join(out)
 
 
-def _axes(x: Axis, y: Axis, sx: Scale, sy: Scale) -> str:
+def _inside(x: float, label: str, width: float, size: float = FONT) -> float:
+    """The centre of a label at `x` moved just enough to keep it within [0, width]."""
+    half = text_width(label, size) / 2 + 2
+    return max(half, min(x, width - half))
+
+
+def _axes(x: Axis, y: Axis, sx: Scale, sy: Scale, width: float) -> str:
     out = []
     for t in y.ticks:
         out.append(_line(sx.start, sy(t), sx.end, sy(t)))
         out.append(_text(sx.start - 6, sy(t) + 4, y.fmt(t), "end"))
     for t in x.ticks:
         out.append(_line(sx(t), sy.start, sx(t), sy.start + 5, MUTED))
-        out.append(_text(sx(t), sy.start + 19, x.fmt(t)))
+        out.append(_text(_inside(sx(t), x.fmt(t), width), sy.start + 19, x.fmt(t)))
     out.append(_line(sx.start, sy.start, sx.end, sy.start, MUTED))
     out.append(_line(sx.start, sy.start, sx.start, sy.end, MUTED))
     out.append(_text((sx.start + sx.end) / 2, sy.start + 38, x.title))
@@ -262,8 +310,8 @@ def line_chart(
     sy = Scale(y.lo, y.hi, height - 50, 62, y.log)
     body = [
         _text(8, 20, title, "start", 16, TEXT, ' font-weight="600"'),
-        _legend(series, 12, 42),
-        _axes(x, y, sx, sy),
+        _legend(series, 12, 42, width),
+        _axes(x, y, sx, sy, width),
         *(_guide(g, sx, sy) for g in guides),
         *(_polyline(s, sx, sy, markers) for s in series),
     ]
@@ -280,29 +328,64 @@ def forest_plot(
     threshold: float | None = None,
     width: int = 600,
 ) -> str:
-    """Each row's estimate and interval against the zero line (and ±threshold, dashed)."""
-    row_h, top, label_w, value_w = 40, 52, 170, 130
+    """Each row's estimate and interval against the zero line (and ±threshold, dashed).
+
+    The columns are sized to their text: the value column to the widest interval label
+    ("+123.4 [+45.6, +201.3]"), the label column to the route names up to a share of the
+    width (longer ones cut with "…"), so nothing is drawn outside the viewBox."""
+    row_h, top = 40, 52
+    label_w = min(
+        max([60.0, *(max(text_width(r.label), text_width(r.sublabel, 10)) for r in rows)]) + 8,
+        width * 0.3,
+    )
+    value_w = max([40.0, *(text_width(r.text, 12) for r in rows if r.estimate is not None)])
+    value_w = min(value_w + 14, width * 0.3)
     height = top + row_h * max(len(rows), 1) + 44
     spans = [v for r in rows if r.estimate is not None for v in (r.lo, r.hi, r.estimate)]
     th = [threshold, -threshold] if threshold else []
-    lo, hi, ticks = nice_range(min([0.0, *spans, *th]), max([0.0, *spans, *th]), 4)
-    sx = Scale(lo, hi, label_w + 10, width - value_w - 10)
+    data_lo, data_hi = min([0.0, *spans, *th]), max([0.0, *spans, *th])
+    plot = (label_w + 10, width - value_w - 10)
+    lo, hi, ticks = _fitting_ticks(data_lo, data_hi, fmt, plot[1] - plot[0])
+    sx = Scale(lo, hi, *plot)
     bottom = top + row_h * max(len(rows), 1)
     head, tail = _open(kind, title, desc, width, height)
-    out = [_text(8, 20, title, "start", 16, TEXT, ' font-weight="600"')]
+    out = [_text(8, 20, fit(title, width - 16, 16), "start", 16, TEXT, ' font-weight="600"')]
     for t in ticks:
-        out += [_line(sx(t), top - 6, sx(t), bottom, GRID), _text(sx(t), bottom + 18, fmt(t))]
-    out.append(_text(sx((lo + hi) / 2), bottom + 37, axis_title))
+        out += [
+            _line(sx(t), top - 6, sx(t), bottom, GRID),
+            _text(_inside(sx(t), fmt(t), width), bottom + 18, fmt(t)),
+        ]
+    out.append(_text(_inside(sx((lo + hi) / 2), axis_title, width), bottom + 37, axis_title))
     for t in th:
         out.append(
             _line(sx(t), top - 6, sx(t), bottom, "#b3261e" if t > 0 else "#1a7f37", 1, "5 4")
         )
     if threshold:
-        out.append(_text(sx(threshold) + 3, top - 12, f"threshold {fmt(threshold)}", "start", 12))
+        out.append(_threshold_label(f"threshold {fmt(threshold)}", sx(threshold), top - 12, width))
     out.append(_line(sx(0), top - 6, sx(0), bottom, TEXT, 1.5))
     for i, r in enumerate(rows):
-        out.append(_interval_row(r, top + row_h * i + row_h / 2, sx, width - value_w + 4))
+        y = top + row_h * i + row_h / 2
+        out.append(_interval_row(r, y, sx, width - value_w + 4, label_w, value_w - 8))
     return head + "".join(out) + tail
+
+
+def _fitting_ticks(
+    lo: float, hi: float, fmt: Callable[[float], str], room: float
+) -> tuple[float, float, list[float]]:
+    """Round ticks over [lo, hi], as many as fit `room` px without their labels touching."""
+    for target in (4, 3, 2, 1):
+        a, b, ticks = nice_range(lo, hi, target)
+        widest = max(text_width(fmt(t)) for t in ticks)
+        if len(ticks) < 2 or room / (len(ticks) - 1) >= widest + 8:
+            break
+    return a, b, ticks
+
+
+def _threshold_label(label: str, x: float, y: float, width: float) -> str:
+    """Right of the threshold line, or left of it where the right would leave the box."""
+    if x + 3 + text_width(label, 12) <= width - 2:
+        return _text(x + 3, y, label, "start", 12)
+    return _text(x - 3, y, label, "end", 12)
 
 
 _TONES = {
@@ -312,23 +395,24 @@ _TONES = {
 }
 
 
-def _interval_row(r: Interval, y: float, sx: Scale, value_x: float) -> str:
+def _interval_row(
+    r: Interval, y: float, sx: Scale, value_x: float, label_w: float, value_w: float
+) -> str:
     color, shape, filled = _TONES.get(r.tone, _TONES["neutral"])
-    label = r.label if len(r.label) <= 26 else r.label[:25] + "…"
     out = [
         (
             f'<g class="interval"><title>{escape(r.sublabel)} {escape(r.label)}: '
             f"{escape(r.text)}</title>"
         ),
-        _text(8, y - 1, label, "start", FONT, TEXT),
-        _text(8, y + 13, r.sublabel[:30], "start", 10),
+        _text(8, y - 1, fit(r.label, label_w - 4), "start", FONT, TEXT),
+        _text(8, y + 13, fit(r.sublabel, label_w - 4, 10), "start", 10),
     ]
     if r.estimate is None:
         out.append(
             _text(
                 (sx.start + sx.end) / 2,
                 y + 4,
-                r.text,
+                fit(r.text, sx.end - sx.start, 12),
                 "middle",
                 12,
                 TEXT,
@@ -341,6 +425,6 @@ def _interval_row(r: Interval, y: float, sx: Scale, value_x: float) -> str:
             _line(sx(r.lo), y - 5, sx(r.lo), y + 5, color, 2),
             _line(sx(r.hi), y - 5, sx(r.hi), y + 5, color, 2),
             marker(shape, sx(r.estimate), y, color, 5, filled),
-            _text(value_x, y + 4, r.text, "start", 12, TEXT),
+            _text(value_x, y + 4, fit(r.text, value_w, 12), "start", 12, TEXT),
         ]
     return "".join(out) + "</g>"

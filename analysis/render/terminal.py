@@ -33,6 +33,15 @@ def prose(line: str, width: int, indent: str = "  ") -> str:
     return textwrap.fill(line, width, subsequent_indent=lead, break_on_hyphens=False)
 
 
+def why(r: DiffResult, width: int) -> list[str]:
+    """The verdict, then each reason on a line of its own."""
+    lead = text.why_lead(r)
+    if not lead and len(r.why) == 1:
+        return [prose(f"verdict: {r.verdict.value} — {text.printable(r.why[0])}", width)]
+    head = prose(f"verdict: {r.verdict.value} — {lead or 'because:'}", width)
+    return [head] + [prose(f"  - {text.printable(line)}", width, "    ") for line in r.why]
+
+
 def render(r: DiffResult, width: int | None = None) -> str:
     """The report for a terminal `width` columns wide (default: the terminal's, else 100);
     the tables keep their rows whole, the sentences wrap."""
@@ -42,7 +51,7 @@ def render(r: DiffResult, width: int | None = None) -> str:
     out = [
         prose(clean(r.summary), width),
         "",
-        prose(f"verdict: {r.verdict.value} — {clean(r.reason)}", width),
+        *why(r, width),
         prose(f"window: {text.window(r)}; {clean(text.exclusions(r))}", width),
     ]
     if not r.compared:

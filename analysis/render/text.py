@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from flagscope.analysis.verdict import Verdict
+
 if TYPE_CHECKING:
     from flagscope.analysis.result import CohortSummary, DiffResult, MetricResult
 
@@ -29,6 +31,20 @@ LABELS = {
     "p95_latency": "p95",
     "p99_latency": "p99",
 }
+
+
+# What the list of reasons under "Why" has in common, by verdict (one line per reason).
+_WHY_LEAD = {
+    Verdict.REGRESSION: "Worse than baseline beyond the threshold:",
+    Verdict.IMPROVEMENT: "Better than baseline beyond the threshold:",
+    Verdict.INCONCLUSIVE: "Not decided yet: harm beyond the threshold is not ruled out for",
+    Verdict.UNHEALTHY: "The comparison itself cannot be trusted:",
+}
+
+
+def why_lead(r: DiffResult) -> str:
+    """The words before the reasons ("" when a single reason says it all)."""
+    return _WHY_LEAD.get(r.verdict, "") if r.reasons else ""
 
 
 def window(r: DiffResult) -> str:

@@ -9,14 +9,21 @@ import difflib
 import os
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from flagscope.analysis import report_archive, window
 from flagscope.analysis.errors import AnalysisError
-from flagscope.analysis.result import DEFAULT_EXPECTED_USERS, DiffOptions, TrafficFilter
+from flagscope.analysis.examples import check_trace_link
+from flagscope.analysis.result import (
+    CUPED_WITHOUT_SPARK,
+    DEFAULT_EXPECTED_USERS,
+    ENGINES,
+    DiffOptions,
+    TrafficFilter,
+)
 from flagscope.analysis.schedule import cron as cronlib
 from flagscope.analysis.verdict import DEFAULT_ALPHA, Thresholds, check_alpha
 from flagscope.analysis.window import naive_utc
@@ -43,12 +50,14 @@ FLAG_KEYS: dict[str, str] = {
     "alpha": "float",
     "expected_users": "int",
     "cuped": "str",
+    "engine": "str",
     "test_traffic": "str",
     "webhook_url": "str",
 }
 GLOBAL_KEYS: dict[str, str] = {
     "out_dir": "str",
     "link_base": "str",
+    "trace_link": "str",
     "webhook_timeout_s": "float",
     "webhook_retries": "int",
     "flag": "tables",
@@ -82,6 +91,7 @@ class ScheduledReport:
     webhook_url: str | None = None  # None: the [reports] webhook; "": none for this flag
     expected_users: int = DEFAULT_EXPECTED_USERS
     pre_exposure: timedelta | None = None  # cuped = "14d"
+    engine: str = "duckdb"  # engine = "spark": the cohort stage in Spark SQL
 
     def options(self, now: datetime) -> DiffOptions:
         """The diff of a run at `now`: the window ending then, always-valid intervals."""
@@ -99,6 +109,7 @@ class ScheduledReport:
             sequential=True,
             expected_users=self.expected_users,
             pre_exposure=self.pre_exposure,
+            engine=self.engine,
             expected_split=self.expected_split,
             thresholds=self.thresholds,
         )
@@ -113,6 +124,7 @@ class ReportsConfig:
     webhook_timeout_s: float = 5.0
     webhook_retries: int = 3
     source: str = "flagscope.toml"
+    trace_link: str | None = None  # a URL with {trace_id}: reports and the UI link traces
 
     def report(self, flag: str) -> ScheduledReport:
         """The declared report of `flag`; the error names the closest declared one."""
@@ -207,6 +219,7 @@ def parse_config(
         timeout,
         retries,
         source,
+        check_trace_link(get_setting(body, "trace_link", "str", where), f"{where}: trace_link"),
     )
 
 
@@ -248,7 +261,30 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         c.webhook_url,
         c.expected_users,
         pre_exposure,
+        _engine(t, where, pre_exposure),
     )
+
+
+def _engine(t: Mapping[str, Any], where: str, pre_exposure: timedelta | None) -> str:
+    engine = str(get_setting(t, "engine", "str", where, "duckdb"))
+    if engine not in ENGINES:
+        raise AnalysisError(
+            f'{where}: engine = "{engine}" is not one of {", ".join(ENGINES)}, e.g. engine = "spark"'
+        )
+    if engine == "spark" and pre_exposure is not None:
+        raise AnalysisError(f"{where}: {CUPED_WITHOUT_SPARK}")
+    return engine
+
+
+def with_engine(config: ReportsConfig, engine: str | None) -> ReportsConfig:
+    """Every declared report run by `engine` (--engine on the command line), if given."""
+    if engine is None:
+        return config
+    for r in config.reports:
+        if engine == "spark" and r.pre_exposure is not None:
+            raise AnalysisError(f"--engine spark, report of {r.flag!r}: {CUPED_WITHOUT_SPARK}")
+    reports = tuple(replace(r, engine=engine) for r in config.reports)
+    return replace(config, reports=reports)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Declared in flagscope.toml (the collector's loader leaves `[reports]` to this mo
     out_dir = "reports"                  # default "reports", relative to the working directory
     webhook_url = "https://hooks.slack.com/services/…"   # optional; FLAGSCOPE_WEBHOOK_URL overrides
     link_base = "https://reports.example.com/"          # optional: notifications link here
+    trace_link = "https://jaeger.example/trace/{trace_id}"  # optional: example traces link there
     webhook_timeout_s = 5                # optional, per attempt
     webhook_retries = 3                  # optional, after the first attempt
     # any per-flag setting below may also be set here, as the default of every flag
@@ -49,7 +50,9 @@ from pathlib import Path
 
 from flagscope.analysis import report_archive
 from flagscope.analysis.diff import run_diff
+from flagscope.analysis.different_query import with_differences
 from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.example_query import with_examples
 from flagscope.analysis.report_archive import ReportFiles
 from flagscope.analysis.schedule import webhook
 from flagscope.analysis.schedule.config import (
@@ -215,6 +218,8 @@ class Scheduler:
         was_failing = self._failing(report.flag)
         try:
             result = run_diff(self.lake_dir, report.options(now), charts="html" in report.formats)
+            result = with_examples(self.lake_dir, result, self.config.trace_link)
+            result = with_differences(self.lake_dir, result)
             files = report_archive.write_report(result, self.config.out_dir, report.formats, now)
         except Exception as exc:  # noqa: BLE001 - one report's failure must not stop the others
             return self._failed(report, now, exc)

@@ -5,6 +5,7 @@ and the handlers that gather a page's answers from `work.Work` and render it.
     GET /                       flags (index_page)
     GET /flag/<key>?window=…    a flag (flag_page)
     GET /examples/<key>?route=… a route's example traces (examples_page)
+    GET /different/<key>?route=… what is different about its bad requests (different_page)
     GET /trace/<trace_id>       a trace's waterfall (trace_page)
     GET|POST /login             sign in with the bearer token (off loopback only)
 
@@ -24,11 +25,21 @@ from typing import Any
 
 from aiohttp import web
 
+from flagscope.analysis import different_query
 from flagscope.analysis.diff import choose_variants, run_diff
+from flagscope.analysis.different import Bad, Difference
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.result import DiffOptions, DiffResult
 from flagscope.analysis.schedule.config import ReportsConfig
-from flagscope.analysis.ui import examples_page, flag_page, growth, index_page, trace_page, traces
+from flagscope.analysis.ui import (
+    different_page,
+    examples_page,
+    flag_page,
+    growth,
+    index_page,
+    trace_page,
+    traces,
+)
 from flagscope.analysis.ui.access import COOKIE, Access, safe_next
 from flagscope.analysis.ui.layout import (
     PENDING_REFRESH_S,
@@ -50,7 +61,7 @@ from flagscope.analysis.ui.verdicts import (
     latest,
     report_points,
 )
-from flagscope.analysis.ui.work import Answer, Work
+from flagscope.analysis.ui.work import Answer, Work, bounded
 from flagscope.analysis.window import parse_duration, parse_time
 
 log = logging.getLogger("flagscope.ui")
@@ -85,6 +96,7 @@ def build_app(config: UiConfig, work: Work) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/flag/{key:.+}", flag)
     app.router.add_get("/examples/{key:.+}", examples)
+    app.router.add_get("/different/{key:.+}", different)
     app.router.add_get("/trace/{trace_id}", trace)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
@@ -376,15 +388,7 @@ async def examples(request: web.Request) -> web.Response:
     if row is None:  # the flags are still being read
         body = [section("examples", "Example traces", pending("the flags in the lake"))]
         return html_page(page("flagscope: examples", body, refresh_s=PENDING_REFRESH_S))
-    try:
-        treatment, baseline = choose_variants(
-            key,
-            {v.variant: v.users for v in row.variants},
-            _variant_param(request, "variant"),
-            _variant_param(request, "baseline"),
-        )
-    except AnalysisError as exc:
-        raise web.HTTPBadRequest(text=f"{exc} (?variant= and ?baseline= of the address)") from None
+    treatment, baseline = _arms(request, key, row)
     now = utc_now()
 
     def compute() -> traces.Examples:
@@ -407,6 +411,76 @@ async def examples(request: web.Request) -> web.Response:
         page(
             f"flagscope: {key} examples",
             examples_page.render_body(view),
+            refresh_s=_refresh(config, answer),
+            where=config.where(),
+            crumbs=crumbs,
+        )
+    )
+
+
+def _arms(request: web.Request, key: str, row: FlagOverview) -> tuple[str, str]:
+    """Treatment and baseline from ?variant= and ?baseline=, as the comparison picks them."""
+    try:
+        return choose_variants(
+            key,
+            {v.variant: v.users for v in row.variants},
+            _variant_param(request, "variant"),
+            _variant_param(request, "baseline"),
+        )
+    except AnalysisError as exc:
+        raise web.HTTPBadRequest(text=f"{exc} (?variant= and ?baseline= of the address)") from None
+
+
+async def different(request: web.Request) -> web.Response:
+    config, work = request.app[CONFIG], request.app[WORK]
+    key = request.match_info["key"]
+    window, span = _window(request)
+    service, route = _variant_param(request, "service"), _variant_param(request, "route")
+    text = request.query.get("bad", "errors")[:20]
+    try:
+        bad = Bad(text)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=f"?bad={text!r}: pick errors (failed requests) or slow (over the baseline's p95)"
+        ) from None
+    deadline = _deadline(config)
+    _found, row = await _known_flag(config, work, key, deadline)
+    if row is None:  # the flags are still being read
+        body = [section("different", "What is different", pending("the flags in the lake"))]
+        return html_page(page("flagscope: what is different", body, refresh_s=PENDING_REFRESH_S))
+    treatment, baseline = _arms(request, key, row)
+    now = utc_now()
+
+    def compute() -> Difference:
+        end = utc_now()
+        return different_query.what_is_different(
+            config.lake,
+            key,
+            treatment,
+            baseline,
+            end - span,
+            end,
+            service,
+            route,
+            bad,
+            runner=bounded,
+        )
+
+    answer = await work.get(
+        ("different", key, window, treatment, baseline, service, route, bad.value),
+        compute,
+        ttl=60,
+        wait=_left(deadline),
+        pool="heavy",
+    )
+    view = different_page.DifferentView(
+        key, window, now - span, now, treatment, baseline, service, route, bad, answer
+    )
+    crumbs = {"Flags": "/", key: url("/flag", key, window=window)}
+    return html_page(
+        page(
+            f"flagscope: {key} what is different",
+            different_page.render_body(view),
             refresh_s=_refresh(config, answer),
             where=config.where(),
             crumbs=crumbs,

@@ -7,9 +7,9 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.examples import check_trace_link
 from flagscope.analysis.render.text import printable
 
 if TYPE_CHECKING:
@@ -56,23 +56,11 @@ def add_parser(
     ui.add_argument(
         "--trace-link",
         help="open a trace elsewhere too: a URL with {trace_id}, e.g. "
-        "'https://jaeger.example/trace/{trace_id}'",
+        "'https://jaeger.example/trace/{trace_id}' (default: [reports] trace_link)",
     )
     ui.add_argument(
         "--refresh", type=float, default=60.0, help="seconds between a page's refreshes (60)"
     )
-
-
-def check_trace_link(template: str | None) -> str | None:
-    if not template:
-        return None
-    parts = urlsplit(template)
-    if parts.scheme not in ("http", "https") or not parts.netloc or "{trace_id}" not in template:
-        raise AnalysisError(
-            f"--trace-link {template!r}: expected an http(s) URL with {{trace_id}} in it, e.g. "
-            "'https://jaeger.example/trace/{trace_id}'"
-        )
-    return template
 
 
 def run(
@@ -120,7 +108,7 @@ def run(
         reports=reports,
         guard_dir=guard_dir,
         access=Access(token, bearer_check, host),
-        trace_link=check_trace_link(args.trace_link),
+        trace_link=check_trace_link(args.trace_link) or reports.trace_link,
         refresh_s=args.refresh,
         test_markers=test_markers,
     )

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
+from flagscope.analysis.examples import Example, Examples, trace_url
 from flagscope.analysis.ui.layout import esc, pending, problem, section, table, url, when
-from flagscope.analysis.ui.traces import Example, Examples
 from flagscope.analysis.ui.work import Answer
 from flagscope.analysis.window import iso_z
 
@@ -83,7 +83,7 @@ def external(template: str | None, trace_id: str) -> str:
     """The same trace elsewhere (Jaeger, Tempo, Honeycomb), from `--trace-link`."""
     if not template:
         return ""
-    href = template.replace("{trace_id}", trace_id)
+    href = trace_url(template, trace_id) or ""
     return (
         f' <a class="external" href="{esc(href)}" rel="noopener noreferrer" target="_blank" '
         f'title="open this trace at {esc(urlsplit(href).netloc)}">↗ elsewhere</a>'

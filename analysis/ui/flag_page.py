@@ -9,12 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from flagscope.analysis.different import Bad
 from flagscope.analysis.render import html as report_html
 from flagscope.analysis.render import text
 from flagscope.analysis.result import DiffResult, MetricResult, StratumResult
 from flagscope.analysis.stats import Estimate
 from flagscope.analysis.summary import describe
-from flagscope.analysis.ui import charts
+from flagscope.analysis.ui import charts, different_page
 from flagscope.analysis.ui.growth import GrowingLook, ShareSeries
 from flagscope.analysis.ui.layout import (
     badge,
@@ -317,11 +318,31 @@ def _routes(v: FlagView, result: DiffResult) -> str:
                 if m
                 else ""
             )
-        cells.append(link(examples_link(v, result, s.service, s.route), "example traces →"))
+        cells.append(
+            link(examples_link(v, result, s.service, s.route), "example traces →")
+            + (_different_link(v, result, s) if regressed(s) else "")
+        )
         rows.append(cells)
         classes.append("regression" if regressed(s) else "")
     inner = table(["service", "route", "error rate", "p95", ""], rows, classes)
     return section("routes", "Routes and example traces", inner + _all_requests_link(v, result))
+
+
+def _different_link(v: FlagView, result: DiffResult, s: StratumResult) -> str:
+    """To what the route's failed (or, when only latency regressed, slow) requests share."""
+    errors = any(
+        m.metric == "error_rate" and m.judgement.verdict is Verdict.REGRESSION for m in s.metrics
+    )
+    target = different_page.href(
+        v.flag,
+        v.window,
+        result.options.variant,
+        result.options.baseline,
+        s.service,
+        s.route,
+        Bad.ERRORS if errors else Bad.SLOW,
+    )
+    return "<br>" + link(target, "what is different →", "different")
 
 
 def _all_requests_link(v: FlagView, result: DiffResult) -> str:

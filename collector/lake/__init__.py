@@ -6,5 +6,7 @@ hidden temporary name (`layout.temporary`), fsynced and renamed into place (`dur
 derive from the WAL segment a file came from, so replaying a segment rewrites the same
 names (idempotent). The lake writers write (`write`), compact and expire (`maintain`);
 readers — DuckDB, Polars, pandas, Spark, and flagscope's analysis through `read` — see
-the de-duplicated `events` view.
+the de-duplicated `events` view. Beside each file, its narrow tables of requests and flag
+evaluations (`narrow`), which the cohort diff reads over the hours it needs
+(`narrow_views`); each connection's memory is bounded (`resources`).
 """

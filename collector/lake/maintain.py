@@ -9,11 +9,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
 from flagscope.collector.lake.layout import covered_seq, partitions, temporary
+from flagscope.collector.lake.narrow import (
+    has_companions,
+    orphans,
+    remove_companions,
+    write_companions,
+)
 from flagscope.collector.lake.schema import SCHEMA, complete
 from flagscope.collector.lake.write import ROW_GROUP_ROWS, parquet_writer
 
@@ -47,7 +54,30 @@ def compact(
             if path not in merged:
                 _merge([(seq, path)], writer)
                 merges += 1
+        _complete_companions(partition, writer, below_seq)
     return merges
+
+
+def _complete_companions(partition: Path, writer: str, below_seq: int | None) -> None:
+    """Narrow companions for this writer's files without them (written before issue 12,
+    or a crash between a file and its companions), and none of its left without a file.
+    Only files whose WAL segments are gone: a segment being converted gets its companions
+    right after its file, and a replay rewrites both."""
+
+    def settled(path: Path) -> bool:
+        seq = covered_seq(path.stem, writer)
+        return seq is not None and (below_seq is None or seq < below_seq)
+
+    for path, wide in orphans(partition):
+        if settled(wide):
+            path.unlink(missing_ok=True)
+    for path in sorted(partition.glob("*.parquet")):
+        if not settled(path) or has_companions(path):
+            continue
+        try:
+            write_companions(path)
+        except (OSError, duckdb.Error) as exc:
+            log.warning("could not write the narrow tables of lake file %s: %s", path, exc)
 
 
 def _candidates(
@@ -101,10 +131,15 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
                     # int32, the keys, the nanosecond columns) are written in SCHEMA.
                     table = complete(pa.Table.from_batches([batch]))
                     parquet.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        handle.flush()
+        write_companions(
+            target, source=Path(handle.name), current=True
+        )  # before the file, as writers do
 
     write_atomically(target, write, temporary(target))
     for path in paths:
         if path != target:
+            remove_companions(path)  # first: never companions without their file
             path.unlink(missing_ok=True)
     fsync_dir(target.parent)
 

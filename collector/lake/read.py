@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from flagscope.collector.errors import LakeError, LakeQueryError
 from flagscope.collector.lake.layout import GLOB, has_files
+from flagscope.collector.lake.resources import memory_limit, spill_directory
 from flagscope.collector.lake.schema import NANOS, SCHEMA, TRACE_KEY, derived_keys, trace_key_sql
 
 T = TypeVar("T")
@@ -66,44 +67,54 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     before (naive nanosecond times, a UUID or no trace key, fewer columns) are read too,
     their missing columns derived, until compaction rewrites them (`maintain.compact`).
     The connection's time zone is UTC, so a naive time compared with an aware one (`now()`)
-    means UTC, as everywhere in flagscope."""
+    means UTC, as everywhere in flagscope. The lake's path is the connection's variable
+    `flagscope_lake` (`lake_of`), for readers that pick files themselves (`narrow_views`)."""
     con.execute("SET TimeZone = 'UTC'")
-    con.register("_flagscope_empty", SCHEMA.empty_table())
-    source, select = "_flagscope_empty", CURRENT_VIEW
+    con.execute(f"SET VARIABLE flagscope_lake = '{_sql_str(str(lake))}'")
     if has_files(lake):
-        glob = _sql_str(str(lake / GLOB))
-        source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
-        names = ", ".join(f"'{name}'" for name in SCHEMA.names)
-        current, files = con.execute(
-            f"SELECT count(*) FILTER (WHERE columns = {len(SCHEMA.names)}), count(*) FROM ("
-            f"SELECT file_name, count(DISTINCT name) FILTER (WHERE name IN ({names})) AS columns "
-            f"FROM parquet_schema('{glob}') GROUP BY 1)"
-        ).fetchall()[0]
-        if current < files:
-            # Files from before a column existed: the empty table keeps every column
-            # defined (null in those files, derived below) whichever files exist when the
-            # view lists them again at a query, the older forms' columns too.
-            con.register("_flagscope_older", _OLDER.empty_table())
-            source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_older)"
-            select = OLDER_VIEW
-    # (str.replace, not format: the derived keys' SQL has braces of its own)
-    con.execute("CREATE OR REPLACE TEMP VIEW events_raw AS " + select.replace("{source}", source))
+        rows = wide_rows(con, f"'{_sql_str(str(lake / GLOB))}'")
+    else:
+        con.register("_flagscope_empty", SCHEMA.empty_table())
+        rows = "SELECT * FROM _flagscope_empty"
+    times = {stamp: f"make_timestamp_ns({nanos}) AS {stamp}" for stamp, nanos in NANOS.items()}
+    outer = ", ".join(times.get(n, n) for n in SCHEMA.names)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {outer}, {trace_key_sql()} AS "
+        f"{TRACE_KEY} FROM ({rows})"
+    )
     con.execute(
         "CREATE OR REPLACE TEMP VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw"
     )
     con.execute(f"CREATE OR REPLACE TEMP VIEW metrics AS {METRICS_VIEW}")
 
 
-def _view(derive: dict[str, str]) -> str:
-    """`events_raw` over `{source}`: SCHEMA's columns in order (each as `derive` says, else
-    as stored), the times from their nanoseconds, and the trace key from its halves."""
-    inner = ", ".join(f"{derive[n]} AS {n}" if n in derive else n for n in SCHEMA.names)
-    times = {stamp: f"make_timestamp_ns({nanos}) AS {stamp}" for stamp, nanos in NANOS.items()}
-    outer = ", ".join(times.get(n, n) for n in SCHEMA.names)
-    return f"SELECT {outer}, {trace_key_sql()} AS {TRACE_KEY} FROM (SELECT {inner} FROM {{source}})"
+def lake_of(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The lake whose views `con` has (`define_views`), or None."""
+    value = con.execute("SELECT getvariable('flagscope_lake')").fetchall()[0][0]
+    return Path(value) if value else None
 
 
-CURRENT_VIEW = _view({})
+def wide_rows(con: duckdb.DuckDBPyConnection, files: str) -> str:
+    """SQL for the rows of the lake files `files` (a DuckDB glob string or list literal) in
+    SCHEMA's columns, as stored: the columns a file from before lacks are derived."""
+    source = f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
+    names = ", ".join(f"'{name}'" for name in SCHEMA.names)
+    current, count = con.execute(
+        f"SELECT count(*) FILTER (WHERE columns = {len(SCHEMA.names)}), count(*) FROM ("
+        f"SELECT file_name, count(DISTINCT name) FILTER (WHERE name IN ({names})) AS columns "
+        f"FROM parquet_schema({files}) GROUP BY 1)"
+    ).fetchall()[0]
+    if current == count:
+        return f"SELECT {', '.join(SCHEMA.names)} FROM {source}"
+    # Files from before a column existed: the empty table keeps every column defined
+    # (null in those files, derived below) whichever files exist when the view lists them
+    # again at a query, the older forms' columns too.
+    con.register("_flagscope_older", _OLDER.empty_table())
+    source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM _flagscope_older)"
+    # (str.replace, not format: the derived keys' SQL has braces of its own)
+    return OLDER_ROWS.replace("{source}", source)
+
+
 # Files from before issue 12 (naive nanosecond times, the trace key as a UUID or absent)
 # and before the keys (issue 10): every column that a file lacks is derived from the ones
 # it has, as `schema.complete` derives them when compaction rewrites it.
@@ -111,9 +122,13 @@ _OLDER = pa.schema(
     [pa.field(f.name, pa.timestamp("ns")) if f.name in NANOS else f for f in SCHEMA]
     + [pa.field(TRACE_KEY, pa.uuid())]
 )
-OLDER_VIEW = _view(
-    {nanos: f"coalesce({nanos}, epoch_ns({stamp}))" for stamp, nanos in NANOS.items()}
-    | {name: f"coalesce({name}, {sql})" for name, sql in derived_keys().items()}
+_DERIVED = {nanos: f"coalesce({nanos}, epoch_ns({stamp}))" for stamp, nanos in NANOS.items()} | {
+    name: f"coalesce({name}, {sql})" for name, sql in derived_keys().items()
+}
+OLDER_ROWS = (
+    "SELECT "
+    + ", ".join(f"{_DERIVED[n]} AS {n}" if n in _DERIVED else n for n in SCHEMA.names)
+    + " FROM {source}"
 )
 
 
@@ -146,10 +161,14 @@ def show_progress(on: bool) -> None:
 
 
 def _open(lake: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
-    """A fresh connection with the lake's views (DuckDB's errors come out raw)."""
+    """A fresh connection with the lake's views (DuckDB's errors come out raw), within the
+    memory limit (`resources`)."""
+    limit, spill = memory_limit(), spill_directory()
     con = duckdb.connect()
     try:
         con.execute(f"SET enable_progress_bar = {'true' if _progress else 'false'}")
+        con.execute(f"SET memory_limit = '{limit}'")
+        con.execute(f"SET temp_directory = '{_sql_str(str(spill))}'")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         define_views(con, lake)

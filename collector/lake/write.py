@@ -19,6 +19,7 @@ from flagscope.collector.lake.layout import (
     published,
     temporary,
 )
+from flagscope.collector.lake.narrow import COMPANION_GLOB, wide_file_of, write_companions
 from flagscope.collector.lake.schema import DICTIONARY_COLUMNS, SCHEMA, complete
 
 ROW_GROUP_ROWS = 128 * 1024
@@ -69,6 +70,9 @@ class PartitionedWriter:
         return self._open[hour][2]
 
     def close(self) -> list[Path]:
+        """Publish the files, then each one's narrow companions (`narrow`): the rows are
+        readable as soon as possible (a reader derives the tables of a file that has none
+        yet), and a crash in between leaves a file whose tables compaction writes."""
         written = []
         for path, handle, writer in self._open.values():
             writer.close()
@@ -76,6 +80,8 @@ class PartitionedWriter:
             publish(handle, path)
             written.append(path)
         self._open.clear()
+        for path in written:
+            write_companions(path, current=True)
         return written
 
     def abort(self) -> None:
@@ -97,13 +103,18 @@ def write_table(lake: Path, table: pa.Table, name: str) -> list[Path]:
 
 
 def remove_stale_temporaries(lake: Path, writer: str) -> int:
-    """Delete this writer's temporary files left by a crash (never visible to readers),
-    and the `<name>.parquet.tmp` ones of versions before issue 12."""
+    """Delete this writer's temporary files left by a crash (never visible to readers):
+    lake files', their narrow companions', and the `<name>.parquet.tmp` ones of versions
+    before issue 12."""
     removed = 0
     if not lake.exists():
         return 0
     found = [(path, published(path)) for path in lake.glob(TEMPORARY_GLOB)]
     found += [(path, path.with_suffix("")) for path in lake.glob("**/[!.]*.parquet.tmp")]
+    for path in lake.glob(f"**/.{COMPANION_GLOB}.tmp"):
+        wide = wide_file_of(published(path))
+        if wide is not None:
+            found.append((path, wide))
     for path, final in found:
         if covered_seq(final.name[: -len(".parquet")], writer) is not None:
             path.unlink(missing_ok=True)

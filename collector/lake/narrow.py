@@ -1,0 +1,185 @@
+"""Narrow tables beside each lake file: the requests and flag evaluations a cohort diff reads.
+
+Most of a diff's time went into reading wide rows to find, per trace, its entry spans and
+its flag evaluations (issue 12 point 2). So every lake file `<stem>.parquet` has two
+companions in its partition, derived from it row by row:
+
+- `_<stem>.requests.pq`: its entry spans (`is_entry`), with just what cohorts need;
+- `_<stem>.evaluations.pq`: one row per (row, flag) of its rows that carry flags, and one
+  for each test-marked row without flags: what labels a trace and what excludes it (a
+  trace or user marked as test traffic anywhere).
+
+Why companions, named after their file, in its partition: the leading `_` and the `.pq`
+suffix keep them out of every engine's reading of the wide lake (`**/*.parquet` globs do
+not match them; Spark, pyarrow and pandas skip names starting with `_`); retention removes
+them with their partition; a WAL replay rewrites them by name with their file; and
+because they are derivable from their file, a file without them (written before they
+existed, or by a crash between the two) is read through the same projection from the wide
+file instead (`narrow_views`). Readers go by the wide files: a companion whose file is
+gone is ignored, so the narrow path reads exactly the rows the wide one does.
+
+The lake writers publish a file's companions right after the file (its rows are
+readable at once; a reader derives the tables until they are there); compaction writes a
+merged file's before it, and those of any of its writer's files that lack them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flagscope.collector.lake.durable import write_atomically
+from flagscope.collector.lake.layout import temporary
+from flagscope.collector.lake.read import wide_rows
+
+REQUESTS, EVALUATIONS = "requests", "evaluations"
+SUFFIX = ".pq"
+COMPANION_GLOB = "_*" + SUFFIX
+
+REQUESTS_SCHEMA = pa.schema(
+    [
+        ("time_unix_nano", pa.int64()),
+        ("trace_key_hi", pa.int64()),
+        ("trace_key_lo", pa.int64()),
+        ("span_key", pa.int64()),
+        ("root", pa.bool_()),  # no parent: the trace's own entry
+        ("service_name", pa.string()),
+        ("http_method", pa.string()),
+        ("http_route", pa.string()),
+        ("name", pa.string()),
+        ("duration_ms", pa.float64()),
+        ("is_error", pa.bool_()),
+        ("user_id", pa.string()),
+    ]
+)
+EVALUATIONS_SCHEMA = pa.schema(
+    [
+        ("time_unix_nano", pa.int64()),
+        ("trace_key_hi", pa.int64()),
+        ("trace_key_lo", pa.int64()),
+        ("user_id", pa.string()),
+        ("flag", pa.string()),  # null: a test-marked row without flags
+        ("variant", pa.string()),
+        ("is_test", pa.bool_()),
+    ]
+)
+SCHEMAS = {REQUESTS: REQUESTS_SCHEMA, EVALUATIONS: EVALUATIONS_SCHEMA}
+_DICTIONARY = ["service_name", "http_method", "http_route", "name", "user_id", "flag", "variant"]
+
+# Projections of wide rows (`{source}`: SCHEMA's columns) into each narrow table: the one
+# definition the writers, compaction and the readers' fallback share.
+PROJECTIONS = {
+    REQUESTS: (
+        "SELECT time_unix_nano, trace_key_hi, trace_key_lo, span_key, "
+        "coalesce(parent_span_id, '') = '' AS root, service_name, http_method, http_route, "
+        "name, duration_ms, is_error, user_id FROM {source} WHERE is_entry"
+    ),
+    EVALUATIONS: (
+        "SELECT time_unix_nano, trace_key_hi, trace_key_lo, user_id, e.key AS flag, "
+        "e.value AS variant, coalesce(is_test, false) AS is_test FROM ("
+        "SELECT *, unnest(map_entries(flags)) AS e FROM {source} WHERE cardinality(flags) > 0) "
+        "UNION ALL "
+        "SELECT time_unix_nano, trace_key_hi, trace_key_lo, user_id, NULL, NULL, true "
+        "FROM {source} WHERE is_test AND coalesce(cardinality(flags), 0) = 0"
+    ),
+}
+
+
+def companion(wide: Path, table: str) -> Path:
+    """Where `table`'s rows of the lake file `wide` (`<stem>.parquet`) are."""
+    return wide.with_name(f"_{wide.name.removesuffix('.parquet')}.{table}{SUFFIX}")
+
+
+def companions(wide: Path) -> list[Path]:
+    return [companion(wide, table) for table in SCHEMAS]
+
+
+def has_companions(wide: Path) -> bool:
+    return all(path.exists() for path in companions(wide))
+
+
+def wide_file_of(path: Path) -> Path | None:
+    """The lake file a companion belongs to (None if `path` is not a companion's name)."""
+    name = path.name
+    for table in SCHEMAS:
+        ending = f".{table}{SUFFIX}"
+        if name.startswith("_") and name.endswith(ending):
+            return path.with_name(name[1 : -len(ending)] + ".parquet")
+    return None
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# One DuckDB connection per thread (and process: a forked child makes its own): opening one
+# cost ~0.1 s of the ~0.3 s a small file's companions took on a busy machine, and a
+# replay after a crash publishes many small files.
+_local = threading.local()
+
+
+_INHERITED: list[duckdb.DuckDBPyConnection] = []  # a forked parent's: never closed here
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    cached = getattr(_local, "con", None)
+    if cached is None or cached[0] != os.getpid():
+        if cached is not None:
+            _INHERITED.append(cached[1])  # closing it in a fork crashes DuckDB
+        con = duckdb.connect()
+        con.execute("SET threads = 1")  # lake writers are one process per core already
+        con.execute("SET memory_limit = '1GB'")  # one file's rows at a time
+        _local.con = cached = (os.getpid(), con)
+    return cached[1]
+
+
+def write_companions(wide: Path, source: Path | None = None, current: bool = False) -> list[Path]:
+    """Derive and publish `wide`'s companions from the lake file at `source` (default
+    `wide` itself; a writer passes the temporary file it is about to rename to `wide`).
+    `current`: the file is in SCHEMA (just written), so nothing needs deriving. Each is
+    written under a temporary name, fsynced and renamed, as lake files are."""
+    con = _connection()
+    path = _sql_str(str(source or wide))
+    # any form a file has had, unless it is known to be current
+    rows_sql = f"(SELECT * FROM read_parquet({path}))" if current else f"({wide_rows(con, path)})"
+    written = []
+    for table, schema in SCHEMAS.items():
+        rows = con.sql(PROJECTIONS[table].replace("{source}", rows_sql)).to_arrow_table()
+        target = companion(wide, table)
+
+        def write(handle: BinaryIO, rows: pa.Table = rows, schema: pa.Schema = schema) -> None:
+            pq.write_table(
+                rows.cast(schema),
+                handle,
+                compression="zstd",
+                use_dictionary=_DICTIONARY,
+                row_group_size=1024 * 1024,
+            )
+
+        write_atomically(target, write, temporary(target))
+        written.append(target)
+    return written
+
+
+def remove_companions(wide: Path) -> None:
+    """Delete `wide`'s companions (before `wide` itself: a crash between the two leaves a
+    file without companions, which readers derive, never companions without a file)."""
+    for path in companions(wide):
+        path.unlink(missing_ok=True)
+
+
+def orphans(partition: Path) -> list[tuple[Path, Path]]:
+    """Companions in `partition` whose lake file is not there, with that file's path: a
+    crash between deleting the two, or a writer between publishing them."""
+    found = []
+    for path in partition.glob(COMPANION_GLOB):
+        wide = wide_file_of(path)
+        if wide is not None and not wide.exists():
+            found.append((path, wide))
+    return found

@@ -1,0 +1,129 @@
+"""The narrow tables as a reader sees them: DuckDB views over the hour partitions a window
+needs (issue 12 point 2), for the cohort diff.
+
+Which files: the lake files (`*.parquet`) of the partitions that overlap the window — a row
+lives in the partition of its own time's hour (`write.PartitionedWriter`), so no other
+can hold one of the window's rows; each file's companions (`narrow`), or, for a file
+without them, the same projection of the file itself (`read.wide_rows`), so every lake
+gives the answers the wide rows give.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from flagscope.collector.lake.layout import partitions
+from flagscope.collector.lake.narrow import (
+    EVALUATIONS,
+    PROJECTIONS,
+    REQUESTS,
+    SCHEMAS,
+    companion,
+    has_companions,
+)
+from flagscope.collector.lake.read import wide_rows
+from flagscope.collector.lake.schema import trace_key_sql
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def partition_hour(partition: Path) -> int | None:
+    """The hour (since the epoch) of a `date=YYYY-MM-DD/hour=HH` directory, or None."""
+    try:
+        day = datetime.strptime(partition.parent.name.split("=", 1)[1], "%Y-%m-%d")
+        hour = int(partition.name.split("=", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    return (day - _EPOCH).days * 24 + hour if 0 <= hour < 24 else None
+
+
+def _hours(moment: datetime) -> float:
+    return (moment - _EPOCH).total_seconds() / 3600
+
+
+def files_between(lake: Path, start: datetime | None, end: datetime | None) -> list[Path]:
+    """The lake files of the hour partitions that overlap [start, end) (naive UTC, None
+    unbounded); a partition whose name does not parse is always read."""
+    chosen: list[Path] = []
+    for partition in partitions(lake):
+        hour = partition_hour(partition)
+        if hour is not None and (
+            (end is not None and hour >= _hours(end))
+            or (start is not None and hour + 1 <= _hours(start))
+        ):
+            continue
+        chosen += sorted(partition.glob("*.parquet"))
+    return chosen
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _listed(paths: list[Path]) -> str:
+    return "[" + ", ".join(_sql_str(str(p)) for p in paths) + "]"
+
+
+def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
+    """SQL for `table`'s rows of `files`: their companions, and the projection of the file
+    itself for each file without them."""
+    ready = [f for f in files if has_companions(f)]
+    missing = [f for f in files if not has_companions(f)]
+    parts = []
+    if ready:
+        companions = _listed([companion(f, table) for f in ready])
+        parts.append(f"SELECT * FROM read_parquet({companions}, hive_partitioning = false)")
+    if missing:
+        rows = f"({wide_rows(con, _listed(missing))})"
+        parts.append(PROJECTIONS[table].replace("{source}", rows))
+    if not parts:
+        empty = f"_fs_empty_{table}"
+        con.register(empty, SCHEMAS[table].empty_table())
+        parts.append(f"SELECT * FROM {empty}")
+    return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+
+
+def _ns(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def _view(name: str, table: str, relation: str, where: str = "true") -> str:
+    """`name`: `relation`'s rows with the time at nanosecond precision and the trace key as
+    one UUID, as the `events_raw` view shows them."""
+    keys = ("time_unix_nano", "trace_key_hi", "trace_key_lo")
+    rest = ", ".join(n for n in SCHEMAS[table].names if n not in keys)
+    return (
+        f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT make_timestamp_ns(time_unix_nano) AS "
+        f"time, {trace_key_sql()} AS trace_key, {rest} FROM ({relation}) WHERE {where}"
+    )
+
+
+def define_views(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    requests: tuple[datetime, datetime],
+    evaluations: tuple[datetime, datetime],
+) -> None:
+    """The views a cohort diff reads, each over the partitions its window ([start, end),
+    naive UTC) needs:
+
+    - `fs_narrow_requests` (time, trace_key, span_key, root, service_name, http_method,
+      http_route, name, duration_ms, is_error, user_id): entry spans in `requests`;
+    - `fs_narrow_evaluations` (time, trace_key, user_id, flag, variant, is_test): in
+      `evaluations`;
+    - `fs_narrow_tests` (the same columns): every test-marked row in the lake, for the
+      users ever marked as testers.
+    """
+    for name, table, (start, end) in (
+        ("fs_narrow_requests", REQUESTS, requests),
+        ("fs_narrow_evaluations", EVALUATIONS, evaluations),
+    ):
+        relation = _relation(con, table, files_between(lake, start, end))
+        window = f"time_unix_nano >= {_ns(start)} AND time_unix_nano < {_ns(end)}"
+        con.execute(_view(name, table, relation, window))
+    everything = _relation(con, EVALUATIONS, files_between(lake, None, None))
+    con.execute(_view("fs_narrow_tests", EVALUATIONS, everything, "is_test"))

@@ -1,0 +1,338 @@
+"""The narrow tables beside each lake file (issue 12 point 2): the cohort diff reads them and
+must answer exactly as the wide rows do.
+
+Lakes are built to order three ways — rows written as the lake writers write them
+(tests/test_cohort_stages.py's production-like traffic: retried duplicates, crossover
+users, testers marked by trace and by user, traces that evaluated the flag twice, flag
+evaluations in log records, other flags, spans that are not requests, traffic just outside
+the window, and spans that arrive in a later file than their trace's root), the
+benchmark's generator (bench/make_lake.py), and a real collector fed by the OpenTelemetry
+SDK's exporters — and each answer of the narrow path (Exclusions, CohortSums, UnitSums,
+the verdict) is held against the wide path's on the same lake. Also: old lakes without
+the tables, compaction, replay and retention keeping them in step with their files,
+engines reading the lake not seeing them, hour-partition pruning, the memory limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import shutil
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pytest
+
+from bench.make_lake import make_lake
+from flagscope.analysis.cli import main
+from flagscope.analysis.cohorts import TABLES_ENV, CohortQuery, Evaluations
+from flagscope.analysis.diff import run_diff
+from flagscope.analysis.result import DiffOptions, TrafficFilter
+from flagscope.collector.lake.layout import GLOB, partitions
+from flagscope.collector.lake.maintain import compact, expire
+from flagscope.collector.lake.narrow import companion, companions, has_companions
+from flagscope.collector.lake.narrow_views import files_between
+from flagscope.collector.lake.read import connect, fetch
+from flagscope.collector.lake.resources import MEMORY_ENV, memory_limit
+from tests.helpers import RunningCollector, make_settings
+from tests.otlp_requests import post
+from tests.synthetic import write
+from tests.test_cohort_stages import END, FLAG, START, production_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
+import shop
+
+Row = dict[str, Any]
+
+
+# -- comparing answers --------------------------------------------------------------------
+def assert_same(wide: Any, narrow: Any, where: str = "") -> None:
+    """Equal field by field; floats to 1e-9 relative (DuckDB's parallel sums add in an
+    order that varies from run to run, on either path)."""
+    if dataclasses.is_dataclass(wide) and not isinstance(wide, type):
+        assert type(wide) is type(narrow), where
+        for f in dataclasses.fields(wide):
+            assert_same(getattr(wide, f.name), getattr(narrow, f.name), f"{where}.{f.name}")
+    elif isinstance(wide, dict):
+        assert isinstance(narrow, dict) and wide.keys() == narrow.keys(), where
+        for key in wide:
+            assert_same(wide[key], narrow[key], f"{where}[{key!r}]")
+    elif isinstance(wide, list | tuple):
+        assert isinstance(narrow, list | tuple) and len(wide) == len(narrow), where
+        for i, (a, b) in enumerate(zip(wide, narrow, strict=True)):
+            assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(wide, float) and isinstance(narrow, float):
+        assert math.isclose(wide, narrow, rel_tol=1e-9, abs_tol=1e-12), (where, wide, narrow)
+    else:
+        assert wide == narrow, (where, wide, narrow)
+
+
+def stages(lake: Path, tables: str, q: CohortQuery) -> tuple[Any, ...]:
+    """Every stage's result on `tables`: units per variant, what was excluded, the sums."""
+    con = connect(lake)
+    try:
+        evaluations = Evaluations.collect(con, q.flag, q.start, q.end, tables=tables)
+        labelled = evaluations.label(q)
+        return evaluations.variants, labelled.excluded, labelled.unit_sums()
+    finally:
+        con.close()
+
+
+def assert_paths_agree(lake: Path, q: CohortQuery) -> tuple[Any, ...]:
+    wide = stages(lake, "wide", q)
+    narrow = stages(lake, "narrow", q)
+    assert_same(wide, narrow, "stages")
+    return narrow
+
+
+def query(**kw: Any) -> CohortQuery:
+    return CohortQuery(FLAG, "on", "off", START, END, **kw)
+
+
+QUERIES = [
+    query(),
+    query(test_mode=TrafficFilter.INCLUDE),
+    query(test_mode=TrafficFilter.ONLY),
+    query(service="payments"),
+    query(route="POST /checkout"),
+]
+
+
+def write_in_files(lake: Path, rows: list[Row], seed: int) -> list[Path]:
+    """`rows` as a lake writer stores a stream of them: in four files (WAL segments), a
+    trace's root span usually in a later one than its children (roots end last), some
+    spans later still, and a retried batch stored twice."""
+    rng = random.Random(seed)
+    files: list[list[Row]] = [[], [], [], []]
+    for row in rows:
+        late = rng.random() < 0.15
+        root = row["signal"] == "span" and not row["parent_span_id"]
+        files[3 if late else (2 if root else rng.randint(0, 1))].append(row)
+    files[1] += rng.sample(files[0], k=min(25, len(files[0])))  # a client's retry
+    for seq, part in enumerate(files, 1):
+        write(lake, part, name=f"syn-{seq:012d}-000")
+    return sorted(lake.glob(GLOB))
+
+
+@pytest.fixture(
+    scope="module", params=[False, True], ids=["one-evaluation-per-trace", "traces-evaluated-twice"]
+)
+def production(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lake = tmp_path_factory.mktemp("production")
+    write_in_files(lake, production_rows(20240611, twice=request.param), seed=7)
+    return lake
+
+
+# -- the answers ----------------------------------------------------------------------------
+def test_the_lake_writers_write_each_files_narrow_tables(production):
+    files = sorted(production.glob(GLOB))
+    assert len(files) >= 4 and all(has_companions(f) for f in files)
+
+
+@pytest.mark.parametrize("q", QUERIES, ids=["exclude", "include", "only", "service", "route"])
+def test_narrow_tables_give_the_wide_rows_answers(production, q):
+    """Units, exclusions (test, crossover, without a user) and every per-user sum."""
+    variants, excluded, sums = assert_paths_agree(production, q)
+    assert {"on", "off"} <= set(variants) and sums.overall and sums.strata
+    if q.test_mode is TrafficFilter.EXCLUDE and q.service is None and q.route is None:
+        assert all(excluded.as_dict().values())  # the traffic has every kind of exclusion
+
+
+def test_a_lake_without_narrow_tables_gives_the_same_answers(production, tmp_path):
+    """Files written before the narrow tables (or by a crash between a file and its
+    tables) are read through the same projection from the wide rows: an old lake, and a
+    lake half old, half new."""
+    expected = stages(production, "wide", query())
+    old = tmp_path / "old"
+    shutil.copytree(production, old)
+    files = sorted(old.glob(GLOB))
+    for path in files[::2]:
+        for table in companions(path):
+            table.unlink()
+    assert_same(expected, stages(old, "narrow", query()), "half old")
+    for path in files[1::2]:
+        for table in companions(path):
+            table.unlink()
+    assert not any(has_companions(f) for f in files)
+    assert_same(expected, stages(old, "narrow", query()), "old")
+
+
+def test_the_diff_gives_the_same_verdict_and_numbers_on_both_paths(production, monkeypatch):
+    options = DiffOptions(flag=FLAG, start=START, end=END, expected_split={"on": 0.5, "off": 0.5})
+    monkeypatch.setenv(TABLES_ENV, "wide")
+    wide = run_diff(production, options, charts=True).to_dict()
+    monkeypatch.setenv(TABLES_ENV, "narrow")
+    narrow = run_diff(production, options, charts=True).to_dict()
+    assert_same(wide, narrow, "diff")
+
+
+def test_a_tables_setting_that_is_neither_path_is_refused(production, monkeypatch):
+    monkeypatch.setenv(TABLES_ENV, "narow")
+    options = DiffOptions(flag=FLAG, start=START, end=END)
+    with pytest.raises(Exception, match="expected 'narrow' \\(the default\\) or 'wide'"):
+        run_diff(production, options)
+
+
+# -- in step with their files ---------------------------------------------------------------
+def test_compaction_keeps_the_narrow_tables_in_step(production, tmp_path):
+    """Merged files get their tables and the inputs' go with them; a file without tables
+    gets them, a table without its file is removed; the answers do not change."""
+    lake = tmp_path / "lake"
+    shutil.copytree(production, lake)
+    expected = stages(lake, "wide", query())
+    first, second, *_ = sorted(lake.glob(GLOB))
+    for table in companions(second):
+        table.unlink()  # a file from before the narrow tables
+    orphan = companion(first.parent / "syn-000000000099-000.parquet", "requests")
+    shutil.copy(companion(first, "requests"), orphan)  # a crash between deleting the two
+
+    assert compact(lake, min_files=2, target_rows=10**6, writer="syn") > 0
+    files = sorted(lake.glob(GLOB))
+    assert all(f.name.startswith("compact-syn-") for f in files)
+    assert all(has_companions(f) for f in files)
+    left = {p.name for p in lake.glob("**/_*.pq")}
+    assert left == {c.name for f in files for c in companions(f)}  # no orphan, no input's
+    assert_same(expected, stages(lake, "narrow", query()), "compacted")
+
+
+def test_replay_rewrites_and_retention_removes_the_narrow_tables(tmp_path):
+    rows = production_rows(3, twice=False)
+    write(tmp_path, rows, name="w-000000000001-000")
+    before = {p: p.read_bytes() for p in tmp_path.glob("**/_*.pq")}
+    write(tmp_path, rows, name="w-000000000001-000")  # a WAL replay
+    after = {p: p.read_bytes() for p in tmp_path.glob("**/_*.pq")}
+    assert before.keys() == after.keys() and len(before) == 2 * len(list(tmp_path.glob(GLOB)))
+    assert not list(tmp_path.glob("**/*.tmp"))
+    assert expire(tmp_path, retention_days=1, now=datetime.now(UTC).timestamp() + 30 * 86400)
+    assert not list(tmp_path.glob("**/_*.pq")) and not partitions(tmp_path)
+
+
+def test_engines_reading_the_lake_see_only_its_events(production):
+    """The README's `read_parquet('<lake>/**/*.parquet')` and pandas given the directory
+    read the wide rows and nothing of the narrow tables."""
+    (events,) = fetch(production, "SELECT count(*) FROM events_raw")[1][0]
+    glob = f"{production}/{GLOB}"
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()[0][0] == events
+    frame = pd.read_parquet(production)
+    assert len(frame) == events and "flag" not in frame.columns
+
+
+# -- hour partitions -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bench_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lake = tmp_path_factory.mktemp("bench") / "lake"
+    end = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    make_lake(lake, 60_000, seed=5, hours=6, end=end, rows_per_file=4_000, threads=1)
+    return lake
+
+
+def test_a_window_reads_only_the_hour_partitions_it_needs(bench_lake):
+    hours = partitions(bench_lake)
+    assert len(hours) == 6
+    start, end = datetime(2026, 11, 30, 8, 30), datetime(2026, 11, 30, 9, 0, 1)
+    chosen = {p.parent for p in files_between(bench_lake, start, end)}
+    assert chosen == {bench_lake / "date=2026-11-30" / f"hour={h}" for h in ("08", "09")}
+    assert len(files_between(bench_lake, None, None)) == len(list(bench_lake.glob(GLOB)))
+
+
+@pytest.mark.parametrize(
+    ("start", "end"), [(7, 9), (9, 12), (6, 12)], ids=["middle", "last-hours", "whole-lake"]
+)
+def test_pruned_windows_agree_with_the_wide_rows_on_a_benchmark_lake(bench_lake, start, end):
+    """The window's hours, the evaluations' hour of slack either side, and the testers
+    marked anywhere in the lake: with the partitions pruned, nothing is missed."""
+    day = datetime(2026, 11, 30)
+    q = CohortQuery("new-checkout", "on", "off", day.replace(hour=start), day.replace(hour=end))
+    _, excluded, sums = assert_paths_agree(bench_lake, q)
+    assert excluded.test_requests > 0 and set(sums.overall) == {"treatment", "baseline"}
+
+
+def test_a_benchmark_lake_without_narrow_tables_answers_alike(bench_lake, tmp_path):
+    old = tmp_path / "old"
+    end = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    make_lake(old, 60_000, seed=5, hours=6, end=end, rows_per_file=4_000, threads=1, narrow=False)
+    assert not list(old.glob("**/_*.pq"))
+    q = CohortQuery(
+        "new-checkout", "on", "off", datetime(2026, 11, 30, 7), datetime(2026, 11, 30, 9)
+    )
+    assert_same(stages(bench_lake, "narrow", q), stages(old, "narrow", q), "old bench lake")
+
+
+# -- a real collector -----------------------------------------------------------------------
+@pytest.mark.socket
+def test_a_collectors_lake_answers_alike_on_both_paths(tmp_path, monkeypatch):
+    """The sample shop's OpenTelemetry SDK exporters send to a collector (HTTP and gRPC),
+    one batch twice (a client's retry); every file it writes has its narrow tables and the
+    diff is the same on both paths, before and after compaction."""
+    running = RunningCollector(make_settings(tmp_path, max_request_bytes=8 * 1024 * 1024))
+    running.start()
+    try:
+        shop.run(running.http_url, running.grpc_target, shop.ShopConfig(users=60, requests=300))
+        retried = _retried_batch()
+        assert post(running, "/v1/traces", retried).status == 200
+        assert post(running, "/v1/traces", retried).status == 200
+    finally:
+        running.stop()  # drains the WAL into the lake
+    lake = running.lake
+    files = sorted(lake.glob(GLOB))
+    assert files and all(has_companions(f) for f in files)
+    first, last = fetch(lake, "SELECT min(time), max(time) FROM events_raw")[1][0]
+    options = DiffOptions(flag=shop.FLAG, start=first, end=last + timedelta(seconds=1))
+    results = []
+    for step in ("written", "compacted"):
+        if step == "compacted":
+            compact(lake, min_files=1, target_rows=10**6, writer="test")
+            assert all(has_companions(f) for f in lake.glob(GLOB))
+        for tables in ("wide", "narrow"):
+            monkeypatch.setenv(TABLES_ENV, tables)
+            results.append(run_diff(lake, options))
+    assert results[0].treatment.requests > 0 and results[0].baseline.requests > 0
+    for result in results[1:]:
+        assert_same(results[0].to_dict(), result.to_dict(), "collector")
+
+
+def _retried_batch() -> bytes:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    from tests.otlp_requests import kv, new_span_id, new_trace_id
+
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.append(kv("service.name", "shop-frontend"))
+    now = int(datetime.now(UTC).timestamp() * 1e9)
+    span = rs.scope_spans.add().spans.add(
+        trace_id=new_trace_id(),
+        span_id=new_span_id(),
+        name="POST /checkout",
+        kind=2,
+        start_time_unix_nano=now,
+        end_time_unix_nano=now + 5_000_000,
+    )
+    span.attributes.append(kv("feature_flag.key", shop.FLAG))
+    span.attributes.append(kv("feature_flag.result.variant", "on"))
+    span.attributes.append(kv("enduser.id", "retrying-user"))
+    return request.SerializeToString()
+
+
+# -- memory ---------------------------------------------------------------------------------
+def test_lake_queries_run_within_the_memory_limit_set(production, monkeypatch):
+    monkeypatch.setenv(MEMORY_ENV, "512MB")
+    (limit,) = fetch(production, "SELECT current_setting('memory_limit')")[1][0]
+    assert limit in ("512.0 MB", "488.2 MiB")
+    monkeypatch.delenv(MEMORY_ENV)
+    (limit,) = fetch(production, "SELECT current_setting('memory_limit')")[1][0]
+    assert limit != "512.0 MB"
+    assert memory_limit("25%").endswith("MiB") and memory_limit("2GB") == "2GB"
+
+
+def test_a_memory_limit_that_is_no_size_is_a_usage_error(production, monkeypatch, capsys):
+    monkeypatch.setenv(MEMORY_ENV, "lots")
+    assert main(["query", "--lake", str(production), "SELECT 1"]) == 2
+    err = capsys.readouterr().err
+    assert "FLAGSCOPE_MEMORY_LIMIT='lots' is not a memory size" in err and "4GB" in err
+    assert "Traceback" not in err
