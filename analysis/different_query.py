@@ -33,6 +33,7 @@ from flagscope.analysis.different import (
     ValueSums,
     rank,
 )
+from flagscope.analysis.example_query import FLAGGED, ROUTE_REQUESTS
 from flagscope.analysis.result import DiffResult, StratumResult
 from flagscope.analysis.stats.different import JackSums
 from flagscope.analysis.verdict import Verdict
@@ -48,31 +49,14 @@ MAX_VALUE_CHARS = 200
 SLOW_QUANTILE = 0.95
 SLACK = timedelta(hours=1)  # evaluations and child spans around the window
 
-_ROUTE = "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name))"
 _REQUESTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE wd_requests AS
-WITH evals AS (
-    SELECT trace_key, arg_min(flags[$flag], time) AS variant,
-           arg_min(user_id, time) FILTER (WHERE user_id IS NOT NULL) AS eval_user
-    FROM events_raw
-    WHERE time >= $lower AND time < $upper AND trace_key IS NOT NULL
-      AND map_contains(flags, $flag) AND flags[$flag] IS NOT NULL
-    GROUP BY trace_key
-), marked AS (
-    SELECT DISTINCT trace_key FROM events_raw
-    WHERE is_test AND trace_key IS NOT NULL AND time >= $lower AND time < $upper
-), testers AS (
-    SELECT DISTINCT user_id FROM events_raw WHERE is_test AND user_id IS NOT NULL
-)
+WITH {FLAGGED}
 SELECT DISTINCT ON (r.trace_key, r.span_key) r.trace_key,
        coalesce(r.user_id, e.eval_user, CAST(r.trace_key AS VARCHAR)) AS unit,
        e.variant = $treatment AS treated, coalesce(r.is_error, false) AS is_error,
        r.duration_ms
-FROM events_raw r JOIN evals e USING (trace_key)
-WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
-  AND e.variant IN ($treatment, $baseline)
-  AND ($service IS NULL OR coalesce(r.service_name, 'unknown_service') = $service)
-  AND ($route IS NULL OR {_ROUTE} = $route OR coalesce(r.http_route, r.name) = $route)
+FROM {ROUTE_REQUESTS}
   AND r.trace_key NOT IN (SELECT trace_key FROM marked)
   AND coalesce(coalesce(r.user_id, e.eval_user) NOT IN (SELECT user_id FROM testers), true)
 """

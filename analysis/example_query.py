@@ -35,10 +35,11 @@ REPORT_ROUTES = 5  # regressed routes with examples in a static report
 TEST_EXAMPLES = 3  # test-traffic requests per list, after the real ones
 SLACK = timedelta(hours=1)  # evaluations around the window, as the cohorts read them
 
-_ROUTE = "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name))"
-_REQUESTS_SQL = f"""
-CREATE TEMP TABLE ui_requests AS
-WITH evals AS (
+ROUTE = "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name))"
+# A route's requests with their trace's variant (its first evaluation), for the examples
+# and "what is different": the flagged traces, test-marked traces and testers (`FLAGGED`),
+# and the entry spans of the window in a compared variant (`ROUTE_REQUESTS`, after FROM).
+FLAGGED = """evals AS (
     SELECT trace_key, arg_min(flags[$flag], time) AS variant,
            arg_min(user_id, time) FILTER (WHERE user_id IS NOT NULL) AS eval_user
     FROM events_raw
@@ -50,20 +51,25 @@ WITH evals AS (
     WHERE is_test AND trace_key IS NOT NULL AND time >= $lower AND time < $upper
 ), testers AS (
     SELECT DISTINCT user_id FROM events_raw WHERE is_test AND user_id IS NOT NULL
-), requests AS (
+)"""
+ROUTE_REQUESTS = f"""
+events_raw r JOIN evals e USING (trace_key)
+    WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
+      AND e.variant IN ($treatment, $baseline)
+      AND ($service IS NULL OR coalesce(r.service_name, 'unknown_service') = $service)
+      AND ($route IS NULL OR {ROUTE} = $route OR coalesce(r.http_route, r.name) = $route)"""
+_REQUESTS_SQL = f"""
+CREATE TEMP TABLE ui_requests AS
+WITH {FLAGGED}, requests AS (
     SELECT r.trace_id, r.time, r.duration_ms, coalesce(r.is_error, false) AS is_error,
            r.http_status_code, r.status_code, r.status_message,
            coalesce(r.user_id, e.eval_user) AS user_id,
-           coalesce(r.service_name, 'unknown_service') AS service_name, {_ROUTE} AS route,
+           coalesce(r.service_name, 'unknown_service') AS service_name, {ROUTE} AS route,
            e.variant,
            r.trace_key IN (SELECT trace_key FROM marked)
              OR coalesce(coalesce(r.user_id, e.eval_user) IN (SELECT user_id FROM testers), false)
              AS is_test
-    FROM events_raw r JOIN evals e USING (trace_key)
-    WHERE r.is_entry AND r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
-      AND e.variant IN ($treatment, $baseline)
-      AND ($service IS NULL OR coalesce(r.service_name, 'unknown_service') = $service)
-      AND ($route IS NULL OR {_ROUTE} = $route OR coalesce(r.http_route, r.name) = $route)
+    FROM {ROUTE_REQUESTS}
 )
 SELECT * FROM requests
 """
