@@ -5,22 +5,32 @@ the parser's reason (grpcio would answer INTERNAL "Exception deserializing reque
 share the HTTP path's decoding and durability. The size limit is grpcio's own
 `max_receive_message_length` (RESOURCE_EXHAUSTED). The Metrics service is not registered,
 so grpcio answers UNIMPLEMENTED.
+
+Memory (issue 10 point 9): grpcio reads a unary call's whole message before its handler
+runs, so 16 concurrent 54 MiB calls held 16 messages, and their decoding, at once (5.7 GiB).
+Export is therefore served as a request-streaming method (the wire is the same) whose
+handler reads the message only once the call is admitted (`_Admission`); a call not yet
+read holds no more than its HTTP/2 flow-control window.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc import aio
 
 from flagscope.collector.auth import bearer_matches
-from flagscope.collector.errors import ProtocolError, Unauthenticated
+from flagscope.collector.errors import BadRequest, ProtocolError, RequestTimeout, Unauthenticated
 from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.otlp import PROTOBUF, SIGNALS, Signal, status_message
-from flagscope.collector.receiver import Receiver
+from flagscope.collector.receiver import PROTOBUF_DECODE_FACTOR, Budget, Hold, Receiver
 
 log = logging.getLogger("flagscope.collector")
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # google.rpc.Code → grpcio's
@@ -70,11 +80,111 @@ class _AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return b""
 
 
+# HTTP/2 flow control bounds what a call not yet read costs: chttp2 lets a stream's window
+# (and the connection's) grow past this only while the handler is reading its message,
+# unless its bandwidth-delay probe grows the windows for every stream by itself.
+WINDOW_BYTES = 64 * 1024
+FLOW_CONTROL = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", WINDOW_BYTES)]
+MAX_PEERS = 4096  # peers whose last message size is remembered
+
+
+class _Turns:
+    """One holder at a time, the waiting served smallest priority first: a small call's
+    read is not queued behind the large ones that arrived before it."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, priority: int) -> AsyncIterator[None]:
+        if self._busy:
+            future = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._order), future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():  # handed the turn, then cancelled
+                    self._pass_on()
+                raise
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        while self._waiting:
+            future = heapq.heappop(self._waiting)[2]
+            if not future.done():  # a waiter cancelled meanwhile has given up its place
+                future.set_result(None)
+                return
+        self._busy = False
+
+
+class _Admission:
+    """When a call may read its message, so that at most one message is held beyond what
+    the in-flight budget counts.
+
+    A gRPC call does not say how large its message is before it is read. So a call first
+    takes from the budget what its peer's previous message cost (a client keeps its
+    connection, and its batches are alike): when that does not fit, it is refused at once
+    with UNAVAILABLE and RetryInfo, having cost only its window, as HTTP refuses a
+    Content-Length that does not fit. Then calls read one at a time, so a message larger
+    than its call took (a new peer's first, or one larger than the last) is the only thing
+    over the budget, until its real cost is taken or, not fitting, it is refused. Smaller
+    expected messages read first, a new peer's last.
+    """
+
+    def __init__(self, budget: Budget, max_request_bytes: int, read_timeout_s: float) -> None:
+        self.budget = budget
+        self.max_request_bytes = max_request_bytes
+        self.read_timeout_s = read_timeout_s
+        self.reading = _Turns()
+        self.last_size: OrderedDict[str, int] = OrderedDict()
+
+    def cost(self, size: int) -> int:
+        """What a message of `size` bytes holds once decoded (Receiver._prepare)."""
+        return min(size * (1 + PROTOBUF_DECODE_FACTOR), self.budget.limit)
+
+    async def read(self, context: aio.ServicerContext, hold: Hold) -> bytes:
+        """The call's message, read once the call is admitted; `hold` then holds its bytes
+        (decoding takes the rest). Raises Unavailable when there is no room."""
+        peer = context.peer()
+        expected = self.last_size.get(peer)
+        hold.take(self.cost(expected or 0))
+        async with self.reading.turn(self.max_request_bytes if expected is None else expected):
+            try:
+                async with asyncio.timeout(self.read_timeout_s):
+                    request = await context.read()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"request message not received within {self.read_timeout_s:g} s"
+                ) from None
+        if request is aio.EOF:
+            raise BadRequest("the call carried no request message")
+        self.last_size[peer] = len(request)
+        self.last_size.move_to_end(peer)
+        if len(self.last_size) > MAX_PEERS:
+            self.last_size.popitem(last=False)
+        hold.release()  # what it took ahead, for what the message holds
+        hold.take(len(request))
+        body: bytes = request
+        return body
+
+
 class GrpcFrontEnd:
     def __init__(
-        self, receiver: Receiver, auth_token: str, idle_timeout_s: float, max_connections: int
+        self,
+        receiver: Receiver,
+        auth_token: str,
+        idle_timeout_s: float,
+        max_connections: int,
+        read_timeout_s: float = 30.0,
     ) -> None:
         self.receiver = receiver
+        self.admission = _Admission(receiver.budget, receiver.max_request_bytes, read_timeout_s)
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         # checked by _AuthInterceptor, before the message is even received
@@ -88,22 +198,23 @@ class GrpcFrontEnd:
             # an idle connection is closed (GOAWAY) as HTTP's are; at most this many open
             ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
             ("grpc.max_allowed_incoming_connections", self.max_connections),
+            *FLOW_CONTROL,
         ]
         interceptors = [_AuthInterceptor(self.token, self.receiver.counts)] if self.token else []
         server = aio.server(options=options, interceptors=interceptors)
         for signal in SIGNALS.values():
-            handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
+            handler = grpc.stream_unary_rpc_method_handler(self._handler(signal))
             server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(signal.grpc_service, {"Export": handler}),)
             )
         return server
 
-    def _handler(self, signal: Signal) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
-        async def export(request: bytes, context: aio.ServicerContext) -> bytes:
+    def _handler(self, signal: Signal) -> Callable[[object, aio.ServicerContext], Awaitable[bytes]]:
+        async def export(_requests: object, context: aio.ServicerContext) -> bytes:
             try:
                 hold = self.receiver.budget.hold()
                 try:
-                    hold.take(len(request))
+                    request = await self.admission.read(context, hold)
                     response = await self.receiver.export(signal, request, PROTOBUF, hold=hold)
                 finally:
                     hold.release()

@@ -41,6 +41,7 @@ from flagscope.collector.http_server import HttpFrontEnd
 from flagscope.collector.lake.claims import claim, highest_seq, identity
 from flagscope.collector.lake.write import remove_stale_temporaries
 from flagscope.collector.lake_writer import clear_seen, run_worker
+from flagscope.collector.malloc import tune_malloc
 from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.receiver import Receiver
 from flagscope.collector.wal import WalWriter, list_segments, reserve_seq
@@ -163,7 +164,9 @@ class Collector:
             self.http_port = self._runner.addresses[0][1]  # the one site's first socket
         if s.grpc_endpoint:
             host, port = split_endpoint(s.grpc_endpoint, "grpc_endpoint")
-            front = GrpcFrontEnd(self.receiver, s.auth_token, s.idle_timeout_s, s.max_connections)
+            front = GrpcFrontEnd(
+                self.receiver, s.auth_token, s.idle_timeout_s, s.max_connections, s.body_timeout_s
+            )
             self._grpc = grpc_server = front.server()
             credentials = tls.grpc_credentials(s)
             address = f"{host}:{port}"
@@ -410,6 +413,7 @@ async def _serve(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> int:
+    tune_malloc()  # before any thread starts (issue 10 point 9)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

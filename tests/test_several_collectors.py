@@ -102,9 +102,9 @@ def test_a_second_collector_with_the_same_writer_id_is_refused(
         tmp_path / "two",
         env={**BUSY, "FLAGSCOPE_LAKE_DIR": str(lake), "FLAGSCOPE_WRITER_ID": "shop"},
     )
-    with pytest.raises(RuntimeError) as refused:
-        second.start()
-    try:
+    try:  # closed whatever happens: a second collector that did start must not outlive us
+        with pytest.raises(RuntimeError) as refused:
+            second.start()
         assert second.proc is not None and second.proc.wait(30) == 2
         message = str(refused.value)
         assert "writer id 'shop' already belongs to another collector" in message
