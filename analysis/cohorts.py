@@ -458,7 +458,9 @@ def _sums(below: str) -> str:
     return ", ".join(columns)
 
 
-def _ratio(row: dict[str, Any], x: str) -> RatioStats:
+def ratio_stats(row: dict[str, Any], x: str) -> RatioStats:
+    """Metric `x`'s per-unit sums from a row of the sums query (`{x}_loo`, `{x}_loo2`: the
+    leave-one-out sums, where computed); shared with the Spark stage."""
     total, squares = row.get(f"{x}_loo"), row.get(f"{x}_loo2")
     return RatioStats(
         int(row["n"]),
@@ -574,9 +576,9 @@ class LabelledRequests:
                 cohort=row["cohort"],
                 service_name=None if whole else row["service_name"],
                 route=None if whole else row["route"],
-                errors=_ratio(row, "err"),
-                latency=_ratio(row, "lat"),
-                below_quantile=tuple(_ratio(row, f"b{k}") for k in ks),
+                errors=ratio_stats(row, "err"),
+                latency=ratio_stats(row, "lat"),
+                below_quantile=tuple(ratio_stats(row, f"b{k}") for k in ks),
                 grid=dict(zip(grid, row["qs"], strict=True)),
             )
             if whole:

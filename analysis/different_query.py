@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from flagscope.analysis.different import (
     ValueSums,
     rank,
 )
-from flagscope.analysis.example_query import FLAGGED, ROUTE_REQUESTS
+from flagscope.analysis.example_query import FLAGGED, ROUTE_REQUESTS, route_params
 from flagscope.analysis.result import DiffResult, StratumResult
 from flagscope.analysis.stats.different import JackSums
 from flagscope.analysis.verdict import Verdict
@@ -47,7 +47,6 @@ MAX_VALUES_PER_KEY = 50
 MAX_CANDIDATES = 200
 MAX_VALUE_CHARS = 200
 SLOW_QUANTILE = 0.95
-SLACK = timedelta(hours=1)  # evaluations and child spans around the window
 
 _REQUESTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE wd_requests AS
@@ -170,17 +169,7 @@ def what_is_different(
 ) -> Difference:
     """The route's attribute values over-represented among treatment's bad requests.
     `runner`: how the query meets the lake (`lake.read.run`; the UI's `work.bounded`)."""
-    params: dict[str, Any] = {
-        "flag": flag,
-        "treatment": treatment,
-        "baseline": baseline,
-        "start": start,
-        "end": end,
-        "lower": start - SLACK,
-        "upper": end + SLACK,
-        "service": service,
-        "route": route,
-    }
+    params = route_params(flag, treatment, baseline, start, end, service, route)
 
     def query(con: duckdb.DuckDBPyConnection) -> Difference:
         return _query(con, params, bad, alpha)

@@ -58,6 +58,31 @@ events_raw r JOIN evals e USING (trace_key)
       AND e.variant IN ($treatment, $baseline)
       AND ($service IS NULL OR coalesce(r.service_name, 'unknown_service') = $service)
       AND ($route IS NULL OR {ROUTE} = $route OR coalesce(r.http_route, r.name) = $route)"""
+
+
+def route_params(
+    flag: str,
+    treatment: str,
+    baseline: str,
+    start: datetime,
+    end: datetime,
+    service: str | None,
+    route: str | None,
+) -> dict[str, Any]:
+    """The parameters of `FLAGGED` and `ROUTE_REQUESTS`."""
+    return {
+        "flag": flag,
+        "treatment": treatment,
+        "baseline": baseline,
+        "start": start,
+        "end": end,
+        "lower": start - SLACK,
+        "upper": end + SLACK,
+        "service": service,
+        "route": route,
+    }
+
+
 _REQUESTS_SQL = f"""
 CREATE TEMP TABLE ui_requests AS
 WITH {FLAGGED}, requests AS (
@@ -104,17 +129,7 @@ def examples(
 ) -> Examples:
     """Each cohort's `n` most recent failed and `n` slowest requests of the route.
     `runner(lake, work)`: how the query runs (the UI's puts a deadline on it)."""
-    params: dict[str, Any] = {
-        "flag": flag,
-        "treatment": treatment,
-        "baseline": baseline,
-        "start": start,
-        "end": end,
-        "lower": start - SLACK,
-        "upper": end + SLACK,
-        "service": service,
-        "route": route,
-    }
+    params = route_params(flag, treatment, baseline, start, end, service, route)
 
     def query(con: duckdb.DuckDBPyConnection) -> Examples:
         con.execute(_REQUESTS_SQL, params)

@@ -23,10 +23,10 @@ from flagscope.analysis.cohorts import (
     CohortSums,
     UnitSums,
     quantile_grid,
+    ratio_stats,
 )
 from flagscope.analysis.spark.adjustment import adjusted_moments
 from flagscope.analysis.spark.session import cache, rows, values_view
-from flagscope.analysis.stats import RatioStats
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -173,20 +173,6 @@ GROUP BY u.cohort, u.whole, u.stratum
 """
 
 
-def _ratio(row: dict[str, Any], loo: dict[str, Any] | None, x: str) -> RatioStats:
-    total = None if loo is None else loo[f"{x}_loo"]
-    squares = None if loo is None else loo[f"{x}_loo2"]
-    return RatioStats(
-        int(row["n"]),
-        float(row[x]),
-        float(row["req"]),
-        float(row[f"{x}_2"]),
-        float(row["req2"]),
-        float(row[f"{x}_req"]),
-        None if total is None or squares is None else (float(total), float(squares)),
-    )
-
-
 def _keyed(spark: SparkSession, sql: str) -> dict[Group, dict[str, Any]]:
     return {(r["cohort"], r["whole"], r["stratum"]): r.asDict() for r in spark.sql(sql).collect()}
 
@@ -206,13 +192,14 @@ def unit_sums(spark: SparkSession) -> UnitSums:
     for g, row in totals.items():
         cohort, whole, stratum = g
         service, route = (None, None) if whole else names[cohort, stratum]
+        row = {**row, **loo.get(g, {})}  # the leave-one-out sums beside the totals
         sums = CohortSums(
             cohort=NAMES[cohort],
             service_name=service,
             route=route,
-            errors=_ratio(row, loo.get(g), "err"),
-            latency=_ratio(row, loo.get(g), "lat"),
-            below_quantile=tuple(_ratio(row, loo.get(g), f"b{k}") for k in _KS),
+            errors=ratio_stats(row, "err"),
+            latency=ratio_stats(row, "lat"),
+            below_quantile=tuple(ratio_stats(row, f"b{k}") for k in _KS),
             grid=dict(zip(grid, grids[g], strict=True)),
         )
         if whole:
