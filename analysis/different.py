@@ -17,6 +17,15 @@ Benjamini–Hochberg over both tests of every value as one family; a value is a 
 when both are significant at `alpha` and both shares are higher in the treatment's bad
 requests, so the mark of failing itself (a 500 status, present in the baseline's failures
 too) is not one. Findings rank by effect: the smaller of the two differences in share.
+
+A value that describes the failure itself — `error.type`, an exception's type or message, a
+status code (the semantic conventions' outcome attributes, `SYMPTOM_KEYS`) — is a
+*symptom*: it tells how the bad requests fail, not where, and the baseline's good requests
+can never carry it, so its effect is as large as can be whatever the cause. Causes (the
+version, the instance, the region, the database: everything else) therefore rank before
+symptoms, and the sentence names the top cause with the top symptom. Among causes of equal
+effect (an instance that runs only that version) the service's version comes first: it is
+what a team rolls back.
 """
 
 from __future__ import annotations
@@ -31,6 +40,29 @@ ALPHA = 0.05
 MIN_BAD = 10  # treatment's bad requests below this: too few to say what they share
 MIN_UNITS = 5  # users (units) carrying a value among them, for it to be tested
 MIN_BASELINE_BAD = 20  # fewer baseline bad requests: compare with all of its requests
+# The outcome attributes of the semantic conventions (and the span status the collector
+# records as attributes): what a failure looks like, not what brought it about.
+SYMPTOM_KEYS = frozenset(
+    {
+        "error.type",
+        "exception.type",
+        "exception.message",
+        "exception.escaped",
+        "http.response.status_code",
+        "http.status_code",
+        "rpc.grpc.status_code",
+        "rpc.connect_rpc.error_code",
+        "db.response.status_code",
+        "otel.status_code",
+        "otel.status_description",
+        "status.code",
+        "status.message",
+    }
+)
+
+
+def is_symptom(key: str) -> bool:
+    return key in SYMPTOM_KEYS
 
 
 class Bad(StrEnum):
@@ -68,6 +100,10 @@ class Finding:
     def label(self) -> str:
         return f"{self.service} · {self.key}={self.value}"
 
+    @property
+    def symptom(self) -> bool:
+        return is_symptom(self.key)
+
 
 @dataclass(frozen=True)
 class GroupCounts:
@@ -102,7 +138,9 @@ class Difference:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["findings"] = [asdict(f) | {"effect": f.effect} for f in self.findings]
+        out["findings"] = [
+            asdict(f) | {"effect": f.effect, "symptom": f.symptom} for f in self.findings
+        ]
         out["sentence"] = self.sentence
         return out
 
@@ -147,7 +185,13 @@ def rank(values: list[ValueSums], alpha: float = ALPHA) -> tuple[Finding, ...]:
                 significant,
             )
         )
-    return tuple(sorted(found, key=lambda f: (not f.significant, -f.effect, f.label)))
+    return tuple(sorted(found, key=_rank_key))
+
+
+def _rank_key(f: Finding) -> tuple[bool, bool, float, bool, str]:
+    """Significant first; causes before symptoms (module doc); by effect; the version first
+    among equals; then by name, so the order never depends on the engine's."""
+    return (not f.significant, f.symptom, -f.effect, f.key != "service.version", f.label)
 
 
 def _everywhere(v: ValueSums) -> bool:
@@ -160,8 +204,9 @@ def _pct(share: float) -> str:
 
 
 def sentence(d: Difference) -> str:
-    """'Failed requests under `on` (POST /checkout): 94 % carry …' — the top finding, and
-    the version of its service when that is a finding too."""
+    """'Failed requests under `on` (POST /checkout) are 95 % from `payments-service` v2.3.1
+    vs …; they fail with `error.type=TimeoutError` …' — the top finding (a cause when there
+    is one), and the top symptom, or the version of the symptom's service."""
     what = "Failed" if d.bad is Bad.ERRORS else "Slow"
     where = f" ({d.route})" if d.route else ""
     if d.status is not DiffStatus.OK:
@@ -178,11 +223,16 @@ def sentence(d: Difference) -> str:
         if d.baseline_group == "bad"
         else (f"of baseline `{d.baseline}`'s requests")
     )
-    out = (
-        f"{what} requests under `{d.treatment}`{where} are {_pct(top.share_bad)} "
-        f"`{top.key}={top.value}` from `{top.service}` vs {_pct(top.share_baseline)} {against} "
-        f"and {_pct(top.share_good)} of its good ones"
+    named = (
+        f"from `{top.service}` v{top.value}"
+        if top.key == "service.version"
+        else f"`{top.key}={top.value}` from `{top.service}`"
     )
+    out = (
+        f"{what} requests under `{d.treatment}`{where} are {_pct(top.share_bad)} {named} "
+        f"vs {_pct(top.share_baseline)} {against} and {_pct(top.share_good)} of its good ones"
+    )
+    symptom = next((f for f in d.significant if f.symptom), None)
     version = next(
         (
             f
@@ -191,7 +241,13 @@ def sentence(d: Difference) -> str:
         ),
         None,
     )
-    if version is not None:
+    if not top.symptom and symptom is not None:
+        verb = "fail with" if d.bad is Bad.ERRORS else "carry"
+        out += (
+            f"; they {verb} `{symptom.key}={symptom.value}` from `{symptom.service}` "
+            f"({_pct(symptom.share_bad)} vs {_pct(symptom.share_baseline)})"
+        )
+    elif version is not None:
         out += (
             f"; `{top.service}` v{version.value} served {_pct(version.share_bad)} of them "
             f"(vs {_pct(version.share_baseline)})"

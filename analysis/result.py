@@ -352,4 +352,5 @@ def to_dict(r: DiffResult) -> dict[str, Any]:
         },
         "excluded": dict(r.excluded),
         "examples": [e.to_dict() for e in r.examples],
+        "different": [d.to_dict() for d in r.different],
     }

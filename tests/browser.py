@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -21,7 +22,9 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +95,32 @@ class Run:
         return FILE_LOAD.findall(self.log)
 
 
+def remove_profile(profile: str) -> None:
+    """Remove a browser profile; Chromium's helper processes (crashpad, the GPU process) can
+    still write into it for a moment after the browser exits, so a failed pass is retried."""
+    for _ in range(50):
+        try:
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    shutil.rmtree(profile, ignore_errors=True)  # a temp dir: what is left is not a failure
+
+
+@contextlib.contextmanager
+def profile_dir() -> Iterator[str]:
+    profile = tempfile.mkdtemp(prefix="flagscope-chromium-")
+    try:
+        yield profile
+    finally:
+        remove_profile(profile)
+
+
 def run(browser: str, page: Path, *args: str, timeout: float = 60) -> Run:
     """Load `page` (a file://, nothing else) with extra switches; stdout and the log."""
-    with tempfile.TemporaryDirectory(prefix="flagscope-chromium-") as profile:
+    with profile_dir() as profile:
         completed = subprocess.run(
             [
                 browser,
@@ -202,9 +228,9 @@ class DevTools:
         self.url = "about:blank"  # the main frame's, as last navigated
 
     async def __aenter__(self) -> DevTools:
-        self._profile = tempfile.TemporaryDirectory(prefix="flagscope-chromium-")
+        self._profile = tempfile.mkdtemp(prefix="flagscope-chromium-")
         self._proc = subprocess.Popen(
-            [self.browser, *SERVER_FLAGS, f"--user-data-dir={self._profile.name}",
+            [self.browser, *SERVER_FLAGS, f"--user-data-dir={self._profile}",
              "--remote-debugging-port=0", f"--window-size={self.width},{self.height}",
              "--hide-scrollbars", "about:blank"],
             stdout=subprocess.DEVNULL,
@@ -223,7 +249,7 @@ class DevTools:
     async def _connect(self) -> None:
         import aiohttp
 
-        active = Path(self._profile.name) / "DevToolsActivePort"
+        active = Path(self._profile) / "DevToolsActivePort"
         for _ in range(300):
             if active.exists() and len(active.read_text().split()) == 2:
                 break
@@ -254,7 +280,7 @@ class DevTools:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(10)
-        self._profile.cleanup()
+        remove_profile(self._profile)
 
     async def send(self, method: str, session: bool = False, **params: Any) -> dict[str, Any]:
         number = next(self._ids)

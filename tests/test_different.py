@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from scipy import stats
 
@@ -18,6 +19,7 @@ from flagscope.analysis.diff import run_diff
 from flagscope.analysis.different import Bad, DiffStatus, ValueSums, rank
 from flagscope.analysis.different_query import what_is_different, with_differences
 from flagscope.analysis.render import html, markdown
+from flagscope.analysis.render import json as json_report
 from flagscope.analysis.result import DiffOptions
 from flagscope.analysis.stats.different import JackSums, design_effect, pair_test, user_variance
 from flagscope.analysis.ui.layout import utc_now
@@ -176,20 +178,27 @@ def test_the_planted_version_and_its_timeouts_come_out_first(planted: Path, bad:
         planted, planted_cause.FLAG, "on", "off", start, end, None, "POST /checkout", bad
     )
     assert d.status is DiffStatus.OK
-    top = d.significant[0]
-    assert top.service == "payments-service"
-    assert (top.key, top.value) in {
+    top = d.significant[0]  # the planted cause
+    assert (top.service, top.key, top.value) == ("payments-service", "service.version", "2.3.1")
+    assert top.share_bad > 0.8 and top.share_good < 0.5 and not top.symptom
+    versions = [f for f in d.significant if f.key == "service.version"]
+    assert versions == [top]
+    # how they fail: the first symptom, after every cause
+    symptom = next(f for f in d.significant if f.symptom)
+    assert symptom.service == "payments-service"
+    assert (symptom.key, symptom.value) in {
         ("error.type", "TimeoutError"),
         ("exception.type", "TimeoutError"),
     }
-    versions = [f for f in d.significant if f.key == "service.version"]
-    assert [(f.service, f.value) for f in versions] == [("payments-service", "2.3.1")]
-    assert versions[0].share_bad > 0.8 and versions[0].share_good < 0.5
+    causes = [f.symptom for f in d.significant]
+    assert causes == sorted(causes)  # False (a cause) before True
     assert not any(f.key == "app.region" for f in d.significant)  # the users' regions: noise
-    assert "TimeoutError" in d.sentence and "payments-service" in d.sentence
-    assert "v2.3.1" in d.sentence and f"{top.share_bad * 100:.0f} %" in d.sentence
+    assert "TimeoutError" in d.sentence and "`payments-service` v2.3.1" in d.sentence
+    assert d.sentence.index("v2.3.1") < d.sentence.index("TimeoutError")
+    assert f"{top.share_bad * 100:.0f} %" in d.sentence
     data = d.to_dict()
-    assert data["findings"][0]["key"] == top.key and data["sentence"] == d.sentence
+    assert data["findings"][0]["key"] == "service.version" and data["sentence"] == d.sentence
+    assert data["findings"][0]["symptom"] is False
 
 
 def test_failures_that_the_baseline_shares_are_not_findings(planted: Path) -> None:
@@ -234,6 +243,10 @@ def test_the_reports_show_what_is_different_about_the_regressed_route(planted: P
     text = markdown.render(result)
     assert "### What is different: POST /checkout" in text
     assert "payments-service · service.version=2.3.1" in text and "TimeoutError" in text
+    data = orjson.loads(json_report.render(result))
+    (entry,) = [d for d in data["different"] if d["route"] == "POST /checkout"]
+    assert entry["status"] == "OK" and entry["bad"] == "errors"
+    assert entry["findings"][0]["value"] == "2.3.1" and "v2.3.1" in entry["sentence"]
 
 
 def test_a_comparison_without_a_regressed_route_has_no_such_section(planted: Path) -> None:

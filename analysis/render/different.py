@@ -101,7 +101,7 @@ def bars(d: Difference, key: str = "different") -> str:
 
 def _table(d: Difference) -> str:
     a, g, b = group_names(d)
-    head = ["service", "attribute", a, g, b, f"users ({a})", "q vs good", "q vs baseline"]
+    head = ["service", "attribute", "kind", a, g, b, f"users ({a})", "q vs good", "q vs baseline"]
     head.append("design effect")
     lines = []
     for f in d.findings[:TABLE_ROWS]:
@@ -110,6 +110,7 @@ def _table(d: Difference) -> str:
             f'<td class="long" style="min-width:8em">{escape(f.service)}</td>',
             f'<td class="long attribute" style="min-width:11em">'
             f"{f'<strong>{value}</strong>' if f.significant else value}</td>",
+            f"<td>{'symptom' if f.symptom else 'cause'}</td>",
             *(
                 f'<td class="num">{_pct(s)}</td>'
                 for s in (f.share_bad, f.share_good, f.share_baseline)
@@ -158,7 +159,9 @@ def method_note(d: Difference) -> str:
         "trace, named by that span's service) is tested against treatment's good requests and "
         f"against {against}, users as the unit (a design-effect corrected χ², jackknife over "
         f"users), Benjamini–Hochberg over all {d.candidates} values; in bold: both q ≤ "
-        f"{d.alpha:g} and both shares higher. Near-unique keys (ids, paths) are left out.{sample}"
+        f"{d.alpha:g} and both shares higher. Causes rank before symptoms (error.type, "
+        "exceptions, status codes: how a request fails, which no good request carries). "
+        f"Near-unique keys (ids, paths) are left out.{sample}"
     )
 
 
@@ -204,7 +207,7 @@ def markdown_lines(
                 _pct(f.share_baseline),
                 _q(f.q_good),
                 _q(f.q_baseline),
-                "yes" if f.significant else "",
+                ("symptom" if f.symptom else "cause") if f.significant else "",
             ]
             for f in d.findings[:TABLE_ROWS]
         ]
