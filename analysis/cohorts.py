@@ -86,8 +86,7 @@ class CohortQuery:
 
 # Evaluations may precede the entry span's start a little (clock skew between services)
 # and follow it by up to the request's duration: look a little beyond the window.
-_SLACK = "INTERVAL 1 HOUR"
-SLACK = timedelta(hours=1)  # the same, for the window's lower edge computed in Python
+SLACK = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -135,12 +134,12 @@ TABLES_ENV = "FLAGSCOPE_LAKE_TABLES"
 # bookkeeping over millions of rows moves bytes, not strings.
 TREATMENT, BASELINE, OTHER = 1, 0, 2
 _NAMES = {TREATMENT: "treatment", BASELINE: "baseline"}
-_ARM = (
+ARM = (
     f"CASE variant WHEN $treatment THEN {TREATMENT} WHEN $baseline THEN {BASELINE} ELSE {OTHER} END"
 )
 
 
-def _cohort_name(column: str = "cohort") -> str:
+def cohort_name(column: str = "cohort") -> str:
     return f"CASE {column} WHEN {TREATMENT} THEN 'treatment' ELSE 'baseline' END"
 
 
@@ -148,27 +147,29 @@ def _cohort_name(column: str = "cohort") -> str:
 # joining on an integer is several times cheaper than on strings. Two of a million users
 # share a hash with probability ~3e-8; the cost would be two users counted as one unit.
 # (`hash(NULL)` is not NULL, hence the CASE.)
-def _user_hash(column: str) -> str:
+def user_hash_sql(column: str) -> str:
     return f"CASE WHEN {column} IS NOT NULL THEN hash({column}) END"
 
 
 # (`map_contains` first: it rejects the rows without the flag faster than extracting.)
 _EVALS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_evals AS
-SELECT trace_key, {_user_hash("user_id")} AS user_hash, time, {{variant}} AS variant
+SELECT trace_key, {user_hash_sql("user_id")} AS user_hash, time, {{variant}} AS variant
 FROM {{evaluations}}
-WHERE time >= $lower AND time < $end + {_SLACK}
+WHERE time >= $lower AND time < $upper
   AND trace_key IS NOT NULL AND {{has_flag}}
 """
 
 # Test traffic: traces marked in the window (± slack), and users ever marked as testers
 # (one boolean column scanned across the lake: a tester marked last week is still staff).
-_TESTS_SQL = f"""
+_TESTS_SQL = """
 CREATE OR REPLACE TEMP TABLE fs_tests AS
-SELECT trace_key, NULL::UBIGINT AS user_hash FROM {{evaluations}}
-WHERE is_test AND trace_key IS NOT NULL AND time >= $start - {_SLACK} AND time < $end + {_SLACK}
-UNION ALL
-SELECT DISTINCT NULL, hash(user_id) FROM {{tests}} WHERE is_test AND user_id IS NOT NULL
+SELECT trace_key, NULL::UBIGINT AS user_hash FROM {evaluations}
+WHERE is_test AND trace_key IS NOT NULL AND time >= $lower AND time < $upper
+"""
+_TEST_USERS_SQL = """
+INSERT INTO fs_tests
+SELECT DISTINCT NULL, hash(user_id) FROM {tests} WHERE is_test AND user_id IS NOT NULL
 """
 
 # A trace's arm and unit: those of its first evaluation (of the first one naming a user);
@@ -180,7 +181,7 @@ CREATE OR REPLACE TEMP TABLE fs_traces AS
 SELECT *, trace_key IN (SELECT trace_key FROM fs_tests WHERE trace_key IS NOT NULL) AS test_trace FROM (
     SELECT trace_key, arg_min(arm, time) AS arm,
            arg_min(user_hash, time) FILTER (WHERE user_hash IS NOT NULL) AS eval_user
-    FROM (SELECT trace_key, time, {_ARM} AS arm, user_hash FROM fs_evals)
+    FROM (SELECT trace_key, time, {ARM} AS arm, user_hash FROM fs_evals)
     GROUP BY trace_key HAVING arg_min(arm, time) <> {OTHER})
 """
 # The same when no trace evaluated the flag twice (the usual case): no grouping needed.
@@ -189,7 +190,7 @@ _TRACES_ONE_EVALUATION_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_traces AS
 SELECT trace_key, arm, user_hash AS eval_user,
        trace_key IN (SELECT trace_key FROM fs_tests WHERE trace_key IS NOT NULL) AS test_trace
-FROM (SELECT trace_key, {_ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTHER}
+FROM (SELECT trace_key, {ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTHER}
 """
 
 # Every entry span of the window in a traced, compared variant: its arm, unit (the
@@ -198,7 +199,7 @@ FROM (SELECT trace_key, {_ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OT
 _ENTRIES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_entries AS
 SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
-       coalesce(t.eval_user, {_user_hash("r.user_id")}) AS user_hash,
+       coalesce(t.eval_user, {user_hash_sql("r.user_id")}) AS user_hash,
        t.eval_user IS NULL AND r.user_id IS NOT NULL AS request_user,
        {{root}} AS root,
        coalesce(r.service_name, 'unknown_service') AS service_name,
@@ -225,7 +226,7 @@ WHERE e.trace_key = u.trace_key AND e.user_hash IS NULL
 _USER_FIRST_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_user_first AS
 SELECT user_hash, arg_min(arm, time) AS first_arm FROM (
-    SELECT time, arm, user_hash FROM (SELECT time, {_ARM} AS arm, user_hash FROM fs_evals)
+    SELECT time, arm, user_hash FROM (SELECT time, {ARM} AS arm, user_hash FROM fs_evals)
     WHERE user_hash IS NOT NULL AND arm <> {OTHER}
     UNION ALL
     SELECT time, arm, user_hash FROM fs_entries WHERE request_user
@@ -246,7 +247,8 @@ CREATE OR REPLACE TEMP TABLE fs_labelled AS
 SELECT e.arm AS cohort, coalesce(e.user_hash, hash(e.trace_key)) AS unit,
        e.user_hash IS NULL AS no_user, hash(e.service_name, e.route) AS stratum,
        e.service_name, e.route, e.time, e.duration_ms, e.is_error::UTINYINT AS err,
-       e.trace_key, e.span_key, e.root, e.test_trace OR coalesce(um.tester, false) AS is_test,
+       e.trace_key, e.span_key, e.root, e.path, e.test_trace,
+       e.test_trace OR coalesce(um.tester, false) AS is_test,
        coalesce(e.arm <> um.first_arm, false) AS crossed
 FROM fs_entries e LEFT JOIN fs_user_marks um USING (user_hash)
 WHERE ($service IS NULL OR e.service_name = $service)
@@ -322,11 +324,16 @@ class Evaluations:
     """Stage 1: the flag's evaluations around the window (`fs_evals`, one scan)."""
 
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, variants: dict[str, int], tables: Tables = WIDE
+        self,
+        con: duckdb.DuckDBPyConnection,
+        variants: dict[str, int],
+        tables: Tables = WIDE,
+        slack: timedelta = SLACK,
     ) -> None:
         self._con = con
         self.variants = variants  # users (or traces, without a user) per variant in the window
         self.tables = tables
+        self.slack = slack
 
     @classmethod
     def collect(
@@ -337,27 +344,56 @@ class Evaluations:
         end: datetime,
         not_before: datetime | None = None,
         tables: str | None = None,
+        slack: timedelta = SLACK,
     ) -> Evaluations:
         """`not_before`: no evaluation before it is read, not even within the slack (a ramp
         stage's start: a user the ramp moved to the treatment is no crossover of it).
         `tables`: `narrow` (the default, or `TABLES_ENV`) or `wide` (`Tables`); a
-        connection without a lake (`read.lake_of`) reads `events_raw`."""
-        lower = start - SLACK if not_before is None else max(start - SLACK, not_before)
-        chosen = _tables(con, start, end, tables)
-        con.execute(chosen.sql(_EVALS_SQL), {"flag": flag, "lower": lower, "end": end})
+        connection without a lake (`read.lake_of`) reads `events_raw`. `slack`: how far
+        beyond the window evaluations (and test marks) are read (`SLACK`)."""
+        lower = start - slack if not_before is None else max(start - slack, not_before)
+        chosen = _tables(con, start, end, tables, slack)
+        bounds = {"lower": lower, "upper": end + slack}
+        con.execute(chosen.sql(_EVALS_SQL), {"flag": flag, **bounds})
         rows = con.execute(
             "SELECT variant, count(DISTINCT coalesce(user_hash, hash(trace_key))) FROM fs_evals "
             "WHERE time >= $start AND time < $end GROUP BY 1 ORDER BY 1",
             {"start": start, "end": end},
         ).fetchall()
-        return cls(con, {variant: int(n) for variant, n in rows}, chosen)
+        return cls(con, {variant: int(n) for variant, n in rows}, chosen, slack)
 
-    def label(self, q: CohortQuery) -> LabelledRequests:
+    def label(self, q: CohortQuery, test_users: bool = True) -> LabelledRequests:
         """Stage 2: every entry span of the window in a compared variant, with its cohort,
         unit, stratum, test and crossover marks (`fs_labelled`), and the ones compared
-        (`fs_requests`)."""
+        (`fs_requests`). Without `test_users`, only test-marked traces are test traffic,
+        not the requests of users marked elsewhere in the lake (`incremental` adds those
+        when it merges hours)."""
+        excluded = self.label_entries(q, test_users)
         con = self._con
-        con.execute(self.tables.sql(_TESTS_SQL), {"start": q.start, "end": q.end})
+        # The overall numbers count what the end user experienced: one request per trace,
+        # its edge (the root entry span, else the earliest); a service or route filter
+        # asks for that service's own entry spans, every one of them.
+        edge = (
+            "true"
+            if q.service is not None or q.route is not None
+            else "coalesce(span_key = first_value(span_key) OVER (PARTITION BY trace_key "
+            "ORDER BY NOT root, time, span_key), root)"
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE fs_requests AS "
+            "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err, "
+            f"{edge} AS edge FROM fs_labelled WHERE NOT crossed AND {KEEP[q.test_mode]}"
+        )
+        return LabelledRequests(con, q, excluded)
+
+    def label_entries(self, q: CohortQuery, test_users: bool = True) -> Exclusions:
+        """`fs_labelled` (and `fs_entries`, `fs_evals`' arms) without the compared subset:
+        `label`'s first part, which `incremental` summarises per hour."""
+        con = self._con
+        bounds = {"lower": q.start - self.slack, "upper": q.end + self.slack}
+        con.execute(self.tables.sql(_TESTS_SQL), bounds)
+        if test_users:
+            con.execute(self.tables.sql(_TEST_USERS_SQL))
         one_each = con.execute(_ONE_EVALUATION_PER_TRACE_SQL).fetchall()[0][0]
         arms = {"treatment": q.treatment, "baseline": q.baseline}
         con.execute(_TRACES_ONE_EVALUATION_SQL if one_each else _TRACES_SQL, arms)
@@ -372,25 +408,15 @@ class Evaluations:
         if duplicates:
             con.execute(_DEDUP_SQL)
             excluded, _ = _exclusions(con)
-        # The overall numbers count what the end user experienced: one request per trace,
-        # its edge (the root entry span, else the earliest); a service or route filter
-        # asks for that service's own entry spans, every one of them.
-        edge = (
-            "true"
-            if q.service is not None or q.route is not None
-            else "coalesce(span_key = first_value(span_key) OVER (PARTITION BY trace_key "
-            "ORDER BY NOT root, time, span_key), root)"
-        )
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE fs_requests AS "
-            "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err, "
-            f"{edge} AS edge FROM fs_labelled WHERE NOT crossed AND {_KEEP[q.test_mode]}"
-        )
-        return LabelledRequests(con, q, excluded)
+        return excluded
 
 
 def _tables(
-    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, chosen: str | None
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    chosen: str | None,
+    slack: timedelta = SLACK,
 ) -> Tables:
     """The tables asked for; the narrow ones' views defined over the window's hours (the
     evaluations' and test marks' with the slack around it)."""
@@ -400,7 +426,7 @@ def _tables(
     lake = lake_of(con)
     if chosen == "wide" or lake is None:
         return WIDE
-    narrow_views.define_views(con, lake, (start, end), (start - SLACK, end + SLACK))
+    narrow_views.define_views(con, lake, (start, end), (start - slack, end + slack))
     return NARROW
 
 
@@ -416,7 +442,7 @@ def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> 
         con.execute("RESET disabled_optimizers")
 
 
-_KEEP = {
+KEEP = {
     TrafficFilter.EXCLUDE: "NOT is_test",
     TrafficFilter.INCLUDE: "true",
     TrafficFilter.ONLY: "is_test",
@@ -436,7 +462,7 @@ def _exclusions(con: duckdb.DuckDBPyConnection) -> tuple[Exclusions, int]:
     return Exclusions(*(int(v or 0) for v in counts)), int(duplicates or 0)
 
 
-def _columns_at(grid: list[float], table: str, prefix: str) -> str:
+def columns_at(grid: list[float], table: str, prefix: str) -> str:
     """`table.qs[i] AS <prefix>k` for the k-th reported quantile's place i in the grid: the
     estimates join each request as plain columns (a 74-element list per row would be
     copied through the join)."""
@@ -471,6 +497,93 @@ def ratio_stats(row: dict[str, Any], x: str) -> RatioStats:
         float(row[f"{x}_req"]),
         None if total is None or squares is None else (float(total), float(squares)),
     )
+
+
+def cuts_from_quantiles(con: duckdb.DuckDBPyConnection) -> None:
+    """`fs_cuts`: per cohort and stratum, the stratum's (cut{k}) and the whole cohort's
+    (ocut{k}) estimate of each reported quantile, from `fs_quantiles`."""
+    grid = list(quantile_grid())
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE fs_cuts AS
+        SELECT s.cohort, s.stratum, {columns_at(grid, "s", "cut")},
+               {columns_at(grid, "o", "ocut")}
+        FROM fs_quantiles s LEFT JOIN fs_quantiles o
+          ON o.cohort = s.cohort AND o.stratum IS NULL
+        WHERE s.stratum IS NOT NULL""")
+
+
+def unit_sums_from_tables(con: duckdb.DuckDBPyConnection, query: CohortQuery) -> UnitSums:
+    """Stage 3's sums across units, from `fs_per_unit` (per cohort, stratum and unit: req,
+    err, lat, the edge requests' ereq, eerr, elat, and b{k} / o{k}, the requests at or
+    below the stratum's / the cohort's k-th quantile estimate) and `fs_quantiles` (per
+    cohort, and per cohort and stratum: `qs`, the quantile function on `quantile_grid()`,
+    with its service_name and route): `LabelledRequests.unit_sums` builds them from the
+    requests, `incremental` from kept per-hour summaries."""
+    grid = list(quantile_grid())
+    ks = range(len(QUANTILES))
+    xs = ("err", "lat", *(f"b{k}" for k in ks))
+    # each unit's leave-one-out change of each ratio, r = (x - R req) / (Y - req), for
+    # the jackknife variance (stats.ratio); keyed by stratum, 0 for the whole cohort
+    loo = ", ".join(
+        f"sum((u.{x} - t.{x} / t.req * u.req) / (t.req - u.req)) AS {x}_loo, "
+        f"sum(((u.{x} - t.{x} / t.req * u.req) / (t.req - u.req)) ** 2) AS {x}_loo2"
+        for x in xs
+    )
+    result = con.execute(f"""
+    WITH per_cohort_unit AS (
+        SELECT cohort, unit, sum(ereq) AS req, sum(eerr) AS err, sum(elat) AS lat,
+               {", ".join(f"sum(o{k}) AS o{k}" for k in ks)}
+        FROM fs_per_unit GROUP BY ALL HAVING sum(ereq) > 0
+    ), totals AS (
+        SELECT cohort, stratum, {_sums("b")} FROM fs_per_unit GROUP BY ALL
+        UNION ALL
+        SELECT cohort, NULL, {_sums("o")} FROM per_cohort_unit GROUP BY ALL
+    ), unit_rows AS (
+        SELECT cohort, stratum AS key, req, err, lat, {", ".join(f"b{k}" for k in ks)}
+        FROM fs_per_unit
+        UNION ALL
+        SELECT cohort, 0, req, err, lat, {", ".join(f"o{k}" for k in ks)}
+        FROM per_cohort_unit
+    ), leave_one_out AS (
+        SELECT u.cohort, u.key, {loo}
+        FROM unit_rows u JOIN totals t
+          ON t.cohort = u.cohort AND coalesce(t.stratum, 0) = u.key
+        WHERE t.n > 1
+        GROUP BY ALL
+    )
+    SELECT t.* REPLACE ({cohort_name("t.cohort")} AS cohort), l.* EXCLUDE (cohort, key),
+           q.qs, q.service_name, q.route
+    FROM totals t JOIN fs_quantiles q
+      ON q.cohort = t.cohort AND q.stratum IS NOT DISTINCT FROM t.stratum
+    LEFT JOIN leave_one_out l ON l.cohort = t.cohort AND l.key = coalesce(t.stratum, 0)
+    ORDER BY t.stratum IS NOT NULL, q.service_name, q.route, t.cohort
+    """)
+    columns = [d[0] for d in result.description]
+    overall: dict[str, CohortSums] = {}
+    strata: list[CohortSums] = []
+    for values in result.fetchall():
+        row = dict(zip(columns, values, strict=True))
+        whole = row["stratum"] is None
+        sums = CohortSums(
+            cohort=row["cohort"],
+            service_name=None if whole else row["service_name"],
+            route=None if whole else row["route"],
+            errors=ratio_stats(row, "err"),
+            latency=ratio_stats(row, "lat"),
+            below_quantile=tuple(ratio_stats(row, f"b{k}") for k in ks),
+            grid=dict(zip(grid, row["qs"], strict=True)),
+        )
+        if whole:
+            overall[sums.cohort] = sums
+        else:
+            strata.append(sums)
+    if query.pre_exposure is not None:
+        collect_pre_exposure(con, query.flag, query.pre_exposure)
+    moments = adjusted_moments(con, TREATMENT, BASELINE, query.pre_exposure is not None)
+    adjusted = {
+        metric: {_NAMES[arm]: m for arm, m in by_arm.items()} for metric, by_arm in moments.items()
+    }
+    return UnitSums(overall, tuple(strata), adjusted)
 
 
 class LabelledRequests:
@@ -509,13 +622,7 @@ class LabelledRequests:
             "FROM fs_requests GROUP BY cohort, stratum",
             {"grid": grid},
         )
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE fs_cuts AS
-            SELECT s.cohort, s.stratum, {_columns_at(grid, "s", "cut")},
-                   {_columns_at(grid, "o", "ocut")}
-            FROM fs_quantiles s LEFT JOIN fs_quantiles o
-              ON o.cohort = s.cohort AND o.stratum IS NULL
-            WHERE s.stratum IS NOT NULL""")
+        cuts_from_quantiles(con)
         below = ", ".join(
             f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "
             f"count(*) FILTER (WHERE r.edge AND r.duration_ms <= c.ocut{k}) AS o{k}"
@@ -529,75 +636,12 @@ class LabelledRequests:
                    coalesce(sum(r.duration_ms) FILTER (WHERE r.edge), 0) AS elat, {below}
             FROM fs_requests r JOIN fs_cuts c USING (cohort, stratum)
             GROUP BY ALL""")
-        xs = ("err", "lat", *(f"b{k}" for k in ks))
-        # each unit's leave-one-out change of each ratio, r = (x - R req) / (Y - req), for
-        # the jackknife variance (stats.ratio); keyed by stratum, 0 for the whole cohort
-        loo = ", ".join(
-            f"sum((u.{x} - t.{x} / t.req * u.req) / (t.req - u.req)) AS {x}_loo, "
-            f"sum(((u.{x} - t.{x} / t.req * u.req) / (t.req - u.req)) ** 2) AS {x}_loo2"
-            for x in xs
-        )
-        result = con.execute(f"""
-        WITH per_cohort_unit AS (
-            SELECT cohort, unit, sum(ereq) AS req, sum(eerr) AS err, sum(elat) AS lat,
-                   {", ".join(f"sum(o{k}) AS o{k}" for k in ks)}
-            FROM fs_per_unit GROUP BY ALL HAVING sum(ereq) > 0
-        ), totals AS (
-            SELECT cohort, stratum, {_sums("b")} FROM fs_per_unit GROUP BY ALL
-            UNION ALL
-            SELECT cohort, NULL, {_sums("o")} FROM per_cohort_unit GROUP BY ALL
-        ), unit_rows AS (
-            SELECT cohort, stratum AS key, req, err, lat, {", ".join(f"b{k}" for k in ks)}
-            FROM fs_per_unit
-            UNION ALL
-            SELECT cohort, 0, req, err, lat, {", ".join(f"o{k}" for k in ks)}
-            FROM per_cohort_unit
-        ), leave_one_out AS (
-            SELECT u.cohort, u.key, {loo}
-            FROM unit_rows u JOIN totals t
-              ON t.cohort = u.cohort AND coalesce(t.stratum, 0) = u.key
-            WHERE t.n > 1
-            GROUP BY ALL
-        )
-        SELECT t.* REPLACE ({_cohort_name("t.cohort")} AS cohort), l.* EXCLUDE (cohort, key),
-               q.qs, q.service_name, q.route
-        FROM totals t JOIN fs_quantiles q
-          ON q.cohort = t.cohort AND q.stratum IS NOT DISTINCT FROM t.stratum
-        LEFT JOIN leave_one_out l ON l.cohort = t.cohort AND l.key = coalesce(t.stratum, 0)
-        ORDER BY t.stratum IS NOT NULL, q.service_name, q.route, t.cohort
-        """)
-        columns = [d[0] for d in result.description]
-        overall: dict[str, CohortSums] = {}
-        strata: list[CohortSums] = []
-        for values in result.fetchall():
-            row = dict(zip(columns, values, strict=True))
-            whole = row["stratum"] is None
-            sums = CohortSums(
-                cohort=row["cohort"],
-                service_name=None if whole else row["service_name"],
-                route=None if whole else row["route"],
-                errors=ratio_stats(row, "err"),
-                latency=ratio_stats(row, "lat"),
-                below_quantile=tuple(ratio_stats(row, f"b{k}") for k in ks),
-                grid=dict(zip(grid, row["qs"], strict=True)),
-            )
-            if whole:
-                overall[sums.cohort] = sums
-            else:
-                strata.append(sums)
-        if self._query.pre_exposure is not None:
-            collect_pre_exposure(con, self._query.flag, self._query.pre_exposure)
-        moments = adjusted_moments(con, TREATMENT, BASELINE, self._query.pre_exposure is not None)
-        adjusted = {
-            metric: {_NAMES[arm]: m for arm, m in by_arm.items()}
-            for metric, by_arm in moments.items()
-        }
-        return UnitSums(overall, tuple(strata), adjusted)
+        return unit_sums_from_tables(con, self._query)
 
     def time_series(self, bucket_seconds: int) -> list[dict[str, Any]]:
         """Per cohort and time bucket: requests, errors, p95 latency (the report's charts)."""
         result = self._con.execute(
-            f"SELECT {_cohort_name()} AS cohort, "
+            f"SELECT {cohort_name()} AS cohort, "
             "time_bucket(to_seconds($bucket), time) AS bucket, "
             "count(*) AS requests, sum(err) AS errors, "
             "quantile_cont(duration_ms, 0.95) AS p95_ms "
@@ -618,7 +662,7 @@ class LabelledRequests:
         ratio = (high / low) ** (1 / bins)
         edges = [low * ratio**i for i in range(bins + 1)]
         rows = self._con.execute(
-            f"SELECT {_cohort_name()} AS cohort, least(greatest(floor(ln(greatest("
+            f"SELECT {cohort_name()} AS cohort, least(greatest(floor(ln(greatest("
             "duration_ms, $low) / $low) / ln($ratio)), 0), $last)::INTEGER AS bin, count(*) "
             "FROM fs_requests GROUP BY ALL",
             {"low": low, "ratio": ratio, "last": bins - 1},

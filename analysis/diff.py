@@ -324,9 +324,13 @@ def decisive_q_values(overall: list[float], routes: list[float]) -> tuple[list[f
 
 
 # -- the diff ------------------------------------------------------------------------------
-def run_diff(lake_dir: Path, options: DiffOptions, charts: bool = False) -> DiffResult:
+def run_diff(
+    lake_dir: Path, options: DiffOptions, charts: bool = False, summaries: Path | None = None
+) -> DiffResult:
     """Compare the cohorts; `charts` adds the time series and histogram the HTML report draws.
-    A run that raced compaction (a file merged away mid-read) starts again (lake.read.run)."""
+    `summaries`: a directory of kept per-hour summaries (`incremental`, scheduled reports),
+    reused where the lake has not changed and added to. A run that raced compaction (a
+    file merged away mid-read) starts again (lake.read.run)."""
 
     def work(con: Any, stage: Any = DuckDBStage) -> DiffResult:
         requests, result = _run(con, options, stage)
@@ -338,6 +342,12 @@ def run_diff(lake_dir: Path, options: DiffOptions, charts: bool = False) -> Diff
         from flagscope.analysis import spark
 
         return spark.run(lake_dir, lambda session: work(session, spark.SparkStage))
+    if summaries is not None:
+        from flagscope.analysis.incremental.stage import IncrementalStage
+        from flagscope.analysis.incremental.store import Store
+
+        incremental = IncrementalStage(Store(summaries), lake_dir)
+        return run(lake_dir, lambda con: work(con, incremental))
     return run(lake_dir, work)
 
 
@@ -355,7 +365,8 @@ class DuckDBStage:
 def _charts(requests: LabelledRequests, options: DiffOptions) -> Charts:
     span = (options.end - options.start).total_seconds()
     steps = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
-    bucket = next((s for s in steps if span / s <= 48), 86400)  # at most ~48 points
+    finest = getattr(requests, "finest_bucket_s", 0)  # kept summaries are per hour
+    bucket = next((s for s in steps if span / s <= 48 and s >= finest), 86400)  # ≤ ~48 points
     edges, counts = requests.latency_histogram()
     return Charts(
         bucket,

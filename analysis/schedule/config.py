@@ -51,6 +51,7 @@ FLAG_KEYS: dict[str, str] = {
     "expected_users": "int",
     "cuped": "str",
     "engine": "str",
+    "incremental": "bool",
     "test_traffic": "str",
     "webhook_url": "str",
 }
@@ -92,6 +93,7 @@ class ScheduledReport:
     expected_users: int = DEFAULT_EXPECTED_USERS
     pre_exposure: timedelta | None = None  # cuped = "14d"
     engine: str = "duckdb"  # engine = "spark": the cohort stage in Spark SQL
+    incremental: bool = True  # reuse kept per-hour summaries (analysis.incremental)
 
     def options(self, now: datetime) -> DiffOptions:
         """The diff of a run at `now`: the window ending then, always-valid intervals."""
@@ -262,6 +264,7 @@ def _report(t: Mapping[str, Any], where: str) -> ScheduledReport:
         c.expected_users,
         pre_exposure,
         _engine(t, where, pre_exposure),
+        bool(get_setting(t, "incremental", "bool", where, True)),
     )
 
 

@@ -28,6 +28,8 @@ Declared in flagscope.toml (the collector's loader leaves `[reports]` to this mo
     max_crossover_share = 0.05           # optional, default 0.05
     alpha = 0.05                         # optional, default 0.05
     test_traffic = "exclude"             # optional: exclude (default), include, only
+    incremental = true                   # default true: reuse per-hour summaries kept in
+                                         # <out_dir>/.summaries (false: rescan the window)
     webhook_url = ""                     # optional: this flag's own hook; "" turns it off
 
 Scheduled reports always use always-valid (sequential) intervals: they look repeatedly.
@@ -45,7 +47,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flagscope.analysis import report_archive
@@ -81,6 +83,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 MAX_WAIT_S = 60.0  # run_forever re-reads the clock at least this often (clock jumps, suspend)
 OUTBOX_NAME = ".notifications.jsonl"
+ON_TIME = timedelta(minutes=1)  # a run this soon after its fire time is on time
+SUMMARIES_NAME = ".summaries"  # kept per-hour summaries, reused by the next runs
 FIRST_RUN_ALERTS = frozenset({Verdict.REGRESSION, Verdict.UNHEALTHY})
 
 
@@ -158,8 +162,12 @@ class Scheduler:
         now = aware_utc(now if now is not None else self._clock())
         outcomes = []
         for report in self.config.reports:
-            if self._next[report.flag] <= now:
-                outcomes.append(self.run_report(report, now))
+            due = self._next[report.flag]
+            if due <= now:
+                # The window ends at the fire time (when the run is on time): hourly runs
+                # then line up with the hours analysis.incremental keeps.
+                end = due if now - due < ON_TIME else now
+                outcomes.append(self.run_report(report, now, end))
                 self._next[report.flag] = next_fire(report.cron, now)
         return self.deliver(outcomes, now)
 
@@ -211,13 +219,22 @@ class Scheduler:
             else:
                 stop_event.wait(seconds)
 
-    def run_report(self, report: ScheduledReport, now: datetime) -> RunOutcome:
-        """Diff, write the files, notify on a verdict change. Never raises: a failure is
-        logged, recorded in the flag's history, and returned as the outcome's `error`."""
+    def run_report(
+        self, report: ScheduledReport, now: datetime, end: datetime | None = None
+    ) -> RunOutcome:
+        """Diff the window ending at `end` (default `now`), write the files, notify on a
+        verdict change. Never raises: a failure is logged, recorded in the flag's history,
+        and returned as the outcome's `error`."""
         now = aware_utc(now)
+        end = now if end is None else aware_utc(end)
         was_failing = self._failing(report.flag)
         try:
-            result = run_diff(self.lake_dir, report.options(now), charts="html" in report.formats)
+            result = run_diff(
+                self.lake_dir,
+                report.options(end),
+                charts="html" in report.formats,
+                summaries=self.summaries if report.incremental else None,
+            )
             result = with_examples(self.lake_dir, result, self.config.trace_link)
             result = with_differences(self.lake_dir, result)
             files = report_archive.write_report(result, self.config.out_dir, report.formats, now)
@@ -249,6 +266,11 @@ class Scheduler:
         if payload is not None:
             outcome = replace(outcome, notification=self.outbox.add(report.flag, payload, now))
         return outcome
+
+    @property
+    def summaries(self) -> Path:
+        """Where the reports' per-hour summaries are kept (`analysis.incremental`)."""
+        return self.config.out_dir / SUMMARIES_NAME
 
     def report_link(self, files: ReportFiles) -> str:
         """`link_base` + the report's path under out_dir, else the report file's path."""

@@ -107,6 +107,7 @@ def define_views(
     lake: Path,
     requests: tuple[datetime, datetime],
     evaluations: tuple[datetime, datetime],
+    tests: tuple[datetime | None, datetime | None] = (None, None),
 ) -> None:
     """The views a cohort diff reads, each over the partitions its window ([start, end),
     naive UTC) needs:
@@ -116,7 +117,7 @@ def define_views(
     - `fs_narrow_evaluations` (time, trace_key, user_id, flag, variant, is_test): in
       `evaluations`;
     - `fs_narrow_tests` (the same columns): every test-marked row in the lake, for the
-      users ever marked as testers.
+      users ever marked as testers (or in the partitions overlapping `tests`).
     """
     for name, table, (start, end) in (
         ("fs_narrow_requests", REQUESTS, requests),
@@ -125,5 +126,5 @@ def define_views(
         relation = _relation(con, table, files_between(lake, start, end))
         window = f"time_unix_nano >= {_ns(start)} AND time_unix_nano < {_ns(end)}"
         con.execute(_view(name, table, relation, window))
-    everything = _relation(con, EVALUATIONS, files_between(lake, None, None))
+    everything = _relation(con, EVALUATIONS, files_between(lake, *tests))
     con.execute(_view("fs_narrow_tests", EVALUATIONS, everything, "is_test"))

@@ -1,0 +1,271 @@
+"""The incremental cohort stage: what `diff.DuckDBStage` answers, from kept summaries.
+
+`IncrementalStage(store, lake).collect(...)` cuts the window into pieces (`plan`), takes
+each whole hour's summary from the store while the lake files it was computed from are
+unchanged (`store.fingerprint`), summarises the others (`summarize`), and merges them
+(`merge`). What it cannot summarise falls back to the full scan: a window that must not
+read evaluations before some moment (a ramp stage), a CUPED look-back, or a connection
+without a lake or set to read the wide rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flagscope.analysis.cohorts import (
+    SLACK,
+    TABLES_ENV,
+    CohortQuery,
+    Evaluations,
+    LabelledRequests,
+)
+from flagscope.analysis.diff import DuckDBStage
+from flagscope.analysis.incremental import summarize
+from flagscope.analysis.incremental.merge import MergedRequests, Source
+from flagscope.analysis.incremental.plan import HOUR, Piece, pieces, whole_hours
+from flagscope.analysis.incremental.store import RowCounts, Store, fingerprint, safe_name
+from flagscope.collector.lake.layout import partitions
+from flagscope.collector.lake.narrow_views import partition_hour
+from flagscope.collector.lake.read import lake_of
+
+log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1)
+# A piece reads its hour's partition and, within REACH, its neighbours': their files are
+# in its fingerprint. The test users come from each hour's own partition.
+_NEIGHBOURS = 1
+
+
+def _stamp(hour: datetime) -> str:
+    return f"{hour:%Y%m%dT%H}"
+
+
+def _parquet(path: Path) -> str:
+    return "read_parquet('" + str(path).replace("'", "''") + "')"
+
+
+@dataclass
+class Counts:
+    """What a run reused and what it computed (logged; read by tests and the benchmark)."""
+
+    reused: int = 0
+    computed: int = 0
+    fresh: int = 0  # partial hours, never kept
+
+    def __str__(self) -> str:
+        return f"{self.reused} kept hours reused, {self.computed} summarised, {self.fresh} partial"
+
+
+@dataclass
+class IncrementalStage(DuckDBStage):
+    store: Store
+    lake: Path
+    counts: Counts = field(default_factory=Counts)
+
+    def collect(  # type: ignore[override]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        flag: str,
+        start: datetime,
+        end: datetime,
+        not_before: datetime | None = None,
+    ) -> Evaluations | IncrementalEvaluations:
+        wide = os.environ.get(TABLES_ENV, "").strip() == "wide"
+        if not_before is not None or lake_of(con) is None or wide:
+            return Evaluations.collect(con, flag, start, end, not_before)
+        return IncrementalEvaluations(con, self, flag, start, end)
+
+
+class IncrementalEvaluations:
+    """Stage 1 from the pieces' `variant_units`; `label` merges the pair's pieces."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        stage: IncrementalStage,
+        flag: str,
+        start: datetime,
+        end: datetime,
+    ) -> None:
+        self._con = con
+        self._stage = stage
+        self._flag = flag
+        self._window = (start, end)
+        self._pieces = pieces(start, end)
+        self._flag_dir = stage.store.entry("flags", safe_name(flag))
+        self._prints: dict[datetime, str] = {}
+        self._rows = RowCounts(stage.store.entry("rows.json"))
+        self._units_of: dict[Piece, pa.Table] = {}
+        self._collected: tuple[Piece, Evaluations] | None = None  # whose fs_evals are loaded
+        self._registered: list[str] = []
+        units = [self._units(p) for p in self._pieces]
+        rows = con.execute(
+            "SELECT variant, count(DISTINCT unit) FROM ("
+            + " UNION ALL ".join(f"SELECT * FROM {u}" for u in units)
+            + ") GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        self.variants = {variant: int(n) for variant, n in rows}
+        self._rows.save()
+
+    # -- the store ---------------------------------------------------------------------
+    def _print(self, hour: datetime) -> str:
+        if hour not in self._prints:
+            self._prints[hour] = fingerprint(self._stage.lake, hour, _NEIGHBOURS, self._rows)
+        return self._prints[hour]
+
+    def _register(self, table: pa.Table) -> str:
+        name = f"inc_fresh_{len(self._registered)}"
+        self._con.register(name, table)
+        self._registered.append(name)
+        return name
+
+    def _collect(self, piece: Piece) -> Evaluations:
+        """The piece's stage 1 on the connection (`fs_evals` and the narrow views are one
+        piece's at a time)."""
+        if self._collected is None or self._collected[0] != piece:
+            found, units = summarize.evaluations(self._con, self._flag, piece.start, piece.end)
+            self._units_of[piece] = units
+            self._collected = (piece, found)
+        return self._collected[1]
+
+    def _units(self, piece: Piece) -> str:
+        store = self._stage.store
+        if not piece.whole_hour:
+            self._collect(piece)
+            return self._register(self._units_of[piece])
+        entry = self._flag_dir / _stamp(piece.start) / "units"
+        print_ = self._print(piece.start)
+        kept = store.load(entry, print_)
+        if kept is None:
+            self._collect(piece)
+            kept = store.save(entry, {"units": self._units_of[piece]}, print_)
+        return _parquet(kept["units"])
+
+    def _pair_entry(self, hour: datetime, pair: tuple[str, str]) -> Path:
+        return self._flag_dir / _stamp(hour) / f"{safe_name(pair[0])}~{safe_name(pair[1])}"
+
+    def _pair_files(self, piece: Piece, pair: tuple[str, str]) -> Source:
+        store = self._stage.store
+        counts = self._stage.counts
+        names = ("cells", "strata", "firsts")
+        entry = self._pair_entry(piece.start, pair)
+        if piece.whole_hour:
+            kept = store.load(entry, self._print(piece.start))
+            if kept is not None:
+                counts.reused += 1
+                return Source(piece, *(_parquet(kept[n]) for n in names))
+        found = self._collect(piece)
+        tables = summarize.pair_tables(self._con, found, self._flag, pair, piece.start, piece.end)
+        if piece.whole_hour:
+            counts.computed += 1
+            kept = store.save(entry, tables, self._print(piece.start))
+            return Source(piece, *(_parquet(kept[n]) for n in names))
+        counts.fresh += 1
+        return Source(piece, *(self._register(tables[n]) for n in names))
+
+    # -- stage 2 -------------------------------------------------------------------------
+    def label(self, q: CohortQuery) -> LabelledRequests | MergedRequests:
+        if q.pre_exposure is not None:  # CUPED reads each user's past: the full path
+            start, end = self._window
+            return Evaluations.collect(self._con, q.flag, start, end).label(q)
+        pair = (q.treatment, q.baseline)
+        sources = [self._pair_files(p, pair) for p in self._pieces]
+        slack = self._slack_firsts(pair)
+        testers = self._testers()
+        self._rows.save()
+        log.info("incremental %s over %d pieces: %s", q.flag, len(sources), self._stage.counts)
+        return MergedRequests(self._con, q, sources, slack, testers)
+
+    def _slack_firsts(self, pair: tuple[str, str]) -> list[str]:
+        """The evaluations in the hour before and after the window (`cohorts.SLACK`), which
+        name users' first variants as a full scan's do."""
+        start, end = self._window
+        out = []
+        for a, z in ((start - SLACK, start), (end, end + SLACK)):
+            hours = whole_hours(a, z)
+            for hour in hours:
+                entry = self._pair_entry(hour, pair)
+                kept = self._stage.store.load(entry, self._print(hour))
+                if kept is not None:
+                    out.append(f"SELECT * FROM {_parquet(kept['firsts'])} WHERE NOT from_request")
+                    continue
+                table = summarize.evaluation_firsts(
+                    self._con, self._stage.lake, self._flag, pair, hour, hour + HOUR
+                )
+                out.append(f"SELECT * FROM {self._register(table)}")
+            edges = [(a, hours[0] if hours else z)] + ([(hours[-1] + HOUR, z)] if hours else [])
+            for lo, hi in edges:
+                if hi > lo:
+                    table = summarize.evaluation_firsts(
+                        self._con, self._stage.lake, self._flag, pair, lo, hi
+                    )
+                    out.append(f"SELECT * FROM {self._register(table)}")
+        self._collected = None  # the narrow views are no longer any piece's
+        return out
+
+    def _testers(self) -> str:
+        """Users test-marked anywhere in the lake: one kept table, per hour partition."""
+        store = self._stage.store
+        lake = self._stage.lake
+        hours = sorted(
+            {
+                _EPOCH + timedelta(hours=h)
+                for p in partitions(lake)
+                if (h := partition_hour(p)) is not None
+            }
+        )
+        prints = {_stamp(h): fingerprint(lake, h, 0, self._rows) for h in hours}
+        entry = store.entry("testers")
+        kept_prints, kept_file = _kept_testers(store, entry)
+        parts = []
+        if kept_file is not None:
+            kept = pq.read_table(kept_file)
+            same = [s for s, p in prints.items() if kept_prints.get(s) == p]
+            parts.append(kept.filter(pc.is_in(kept["hour"], pa.array(same, pa.string()))))
+        else:
+            same = []
+        for hour in hours:
+            stamp = _stamp(hour)
+            if stamp in same:
+                continue
+            found = summarize.testers(self._con, lake, hour)
+            parts.append(
+                pa.table(
+                    {
+                        "hour": pa.array([stamp] * found.num_rows, pa.string()),
+                        "user_hash": found["user_hash"].cast(pa.uint64()),
+                    }
+                )
+            )
+        table = (
+            pa.concat_tables(parts)
+            if parts
+            else pa.table(
+                {"hour": pa.array([], pa.string()), "user_hash": pa.array([], pa.uint64())}
+            )
+        )
+        if set(same) != set(prints) or kept_file is None:
+            store.save(entry, {"testers": table}, json.dumps(prints, sort_keys=True))
+        self._collected = None
+        name = self._register(table)
+        return f"(SELECT DISTINCT user_hash FROM {name})"
+
+
+def _kept_testers(store: Store, entry: Path) -> tuple[dict[str, Any], Path | None]:
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        prints = json.loads(manifest["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, None
+    path = entry / "testers.parquet"
+    return (prints, path) if path.exists() and isinstance(prints, dict) else ({}, None)
