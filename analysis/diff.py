@@ -331,24 +331,28 @@ def run_diff(
     `summaries`: a directory of kept per-hour summaries (`incremental`, scheduled reports),
     reused where the lake has not changed and added to. A run that raced compaction (a
     file merged away mid-read) starts again (lake.read.run)."""
-
-    def work(con: Any, stage: Any = DuckDBStage) -> DiffResult:
-        requests, result = _run(con, options, stage)
-        if charts and result.compared and requests is not None:
-            result = replace(result, charts=_charts(requests, result.options))
-        return result
-
     if options.engine == "spark":  # the same diff, its cohort stage in Spark SQL
         from flagscope.analysis import spark
 
-        return spark.run(lake_dir, lambda session: work(session, spark.SparkStage))
+        return spark.run(
+            lake_dir, lambda session: diff_with(session, options, spark.SparkStage, charts)
+        )
+    stage: Any = DuckDBStage
     if summaries is not None:
         from flagscope.analysis.incremental.stage import IncrementalStage
         from flagscope.analysis.incremental.store import Store
 
-        incremental = IncrementalStage(Store(summaries), lake_dir)
-        return run(lake_dir, lambda con: work(con, incremental))
-    return run(lake_dir, work)
+        stage = IncrementalStage(Store(summaries), lake_dir, DuckDBStage)
+    return run(lake_dir, lambda con: diff_with(con, options, stage, charts))
+
+
+def diff_with(con: Any, options: DiffOptions, stage: Any, charts: bool = False) -> DiffResult:
+    """The diff on `stage`'s connection (`run_diff`; tests and benchmarks that read the
+    stage afterwards, e.g. `incremental.IncrementalStage.counts`)."""
+    requests, result = _run(con, options, stage)
+    if charts and result.compared and requests is not None:
+        result = replace(result, charts=_charts(requests, result.options))
+    return result
 
 
 class DuckDBStage:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from flagscope.analysis.diff import run_diff
+from flagscope.analysis.diff import DuckDBStage, diff_with, run_diff
 from flagscope.analysis.incremental import bins
 from flagscope.analysis.incremental.plan import REACH, pieces
 from flagscope.analysis.incremental.stage import IncrementalStage
@@ -158,18 +157,9 @@ def _pair(
 ) -> tuple[DiffResult, DiffResult, IncrementalStage]:
     """A rescan's result and the incremental one's, with the stage (its counts)."""
     full = run_diff(lake, options, charts=True)
-    stage = IncrementalStage(Store(store), lake)
-    merged = run(lake, lambda con: _diff_with(con, options, stage))
+    stage = IncrementalStage(Store(store), lake, DuckDBStage)
+    merged = run(lake, lambda con: diff_with(con, options, stage, charts=True))
     return full, merged, stage
-
-
-def _diff_with(con: duckdb.DuckDBPyConnection, options: DiffOptions, stage: Any) -> DiffResult:
-    from flagscope.analysis.diff import _charts, _run
-
-    requests, result = _run(con, options, stage)
-    if result.compared and requests is not None:
-        result = replace(result, charts=_charts(requests, result.options))
-    return result
 
 
 def _close(a: float, b: float, rel: float = 1e-9, absolute: float = 1e-9) -> bool:
@@ -242,8 +232,8 @@ def test_a_merged_window_gives_the_rescans_answers(
     kept = sum(p.whole_hour for p in pieces(*window))
     assert stage.counts.computed == kept
     # ... and from the kept summaries alone, next time
-    again = IncrementalStage(Store(tmp_path / "summaries"), lake)
-    assert_same(full, run(lake, lambda con: _diff_with(con, options, again)))
+    again = IncrementalStage(Store(tmp_path / "summaries"), lake, DuckDBStage)
+    assert_same(full, run(lake, lambda con: diff_with(con, options, again, charts=True)))
     assert (again.counts.computed, again.counts.reused) == (0, kept)
 
 

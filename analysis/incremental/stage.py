@@ -30,7 +30,6 @@ from flagscope.analysis.cohorts import (
     Evaluations,
     LabelledRequests,
 )
-from flagscope.analysis.diff import DuckDBStage
 from flagscope.analysis.incremental import summarize
 from flagscope.analysis.incremental.merge import MergedRequests, Source
 from flagscope.analysis.incremental.plan import HOUR, Piece, pieces, whole_hours
@@ -67,12 +66,31 @@ class Counts:
 
 
 @dataclass
-class IncrementalStage(DuckDBStage):
+class IncrementalStage:
+    """`base` (`diff.DuckDBStage`) answers the lake-wide questions (known flags, the lake's
+    range and variants, --service / --route checks); this stage the cohorts."""
+
     store: Store
     lake: Path
+    base: Any
     counts: Counts = field(default_factory=Counts)
 
-    def collect(  # type: ignore[override]
+    def known_flags(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        return list(self.base.known_flags(con))
+
+    def lake_range(self, con: duckdb.DuckDBPyConnection) -> tuple[datetime | None, datetime | None]:
+        first, last = self.base.lake_range(con)
+        return first, last
+
+    def lake_variants(self, con: duckdb.DuckDBPyConnection, flag: str) -> set[str]:
+        return set(self.base.lake_variants(con, flag))
+
+    def check_scope(
+        self, con: duckdb.DuckDBPyConnection, service: str | None, route: str | None
+    ) -> None:
+        self.base.check_scope(con, service, route)
+
+    def collect(
         self,
         con: duckdb.DuckDBPyConnection,
         flag: str,
