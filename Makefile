@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))$(if $(UI), --ui)
 
+# Two workers, a test file each at a time; then the timed and memory-bound tests alone.
 test: check browser java $(NODE_CLIENT)/node_modules
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 # The edit-run loop (well under a minute): no collector on a socket, no subprocess, crash
 # cycle or simulation, on two workers; `make test` stays what CI runs.

@@ -38,10 +38,27 @@ _SOCKET_FIXTURES = {"server", "collectors"}
 _SOCKET_NAMES = ("RunningCollector", "CollectorProcess", "running(", "record_regressed_shop")
 
 
+# Tests that measure time or memory against a bound, or race a signal against load: `make
+# test` runs them on their own after the rest, which runs on two workers (a neighbour's
+# DuckDB scan on the same two cores would stretch a deadline they check).
+SERIAL_FILES = {
+    "test_budget.py",
+    "test_connections.py",
+    "test_durability.py",
+    "test_grpc_memory.py",
+    "test_json_ingest.py",
+    "test_lag.py",
+    "test_slow_client.py",
+    "test_wal_faults.py",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     sources: dict[Path, bool] = {}
     for item in items:
         path = Path(str(item.fspath))
+        if path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
         if path not in sources:
             text = path.read_text()
             sources[path] = any(name in text for name in _SOCKET_NAMES)
