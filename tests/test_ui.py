@@ -32,6 +32,7 @@ EVIL_FLAG = '<script>alert("flag")</script>'
 EVIL_ROUTE = '/<script>alert("route")</script>'
 TEMPLATE = "https://jaeger.example/trace/{trace_id}"
 BIG_TRACE = "ab" * 16  # a trace of 1 + MAX_SPANS + 100 spans
+MARKED_TRACE = "cd" * 16  # a tester's request that failed: span events and an exception
 
 pytestmark = pytest.mark.socket  # a `flagscope ui` process on a loopback socket
 
@@ -64,7 +65,7 @@ def build_lake(root: Path) -> Lake:
         rows += synthetic.request(
             f"old-user-{i}", "on", flag="old-flag", at=NOW - timedelta(days=40, minutes=i)
         )
-    rows += _big_trace()
+    rows += _big_trace() + _marked_trace()
     lake = report_lakes.write(root / "lake", rows)
     reports, guard = root / "reports", root / "guard"
     for hours in (3, 0):  # two scheduled runs: the windows ending 3 h ago and now
@@ -90,6 +91,43 @@ def _big_trace() -> list[dict[str, object]]:
         child["attributes"] = json.dumps({"big": "x" * 5000, "n": i})
         rows.append(child)
     return rows
+
+
+def _marked_trace() -> list[dict[str, object]]:
+    """A tester's failed request: the root marked by `test_user` (a test attribute), a child
+    that evaluated the flag (a `feature_flag.evaluation` event) and timed out (an
+    `exception` event)."""
+    root = "00000000000000aa"
+    at = NOW - timedelta(minutes=35)
+    top = synthetic.span(
+        MARKED_TRACE, span_id=root, at=at, ms=900.0, error=True, user="qa-2",
+        test="test_user=true",
+    )  # fmt: skip
+    top["attributes"] = json.dumps({"test_user": True, "http.route": "/checkout"})
+    child = synthetic.span(
+        MARKED_TRACE, kind=3, parent=root, service="payments", ms=800.0, error=True,
+        user="qa-2", flags={FLAG: "on"}, at=at + timedelta(milliseconds=5),
+        span_id="00000000000000ab",
+    )  # fmt: skip
+    start = int((at - datetime(1970, 1, 1)).total_seconds() * 1e9)
+    child["span_events"] = json.dumps(
+        [
+            {
+                "name": "feature_flag.evaluation",
+                "time_unix_nano": start + 6_000_000,
+                "attributes": {"feature_flag.key": FLAG, "feature_flag.result.variant": "on"},
+            },
+            {
+                "name": "exception",
+                "time_unix_nano": start + 805_000_000,
+                "attributes": {
+                    "exception.type": "TimeoutError",
+                    "exception.message": "payments took longer than 800 ms",
+                },
+            },
+        ]
+    )
+    return [top, child]
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +206,8 @@ def test_a_flags_page_shows_the_full_comparison_and_its_verdict_over_time(ui):
     answer = ui.get(flag_path(FLAG, window="6h"))
     assert answer.status == 200 and answer.headers["Content-Security-Policy"] == CSP
     page = answer.text
+    # refreshed while open (--refresh, 60 s by default): no script, the page reloads itself
+    assert '<meta http-equiv="refresh" content="60">' in page
     parts = ['id="summary"', 'id="controls"', 'id="over-time"', 'id="routes"', 'id="cohorts"',
              'id="overall"', 'id="charts"', 'id="breakdown"', 'id="health"', 'id="share"',
              'id="settings"']  # fmt: skip
@@ -237,6 +277,26 @@ def test_a_trace_shows_its_waterfall_spans_and_flag_evaluation(ui):
     assert 'data-error="1"' in svg and "⚑ checkout-v2=on" in svg
     assert 'id="flag-evaluations"' in answer.text and "https://jaeger.example/trace/" in answer.text
     assert answer.text.count('<details id="span-') == 2
+
+
+def test_a_trace_shows_span_events_its_exception_and_its_test_marker(ui):
+    answer = ui.get(f"/trace/{MARKED_TRACE}")
+    assert answer.status == 200
+    page = answer.text
+    # the test marker: named in the header, the span tagged, the marking attribute lit
+    markers = re.search(r'<ul class="health" id="test-markers">(.*?)</ul>', page).group(1)
+    assert "TEST" in markers and "test_user=true" in markers
+    assert '<dt class="testattr">test_user</dt>' in page
+    child = re.search(r'<details id="span-00000000000000ab".*?</details>', page, re.DOTALL)
+    assert child is not None and 'class="span error flag"' in child.group(0)
+    events = child.group(0).split("<h4>Events</h4>", 1)[1]
+    # the flag evaluation event first, tagged, at its offset; then the exception with its type
+    evaluation, exception = events.split('<p class="event">')[1:3]
+    assert "feature_flag.evaluation" in evaluation and "⚑ flag evaluation" in evaluation
+    assert re.search(r"at \+6\.00\d ms", evaluation)  # (float seconds since the epoch)
+    assert "exception" in exception and "TimeoutError" in exception
+    assert "payments took longer than 800 ms" in exception
+    assert re.search(r"at \+805\.00\d ms", exception)
 
 
 def test_a_huge_trace_is_shown_up_to_the_limit_with_values_cut(ui):

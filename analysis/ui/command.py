@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 DEFAULT_ENDPOINT = "127.0.0.1:4320"
 DESCRIPTION = (
     "Serve a read-only web view of the lake: every flag with its verdict, a flag's full "
-    "comparison for a window you pick with its verdict over time, and the example traces "
-    "behind a route down to their waterfall. Pages are rendered on the server (no "
+    "comparison for a window you pick with its verdict over time, the example traces "
+    "behind a route down to their waterfall, and what is different about a regressed "
+    "route's failed or slow requests (which attribute values they share). Pages are "
+    "rendered on the server (no "
     "JavaScript) and fetch nothing from elsewhere. It listens on loopback unless told "
     "otherwise; on any other address it asks for the collector's auth_token. Stops on "
     "SIGTERM or Ctrl-C."
