@@ -653,21 +653,29 @@ class LabelledRequests:
 
     def latency_histogram(self, bins: int = 40) -> tuple[list[float], dict[str, list[int]]]:
         """Log-spaced latency bins over both cohorts: (bin edges in ms, counts per cohort)."""
-        low, high = self._con.execute(
-            "SELECT min(duration_ms) FILTER (WHERE duration_ms > 0), max(duration_ms) "
-            "FROM fs_requests"
-        ).fetchall()[0]
-        if low is None or high is None or high <= low:
-            return [], {}
-        ratio = (high / low) ** (1 / bins)
-        edges = [low * ratio**i for i in range(bins + 1)]
-        rows = self._con.execute(
-            f"SELECT {cohort_name()} AS cohort, least(greatest(floor(ln(greatest("
-            "duration_ms, $low) / $low) / ln($ratio)), 0), $last)::INTEGER AS bin, count(*) "
-            "FROM fs_requests GROUP BY ALL",
-            {"low": low, "ratio": ratio, "last": bins - 1},
-        ).fetchall()
-        counts: dict[str, list[int]] = {}
-        for cohort, index, n in rows:
-            counts.setdefault(cohort, [0] * bins)[index] += int(n)
-        return edges, counts
+        return latency_histogram(self._con, "fs_requests", "duration_ms", "1", "cohort", bins)
+
+
+def latency_histogram(
+    con: duckdb.DuckDBPyConnection, source: str, latency: str, weight: str, cohort: str, bins: int
+) -> tuple[list[float], dict[str, list[int]]]:
+    """`bins` log-spaced latency bins between the least positive and the largest `latency`
+    of `source` (SQL: a relation): their edges in ms, and per cohort the sum of `weight`
+    (1 for requests) in each."""
+    low, high = con.execute(
+        f"SELECT min({latency}) FILTER (WHERE {latency} > 0), max({latency}) FROM {source}"
+    ).fetchall()[0]
+    if low is None or high is None or high <= low:
+        return [], {}
+    ratio = (high / low) ** (1 / bins)
+    edges = [low * ratio**i for i in range(bins + 1)]
+    rows = con.execute(
+        f"SELECT {cohort_name(cohort)} AS cohort, least(greatest(floor(ln(greatest("
+        f"{latency}, $low) / $low) / ln($ratio)), 0), $last)::INTEGER AS bin, sum({weight}) "
+        f"FROM {source} GROUP BY ALL",
+        {"low": low, "ratio": ratio, "last": bins - 1},
+    ).fetchall()
+    counts: dict[str, list[int]] = {}
+    for name, index, n in rows:
+        counts.setdefault(name, [0] * bins)[index] += int(n)
+    return edges, counts

@@ -2,8 +2,9 @@
 
 For N events (default 10 M; the lake comes from bench/make_lake.py through the same cache
 as bench/analysis.py, bench/out/lakes), a real `flagscope ui` process on loopback port 0
-is asked, page after page (the flags page, the flag under study, its regressed route's
-example traces, one of their traces), over a window that covers the lake:
+is asked, page after page (the flags page, the flag under study, what is different about
+its regressed route, that route's example traces, one of their traces), over a window that
+covers the lake:
 
   first     the first answer (the server's cache empty: it waits up to 1.5 s for its
             answers, then says "computing" and lets the page refresh itself)
@@ -95,6 +96,13 @@ def main(argv: list[str] | None = None) -> None:
                 results.append({"page": name, **measure(ui.url, path, args.rounds)})
                 print(f"  {name}: done", flush=True)
             flag_page = str(results[-1]["text"])
+            different = re.search(
+                r'href="(/different/[^"]+route=POST\+%2Fcheckout[^"]*)"', flag_page
+            )
+            assert different, "the flag page links POST /checkout's what is different"
+            results.append(
+                {"page": "different", **measure(ui.url, html.unescape(different[1]), args.rounds)}
+            )
             examples = re.search(r'href="(/examples/[^"]+route=POST\+%2Fcheckout[^"]*)"', flag_page)
             assert examples, "the flag page links POST /checkout's example traces"
             results.append(

@@ -26,6 +26,7 @@ from flagscope.analysis.cohorts import (
     Exclusions,
     UnitSums,
     cohort_name,
+    latency_histogram,
     quantile_grid,
     unit_sums_from_tables,
 )
@@ -249,27 +250,10 @@ class MergedRequests:
             )
         return out
 
-    def latency_histogram(self, count: int = 40) -> tuple[list[float], dict[str, list[int]]]:
+    def latency_histogram(self, bins: int = 40) -> tuple[list[float], dict[str, list[int]]]:
         """`cohorts.LabelledRequests.latency_histogram` over the binned latencies."""
-        con = self._con
-        low, high = con.execute(
-            "SELECT min(v.value) FILTER (WHERE v.value > 0), max(v.value) "
-            "FROM inc_requests r JOIN inc_values v USING (bin)"
-        ).fetchall()[0]
-        if low is None or high is None or high <= low:
-            return [], {}
-        ratio = (high / low) ** (1 / count)
-        edges = [low * ratio**i for i in range(count + 1)]
-        rows = con.execute(
-            f"SELECT {cohort_name('r.cohort')}, least(greatest(floor(ln(greatest(v.value, $low) "
-            "/ $low) / ln($ratio)), 0), $last)::INTEGER AS b, sum(r.n) "
-            "FROM inc_requests r JOIN inc_values v USING (bin) GROUP BY ALL",
-            {"low": low, "ratio": ratio, "last": count - 1},
-        ).fetchall()
-        counts: dict[str, list[int]] = {}
-        for cohort, index, n in rows:
-            counts.setdefault(cohort, [0] * count)[index] += int(n)
-        return edges, counts
+        source = "inc_requests r JOIN inc_values v USING (bin)"
+        return latency_histogram(self._con, source, "v.value", "r.n", "r.cohort", bins)
 
 
 def _floor(moment: datetime, step: timedelta) -> datetime:
