@@ -44,9 +44,10 @@ from flagscope.collector.lake_writer import clear_seen, run_worker
 from flagscope.collector.malloc import tune_malloc
 from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.receiver import Receiver
-from flagscope.collector.wal import WalWriter, list_segments, reserve_seq
+from flagscope.collector.wal import WalWriter, last_seq_recorded_at, list_segments, reserve_seq
 
 log = logging.getLogger("flagscope.collector")
+SEQ_CLOCK_SLACK_S = 60.0
 
 DRAIN_TIMEOUT_S = 300.0
 WORKER_START_TIMEOUT_S = 30.0
@@ -131,7 +132,11 @@ class Collector:
         s.lake_path.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_data_dir(s.data_dir)
         claim(s.lake_path, s.writer, identity(Path(s.data_dir)))
-        reserve_seq(s.wal_path, highest_seq(s.lake_path, s.writer))
+        # a WAL that knows when it last numbered a segment: only partitions changed since
+        # then can hold a later one (a minute's slack for the clocks of a shared lake)
+        recorded = last_seq_recorded_at(s.wal_path)
+        since = None if recorded is None else recorded - SEQ_CLOCK_SLACK_S
+        reserve_seq(s.wal_path, highest_seq(s.lake_path, s.writer, since))
         remove_stale_temporaries(s.lake_path, s.writer)
         self.wal.start()
         clear_seen(s.wal_path)

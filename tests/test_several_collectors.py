@@ -6,6 +6,7 @@ a file name its id already has in the lake."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -133,3 +134,36 @@ def test_a_wiped_data_directory_never_reuses_a_file_name_of_its_writer_id(
     send(collector, [after], 3)  # the same hour: a reused segment number would overwrite
     assert collector.terminate() == 0
     assert raw_counts(lake) == {before.hex(): 3, after.hex(): 3}
+
+
+# -- numbering after a restart (issue 12: start-up must not list every file of the lake) ------
+def test_after_a_restart_only_partitions_changed_since_the_last_number_are_listed(
+    tmp_path: Path,
+) -> None:
+    from flagscope.collector.lake.claims import highest_seq
+    from flagscope.collector.wal import last_seq_recorded_at, next_seq, read_last_seq, reserve_seq
+
+    lake = tmp_path / "lake"
+    old = lake / "date=2026-11-01" / "hour=03"
+    new = lake / "date=2026-11-20" / "hour=10"
+    for partition, seq in ((old, 7), (new, 41)):
+        partition.mkdir(parents=True)
+        (partition / f"w1-{seq:012d}-000.parquet").write_bytes(b"")
+    long_ago = time.time() - 30 * 86400
+    os.utime(old, (long_ago, long_ago))
+    assert highest_seq(lake, "w1") == 41  # everything listed
+    assert highest_seq(lake, "w1", changed_since=time.time() - 3600) == 41
+    # a partition untouched since the WAL's record is not listed (it holds no later file)
+    (new / "w1-000000000041-000.parquet").unlink()
+    os.utime(new, (long_ago, long_ago))
+    assert highest_seq(lake, "w1", changed_since=time.time() - 3600) == 0
+    assert highest_seq(lake, "w1") == 7
+
+    wal = tmp_path / "wal"
+    assert last_seq_recorded_at(wal) is None  # a new data directory: the whole lake is read
+    reserve_seq(wal, 41)
+    assert next_seq(wal) == 42 and read_last_seq(wal) == 41
+    recorded = last_seq_recorded_at(wal)
+    assert recorded is not None and abs(recorded - time.time()) < 60
+    (wal / "last-seq").write_text("17")  # as written before the time was recorded
+    assert read_last_seq(wal) == 17 and last_seq_recorded_at(wal) is None

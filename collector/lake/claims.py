@@ -11,18 +11,20 @@ segments at 1 again and overwrite its own files of the current hour. So:
   no engine reading the lake lists it), created exclusively: a second collector with the
   same id is refused at start with the fix;
 - a collector starting with an empty WAL numbers its segments above the highest one of
-  its id already in the lake.
+  its id already in the lake (after a normal stop, found in the partitions changed since
+  its WAL last recorded a segment number; for a new or wiped data directory, in all).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from flagscope.collector.errors import ConfigError
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
-from flagscope.collector.lake.layout import GLOB, covered_seq
+from flagscope.collector.lake.layout import GLOB, covered_seq, partitions
 
 CLAIMS = ".writers"
 IDENTITY = "collector-id"
@@ -70,7 +72,28 @@ def claim(lake: Path, writer: str, owner: str) -> None:
     fsync_dir(claims)
 
 
-def highest_seq(lake: Path, writer: str) -> int:
-    """The highest WAL segment number that `writer`'s files in the lake hold data of."""
-    seqs = (covered_seq(path.stem, writer) for path in lake.glob(GLOB))
+def highest_seq(lake: Path, writer: str, changed_since: float | None = None) -> int:
+    """The highest WAL segment number that `writer`'s files in the lake hold data of.
+
+    With `changed_since` (seconds since the epoch) only the hour partitions whose directory
+    changed since then are listed, not the whole lake: a lake file is created or renamed
+    into its partition, which sets the directory's time, so a partition unchanged since
+    then holds no file of a segment numbered after it."""
+    if changed_since is None:
+        paths: Iterable[Path] = lake.glob(GLOB)
+    else:
+        paths = (
+            path
+            for partition in partitions(lake)
+            if _changed(partition) >= changed_since
+            for path in partition.glob("*.parquet")
+        )
+    seqs = (covered_seq(path.stem, writer) for path in paths)
     return max((seq for seq in seqs if seq is not None), default=0)
+
+
+def _changed(directory: Path) -> float:
+    try:
+        return directory.stat().st_mtime
+    except FileNotFoundError:  # expired meanwhile
+        return 0.0
