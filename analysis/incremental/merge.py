@@ -84,7 +84,7 @@ class MergedRequests:
             f"'{_floor(s.piece.start, HOUR)}'::TIMESTAMP AS bucket FROM {s.cells} c"
             for s in sources
         )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE inc_cells AS {_union(cells)}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW inc_cells AS {_union(cells)}")
         strata = _union(f"SELECT * FROM {s.strata}" for s in sources)
         con.execute(f"CREATE OR REPLACE TEMP TABLE inc_strata AS SELECT DISTINCT * FROM ({strata})")
         firsts = _union([*(f"SELECT * FROM {s.firsts}" for s in sources), *slack_firsts])
@@ -167,20 +167,21 @@ class MergedRequests:
         con.unregister("inc_quantiles_arrow")
         self._cuts(groups, keys, grid)
         ks = range(len(QUANTILES))
+        # CASE sums: about half the time of as many FILTERed ones
         below = ", ".join(
-            f"coalesce(sum(r.n) FILTER (WHERE r.bin < c.cb{k}), 0) "
-            f"+ coalesce(sum(r.n * c.cf{k}) FILTER (WHERE r.bin = c.cb{k}), 0) AS b{k}, "
-            f"coalesce(sum(r.n) FILTER (WHERE r.edge AND r.bin < c.ocb{k}), 0) "
-            f"+ coalesce(sum(r.n * c.ocf{k}) FILTER (WHERE r.edge AND r.bin = c.ocb{k}), 0) AS o{k}"
+            f"sum(CASE WHEN r.bin < c.cb{k} THEN r.n WHEN r.bin = c.cb{k} THEN r.n * c.cf{k} "
+            f"ELSE 0 END) AS b{k}, "
+            f"sum(CASE WHEN NOT r.edge THEN 0 WHEN r.bin < c.ocb{k} THEN r.n "
+            f"WHEN r.bin = c.ocb{k} THEN r.n * c.ocf{k} ELSE 0 END) AS o{k}"
             for k in ks
         )
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE fs_per_unit AS
             SELECT r.cohort, r.stratum, r.unit, sum(r.n)::BIGINT AS req,
                    sum(r.err)::BIGINT AS err, sum(r.lat) AS lat,
-                   coalesce(sum(r.n) FILTER (WHERE r.edge), 0)::BIGINT AS ereq,
-                   coalesce(sum(r.err) FILTER (WHERE r.edge), 0)::BIGINT AS eerr,
-                   coalesce(sum(r.lat) FILTER (WHERE r.edge), 0) AS elat, {below}
+                   sum(CASE WHEN r.edge THEN r.n ELSE 0 END)::BIGINT AS ereq,
+                   sum(CASE WHEN r.edge THEN r.err ELSE 0 END)::BIGINT AS eerr,
+                   sum(CASE WHEN r.edge THEN r.lat ELSE 0 END) AS elat, {below}
             FROM inc_requests r JOIN inc_cuts c USING (cohort, stratum)
             GROUP BY ALL""")
         return unit_sums_from_tables(con, self._query)
