@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import multiprocessing
 import os
 import re
@@ -38,7 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from bench.machine import machine
+from bench.machine import machine, write_figures
 from bench.payload import trace_request
 
 SPANS = 256
@@ -179,10 +178,7 @@ def main() -> int:
         "maintenance_rounds_with_merges": merges,
         "load_average_1m": os.getloadavg()[0],
     }
-    out = Path(__file__).resolve().parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "freshness.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    write_figures("freshness", figures)
     subprocess.run(["rm", "-rf", str(data_dir)], check=False)
     return 0
 

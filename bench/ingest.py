@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import multiprocessing
 import os
 import re
@@ -36,7 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from bench.machine import machine
+from bench.machine import machine, write_figures
 from bench.payload import trace_request
 
 SPANS_PER_REQUEST = 512
@@ -187,10 +186,7 @@ def main() -> int:
         "peak_rss_mib_per_process": {k: round(v / 2**20) for k, v in peak_each.items()},
         "raw_protobuf_parse_spans_per_s_one_core": round(parse_rate(payloads[0])),
     }
-    out = Path(__file__).resolve().parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "ingest.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    write_figures("ingest", figures)
     subprocess.run(["rm", "-rf", str(data_dir)], check=False)
     return 0
 

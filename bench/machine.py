@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psutil
@@ -27,3 +29,13 @@ def machine() -> dict[str, str]:
         "duckdb": duckdb.__version__,
         "platform": platform.platform(),
     }
+
+
+def write_figures(name: str, figures: dict[str, Any]) -> Path:
+    """Print `figures` and keep them in bench/out/<name>.json (git-ignored)."""
+    out = Path(__file__).resolve().parent / "out"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    return path

@@ -355,3 +355,16 @@ def parse_config_text(text: str, where: Path) -> Any:
     import tomllib
 
     return parse_config(tomllib.loads(text), str(where / "flagscope.toml"), env={})
+
+
+def test_hours_before_the_window_and_its_slack_are_forgotten(lake: Path, tmp_path: Path) -> None:
+    store = tmp_path / "summaries"
+    _pair(lake, _options(DAY, DAY + timedelta(hours=HOURS)), store)
+    flag_dir = next((store / "v1" / "flags").iterdir())
+    assert sorted(d.name for d in flag_dir.iterdir()) == [f"20261120T{h:02d}" for h in range(6)]
+    later = _options(DAY + timedelta(hours=3), DAY + timedelta(hours=HOURS))
+    full, merged, stage = _pair(lake, later, store)
+    assert_same(full, merged)
+    assert (stage.counts.computed, stage.counts.reused) == (0, 3)
+    # 02:00 stays: the hour before the window names users' first variants
+    assert sorted(d.name for d in flag_dir.iterdir()) == [f"20261120T{h:02d}" for h in range(2, 6)]

@@ -74,6 +74,11 @@ def after_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLAGSCOPE_", "OTEL_"))}
     done = run_in(here, env, [sys.executable, str(ROOT / "sample_data" / "demo.py")])
     assert done.returncode == 0, done.stdout + done.stderr
+    # the demo ends on the page to open (issue 13): the UI's command and its address
+    last = done.stdout.strip().splitlines()[-3:]
+    assert last[0].startswith("Look at it in a browser") and "make demo UI=1" in last[0]
+    assert last[1].strip().startswith(".venv/bin/flagscope ui ")
+    assert last[2].strip() == "then open http://127.0.0.1:4320/"
     exports = "\n".join(EXPORTS)
     shown = subprocess.run(
         ["bash", "-c", f"{exports}\nenv -0"], cwd=here, env=env, capture_output=True, check=True

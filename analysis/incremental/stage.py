@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,7 +33,7 @@ from flagscope.analysis.cohorts import (
 )
 from flagscope.analysis.incremental import summarize
 from flagscope.analysis.incremental.merge import MergedRequests, Source
-from flagscope.analysis.incremental.plan import HOUR, Piece, pieces, whole_hours
+from flagscope.analysis.incremental.plan import HOUR, Piece, floor_hour, pieces, whole_hours
 from flagscope.analysis.incremental.store import RowCounts, Store, fingerprint, safe_name
 from flagscope.collector.lake.layout import partitions
 from flagscope.collector.lake.narrow_views import partition_hour
@@ -201,8 +202,24 @@ class IncrementalEvaluations:
         slack = self._slack_firsts(pair)
         testers = self._testers()
         self._rows.save()
+        self._prune(floor_hour(self._window[0] - SLACK))
         log.info("incremental %s over %d pieces: %s", q.flag, len(sources), self._stage.counts)
         return MergedRequests(self._con, q, sources, slack, testers)
+
+    def _prune(self, before: datetime) -> None:
+        """Forget the flag's hours before `before`: later runs' windows start later (one
+        report per flag), so the store stays about one window long."""
+        try:
+            kept = list(self._flag_dir.iterdir())
+        except FileNotFoundError:
+            return
+        for entry in kept:
+            try:
+                hour = datetime.strptime(entry.name, "%Y%m%dT%H")
+            except ValueError:
+                continue  # not an hour's (a staging directory is replaced by its writer)
+            if hour < before:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _slack_firsts(self, pair: tuple[str, str]) -> list[str]:
         """The evaluations in the hour before and after the window (`cohorts.SLACK`), which
