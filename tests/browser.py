@@ -380,3 +380,18 @@ class DevTools:
         )  # fmt: skip
         png.write_bytes(base64.b64decode(shot["data"]))
         return png
+
+
+# Every <text> of every chart whose box leaves its <svg>'s box, as Chromium lays them out.
+OUTSIDE_SVG = """(() => {
+  const charts = [...document.querySelectorAll('svg.chart')];
+  const out = charts.flatMap(svg => {
+    const box = svg.getBoundingClientRect();
+    return [...svg.querySelectorAll('text')].filter(t => {
+      const b = t.getBoundingClientRect();
+      return b.left < box.left - 0.5 || b.right > box.right + 0.5
+        || b.top < box.top - 0.5 || b.bottom > box.bottom + 0.5;
+    }).map(t => svg.dataset.chart + ': ' + t.textContent);
+  });
+  return {charts: charts.length, texts: document.querySelectorAll('svg text').length, out};
+})()"""

@@ -219,21 +219,6 @@ def test_the_browser_check_catches_console_errors_and_refused_loads(tmp_path):
     assert "violates the following Content Security Policy" in errors  # the blocked image
 
 
-# Every <text> of every chart whose box leaves its <svg>'s box, as Chromium lays them out.
-OUTSIDE_SVG = """(() => {
-  const charts = [...document.querySelectorAll('svg.chart')];
-  const out = charts.flatMap(svg => {
-    const box = svg.getBoundingClientRect();
-    return [...svg.querySelectorAll('text')].filter(t => {
-      const b = t.getBoundingClientRect();
-      return b.left < box.left - 0.5 || b.right > box.right + 0.5
-        || b.top < box.top - 0.5 || b.bottom > box.bottom + 0.5;
-    }).map(t => svg.dataset.chart + ': ' + t.textContent);
-  });
-  return {charts: charts.length, texts: document.querySelectorAll('svg text').length, out};
-})()"""
-
-
 def _widest(r: DiffResult) -> DiffResult:
     """The report with what ran a newcomer's p95 label out of the plot: p95 changes in the
     hundreds of percent, a route name longer than the label column, a long variant name."""
@@ -267,7 +252,7 @@ def test_every_chart_label_is_inside_its_svg_in_chromium(report, tmp_path, case)
             await tab.open(page.as_uri())
             for width in (1366, 800):
                 await tab.resize(width, 900)
-                found[width] = await tab.evaluate(OUTSIDE_SVG)
+                found[width] = await tab.evaluate(browser.OUTSIDE_SVG)
                 await tab.screenshot(tmp_path / f"{case}-{width}.png")
         return found
 

@@ -43,12 +43,18 @@ async def _settle(tab: browser.DevTools) -> None:
     raise AssertionError(f"{tab.url} is still computing after a minute")
 
 
+# chart text that Chromium lays out beyond its <svg>, per page and width (must stay empty)
+OUTSIDE: dict[str, list[str]] = {}
+
+
 async def _shoot(tab: browser.DevTools, name: str, out: Path) -> dict[int, Path]:
     shots = {}
     for width in WIDTHS:
         await tab.resize(width, 900)
         shots[width] = await tab.screenshot(out / f"{name}-{width}.png", 0, 900)
         await tab.screenshot(out / f"{name}-{width}-full.png")
+        found = await tab.evaluate(browser.OUTSIDE_SVG)
+        OUTSIDE[f"{name} at {width} px ({found['charts']} charts)"] = found["out"]
     await tab.resize(WIDTHS[0], 900)
     return shots
 
@@ -85,6 +91,10 @@ def test_click_from_the_flags_to_a_regressed_routes_trace_waterfall(ui, tmp_path
     assert "route=POST+%2Fcheckout" in visited[1]
     assert "/trace/" in visited[2]
     assert tab.errors == [] and tab.console == []  # no script: not a single message
+    # every label of the UI's charts (verdicts and estimates over time, shares, the
+    # waterfall) inside its chart at both widths
+    assert all(out == [] for out in OUTSIDE.values()), OUTSIDE
+    assert any("flag at 800 px" in k and "(0 charts)" not in k for k in OUTSIDE), OUTSIDE
     origin = ui.url.rstrip("/")
     assert tab.requests and all(u.startswith(origin + "/") for u in tab.requests), tab.requests
     for name, by_width in shots.items():
