@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flagscope.collector import wal
+from flagscope.collector.lake import maintain
 from flagscope.collector.lake.layout import GLOB, TEMPORARY_GLOB, has_files, partitions, temporary
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.read import connect
@@ -201,6 +202,19 @@ def test_compaction_groups_files_up_to_the_target_rows(tmp_path):
         "compact-w-000000000004-000000000005.parquet",
     ]
     assert glob_count(tmp_path) == 150
+
+
+def test_compaction_writes_whole_row_groups(tmp_path, monkeypatch):
+    # 12 files of 30 rows with row groups of 100: 100, 100, 100 and the 60 left over, in
+    # the rows' order, not the inputs' 12 groups of 30
+    monkeypatch.setattr(maintain, "ROW_GROUP_ROWS", 100)
+    _small_files(tmp_path, "w", range(1, 13), rows=30)
+    before = query(tmp_path, "select event_id from events_raw order by 1")
+    assert compact(tmp_path, min_files=2, target_rows=1000, writer="w") == 1
+    (merged,) = (tmp_path / "date=2024-05-01/hour=10").glob("compact-*.parquet")
+    meta = pq.ParquetFile(merged).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [100, 100, 100, 60]
+    assert query(tmp_path, "select event_id from events_raw order by 1") == before
 
 
 def test_compaction_waits_for_min_files(tmp_path):
