@@ -17,6 +17,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from errno import EADDRINUSE
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.synchronize import Event
@@ -38,7 +39,13 @@ from flagscope.collector.decode_pool import DecodePool
 from flagscope.collector.errors import ConfigError
 from flagscope.collector.grpc_server import GrpcFrontEnd
 from flagscope.collector.http_server import HttpFrontEnd
-from flagscope.collector.lake.claims import claim, highest_seq, identity
+from flagscope.collector.lake.claims import (
+    claim,
+    highest_seq,
+    identity,
+    last_start,
+    record_start,
+)
 from flagscope.collector.lake.write import remove_stale_temporaries
 from flagscope.collector.lake_writer import clear_seen, run_worker
 from flagscope.collector.malloc import tune_malloc
@@ -137,7 +144,12 @@ class Collector:
         recorded = last_seq_recorded_at(s.wal_path)
         since = None if recorded is None else recorded - SEQ_CLOCK_SLACK_S
         reserve_seq(s.wal_path, highest_seq(s.lake_path, s.writer, since))
-        remove_stale_temporaries(s.lake_path, s.writer)
+        # a crash's temporary files were made after the run it ended started, in partitions
+        # changed since (the start is recorded once this clean-up has been done)
+        started, previous = time.time(), last_start(Path(s.data_dir))
+        since = None if previous is None else previous - SEQ_CLOCK_SLACK_S
+        remove_stale_temporaries(s.lake_path, s.writer, since)
+        record_start(Path(s.data_dir), started)
         self.wal.start()
         clear_seen(s.wal_path)
         self._start_workers()

@@ -167,3 +167,30 @@ def test_after_a_restart_only_partitions_changed_since_the_last_number_are_liste
     assert recorded is not None and abs(recorded - time.time()) < 60
     (wal / "last-seq").write_text("17")  # as written before the time was recorded
     assert read_last_seq(wal) == 17 and last_seq_recorded_at(wal) is None
+
+
+def test_after_a_restart_only_partitions_changed_since_the_last_start_are_cleaned(
+    tmp_path: Path,
+) -> None:
+    from flagscope.collector.lake.claims import last_start, record_start
+    from flagscope.collector.lake.write import remove_stale_temporaries
+
+    lake = tmp_path / "lake"
+    old = lake / "date=2026-11-01" / "hour=03"
+    new = lake / "date=2026-11-20" / "hour=10"
+    for partition in (old, new):
+        partition.mkdir(parents=True)
+        (partition / ".w1-000000000007-000.parquet.tmp").write_bytes(b"torn")
+    long_ago = time.time() - 30 * 86400
+    os.utime(old, (long_ago, long_ago))
+    # since the last start: only the partition a run since then wrote in is looked in
+    assert remove_stale_temporaries(lake, "w1", changed_since=time.time() - 3600) == 1
+    assert [p.name for p in new.iterdir()] == []
+    assert remove_stale_temporaries(lake, "w1") == 1  # no start known: the whole lake
+    assert [p.name for p in old.iterdir()] == []
+
+    data = tmp_path / "data"
+    data.mkdir()
+    assert last_start(data) is None
+    record_start(data, 1_764_000_000.5)
+    assert last_start(data) == 1_764_000_000.5

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from flagscope.collector.errors import ConfigError
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
-from flagscope.collector.lake.layout import GLOB, covered_seq, partitions
+from flagscope.collector.lake.layout import GLOB, changed_at, covered_seq, partitions
 
 CLAIMS = ".writers"
 IDENTITY = "collector-id"
+LAST_START = "last-start"  # when the collector of this data directory last started
 
 
 def identity(data_dir: Path) -> str:
@@ -85,15 +86,21 @@ def highest_seq(lake: Path, writer: str, changed_since: float | None = None) -> 
         paths = (
             path
             for partition in partitions(lake)
-            if _changed(partition) >= changed_since
+            if changed_at(partition) >= changed_since
             for path in partition.glob("*.parquet")
         )
     seqs = (covered_seq(path.stem, writer) for path in paths)
     return max((seq for seq in seqs if seq is not None), default=0)
 
 
-def _changed(directory: Path) -> float:
+def last_start(data_dir: Path) -> float | None:
+    """When this data directory's collector last started and finished its start-up clean-up
+    (seconds since the epoch), or None if unknown."""
     try:
-        return directory.stat().st_mtime
-    except FileNotFoundError:  # expired meanwhile
-        return 0.0
+        return float((data_dir / LAST_START).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def record_start(data_dir: Path, started: float) -> None:
+    write_atomically(data_dir / LAST_START, lambda handle: handle.write(f"{started:.3f}".encode()))

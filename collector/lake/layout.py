@@ -54,5 +54,14 @@ def partitions(lake: Path) -> list[Path]:
     return sorted(p for d in lake.glob("date=*") for p in d.glob("hour=*") if p.is_dir())
 
 
+def changed_at(directory: Path) -> float:
+    """When a file was last created, renamed or removed in `directory` (0 if it is gone):
+    a partition unchanged since a moment holds no file made after it."""
+    try:
+        return directory.stat().st_mtime
+    except FileNotFoundError:  # expired meanwhile
+        return 0.0
+
+
 def has_files(lake: Path) -> bool:
     return any(lake.glob(GLOB)) if lake.exists() else False

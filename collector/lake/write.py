@@ -14,8 +14,10 @@ from flagscope.collector.lake.durable import publish
 from flagscope.collector.lake.layout import (
     HOUR_NS,
     TEMPORARY_GLOB,
+    changed_at,
     covered_seq,
     partition_of,
+    partitions,
     published,
     temporary,
 )
@@ -102,19 +104,30 @@ def write_table(lake: Path, table: pa.Table, name: str) -> list[Path]:
     return writer.close()
 
 
-def remove_stale_temporaries(lake: Path, writer: str) -> int:
+def remove_stale_temporaries(lake: Path, writer: str, changed_since: float | None = None) -> int:
     """Delete this writer's temporary files left by a crash (never visible to readers):
     lake files', their narrow companions', and the `<name>.parquet.tmp` ones of versions
-    before issue 12."""
+    before issue 12. With `changed_since` (seconds since the epoch: when the previous run
+    started) only the hour partitions whose directory changed since then are looked in —
+    creating a temporary file there set that time — not the whole lake."""
     removed = 0
     if not lake.exists():
         return 0
-    found = [(path, published(path)) for path in lake.glob(TEMPORARY_GLOB)]
-    found += [(path, path.with_suffix("")) for path in lake.glob("**/[!.]*.parquet.tmp")]
-    for path in lake.glob(f"**/.{COMPANION_GLOB}.tmp"):
-        wide = wide_file_of(published(path))
-        if wide is not None:
-            found.append((path, wide))
+    if changed_since is None:
+        places, deep = [lake], "**/"
+    else:
+        places, deep = [p for p in partitions(lake) if changed_at(p) >= changed_since], ""
+    found: list[tuple[Path, Path]] = []
+    for place in places:
+        found += [
+            (path, published(path))
+            for path in place.glob(deep + TEMPORARY_GLOB.removeprefix("**/"))
+        ]
+        found += [(path, path.with_suffix("")) for path in place.glob(f"{deep}[!.]*.parquet.tmp")]
+        for path in place.glob(f"{deep}.{COMPANION_GLOB}.tmp"):
+            wide = wide_file_of(published(path))
+            if wide is not None:
+                found.append((path, wide))
     for path, final in found:
         if covered_seq(final.name[: -len(".parquet")], writer) is not None:
             path.unlink(missing_ok=True)
