@@ -137,6 +137,20 @@ def test_a_wiped_data_directory_never_reuses_a_file_name_of_its_writer_id(
 
 
 # -- numbering after a restart (issue 12: start-up must not list every file of the lake) ------
+LONG_AGO = time.time() - 30 * 86400
+
+
+def _old_and_new_partitions(lake: Path, in_old: str, in_new: str) -> tuple[Path, Path]:
+    """Two hour partitions with a file each: one unchanged for a month, one just written."""
+    old = lake / "date=2026-11-01" / "hour=03"
+    new = lake / "date=2026-11-20" / "hour=10"
+    for partition, name in ((old, in_old), (new, in_new)):
+        partition.mkdir(parents=True)
+        (partition / name).write_bytes(b"")
+    os.utime(old, (LONG_AGO, LONG_AGO))
+    return old, new
+
+
 def test_after_a_restart_only_partitions_changed_since_the_last_number_are_listed(
     tmp_path: Path,
 ) -> None:
@@ -144,18 +158,14 @@ def test_after_a_restart_only_partitions_changed_since_the_last_number_are_liste
     from flagscope.collector.wal import last_seq_recorded_at, next_seq, read_last_seq, reserve_seq
 
     lake = tmp_path / "lake"
-    old = lake / "date=2026-11-01" / "hour=03"
-    new = lake / "date=2026-11-20" / "hour=10"
-    for partition, seq in ((old, 7), (new, 41)):
-        partition.mkdir(parents=True)
-        (partition / f"w1-{seq:012d}-000.parquet").write_bytes(b"")
-    long_ago = time.time() - 30 * 86400
-    os.utime(old, (long_ago, long_ago))
+    _, new = _old_and_new_partitions(
+        lake, "w1-000000000007-000.parquet", "w1-000000000041-000.parquet"
+    )
     assert highest_seq(lake, "w1") == 41  # everything listed
     assert highest_seq(lake, "w1", changed_since=time.time() - 3600) == 41
     # a partition untouched since the WAL's record is not listed (it holds no later file)
     (new / "w1-000000000041-000.parquet").unlink()
-    os.utime(new, (long_ago, long_ago))
+    os.utime(new, (LONG_AGO, LONG_AGO))
     assert highest_seq(lake, "w1", changed_since=time.time() - 3600) == 0
     assert highest_seq(lake, "w1") == 7
 
@@ -175,14 +185,9 @@ def test_after_a_restart_only_partitions_changed_since_the_last_start_are_cleane
     from flagscope.collector.lake.claims import last_start, record_start
     from flagscope.collector.lake.write import remove_stale_temporaries
 
+    torn = ".w1-000000000007-000.parquet.tmp"
+    old, new = _old_and_new_partitions(tmp_path / "lake", torn, torn)
     lake = tmp_path / "lake"
-    old = lake / "date=2026-11-01" / "hour=03"
-    new = lake / "date=2026-11-20" / "hour=10"
-    for partition in (old, new):
-        partition.mkdir(parents=True)
-        (partition / ".w1-000000000007-000.parquet.tmp").write_bytes(b"torn")
-    long_ago = time.time() - 30 * 86400
-    os.utime(old, (long_ago, long_ago))
     # since the last start: only the partition a run since then wrote in is looked in
     assert remove_stale_temporaries(lake, "w1", changed_since=time.time() - 3600) == 1
     assert [p.name for p in new.iterdir()] == []
