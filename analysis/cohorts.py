@@ -373,12 +373,7 @@ class Evaluations:
         # The overall numbers count what the end user experienced: one request per trace,
         # its edge (the root entry span, else the earliest); a service or route filter
         # asks for that service's own entry spans, every one of them.
-        edge = (
-            "true"
-            if q.service is not None or q.route is not None
-            else "coalesce(span_key = first_value(span_key) OVER (PARTITION BY trace_key "
-            "ORDER BY NOT root, time, span_key), root)"
-        )
+        edge = "true" if q.service is not None or q.route is not None else edge_sql()
         con.execute(
             "CREATE OR REPLACE TEMP TABLE fs_requests AS "
             "SELECT cohort, unit, stratum, service_name, route, time, duration_ms, err, "
@@ -411,6 +406,24 @@ class Evaluations:
         return excluded
 
 
+def edge_sql(among: str | None = None) -> str:
+    """Whether an entry span is its trace's edge request: the root entry span, else the
+    earliest; `among`, a condition, limits the competing spans to those meeting it."""
+    partition = "trace_key" if among is None else f"trace_key, {among}"
+    return (
+        f"coalesce(span_key = first_value(span_key) OVER (PARTITION BY {partition} "
+        "ORDER BY NOT root, time, span_key), root)"
+    )
+
+
+def lake_tables(chosen: str | None = None) -> str:
+    """`narrow` or `wide`: as asked, else `TABLES_ENV`, else narrow."""
+    chosen = chosen or os.environ.get(TABLES_ENV, "").strip() or "narrow"
+    if chosen not in ("narrow", "wide"):
+        raise AnalysisError(f"{TABLES_ENV}={chosen!r}: expected 'narrow' (the default) or 'wide'")
+    return chosen
+
+
 def _tables(
     con: duckdb.DuckDBPyConnection,
     start: datetime,
@@ -420,11 +433,8 @@ def _tables(
 ) -> Tables:
     """The tables asked for; the narrow ones' views defined over the window's hours (the
     evaluations' and test marks' with the slack around it)."""
-    chosen = chosen or os.environ.get(TABLES_ENV, "").strip() or "narrow"
-    if chosen not in ("narrow", "wide"):
-        raise AnalysisError(f"{TABLES_ENV}={chosen!r}: expected 'narrow' (the default) or 'wide'")
     lake = lake_of(con)
-    if chosen == "wide" or lake is None:
+    if lake_tables(chosen) == "wide" or lake is None:
         return WIDE
     narrow_views.define_views(con, lake, (start, end), (start - slack, end + slack))
     return NARROW

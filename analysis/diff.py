@@ -338,7 +338,8 @@ def run_diff(
             lake_dir, lambda session: diff_with(session, options, spark.SparkStage, charts)
         )
     stage: Any = DuckDBStage
-    if summaries is not None:
+    # a CUPED look-back reads each user's past in the lake: no summary holds it
+    if summaries is not None and options.pre_exposure is None:
         from flagscope.analysis.incremental.stage import IncrementalStage
         from flagscope.analysis.incremental.store import Store
 

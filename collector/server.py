@@ -51,10 +51,10 @@ from flagscope.collector.lake_writer import clear_seen, run_worker
 from flagscope.collector.malloc import tune_malloc
 from flagscope.collector.oplog import RateLimitedLog
 from flagscope.collector.receiver import Receiver
-from flagscope.collector.wal import WalWriter, last_seq_recorded_at, list_segments, reserve_seq
+from flagscope.collector.wal import WalWriter, list_segments, next_seq, reserve_seq
 
 log = logging.getLogger("flagscope.collector")
-SEQ_CLOCK_SLACK_S = 60.0
+START_CLOCK_SLACK_S = 60.0
 
 DRAIN_TIMEOUT_S = 300.0
 WORKER_START_TIMEOUT_S = 30.0
@@ -139,15 +139,15 @@ class Collector:
         s.lake_path.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_data_dir(s.data_dir)
         claim(s.lake_path, s.writer, identity(Path(s.data_dir)))
-        # a WAL that knows when it last numbered a segment: only partitions changed since
-        # then can hold a later one (a minute's slack for the clocks of a shared lake)
-        recorded = last_seq_recorded_at(s.wal_path)
-        since = None if recorded is None else recorded - SEQ_CLOCK_SLACK_S
-        reserve_seq(s.wal_path, highest_seq(s.lake_path, s.writer, since))
-        # a crash's temporary files were made after the run it ended started, in partitions
-        # changed since (the start is recorded once this clean-up has been done)
+        # What the previous run wrote — files of later segments, a crash's temporaries —
+        # lies in partitions changed since it started (recorded once its start-up was done;
+        # a minute's slack for the clocks of a shared lake): only those are listed, unless
+        # the WAL has lost its numbering (a new WAL directory: the whole lake is read).
         started, previous = time.time(), last_start(Path(s.data_dir))
-        since = None if previous is None else previous - SEQ_CLOCK_SLACK_S
+        s.wal_path.mkdir(parents=True, exist_ok=True)
+        numbered = next_seq(s.wal_path) > 1
+        since = previous - START_CLOCK_SLACK_S if previous is not None and numbered else None
+        reserve_seq(s.wal_path, highest_seq(s.lake_path, s.writer, since))
         remove_stale_temporaries(s.lake_path, s.writer, since)
         record_start(Path(s.data_dir), started)
         self.wal.start()

@@ -56,18 +56,9 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
 def read_last_seq(directory: Path) -> int:
     """The highest segment number ever opened in `directory` (0 if none was recorded)."""
     try:
-        return int((directory / LAST_SEQ).read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
+        return int((directory / LAST_SEQ).read_text())
+    except (FileNotFoundError, ValueError):
         return 0
-
-
-def last_seq_recorded_at(directory: Path) -> float | None:
-    """When the highest segment number was recorded (seconds since the epoch, as written
-    in the record itself: a restored copy keeps it), or None if it is not known."""
-    try:
-        return float((directory / LAST_SEQ).read_text().split()[1])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
 
 
 def next_seq(directory: Path) -> int:
@@ -86,9 +77,8 @@ def reserve_seq(directory: Path, seq: int) -> None:
 def _record_last_seq(directory: Path, seq: int) -> None:
     # Lake file names derive from segment numbers, so a number must never be reused,
     # even after the lake writers have converted and deleted every segment.
-    record = f"{seq}\n{time.time():.3f}\n".encode()
     try:
-        write_atomically(directory / LAST_SEQ, lambda handle: handle.write(record))
+        write_atomically(directory / LAST_SEQ, lambda handle: handle.write(str(seq).encode()))
     except OSError as exc:
         log.warning("could not record WAL segment number %d in %s: %s", seq, LAST_SEQ, exc)
 

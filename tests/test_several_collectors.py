@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -140,6 +141,25 @@ def test_a_wiped_data_directory_never_reuses_a_file_name_of_its_writer_id(
 LONG_AGO = time.time() - 30 * 86400
 
 
+def test_a_lost_wal_directory_never_reuses_a_file_name_either(
+    tmp_path: Path, start: Callable[..., CollectorProcess]
+) -> None:
+    lake, data_dir = tmp_path / "lake", tmp_path / "data"
+    before, after = bytes(16 * [3]), bytes(16 * [4])
+    collector = start(data_dir, lake, "solo")
+    send(collector, [before], 3)
+    assert collector.terminate() == 0
+    # Only the WAL directory is lost, and the lake's partitions look unchanged since the
+    # recorded start: the numbering must still come from the whole lake.
+    shutil.rmtree(data_dir / "wal")
+    for partition in partitions(lake):
+        os.utime(partition, (LONG_AGO, LONG_AGO))
+    collector = start(data_dir, lake, "solo")
+    send(collector, [after], 3)  # the same hour: a reused segment number would overwrite
+    assert collector.terminate() == 0
+    assert raw_counts(lake) == {before.hex(): 3, after.hex(): 3}
+
+
 def _old_and_new_partitions(lake: Path, in_old: str, in_new: str) -> tuple[Path, Path]:
     """Two hour partitions with a file each: one unchanged for a month, one just written."""
     old = lake / "date=2026-11-01" / "hour=03"
@@ -151,11 +171,10 @@ def _old_and_new_partitions(lake: Path, in_old: str, in_new: str) -> tuple[Path,
     return old, new
 
 
-def test_after_a_restart_only_partitions_changed_since_the_last_number_are_listed(
+def test_after_a_restart_only_partitions_changed_since_the_last_start_are_numbered_from(
     tmp_path: Path,
 ) -> None:
     from flagscope.collector.lake.claims import highest_seq
-    from flagscope.collector.wal import last_seq_recorded_at, next_seq, read_last_seq, reserve_seq
 
     lake = tmp_path / "lake"
     _, new = _old_and_new_partitions(
@@ -163,20 +182,11 @@ def test_after_a_restart_only_partitions_changed_since_the_last_number_are_liste
     )
     assert highest_seq(lake, "w1") == 41  # everything listed
     assert highest_seq(lake, "w1", changed_since=time.time() - 3600) == 41
-    # a partition untouched since the WAL's record is not listed (it holds no later file)
+    # a partition untouched since the previous start is not listed (it holds no later file)
     (new / "w1-000000000041-000.parquet").unlink()
     os.utime(new, (LONG_AGO, LONG_AGO))
     assert highest_seq(lake, "w1", changed_since=time.time() - 3600) == 0
     assert highest_seq(lake, "w1") == 7
-
-    wal = tmp_path / "wal"
-    assert last_seq_recorded_at(wal) is None  # a new data directory: the whole lake is read
-    reserve_seq(wal, 41)
-    assert next_seq(wal) == 42 and read_last_seq(wal) == 41
-    recorded = last_seq_recorded_at(wal)
-    assert recorded is not None and abs(recorded - time.time()) < 60
-    (wal / "last-seq").write_text("17")  # as written before the time was recorded
-    assert read_last_seq(wal) == 17 and last_seq_recorded_at(wal) is None
 
 
 def test_after_a_restart_only_partitions_changed_since_the_last_start_are_cleaned(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -31,7 +31,7 @@ from flagscope.analysis.cohorts import (
     unit_sums_from_tables,
 )
 from flagscope.analysis.incremental import bins
-from flagscope.analysis.incremental.plan import HOUR, Piece
+from flagscope.analysis.incremental.plan import Piece, floor_hour
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,14 @@ class Source:
 
 
 def _union(parts: Iterable[str]) -> str:
-    listed = list(parts)
-    return " UNION ALL ".join(listed)
+    return " UNION ALL ".join(parts)
+
+
+def _table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """A temporary table `name` holding `table` (built in Python)."""
+    con.register(f"{name}_arrow", table)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
+    con.unregister(f"{name}_arrow")
 
 
 _LABELLED_SQL = """
@@ -81,7 +87,7 @@ class MergedRequests:
         self._query = query
         cells = (
             f"SELECT c.*, {s.piece.edge_bit}::UTINYINT AS pos, "
-            f"'{_floor(s.piece.start, HOUR)}'::TIMESTAMP AS bucket FROM {s.cells} c"
+            f"'{floor_hour(s.piece.start)}'::TIMESTAMP AS bucket FROM {s.cells} c"
             for s in sources
         )
         con.execute(f"CREATE OR REPLACE TEMP VIEW inc_cells AS {_union(cells)}")
@@ -110,20 +116,6 @@ class MergedRequests:
             "CREATE OR REPLACE TEMP TABLE inc_requests AS SELECT * FROM inc_labelled "
             f"WHERE NOT crossed AND {KEEP[query.test_mode]}"
         )
-        present = [
-            int(b) for (b,) in con.execute("SELECT DISTINCT bin FROM inc_requests").fetchall()
-        ]
-        con.register(
-            "inc_values_arrow",
-            pa.table(
-                {
-                    "bin": pa.array(present, pa.int16()),
-                    "value": pa.array([bins.value(b) for b in present], pa.float64()),
-                }
-            ),
-        )
-        con.execute("CREATE OR REPLACE TEMP TABLE inc_values AS SELECT * FROM inc_values_arrow")
-        con.unregister("inc_values_arrow")
 
     def unit_sums(self) -> UnitSums:
         """Stage 3 (`cohorts.LabelledRequests.unit_sums`) on the binned latencies."""
@@ -145,13 +137,12 @@ class MergedRequests:
         for cohort, stratum, index, n in rows:
             groups.setdefault((cohort, stratum), []).append((int(index), int(n)))
         keys = list(groups)
+        qs = {key: bins.quantiles(groups[key], grid) for key in keys}
         table = pa.table(
             {
                 "cohort": pa.array([k[0] for k in keys], pa.uint8()),
                 "stratum": pa.array([k[1] for k in keys], pa.uint64()),
-                "qs": pa.array(
-                    [bins.quantiles(groups[k], grid) for k in keys], pa.list_(pa.float64())
-                ),
+                "qs": pa.array([qs[k] for k in keys], pa.list_(pa.float64())),
                 "service_name": pa.array(
                     [None if k[1] is None else names[k[1]][0] for k in keys], pa.string()
                 ),
@@ -160,12 +151,8 @@ class MergedRequests:
                 ),
             }
         )
-        con.register("inc_quantiles_arrow", table)
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE fs_quantiles AS SELECT * FROM inc_quantiles_arrow"
-        )
-        con.unregister("inc_quantiles_arrow")
-        self._cuts(groups, keys, grid)
+        _table(con, "fs_quantiles", table)
+        _table(con, "inc_cuts", _cuts(groups, qs, grid))
         ks = range(len(QUANTILES))
         # CASE sums: about half the time of as many FILTERed ones
         below = ", ".join(
@@ -185,46 +172,6 @@ class MergedRequests:
             FROM inc_requests r JOIN inc_cuts c USING (cohort, stratum)
             GROUP BY ALL""")
         return unit_sums_from_tables(con, self._query)
-
-    def _cuts(
-        self,
-        groups: dict[tuple[int, int | None], list[tuple[int, int]]],
-        keys: list[tuple[int, int | None]],
-        grid: list[float],
-    ) -> None:
-        """`inc_cuts`: per cohort and stratum, where each quantile estimate of the stratum
-        (cb{k}, cf{k}) and of the whole cohort (ocb{k}, ocf{k}) falls (`bins.split`)."""
-        places = [grid.index(round(p, 6)) for p in QUANTILES]
-        qs = {key: bins.quantiles(groups[key], grid) for key in keys}
-        columns: dict[str, list[Any]] = {"cohort": [], "stratum": []}
-        for cohort, stratum in keys:
-            if stratum is None:
-                continue
-            columns["cohort"].append(cohort)
-            columns["stratum"].append(stratum)
-            whole = (cohort, None)
-            for k, place in enumerate(places):
-                b, f = bins.split(groups[cohort, stratum], qs[cohort, stratum][place])
-                columns.setdefault(f"cb{k}", []).append(b)
-                columns.setdefault(f"cf{k}", []).append(f)
-                ob, of = (
-                    bins.split(groups[whole], qs[whole][place]) if whole in groups else (None, None)
-                )
-                columns.setdefault(f"ocb{k}", []).append(ob)
-                columns.setdefault(f"ocf{k}", []).append(of)
-        types = {"cohort": pa.uint8(), "stratum": pa.uint64()}
-        table = pa.table(
-            {
-                name: pa.array(
-                    values,
-                    types.get(name, pa.int32() if name.startswith(("cb", "ocb")) else pa.float64()),
-                )
-                for name, values in columns.items()
-            }
-        )
-        self._con.register("inc_cuts_arrow", table)
-        self._con.execute("CREATE OR REPLACE TEMP TABLE inc_cuts AS SELECT * FROM inc_cuts_arrow")
-        self._con.unregister("inc_cuts_arrow")
 
     def time_series(self, bucket_seconds: int) -> list[dict[str, Any]]:
         """Per cohort and time bucket (whole hours at least): requests, errors, p95."""
@@ -251,11 +198,51 @@ class MergedRequests:
             )
         return out
 
-    def latency_histogram(self, bins: int = 40) -> tuple[list[float], dict[str, list[int]]]:
-        """`cohorts.LabelledRequests.latency_histogram` over the binned latencies."""
+    def latency_histogram(self, count: int = 40) -> tuple[list[float], dict[str, list[int]]]:
+        """`cohorts.LabelledRequests.latency_histogram` over the bins' centres."""
+        present = self._con.execute("SELECT DISTINCT bin FROM inc_requests").fetchall()
+        indices = [int(b) for (b,) in present]
+        values = [bins.value(b) for b in indices]
+        _table(
+            self._con,
+            "inc_values",
+            pa.table({"bin": pa.array(indices, pa.int16()), "value": pa.array(values)}),
+        )
         source = "inc_requests r JOIN inc_values v USING (bin)"
-        return latency_histogram(self._con, source, "v.value", "r.n", "r.cohort", bins)
+        return latency_histogram(self._con, source, "v.value", "r.n", "r.cohort", count)
 
 
-def _floor(moment: datetime, step: timedelta) -> datetime:
-    return moment - (moment - datetime(1970, 1, 1)) % step
+def _cuts(
+    groups: dict[tuple[int, int | None], list[tuple[int, int]]],
+    qs: dict[tuple[int, int | None], list[float]],
+    grid: list[float],
+) -> pa.Table:
+    """Per cohort and stratum, where each quantile estimate of the stratum (cb{k}, cf{k})
+    and of the whole cohort (ocb{k}, ocf{k}) falls among the bins (`bins.split`)."""
+    places = [grid.index(round(p, 6)) for p in QUANTILES]
+    columns: dict[str, list[Any]] = {"cohort": [], "stratum": []}
+    for cohort, stratum in groups:
+        if stratum is None:
+            continue
+        columns["cohort"].append(cohort)
+        columns["stratum"].append(stratum)
+        whole = (cohort, None)
+        for k, place in enumerate(places):
+            b, f = bins.split(groups[cohort, stratum], qs[cohort, stratum][place])
+            columns.setdefault(f"cb{k}", []).append(b)
+            columns.setdefault(f"cf{k}", []).append(f)
+            ob, of = (
+                bins.split(groups[whole], qs[whole][place]) if whole in groups else (None, None)
+            )
+            columns.setdefault(f"ocb{k}", []).append(ob)
+            columns.setdefault(f"ocf{k}", []).append(of)
+    types = {"cohort": pa.uint8(), "stratum": pa.uint64()}
+    return pa.table(
+        {
+            name: pa.array(
+                values,
+                types.get(name, pa.int32() if name.startswith(("cb", "ocb")) else pa.float64()),
+            )
+            for name, values in columns.items()
+        }
+    )

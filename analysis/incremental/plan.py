@@ -25,7 +25,7 @@ class Piece:
     @property
     def whole_hour(self) -> bool:
         """Kept between runs: exactly one hour partition."""
-        return self.end - self.start == HOUR and floor_hour(self.start) == self.start
+        return is_whole_hour(self.start, self.end)
 
     @property
     def edge_bit(self) -> int:
@@ -37,33 +37,31 @@ def floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+def hour_cuts(start: datetime, end: datetime) -> list[datetime]:
+    """`start`, every hour boundary inside (start, end), and `end`."""
+    cuts = [start]
+    boundary = floor_hour(start) + HOUR
+    while boundary < end:
+        cuts.append(boundary)
+        boundary += HOUR
+    return [*cuts, end]
+
+
+def is_whole_hour(start: datetime, end: datetime) -> bool:
+    """[start, end) is exactly one hour partition."""
+    return end - start == HOUR and floor_hour(start) == start
+
+
 def pieces(start: datetime, end: datetime, reach: timedelta = REACH) -> list[Piece]:
     """[start, end) cut at every hour boundary inside it; a partial end piece shorter
     than `reach` joins its neighbour, so no piece reads beyond the window by more than
     its own `reach` on the side where the window goes on."""
     if end <= start:
         return []
-    cuts = [start]
-    boundary = floor_hour(start) + HOUR
-    while boundary < end:
-        cuts.append(boundary)
-        boundary += HOUR
-    cuts.append(end)
+    cuts = hour_cuts(start, end)
     if len(cuts) > 2 and cuts[1] - cuts[0] < reach:
         del cuts[1]
     if len(cuts) > 2 and cuts[-1] - cuts[-2] < reach:
         del cuts[-2]
     last = len(cuts) - 2
     return [Piece(a, b, i == 0, i == last) for i, (a, b) in enumerate(itertools.pairwise(cuts))]
-
-
-def whole_hours(start: datetime, end: datetime) -> list[datetime]:
-    """The hours wholly inside [start, end)."""
-    hour = floor_hour(start)
-    if hour < start:
-        hour += HOUR
-    out = []
-    while hour + HOUR <= end:
-        out.append(hour)
-        hour += HOUR
-    return out

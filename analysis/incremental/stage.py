@@ -3,16 +3,16 @@
 `IncrementalStage(store, lake).collect(...)` cuts the window into pieces (`plan`), takes
 each whole hour's summary from the store while the lake files it was computed from are
 unchanged (`store.fingerprint`), summarises the others (`summarize`), and merges them
-(`merge`). What it cannot summarise falls back to the full scan: a window that must not
-read evaluations before some moment (a ramp stage), a CUPED look-back, or a connection
-without a lake or set to read the wide rows.
+(`merge`). What it cannot summarise is a full scan: a CUPED look-back (`diff.run_diff`
+does not use this stage then), a window that must not read evaluations before some
+moment (a ramp stage), a connection without a lake or set to read the wide rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,15 +26,20 @@ import pyarrow.parquet as pq
 
 from flagscope.analysis.cohorts import (
     SLACK,
-    TABLES_ENV,
     CohortQuery,
     Evaluations,
-    LabelledRequests,
+    lake_tables,
 )
 from flagscope.analysis.incremental import summarize
 from flagscope.analysis.incremental.merge import MergedRequests, Source
-from flagscope.analysis.incremental.plan import HOUR, Piece, floor_hour, pieces, whole_hours
-from flagscope.analysis.incremental.store import RowCounts, Store, fingerprint, safe_name
+from flagscope.analysis.incremental.plan import (
+    Piece,
+    floor_hour,
+    hour_cuts,
+    is_whole_hour,
+    pieces,
+)
+from flagscope.analysis.incremental.store import RowCounts, Store, safe_name
 from flagscope.collector.lake.layout import partitions
 from flagscope.collector.lake.narrow_views import partition_hour
 from flagscope.collector.lake.read import lake_of
@@ -99,8 +104,7 @@ class IncrementalStage:
         end: datetime,
         not_before: datetime | None = None,
     ) -> Evaluations | IncrementalEvaluations:
-        wide = os.environ.get(TABLES_ENV, "").strip() == "wide"
-        if not_before is not None or lake_of(con) is None or wide:
+        if not_before is not None or lake_of(con) is None or lake_tables() == "wide":
             return Evaluations.collect(con, flag, start, end, not_before)
         return IncrementalEvaluations(con, self, flag, start, end)
 
@@ -139,7 +143,7 @@ class IncrementalEvaluations:
     # -- the store ---------------------------------------------------------------------
     def _print(self, hour: datetime) -> str:
         if hour not in self._prints:
-            self._prints[hour] = fingerprint(self._stage.lake, hour, _NEIGHBOURS, self._rows)
+            self._prints[hour] = self._rows.fingerprint(self._stage.lake, hour, _NEIGHBOURS)
         return self._prints[hour]
 
     def _register(self, table: pa.Table) -> str:
@@ -193,10 +197,9 @@ class IncrementalEvaluations:
         return Source(piece, *(self._register(tables[n]) for n in names))
 
     # -- stage 2 -------------------------------------------------------------------------
-    def label(self, q: CohortQuery) -> LabelledRequests | MergedRequests:
-        if q.pre_exposure is not None:  # CUPED reads each user's past: the full path
-            start, end = self._window
-            return Evaluations.collect(self._con, q.flag, start, end).label(q)
+    def label(self, q: CohortQuery) -> MergedRequests:
+        """Stage 2 from the pieces (a CUPED look-back reads users' past in the lake: such a
+        diff does not come here, `diff.run_diff`)."""
         pair = (q.treatment, q.baseline)
         sources = [self._pair_files(p, pair) for p in self._pieces]
         slack = self._slack_firsts(pair)
@@ -227,20 +230,15 @@ class IncrementalEvaluations:
         start, end = self._window
         out = []
         for a, z in ((start - SLACK, start), (end, end + SLACK)):
-            hours = whole_hours(a, z)
-            for hour in hours:
-                entry = self._pair_entry(hour, pair)
-                kept = self._stage.store.load(entry, self._print(hour))
+            for lo, hi in itertools.pairwise(hour_cuts(a, z)):
+                kept = (
+                    self._stage.store.load(self._pair_entry(lo, pair), self._print(lo))
+                    if is_whole_hour(lo, hi)
+                    else None
+                )
                 if kept is not None:
                     out.append(f"SELECT * FROM {_parquet(kept['firsts'])} WHERE NOT from_request")
-                    continue
-                table = summarize.evaluation_firsts(
-                    self._con, self._stage.lake, self._flag, pair, hour, hour + HOUR
-                )
-                out.append(f"SELECT * FROM {self._register(table)}")
-            edges = [(a, hours[0] if hours else z)] + ([(hours[-1] + HOUR, z)] if hours else [])
-            for lo, hi in edges:
-                if hi > lo:
+                else:
                     table = summarize.evaluation_firsts(
                         self._con, self._stage.lake, self._flag, pair, lo, hi
                     )
@@ -259,16 +257,16 @@ class IncrementalEvaluations:
                 if (h := partition_hour(p)) is not None
             }
         )
-        prints = {_stamp(h): fingerprint(lake, h, 0, self._rows) for h in hours}
+        prints = {_stamp(h): self._rows.fingerprint(lake, h, 0) for h in hours}
         entry = store.entry("testers")
-        kept_prints, kept_file = _kept_testers(store, entry)
+        found = store.load_any(entry)
         parts = []
-        if kept_file is not None:
-            kept = pq.read_table(kept_file)
+        same: list[str] = []
+        if found is not None:  # its fingerprint: each hour's, as JSON
+            kept_prints, files = json.loads(found[0]), found[1]
             same = [s for s, p in prints.items() if kept_prints.get(s) == p]
+            kept = pq.read_table(files["testers"])
             parts.append(kept.filter(pc.is_in(kept["hour"], pa.array(same, pa.string()))))
-        else:
-            same = []
         for hour in hours:
             stamp = _stamp(hour)
             if stamp in same:
@@ -289,18 +287,8 @@ class IncrementalEvaluations:
                 {"hour": pa.array([], pa.string()), "user_hash": pa.array([], pa.uint64())}
             )
         )
-        if set(same) != set(prints) or kept_file is None:
+        if found is None or set(same) != set(prints):
             store.save(entry, {"testers": table}, json.dumps(prints, sort_keys=True))
         self._collected = None
         name = self._register(table)
         return f"(SELECT DISTINCT user_hash FROM {name})"
-
-
-def _kept_testers(store: Store, entry: Path) -> tuple[dict[str, Any], Path | None]:
-    try:
-        manifest = json.loads((entry / "manifest.json").read_text())
-        prints = json.loads(manifest["fingerprint"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}, None
-    path = entry / "testers.parquet"
-    return (prints, path) if path.exists() and isinstance(prints, dict) else ({}, None)

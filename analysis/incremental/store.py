@@ -4,8 +4,9 @@ a manifest naming the lake files they were computed from.
 A summary is used only while its fingerprint — the number of rows in each hour partition
 it read (from the lake files' footers) — is the lake's: a file added (late data, a
 second collector, a re-imported quarantine) changes it, and the hour is summarised
-again; compaction, which rewrites files but keeps their rows, does not. Entries are written under a temporary name and renamed into place; a
-run that dies half way leaves at worst a stale entry, which the next run replaces.
+again; compaction, which rewrites files but keeps their rows, does not. Entries are
+written under a temporary name and renamed into place; a run that dies half way leaves
+at worst a stale entry, which the next run replaces.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flagscope.collector.lake.durable import write_atomically
 from flagscope.collector.lake.layout import partition_of
 
 # Bumped whenever what a summary holds or how it is computed changes: older entries are
@@ -36,7 +38,8 @@ def hour_index(hour: datetime) -> int:
 
 class RowCounts:
     """Rows per lake file from its Parquet footer, remembered by (name, size, mtime) in
-    `path` so that a run reads the footers of new files only."""
+    `path` so that a run reads the footers of new files only; and per hour partition, once
+    a run."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -45,8 +48,9 @@ class RowCounts:
         except (OSError, ValueError):
             self._known = {}
         self._seen: dict[str, list[int]] = {}
+        self._partitions: dict[tuple[Path, int], str] = {}
 
-    def rows(self, file: os.DirEntry[str], partition: str) -> int:
+    def _rows(self, file: os.DirEntry[str], partition: str) -> int:
         info = file.stat()
         key = f"{partition}/{file.name}"
         known = self._known.get(key)
@@ -59,31 +63,36 @@ class RowCounts:
         self._seen[key] = known
         return known[2]
 
+    def _partition(self, lake: Path, index: int) -> str:
+        if (lake, index) not in self._partitions:
+            partition = partition_of(index)
+            try:
+                entries = list(os.scandir(lake / partition))
+            except FileNotFoundError:
+                entries = []
+            files = [
+                e
+                for e in entries
+                if e.name.endswith(".parquet") and not e.name.startswith(("_", "."))
+            ]
+            rows = sum(self._rows(f, partition) for f in files)
+            self._partitions[lake, index] = f"{index}:{len(files) > 0}:{rows}"
+        return self._partitions[lake, index]
+
+    def fingerprint(self, lake: Path, hour: datetime, neighbours: int) -> str:
+        """The rows in each partition of `hour` ± `neighbours`: late data (more rows)
+        changes it; compaction, which rewrites files and keeps their rows, does not."""
+        index = hour_index(hour)
+        return ",".join(
+            self._partition(lake, h) for h in range(index - neighbours, index + neighbours + 1)
+        )
+
     def save(self) -> None:
         """Keep what this run saw (files since removed are forgotten)."""
         if self._seen != self._known:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            staging = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-            staging.write_text(json.dumps(self._seen))
-            staging.replace(self.path)
-
-
-def fingerprint(lake: Path, hour: datetime, neighbours: int, counts: RowCounts) -> str:
-    """The rows in each partition of `hour` ± `neighbours`: late data (more rows) changes
-    it; compaction, which rewrites files and keeps their rows, does not."""
-    index = hour_index(hour)
-    totals = []
-    for h in range(index - neighbours, index + neighbours + 1):
-        partition = partition_of(h)
-        try:
-            entries = list(os.scandir(lake / partition))
-        except FileNotFoundError:
-            entries = []
-        files = [
-            e for e in entries if e.name.endswith(".parquet") and not e.name.startswith(("_", "."))
-        ]
-        totals.append(f"{h}:{len(files) > 0}:{sum(counts.rows(f, partition) for f in files)}")
-    return ",".join(totals)
+            data = json.dumps(self._seen).encode()
+            write_atomically(self.path, lambda handle: handle.write(data))
+            self._known = dict(self._seen)
 
 
 def safe_name(text: str) -> str:
@@ -103,14 +112,18 @@ class Store:
 
     def load(self, entry: Path, expected: str) -> dict[str, Path] | None:
         """The entry's table files, if it was computed from the lake as it is now."""
+        found = self.load_any(entry)
+        return found[1] if found is not None and found[0] == expected else None
+
+    def load_any(self, entry: Path) -> tuple[str, dict[str, Path]] | None:
+        """The entry's fingerprint and table files, whatever lake they came from."""
         try:
             manifest = json.loads((entry / _MANIFEST).read_text())
-        except (OSError, ValueError):
+            files = {name: entry / f"{name}.parquet" for name in manifest["tables"]}
+            print_ = str(manifest["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        if manifest.get("fingerprint") != expected:
-            return None
-        files = {name: entry / f"{name}.parquet" for name in manifest.get("tables", [])}
-        return files if all(f.exists() for f in files.values()) else None
+        return (print_, files) if all(f.exists() for f in files.values()) else None
 
     def save(self, entry: Path, tables: dict[str, pa.Table], print_: str) -> dict[str, Path]:
         """Write the entry whole, then rename it into place (replacing an older one)."""

@@ -26,34 +26,36 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from flagscope.analysis.cohorts import ARM, NARROW, OTHER, CohortQuery, Evaluations, user_hash_sql
+from flagscope.analysis.cohorts import (
+    ARM,
+    NARROW,
+    OTHER,
+    CohortQuery,
+    Evaluations,
+    edge_sql,
+    user_hash_sql,
+)
 from flagscope.analysis.incremental.bins import bin_sql
 from flagscope.analysis.incremental.plan import HOUR, REACH
 from flagscope.analysis.result import TrafficFilter
 from flagscope.collector.lake import narrow_views
 
-_EDGE = (
-    "coalesce(span_key = first_value(span_key) OVER (PARTITION BY trace_key{by} "
-    "ORDER BY NOT root, time, span_key), root)"
-)
 # bit → the entry spans of the trace that compete to be its edge (`Piece.edge_bit`):
 # 0 first and last piece, 1 last only, 2 first only, 3 neither.
 EDGE_BITS = ("time >= $ps AND time < $pe", "time < $pe", "time >= $ps", None)
 
 
 def _edges() -> str:
-    terms = []
-    for bit, scope in enumerate(EDGE_BITS):
-        edge = _EDGE.format(by="" if scope is None else f", {scope}")
-        terms.append(f"{1 << bit} * ({edge})::UTINYINT")
-    return " + ".join(terms)
+    return " + ".join(
+        f"{1 << bit} * ({edge_sql(among)})::UTINYINT" for bit, among in enumerate(EDGE_BITS)
+    )
 
 
 _PIECE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE inc_piece AS
 WITH crossing AS (SELECT DISTINCT trace_key FROM fs_labelled WHERE time < $ps OR time >= $pe)
 SELECT cohort, unit, no_user, stratum, service_name, route, path, test_trace, duration_ms, err,
-       15 * ({_EDGE.format(by="")})::UTINYINT AS edges
+       15 * ({edge_sql()})::UTINYINT AS edges
 FROM fs_labelled ANTI JOIN crossing USING (trace_key)
 UNION ALL
 SELECT * EXCLUDE (time) FROM (

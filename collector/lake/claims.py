@@ -11,8 +11,8 @@ segments at 1 again and overwrite its own files of the current hour. So:
   no engine reading the lake lists it), created exclusively: a second collector with the
   same id is refused at start with the fix;
 - a collector starting with an empty WAL numbers its segments above the highest one of
-  its id already in the lake (after a normal stop, found in the partitions changed since
-  its WAL last recorded a segment number; for a new or wiped data directory, in all).
+  its id already in the lake (found in the partitions changed since its previous start,
+  `last-start`; for a new or wiped data directory, in all).
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ def claim(lake: Path, writer: str, owner: str) -> None:
 def highest_seq(lake: Path, writer: str, changed_since: float | None = None) -> int:
     """The highest WAL segment number that `writer`'s files in the lake hold data of.
 
-    With `changed_since` (seconds since the epoch) only the hour partitions whose directory
-    changed since then are listed, not the whole lake: a lake file is created or renamed
-    into its partition, which sets the directory's time, so a partition unchanged since
-    then holds no file of a segment numbered after it."""
+    With `changed_since` (seconds since the epoch: the previous start) only the hour
+    partitions whose directory changed since then are listed, not the whole lake: a lake
+    file is created or renamed into its partition, which sets the directory's time, so a
+    partition unchanged since then holds no file the previous run wrote."""
     if changed_since is None:
         paths: Iterable[Path] = lake.glob(GLOB)
     else:
