@@ -57,7 +57,7 @@ METRICS_VIEW = (
 )
 
 
-def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
+def define_views(con: duckdb.DuckDBPyConnection, lake: Path, thorough: bool = True) -> None:
     """`events_raw`: every stored row; `events`: one row per span, log record or metric
     data point (retries de-duplicated); `metrics`: the data points' own columns.
 
@@ -68,11 +68,13 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path) -> None:
     their missing columns derived, until compaction rewrites them (`maintain.compact`).
     The connection's time zone is UTC, so a naive time compared with an aware one (`now()`)
     means UTC, as everywhere in flagscope. The lake's path is the connection's variable
-    `flagscope_lake` (`lake_of`), for readers that pick files themselves (`narrow_views`)."""
+    `flagscope_lake` (`lake_of`), for readers that pick files themselves (`narrow_views`).
+    `thorough=False`: the files are taken to be in SCHEMA unless the first is not
+    (`wide_rows`); `run` defines the views again, thoroughly, when a later one is not."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET VARIABLE flagscope_lake = '{_sql_str(str(lake))}'")
     if has_files(lake):
-        rows = wide_rows(con, f"'{_sql_str(str(lake / GLOB))}'")
+        rows = wide_rows(con, f"'{_sql_str(str(lake / GLOB))}'", thorough)
     else:
         con.register("_flagscope_empty", SCHEMA.empty_table())
         rows = "SELECT * FROM _flagscope_empty"
@@ -94,9 +96,23 @@ def lake_of(con: duckdb.DuckDBPyConnection) -> Path | None:
     return Path(value) if value else None
 
 
-def wide_rows(con: duckdb.DuckDBPyConnection, files: str) -> str:
+def wide_rows(con: duckdb.DuckDBPyConnection, files: str, thorough: bool = True) -> str:
     """SQL for the rows of the lake files `files` (a DuckDB glob string or list literal) in
-    SCHEMA's columns, as stored: the columns a file from before lacks are derived."""
+    SCHEMA's columns, as stored: the columns a file from before lacks are derived.
+
+    Deriving them means reading every file's footer when the SQL is bound (the check
+    below, and `union_by_name` at each query): 0.7 ms a file, 1.7 s to open a lake of
+    2,400 small files before compaction (bench/many_files.py). `thorough=False` reads the
+    files as they are when the first one listed is in SCHEMA, which DuckDB binds on alone;
+    a later file from before then fails the query with a schema mismatch
+    (`mixed_schemas`), and the caller asks again, thoroughly (`run`)."""
+    if not thorough:
+        quick = f"SELECT {', '.join(SCHEMA.names)} FROM read_parquet({files}, hive_partitioning = false)"
+        try:
+            con.execute(f"DESCRIBE {quick}")
+            return quick
+        except duckdb.BinderException:
+            pass  # the first file lacks a column: from before it existed
     source = f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
     names = ", ".join(f"'{name}'" for name in SCHEMA.names)
     current, count = con.execute(
@@ -136,6 +152,11 @@ def _sql_str(value: str) -> str:
     return value.replace("'", "''")
 
 
+def mixed_schemas(exc: BaseException) -> bool:
+    """A quickly defined view (`wide_rows`) met a file from before a column existed."""
+    return isinstance(exc, duckdb.InvalidInputException) and "schema mismatch" in str(exc)
+
+
 def raced_compaction(exc: BaseException) -> bool:
     """A reader listed a file that compaction merged away before it was read: list again."""
     return isinstance(exc, duckdb.IOException) and "No such file" in str(exc)
@@ -160,9 +181,9 @@ def show_progress(on: bool) -> None:
     _progress = on
 
 
-def _open(lake: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
+def _open(lake: Path, threads: int | None, thorough: bool = True) -> duckdb.DuckDBPyConnection:
     """A fresh connection with the lake's views (DuckDB's errors come out raw), within the
-    memory limit (`resources`)."""
+    memory limit (`resources`); `thorough`: as `define_views`."""
     limit, spill = memory_limit(), spill_directory()
     con = duckdb.connect()
     try:
@@ -171,20 +192,25 @@ def _open(lake: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
         con.execute(f"SET temp_directory = '{_sql_str(str(spill))}'")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
-        define_views(con, lake)
+        define_views(con, lake, thorough)
     except BaseException:
         con.close()
         raise
     return con
 
 
-def _retrying(lake: Path, attempt: Callable[[], T]) -> T:
-    """`attempt()` again (up to ATTEMPTS) while it raced compaction; DuckDB's errors
+def _retrying(lake: Path, attempt: Callable[[bool], T]) -> T:
+    """`attempt(thorough)` again (up to ATTEMPTS) while it raced compaction, and
+    thoroughly once it met files of older schemas (`mixed_schemas`); DuckDB's errors
     otherwise become `LakeError`s."""
+    thorough = False
     for number in range(1, ATTEMPTS + 1):
         try:
-            return attempt()
+            return attempt(thorough)
         except duckdb.Error as exc:
+            if number < ATTEMPTS and not thorough and mixed_schemas(exc):
+                thorough = True
+                continue
             if number == ATTEMPTS or not raced_compaction(exc):
                 raise translate(exc, lake) from exc
             time.sleep(0.05)
@@ -197,8 +223,8 @@ def run(
     """`work(con)` on a fresh connection with the lake's views; run again from the start
     when it raced compaction. DuckDB errors come out as `LakeError`s."""
 
-    def attempt() -> T:
-        con = _open(lake, threads)
+    def attempt(thorough: bool) -> T:
+        con = _open(lake, threads, thorough)
         try:
             return work(con)
         finally:
@@ -220,4 +246,4 @@ def fetch(lake: Path, sql: str, params: Any = None) -> tuple[list[str], list[tup
 def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A connection with the lake's views, for a caller that runs several queries and
     handles a compaction race itself (tests, benchmarks); prefer `run` or `fetch`."""
-    return _retrying(lake, lambda: _open(lake, threads))
+    return _retrying(lake, lambda _thorough: _open(lake, threads))
