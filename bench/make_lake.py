@@ -62,8 +62,8 @@ index, draw), so a seed gives the same rows whatever the file split or thread co
 - Logs (signal 'log', `event_id` a 32-hex digest as the collector's): an ERROR record
   (severity 17, `is_error`) on the root span of every failed request, an INFO record on
   5 % of traces, and the `POST /cart` evaluation records above.
-- Ids: lowercase hex, `trace_id` 32 and `span_id` 16 characters, unique;
-  `event_id = trace_id || span_id` for spans. Columns a signal does not fill are null as
+- Ids: lowercase hex, `trace_id` 32 and `span_id` 16 characters, unique; `event_id` null
+  for spans, as the collector leaves it (the views derive trace_id || span_id). Columns a signal does not fill are null as
   in the collector's output (`flags` is an empty map, never null; `is_test` never null).
   Expected rows per trace ≈ 1.8 (the trace count is derived from `events`).
 """
@@ -306,7 +306,6 @@ def _trace_sql(
         time=ts("ts"),
         end_time=ts("ts + dur_ns"),
         signal="'span'",
-        event_id="trace_id || root_span",
         trace_id="trace_id",
         span_id="root_span",
         service_name="'shop-frontend'",
@@ -342,7 +341,6 @@ def _trace_sql(
         time=ts("ts + 2000000"),
         end_time=ts("ts + 2000000 + child_ns"),
         signal="'span'",
-        event_id="trace_id || child_span",
         trace_id="trace_id",
         span_id="child_span",
         parent_span_id="root_span",
@@ -374,7 +372,6 @@ def _trace_sql(
         time=ts("ts + 4000000"),
         end_time=ts("ts + 4000000 + db_ns"),
         signal="'span'",
-        event_id="trace_id || db_span",
         trace_id="trace_id",
         span_id="db_span",
         parent_span_id="child_span",
@@ -395,7 +392,6 @@ def _trace_sql(
         time=ts("ts + 1000000"),
         end_time=ts("ts + 1000000 + child_ns"),
         signal="'span'",
-        event_id="trace_id || catalog_span",
         trace_id="trace_id",
         span_id="catalog_span",
         parent_span_id="root_span",

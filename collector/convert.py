@@ -453,7 +453,7 @@ class Converter:
         return (
             start,
             end,
-            trace_id + span_id,
+            None,  # event_id: a span's is trace_id‖span_id, derived by the views (read.py)
             trace_id,
             span_id,
             _hex(raw_parent_id),

@@ -92,7 +92,9 @@ def lake(request: pytest.FixtureRequest) -> Path:
 
 # -- each engine: the per-variant numbers, and every row's time as the engine reads it -----
 Numbers = dict[str, tuple[Any, ...]]  # variant → requests, errors, error rate, mean, p95
-Times = dict[str, tuple[int, int]]  # event_id → (µs since the epoch as read, time_unix_nano)
+Times = dict[str, tuple[int, int]]  # row identity → (µs since the epoch as read, time_unix_nano)
+# A row's identity as every engine can name it: the files leave event_id null for spans.
+IDENTITY = "coalesce(event_id, trace_id || span_id)"
 
 
 def _numbers(rows: list[tuple[Any, ...]]) -> Numbers:
@@ -111,7 +113,7 @@ def by_duckdb(lake: Path) -> tuple[Numbers, Times]:
         numbers = _numbers(con.execute(PER_VARIANT).fetchall())
         kinds = con.execute("SELECT DISTINCT typeof(time) FROM events").fetchall()
         assert kinds == [("TIMESTAMP WITH TIME ZONE",)]
-        rows = con.execute("SELECT event_id, epoch_us(time), time_unix_nano FROM events")
+        rows = con.execute(f"SELECT {IDENTITY}, epoch_us(time), time_unix_nano FROM events")
         return numbers, {e: (us, ns) for e, us, ns in rows.fetchall()}
     finally:
         con.close()
@@ -132,7 +134,7 @@ def by_polars(lake: Path) -> tuple[Numbers, Times]:
     requests = (
         events.join(variant, on=["trace_key_hi", "trace_key_lo"])
         .filter(pl.col("is_entry") & ~pl.col("is_test"))
-        .select("event_id", "variant", "is_error", "duration_ms")
+        .select("trace_key_hi", "trace_key_lo", "span_key", "variant", "is_error", "duration_ms")
         .unique()
     )
     numbers = (
@@ -147,7 +149,8 @@ def by_polars(lake: Path) -> tuple[Numbers, Times]:
         .sort("variant")
         .collect()
     )
-    times = events.select("event_id", "time", "time_unix_nano").collect()
+    identity = pl.coalesce("event_id", pl.concat_str("trace_id", "span_id"))
+    times = events.select(identity.alias("id"), "time", "time_unix_nano").collect()
     assert times.schema["time"] == pl.Datetime("us", "UTC")
     micros = times.with_columns(pl.col("time").dt.epoch("us"))
     return _numbers(numbers.rows()), {e: (us, ns) for e, us, ns in micros.rows()}
@@ -165,7 +168,8 @@ def by_pandas(lake: Path) -> tuple[Numbers, Times]:
     )
     requests = events.merge(variant, on=keys)
     requests = requests[requests["is_entry"] & ~requests["is_test"]]
-    requests = requests[["event_id", "variant", "is_error", "duration_ms"]].drop_duplicates()
+    columns = ["trace_key_hi", "trace_key_lo", "span_key", "variant", "is_error", "duration_ms"]
+    requests = requests[columns].drop_duplicates()
     grouped = requests.assign(err=requests["is_error"].astype("int64")).groupby("variant")
     rows = [
         (v, len(g), int(g["err"].sum()), g["err"].mean(), g["duration_ms"].mean(),
@@ -174,8 +178,9 @@ def by_pandas(lake: Path) -> tuple[Numbers, Times]:
     ]  # fmt: skip
     assert str(events["time"].dtype) == "datetime64[us, UTC]"
     micros = events["time"].astype("int64")  # the instant, whatever the machine's zone
+    identity = events["event_id"].fillna(events["trace_id"] + events["span_id"])
     return _numbers(rows), dict(
-        zip(events["event_id"], zip(micros, events["time_unix_nano"], strict=True), strict=True)
+        zip(identity, zip(micros, events["time_unix_nano"], strict=True), strict=True)
     )
 
 
@@ -255,7 +260,7 @@ def by_spark(spark: Any, lake: Path) -> tuple[Numbers, Times, list[str]]:
     assert isinstance(events.schema["time"].dataType, TimestampType)  # UTC-adjusted, not NTZ
     events.createOrReplaceTempView("events")
     numbers = _numbers([tuple(row) for row in spark.sql(PER_VARIANT).collect()])
-    rows = spark.sql("SELECT event_id, unix_micros(time), time_unix_nano FROM events").collect()
+    rows = spark.sql(f"SELECT {IDENTITY}, unix_micros(time), time_unix_nano FROM events").collect()
     return numbers, {r[0]: (r[1], r[2]) for r in rows}, events.columns
 
 
