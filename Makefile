@@ -81,6 +81,7 @@ $(NODE_CLIENT)/node_modules: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-
 	elif (cd $(NODE_CLIENT) && npm ci --loglevel=error); then \
 		touch $@; \
 	else \
+		rm -rf $@; \
 		echo "note: npm ci failed in $(NODE_CLIENT); the Node.js client tests will skip"; \
 	fi
 
