@@ -3,10 +3,14 @@
 DuckDB's own default is 80 % of RAM per connection, with nothing bounding it beside the
 collector's writers or a second report; a 100 M-event diff took 5.4 GiB and the bare query
 10 GiB. Each reader's connection (`read`) is limited to `FLAGSCOPE_MEMORY_LIMIT` — a size
-such as `4GB` or a share of RAM such as `25%`; 40 % of RAM by default — and spills what
+such as `4GB` or a share of RAM such as `40%`; 25 % of RAM by default — and spills what
 does not fit to `FLAGSCOPE_SPILL_DIR` (default: a directory of its own per connection under
 the system's temporary directory, which DuckDB removes when the connection closes). A 2 GB
 limit on a 100 M diff spilled and finished, at +27 % CPU (issue 12's measurement).
+
+Why 25 %: the lake is read through the page cache, and memory DuckDB takes is memory the
+cache loses. The 100 M-event diff over an 18 GB lake on a 24 GiB machine took 52.8 s and
+6.15 GiB at 25 %, 60.3 s and 9.48 GiB at 40 % (page cache warm; bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from flagscope.collector.errors import ConfigError
 
 MEMORY_ENV = "FLAGSCOPE_MEMORY_LIMIT"
 SPILL_ENV = "FLAGSCOPE_SPILL_DIR"
-DEFAULT_SHARE = 0.40
+DEFAULT_SHARE = 0.25
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)", re.IGNORECASE)
 _SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 _CONNECTIONS = itertools.count()
