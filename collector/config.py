@@ -32,7 +32,9 @@ class Settings:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     max_connections: int = 1000
-    json_decoders: int = 1
+    # two: a request's decode is the JSON sender's wait, and one decoder left JSON at 0.29
+    # of protobuf's steady rate, two at 0.35 (bench/RESULTS.md, OTLP/JSON over 120 s)
+    json_decoders: int = 2
     cors_allowed_origins: tuple[str, ...] = ()
     max_attributes: int = 0
     max_attribute_value_bytes: int = 0
