@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(query)
     query.add_argument("sql", help='e.g. "SELECT service_name, count(*) FROM events GROUP BY 1"')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.add_argument(
+        "--since",
+        help="only the events of this recent window, e.g. 1h (reads only its hour partitions)",
+    )
+    query.add_argument("--from", dest="start", help="window start, ISO 8601 (UTC if no zone)")
+    query.add_argument(
+        "--to", dest="end", help="window end, ISO 8601 (default now; alone: the 24 h before it)"
+    )
     ui_command.add_parser(commands, _common)
     return parser
 
@@ -519,9 +527,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ui":
             return _ui(args)
         if args.command == "query":
+            from flagscope.analysis import window
             from flagscope.analysis.query import format_rows, run
 
-            columns, rows = run(_lake(args), args.sql)
+            bounded = args.since or args.start or args.end
+            span = window.resolve(args.since, args.start, args.end) if bounded else None
+            columns, rows = run(_lake(args), args.sql, span)
             sys.stdout.write(format_rows(columns, rows, args.format))
             return 0
     except FlagscopeError as exc:

@@ -11,17 +11,21 @@ import orjson
 
 from flagscope.analysis.render.text import printable
 from flagscope.collector.errors import LakeQueryError
-from flagscope.collector.lake.read import fetch
+from flagscope.collector.lake.read import Window, fetch
 
 
-def run(lake_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Column names and rows of `sql` over the lake.
+def run(
+    lake_dir: Path, sql: str, window: Window | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of `sql` over the lake; `window` ([start, end), naive UTC):
+    its views hold only that window's rows, read from its hour partitions alone, so a
+    recent question costs the same however long the lake is (`query --since`).
 
     The collector may compact or expire files between DuckDB's glob and its read of a
     file; such a query is retried with a fresh listing.
     """
     try:
-        return fetch(lake_dir, sql)
+        return fetch(lake_dir, sql, window=window)
     except LakeQueryError as exc:
         raise LakeQueryError(
             f"{exc}\nhint: query the view 'events' (one row per span or log record), e.g. "

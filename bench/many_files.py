@@ -9,6 +9,8 @@ lake, best of `--repeat`, page cache warm, in this process:
 - open: a connection with the lake's views (`read._open`), what every reader does first;
 - query, whole lake: `SELECT count(*) FROM events` through `query.run`, as `flagscope query`;
 - query, last hour: the same with `WHERE time >= <the last hour>`;
+- query, `--since 1h`: the whole-lake query over the views of the last hour only
+  (`query.run(..., window)`), which read that hour's partition alone;
 - diff, last hour and whole day: `run_diff` for the lake's flag.
 
 Each figure is also given as a ratio to the 24-file lake's (the flat line is 1.0): the
@@ -71,14 +73,16 @@ def measure(lake: Path, manifest: dict[str, Any], repeat: int) -> dict[str, floa
     whole = DiffOptions(flag=FLAG, start=end - timedelta(hours=HOURS), end=end)
     hour = DiffOptions(flag=FLAG, start=last_hour, end=end)
     recent = f"SELECT count(*) FROM events WHERE time >= TIMESTAMP '{last_hour.isoformat()}'"
+    count = "SELECT count(*) FROM events"
 
     def open_close() -> None:
         read._open(lake, None, thorough=False).close()  # as `read.run` first tries
 
     return {
         "open_s": best(open_close, repeat),
-        "query_whole_lake_s": best(lambda: run_query(lake, "SELECT count(*) FROM events"), repeat),
+        "query_whole_lake_s": best(lambda: run_query(lake, count), repeat),
         "query_last_hour_s": best(lambda: run_query(lake, recent), repeat),
+        "query_since_1h_s": best(lambda: run_query(lake, count, (last_hour, end)), repeat),
         "diff_last_hour_s": best(lambda: run_diff(lake, hour), repeat),
         "diff_whole_day_s": best(lambda: run_diff(lake, whole), repeat),
     }

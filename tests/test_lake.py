@@ -428,3 +428,24 @@ def test_writer_never_reuses_a_sequence_number_after_the_wal_was_emptied(tmp_pat
     successor.start()
     successor.close()
     assert successor.current_seq > used
+
+
+def test_a_windowed_query_reads_only_its_hour_partitions(tmp_path, capsys):
+    """`flagscope query --from/--to` (and `--since`): the views hold the window's rows, and
+    the files of other hours are not even opened — a damaged one there changes nothing."""
+    from flagscope.analysis.cli import main
+
+    early, late = ns("2026-11-28T08:10:00"), ns("2026-11-28T11:20:00")
+    write_table(tmp_path, table([early, early + 1], event_ids("a", 2)), "w-000000000001-000")
+    write_table(tmp_path, table([late, late + HOUR_NS], event_ids("b", 2)), "w-000000000002-000")
+    sql = "SELECT count(*) AS n, min(time) AS first FROM events"
+    window = ["--from", "2026-11-28T11:00", "--to", "2026-11-28T12:00"]
+    assert main(["query", "--lake", str(tmp_path), "--format", "csv", *window, sql]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n,first", "1,2026-11-28 11:20:00"]
+
+    (broken,) = (tmp_path / "date=2026-11-28" / "hour=08").glob("*.parquet")
+    broken.write_bytes(b"not parquet")
+    assert main(["query", "--lake", str(tmp_path), "--format", "csv", *window, sql]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "1,2026-11-28 11:20:00"
+    assert main(["query", "--lake", str(tmp_path), sql]) == 2  # the whole lake meets it
+    assert broken.name in capsys.readouterr().err

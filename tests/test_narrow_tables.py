@@ -33,10 +33,9 @@ from flagscope.analysis.cli import main
 from flagscope.analysis.cohorts import TABLES_ENV, CohortQuery, Evaluations
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, TrafficFilter
-from flagscope.collector.lake.layout import GLOB, partitions
+from flagscope.collector.lake.layout import GLOB, files_between, partitions
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.narrow import companion, companions, has_companions
-from flagscope.collector.lake.narrow_views import files_between
 from flagscope.collector.lake.read import connect, fetch
 from flagscope.collector.lake.resources import MEMORY_ENV, memory_limit
 from tests.helpers import RunningCollector, make_settings

@@ -40,8 +40,7 @@ from flagscope.analysis.incremental.plan import (
     pieces,
 )
 from flagscope.analysis.incremental.store import RowCounts, Store, safe_name
-from flagscope.collector.lake.layout import partitions
-from flagscope.collector.lake.narrow_views import partition_hour
+from flagscope.collector.lake.layout import partition_hour, partitions
 from flagscope.collector.lake.read import lake_of
 
 log = logging.getLogger(__name__)

@@ -65,3 +65,41 @@ def changed_at(directory: Path) -> float:
 
 def has_files(lake: Path) -> bool:
     return any(lake.glob(GLOB)) if lake.exists() else False
+
+
+_EPOCH = datetime(1970, 1, 1)  # naive UTC, as the readers' windows
+
+
+def partition_hour(partition: Path) -> int | None:
+    """The hour (since the epoch) of a `date=YYYY-MM-DD/hour=HH` directory, or None."""
+    try:
+        day = datetime.strptime(partition.parent.name.split("=", 1)[1], "%Y-%m-%d")
+        hour = int(partition.name.split("=", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    return (day - _EPOCH).days * 24 + hour if 0 <= hour < 24 else None
+
+
+def unix_nanos(moment: datetime) -> int:
+    """A naive UTC datetime as integer nanoseconds since the epoch, exactly."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def _hours(moment: datetime) -> float:
+    return (moment - _EPOCH).total_seconds() / 3600
+
+
+def files_between(lake: Path, start: datetime | None, end: datetime | None) -> list[Path]:
+    """The lake files of the hour partitions that overlap [start, end) (naive UTC, None
+    unbounded); a partition whose name does not parse is always read."""
+    chosen: list[Path] = []
+    for partition in partitions(lake):
+        hour = partition_hour(partition)
+        if hour is not None and (
+            (end is not None and hour >= _hours(end))
+            or (start is not None and hour + 1 <= _hours(start))
+        ):
+            continue
+        chosen += sorted(partition.glob("*.parquet"))
+    return chosen

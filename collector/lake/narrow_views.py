@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from flagscope.collector.lake.layout import partitions
+from flagscope.collector.lake.layout import files_between, unix_nanos
 from flagscope.collector.lake.narrow import (
     EVALUATIONS,
     PROJECTIONS,
@@ -26,37 +26,6 @@ from flagscope.collector.lake.narrow import (
 )
 from flagscope.collector.lake.read import wide_rows
 from flagscope.collector.lake.schema import trace_key_sql
-
-_EPOCH = datetime(1970, 1, 1)
-
-
-def partition_hour(partition: Path) -> int | None:
-    """The hour (since the epoch) of a `date=YYYY-MM-DD/hour=HH` directory, or None."""
-    try:
-        day = datetime.strptime(partition.parent.name.split("=", 1)[1], "%Y-%m-%d")
-        hour = int(partition.name.split("=", 1)[1])
-    except (IndexError, ValueError):
-        return None
-    return (day - _EPOCH).days * 24 + hour if 0 <= hour < 24 else None
-
-
-def _hours(moment: datetime) -> float:
-    return (moment - _EPOCH).total_seconds() / 3600
-
-
-def files_between(lake: Path, start: datetime | None, end: datetime | None) -> list[Path]:
-    """The lake files of the hour partitions that overlap [start, end) (naive UTC, None
-    unbounded); a partition whose name does not parse is always read."""
-    chosen: list[Path] = []
-    for partition in partitions(lake):
-        hour = partition_hour(partition)
-        if hour is not None and (
-            (end is not None and hour >= _hours(end))
-            or (start is not None and hour + 1 <= _hours(start))
-        ):
-            continue
-        chosen += sorted(partition.glob("*.parquet"))
-    return chosen
 
 
 def _sql_str(value: str) -> str:
@@ -84,11 +53,6 @@ def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> 
         con.register(empty, SCHEMAS[table].empty_table())
         parts.append(f"SELECT * FROM {empty}")
     return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
-
-
-def _ns(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def _view(name: str, table: str, relation: str, where: str = "true") -> str:
@@ -124,7 +88,7 @@ def define_views(
         ("fs_narrow_evaluations", EVALUATIONS, evaluations),
     ):
         relation = _relation(con, table, files_between(lake, start, end))
-        window = f"time_unix_nano >= {_ns(start)} AND time_unix_nano < {_ns(end)}"
+        window = f"time_unix_nano >= {unix_nanos(start)} AND time_unix_nano < {unix_nanos(end)}"
         con.execute(_view(name, table, relation, window))
     everything = _relation(con, EVALUATIONS, files_between(lake, *tests))
     con.execute(_view("fs_narrow_tests", EVALUATIONS, everything, "is_test"))

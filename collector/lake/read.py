@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from flagscope.collector.errors import LakeError, LakeQueryError
-from flagscope.collector.lake.layout import GLOB, has_files
+from flagscope.collector.lake.layout import GLOB, files_between, has_files, unix_nanos
 from flagscope.collector.lake.resources import memory_limit, spill_directory
 from flagscope.collector.lake.schema import NANOS, SCHEMA, TRACE_KEY, derived_keys, trace_key_sql
 
@@ -63,7 +64,12 @@ METRICS_VIEW = (
 SPAN_EVENT_ID = "coalesce(event_id, trace_id || span_id) AS event_id"
 
 
-def define_views(con: duckdb.DuckDBPyConnection, lake: Path, thorough: bool = True) -> None:
+Window = tuple[datetime, datetime]  # [start, end), naive UTC
+
+
+def define_views(
+    con: duckdb.DuckDBPyConnection, lake: Path, thorough: bool = True, window: Window | None = None
+) -> None:
     """`events_raw`: every stored row; `events`: one row per span, log record or metric
     data point (retries de-duplicated); `metrics`: the data points' own columns.
 
@@ -76,11 +82,20 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path, thorough: bool = Tr
     means UTC, as everywhere in flagscope. The lake's path is the connection's variable
     `flagscope_lake` (`lake_of`), for readers that pick files themselves (`narrow_views`).
     `thorough=False`: the files are taken to be in SCHEMA unless the first is not
-    (`wide_rows`); `run` defines the views again, thoroughly, when a later one is not."""
+    (`wide_rows`); `run` defines the views again, thoroughly, when a later one is not.
+    `window`: only the rows in it, read from the hour partitions that overlap it alone
+    (`flagscope query --since`): the other files are not even opened."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET VARIABLE flagscope_lake = '{_sql_str(str(lake))}'")
-    if has_files(lake):
-        rows = wide_rows(con, f"'{_sql_str(str(lake / GLOB))}'", thorough)
+    files = f"'{_sql_str(str(lake / GLOB))}'" if has_files(lake) else None
+    where = "true"
+    if window is not None:
+        chosen = files_between(lake, *window)
+        files = "[" + ", ".join(f"'{_sql_str(str(p))}'" for p in chosen) + "]" if chosen else None
+        start, end = (unix_nanos(moment) for moment in window)
+        where = f"time_unix_nano >= {start} AND time_unix_nano < {end}"
+    if files is not None:
+        rows = wide_rows(con, files, thorough)
     else:
         con.register("_flagscope_empty", SCHEMA.empty_table())
         rows = "SELECT * FROM _flagscope_empty"
@@ -88,7 +103,7 @@ def define_views(con: duckdb.DuckDBPyConnection, lake: Path, thorough: bool = Tr
     outer = ", ".join({**times, "event_id": SPAN_EVENT_ID}.get(n, n) for n in SCHEMA.names)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {outer}, {trace_key_sql()} AS "
-        f"{TRACE_KEY} FROM ({rows})"
+        f"{TRACE_KEY} FROM ({rows}) WHERE {where}"
     )
     con.execute(
         "CREATE OR REPLACE TEMP VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw"
@@ -187,9 +202,11 @@ def show_progress(on: bool) -> None:
     _progress = on
 
 
-def _open(lake: Path, threads: int | None, thorough: bool = True) -> duckdb.DuckDBPyConnection:
+def _open(
+    lake: Path, threads: int | None, thorough: bool = True, window: Window | None = None
+) -> duckdb.DuckDBPyConnection:
     """A fresh connection with the lake's views (DuckDB's errors come out raw), within the
-    memory limit (`resources`); `thorough`: as `define_views`."""
+    memory limit (`resources`); `thorough`, `window`: as `define_views`."""
     limit, spill = memory_limit(), spill_directory()
     con = duckdb.connect()
     try:
@@ -198,7 +215,7 @@ def _open(lake: Path, threads: int | None, thorough: bool = True) -> duckdb.Duck
         con.execute(f"SET temp_directory = '{_sql_str(str(spill))}'")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
-        define_views(con, lake, thorough)
+        define_views(con, lake, thorough, window)
     except BaseException:
         con.close()
         raise
@@ -224,13 +241,17 @@ def _retrying(lake: Path, attempt: Callable[[bool], T]) -> T:
 
 
 def run(
-    lake: Path, work: Callable[[duckdb.DuckDBPyConnection], T], threads: int | None = None
+    lake: Path,
+    work: Callable[[duckdb.DuckDBPyConnection], T],
+    threads: int | None = None,
+    window: Window | None = None,
 ) -> T:
-    """`work(con)` on a fresh connection with the lake's views; run again from the start
-    when it raced compaction. DuckDB errors come out as `LakeError`s."""
+    """`work(con)` on a fresh connection with the lake's views (of `window` only, if
+    given); run again from the start when it raced compaction. DuckDB errors come out as
+    `LakeError`s."""
 
     def attempt(thorough: bool) -> T:
-        con = _open(lake, threads, thorough)
+        con = _open(lake, threads, thorough, window)
         try:
             return work(con)
         finally:
@@ -239,14 +260,16 @@ def run(
     return _retrying(lake, attempt)
 
 
-def fetch(lake: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Column names and rows of `sql` over the lake's views."""
+def fetch(
+    lake: Path, sql: str, params: Any = None, window: Window | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of `sql` over the lake's views (of `window` only, if given)."""
 
     def query(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple[Any, ...]]]:
         result = con.execute(sql, params) if params else con.execute(sql)
         return [d[0] for d in result.description or ()], result.fetchall()
 
-    return run(lake, query)
+    return run(lake, query, window=window)
 
 
 def connect(lake: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
