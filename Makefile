@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fast check lint types bench clean browser java
 SOURCES := collector analysis tests bench sample_data
 NODE_CLIENT := tests/node_client
+# npm ci's own record inside node_modules: an emptied directory is not taken as installed
+NODE_MODULES := $(NODE_CLIENT)/node_modules/.package-lock.json
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): flagscope and its pinned dependencies (a minute or two, once)"
@@ -26,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))$(if $(UI), --ui)
 
 # Two workers, a test file each at a time; then the timed and memory-bound tests alone.
-test: check browser java $(NODE_CLIENT)/node_modules
+test: check browser java $(NODE_MODULES)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
 
@@ -75,13 +77,13 @@ browser:
 
 # The Node.js OpenTelemetry SDK and OpenFeature JS that tests/test_node_clients.py runs as a
 # client, at the versions package-lock.json pins, when npm is there (the tests skip if not).
-$(NODE_CLIENT)/node_modules: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+$(NODE_MODULES): $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
 	@if ! command -v npm >/dev/null 2>&1; then \
 		echo "note: no npm found; the Node.js client tests need Node.js >= 20.6 and npm"; \
 	elif (cd $(NODE_CLIENT) && npm ci --loglevel=error); then \
 		touch $@; \
 	else \
-		rm -rf $@; \
+		rm -rf $(NODE_CLIENT)/node_modules; \
 		echo "note: npm ci failed in $(NODE_CLIENT); the Node.js client tests will skip"; \
 	fi
 
