@@ -32,8 +32,8 @@ class Settings:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     max_connections: int = 1000
-    # two: a request's decode is the JSON sender's wait, and one decoder left JSON at 0.29
-    # of protobuf's steady rate, two at 0.35 (bench/RESULTS.md, OTLP/JSON over 120 s)
+    # two: a request's decode is the JSON sender's wait; over 120 s one decoder gave JSON
+    # 0.29 of protobuf's acked spans/s, two 0.35 (bench/RESULTS.md, OTLP/JSON over 120 s)
     json_decoders: int = 2
     cors_allowed_origins: tuple[str, ...] = ()
     max_attributes: int = 0

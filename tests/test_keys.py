@@ -15,7 +15,7 @@ from flagscope.analysis.diff import run_diff
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
 from flagscope.collector.lake.maintain import compact
-from flagscope.collector.lake.read import connect
+from flagscope.collector.lake.read import connect, fetch
 from flagscope.collector.lake.schema import (
     INPUT_SCHEMA,
     KEY_COLUMNS,
@@ -196,6 +196,10 @@ def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
             assert _rounded(got[key]) == _rounded(expected[key]), (directory.name, key)
         # every column as the collector writes it now, times to the nanosecond
         assert query(directory, "SELECT * FROM events_raw ORDER BY event_id, span_id") == want
+        # and through `fetch` (every reader's path), whose views are first defined quickly
+        # (read.wide_rows) and, meeting the older file, again thoroughly
+        rows = fetch(directory, "SELECT * FROM events_raw ORDER BY event_id, span_id")[1]
+        assert rows == want, directory.name
 
 
 def test_a_lake_that_gets_its_first_keyed_file_while_open_keeps_every_key(tmp_path):

@@ -118,23 +118,35 @@ def test_a_second_collector_with_the_same_writer_id_is_refused(
     assert first.terminate() == 0
 
 
-def test_a_wiped_data_directory_never_reuses_a_file_name_of_its_writer_id(
-    tmp_path: Path, start: Callable[..., CollectorProcess]
-) -> None:
+def _restart_after_losing(
+    tmp_path: Path, start: Callable[..., CollectorProcess], lose: Callable[[Path, Path], None]
+) -> dict[str, int]:
+    """Three copies of one trace, `lose(data_dir, lake)`, three of another trace in the
+    same hour (a reused segment number would overwrite the first file): the lake's rows."""
     lake, data_dir = tmp_path / "lake", tmp_path / "data"
     before, after = bytes(16 * [1]), bytes(16 * [2])
     collector = start(data_dir, lake, "solo")
     send(collector, [before], 3)
     assert collector.terminate() == 0
     assert raw_counts(lake) == {before.hex(): 3}
-    # The data directory is lost; the operator follows the refusal's advice and frees the id.
-    for path in sorted(data_dir.rglob("*"), reverse=True):
-        path.unlink() if not path.is_dir() else path.rmdir()
-    (lake / CLAIMS / "solo").unlink()
+    lose(data_dir, lake)
     collector = start(data_dir, lake, "solo")
-    send(collector, [after], 3)  # the same hour: a reused segment number would overwrite
+    send(collector, [after], 3)
     assert collector.terminate() == 0
-    assert raw_counts(lake) == {before.hex(): 3, after.hex(): 3}
+    return raw_counts(lake)
+
+
+def test_a_wiped_data_directory_never_reuses_a_file_name_of_its_writer_id(
+    tmp_path: Path, start: Callable[..., CollectorProcess]
+) -> None:
+    def wipe(data_dir: Path, lake: Path) -> None:
+        # the operator follows the refusal's advice and frees the id
+        for path in sorted(data_dir.rglob("*"), reverse=True):
+            path.unlink() if not path.is_dir() else path.rmdir()
+        (lake / CLAIMS / "solo").unlink()
+
+    counts = _restart_after_losing(tmp_path, start, wipe)
+    assert counts == {bytes(16 * [1]).hex(): 3, bytes(16 * [2]).hex(): 3}
 
 
 # -- numbering after a restart (issue 12: start-up must not list every file of the lake) ------
@@ -144,20 +156,15 @@ LONG_AGO = time.time() - 30 * 86400
 def test_a_lost_wal_directory_never_reuses_a_file_name_either(
     tmp_path: Path, start: Callable[..., CollectorProcess]
 ) -> None:
-    lake, data_dir = tmp_path / "lake", tmp_path / "data"
-    before, after = bytes(16 * [3]), bytes(16 * [4])
-    collector = start(data_dir, lake, "solo")
-    send(collector, [before], 3)
-    assert collector.terminate() == 0
-    # Only the WAL directory is lost, and the lake's partitions look unchanged since the
-    # recorded start: the numbering must still come from the whole lake.
-    shutil.rmtree(data_dir / "wal")
-    for partition in partitions(lake):
-        os.utime(partition, (LONG_AGO, LONG_AGO))
-    collector = start(data_dir, lake, "solo")
-    send(collector, [after], 3)  # the same hour: a reused segment number would overwrite
-    assert collector.terminate() == 0
-    assert raw_counts(lake) == {before.hex(): 3, after.hex(): 3}
+    def lose_the_wal(data_dir: Path, lake: Path) -> None:
+        # Only the WAL directory is lost, and the lake's partitions look unchanged since
+        # the recorded start: the numbering must still come from the whole lake.
+        shutil.rmtree(data_dir / "wal")
+        for partition in partitions(lake):
+            os.utime(partition, (LONG_AGO, LONG_AGO))
+
+    counts = _restart_after_losing(tmp_path, start, lose_the_wal)
+    assert counts == {bytes(16 * [1]).hex(): 3, bytes(16 * [2]).hex(): 3}
 
 
 def _old_and_new_partitions(lake: Path, in_old: str, in_new: str) -> tuple[Path, Path]:

@@ -43,18 +43,18 @@ async def _settle(tab: browser.DevTools) -> None:
     raise AssertionError(f"{tab.url} is still computing after a minute")
 
 
-# chart text that Chromium lays out beyond its <svg>, per page and width (must stay empty)
-OUTSIDE: dict[str, list[str]] = {}
-
-
-async def _shoot(tab: browser.DevTools, name: str, out: Path) -> dict[int, Path]:
+async def _shoot(
+    tab: browser.DevTools, name: str, out: Path, outside: dict[str, list[str]]
+) -> dict[int, Path]:
+    """Screenshots at each width; `outside` gets, per page and width, the chart text that
+    Chromium lays out beyond its <svg> (must stay empty)."""
     shots = {}
     for width in WIDTHS:
         await tab.resize(width, 900)
         shots[width] = await tab.screenshot(out / f"{name}-{width}.png", 0, 900)
         await tab.screenshot(out / f"{name}-{width}-full.png")
         found = await tab.evaluate(browser.OUTSIDE_SVG)
-        OUTSIDE[f"{name} at {width} px ({found['charts']} charts)"] = found["out"]
+        outside[f"{name} at {width} px ({found['charts']} charts)"] = found["out"]
     await tab.resize(WIDTHS[0], 900)
     return shots
 
@@ -62,12 +62,14 @@ async def _shoot(tab: browser.DevTools, name: str, out: Path) -> dict[int, Path]
 def test_click_from_the_flags_to_a_regressed_routes_trace_waterfall(ui, tmp_path):
     chromium = browser.require_chromium()
 
+    outside: dict[str, list[str]] = {}
+
     async def walk() -> tuple[browser.DevTools, dict[str, dict[int, Path]], list[str]]:
         shots, visited = {}, []
         async with browser.DevTools(chromium, 1366, 900) as tab:
             await tab.open(ui.url)
             await _settle(tab)
-            shots["index"] = await _shoot(tab, "index", tmp_path)
+            shots["index"] = await _shoot(tab, "index", tmp_path, outside)
             regressed = await tab.evaluate(
                 "[...document.querySelectorAll('tr.regression')].map(r => r.dataset.flag)"
             )
@@ -80,7 +82,7 @@ def test_click_from_the_flags_to_a_regressed_routes_trace_waterfall(ui, tmp_path
             for name, selector in steps:
                 visited.append(await tab.click(selector))
                 await _settle(tab)
-                shots[name] = await _shoot(tab, name, tmp_path)
+                shots[name] = await _shoot(tab, name, tmp_path, outside)
             page = await tab.html()
             assert await tab.evaluate("document.querySelectorAll('svg .span-row').length") >= 2
             assert "⚑ new-checkout=" in page and 'class="span flag' in page
@@ -93,8 +95,8 @@ def test_click_from_the_flags_to_a_regressed_routes_trace_waterfall(ui, tmp_path
     assert tab.errors == [] and tab.console == []  # no script: not a single message
     # every label of the UI's charts (verdicts and estimates over time, shares, the
     # waterfall) inside its chart at both widths
-    assert all(out == [] for out in OUTSIDE.values()), OUTSIDE
-    assert any("flag at 800 px" in k and "(0 charts)" not in k for k in OUTSIDE), OUTSIDE
+    assert all(out == [] for out in outside.values()), outside
+    assert any("flag at 800 px" in k and "(0 charts)" not in k for k in outside), outside
     origin = ui.url.rstrip("/")
     assert tab.requests and all(u.startswith(origin + "/") for u in tab.requests), tab.requests
     for name, by_width in shots.items():

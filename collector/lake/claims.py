@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 
 from flagscope.collector.errors import ConfigError
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
-from flagscope.collector.lake.layout import GLOB, changed_at, covered_seq, partitions
+from flagscope.collector.lake.layout import covered_seq, lake_files
 
 CLAIMS = ".writers"
 IDENTITY = "collector-id"
@@ -80,15 +79,7 @@ def highest_seq(lake: Path, writer: str, changed_since: float | None = None) -> 
     partitions whose directory changed since then are listed, not the whole lake: a lake
     file is created or renamed into its partition, which sets the directory's time, so a
     partition unchanged since then holds no file the previous run wrote."""
-    if changed_since is None:
-        paths: Iterable[Path] = lake.glob(GLOB)
-    else:
-        paths = (
-            path
-            for partition in partitions(lake)
-            if changed_at(partition) >= changed_since
-            for path in partition.glob("*.parquet")
-        )
+    (paths,) = lake_files(lake, "*.parquet", changed_since=changed_since)
     seqs = (covered_seq(path.stem, writer) for path in paths)
     return max((seq for seq in seqs if seq is not None), default=0)
 

@@ -10,7 +10,8 @@ GLOB = "**/*.parquet"
 # A file being written is `.<name>.tmp` beside its final name: the rename into place stays
 # within one directory (atomic), and no reader lists it — `*.parquet` globs do not match,
 # and Spark/Hadoop, pyarrow datasets and Polars skip names starting with a dot.
-TEMPORARY_GLOB = "**/.*.parquet.tmp"
+TEMPORARY_NAME = ".*.parquet.tmp"
+TEMPORARY_GLOB = f"**/{TEMPORARY_NAME}"
 
 
 def temporary(path: Path) -> Path:
@@ -61,6 +62,17 @@ def changed_at(directory: Path) -> float:
         return directory.stat().st_mtime
     except FileNotFoundError:  # expired meanwhile
         return 0.0
+
+
+def lake_files(lake: Path, *patterns: str, changed_since: float | None = None) -> list[list[Path]]:
+    """For each of `patterns`, the files named like it anywhere in the lake; with
+    `changed_since` (seconds since the epoch) only in the hour partitions whose directory
+    changed since then, which hold every file created or renamed there since (start-up,
+    issue 12: not the whole lake's listing)."""
+    if changed_since is None:
+        return [list(lake.glob(f"**/{pattern}")) for pattern in patterns]
+    changed = [p for p in partitions(lake) if changed_at(p) >= changed_since]
+    return [[path for p in changed for path in p.glob(pattern)] for pattern in patterns]
 
 
 def has_files(lake: Path) -> bool:

@@ -24,16 +24,8 @@ from flagscope.collector.lake.narrow import (
     companion,
     has_companions,
 )
-from flagscope.collector.lake.read import wide_rows
+from flagscope.collector.lake.read import sql_list, wide_rows
 from flagscope.collector.lake.schema import trace_key_sql
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _listed(paths: list[Path]) -> str:
-    return "[" + ", ".join(_sql_str(str(p)) for p in paths) + "]"
 
 
 def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
@@ -43,10 +35,10 @@ def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> 
     missing = [f for f in files if not has_companions(f)]
     parts = []
     if ready:
-        companions = _listed([companion(f, table) for f in ready])
+        companions = sql_list([companion(f, table) for f in ready])
         parts.append(f"SELECT * FROM read_parquet({companions}, hive_partitioning = false)")
     if missing:
-        rows = f"({wide_rows(con, _listed(missing))})"
+        rows = f"({wide_rows(con, sql_list(missing))})"
         parts.append(PROJECTIONS[table].replace("{source}", rows))
     if not parts:
         empty = f"_fs_empty_{table}"

@@ -87,11 +87,12 @@ def define_views(
     (`flagscope query --since`): the other files are not even opened."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET VARIABLE flagscope_lake = '{_sql_str(str(lake))}'")
-    files = f"'{_sql_str(str(lake / GLOB))}'" if has_files(lake) else None
     where = "true"
-    if window is not None:
+    if window is None:
+        files = f"'{_sql_str(str(lake / GLOB))}'" if has_files(lake) else None
+    else:
         chosen = files_between(lake, *window)
-        files = "[" + ", ".join(f"'{_sql_str(str(p))}'" for p in chosen) + "]" if chosen else None
+        files = sql_list(chosen) if chosen else None
         start, end = (unix_nanos(moment) for moment in window)
         where = f"time_unix_nano >= {start} AND time_unix_nano < {end}"
     if files is not None:
@@ -171,6 +172,11 @@ OLDER_ROWS = (
 
 def _sql_str(value: str) -> str:
     return value.replace("'", "''")
+
+
+def sql_list(paths: list[Path]) -> str:
+    """`paths` as a DuckDB list literal of strings, for `read_parquet`."""
+    return "[" + ", ".join(f"'{_sql_str(str(p))}'" for p in paths) + "]"
 
 
 def mixed_schemas(exc: BaseException) -> bool:

@@ -13,11 +13,10 @@ from flagscope.collector import failpoints
 from flagscope.collector.lake.durable import publish
 from flagscope.collector.lake.layout import (
     HOUR_NS,
-    TEMPORARY_GLOB,
-    changed_at,
+    TEMPORARY_NAME,
     covered_seq,
+    lake_files,
     partition_of,
-    partitions,
     published,
     temporary,
 )
@@ -113,21 +112,16 @@ def remove_stale_temporaries(lake: Path, writer: str, changed_since: float | Non
     removed = 0
     if not lake.exists():
         return 0
-    if changed_since is None:
-        places, deep = [lake], "**/"
-    else:
-        places, deep = [p for p in partitions(lake) if changed_at(p) >= changed_since], ""
-    found: list[tuple[Path, Path]] = []
-    for place in places:
-        found += [
-            (path, published(path))
-            for path in place.glob(deep + TEMPORARY_GLOB.removeprefix("**/"))
-        ]
-        found += [(path, path.with_suffix("")) for path in place.glob(f"{deep}[!.]*.parquet.tmp")]
-        for path in place.glob(f"{deep}.{COMPANION_GLOB}.tmp"):
-            wide = wide_file_of(published(path))
-            if wide is not None:
-                found.append((path, wide))
+    torn, older, companions = lake_files(
+        lake, TEMPORARY_NAME, "[!.]*.parquet.tmp", f".{COMPANION_GLOB}.tmp",
+        changed_since=changed_since,
+    )  # fmt: skip
+    found = [(path, published(path)) for path in torn]
+    found += [(path, path.with_suffix("")) for path in older]
+    for path in companions:
+        wide = wide_file_of(published(path))
+        if wide is not None:
+            found.append((path, wide))
     for path, final in found:
         if covered_seq(final.name[: -len(".parquet")], writer) is not None:
             path.unlink(missing_ok=True)
