@@ -74,9 +74,9 @@ class Hold:
 # What decoding a body of n bytes holds besides the body, as a multiple of n: the parsed
 # JSON's Python objects are ~7 n and its wire bytes ~1 n (measured with tracemalloc on a
 # 256-span request); a protobuf message parsed by upb, validated and written out again
-# ~3.6 n (peak RSS of `prepare` on a 54 MiB, 90,000-span request: +198 MiB).
+# ~3.7 n (peak RSS of `prepare` on a 54 MiB, 90,000-span request: +198 MiB), rounded up.
 JSON_DECODE_FACTOR = 8
-PROTOBUF_DECODE_FACTOR = 3
+PROTOBUF_DECODE_FACTOR = 4
 # Bodies smaller than these are decoded in the front end itself: handing a JSON body to a
 # worker process, or any body to a thread, costs more than decoding a few spans.
 INLINE_JSON_BYTES = 16 * 1024
