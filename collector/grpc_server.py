@@ -147,7 +147,7 @@ class _Admission:
 
     def cost(self, size: int) -> int:
         """What a message of `size` bytes holds once decoded (Receiver._prepare)."""
-        return min(size * (1 + PROTOBUF_DECODE_FACTOR), self.budget.limit)
+        return min(size * (1 + PROTOBUF_DECODE_FACTOR), self.budget.one_request)
 
     async def read(self, context: aio.ServicerContext, hold: Hold) -> bytes:
         """The call's message, read once the call is admitted; `hold` then holds its bytes

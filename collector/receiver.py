@@ -19,6 +19,9 @@ from flagscope.collector.wal import WalFullError, WalWriter
 log = logging.getLogger("flagscope.collector")
 
 
+SMALL_REQUESTS_SHARE = 8  # 1/8 of the budget is never taken by one request alone
+
+
 class Budget:
     """Bytes of request bodies held in memory at once; over it, clients are told to retry.
 
@@ -30,6 +33,10 @@ class Budget:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        # what one request may take: the rest stays for small ones, so that a request
+        # costing the whole budget (a 54 MiB protobuf decodes into ~250 MiB) does not
+        # refuse every other client while it decodes
+        self.one_request = limit - limit // SMALL_REQUESTS_SHARE
         self.used = 0
         self._lock = threading.Lock()
 
@@ -62,9 +69,9 @@ class Hold:
         self.size += size
 
     def take_capped(self, size: int) -> None:
-        """Take `size`, but never more than the whole budget: a request that alone costs
-        more than it (a large JSON body) runs when nothing else is in flight."""
-        self.take(max(0, min(size, self.budget.limit - self.size)))
+        """Take `size`, but never more than one request's share of the budget: a request
+        that alone costs more (a large JSON body) runs beside small requests only."""
+        self.take(max(0, min(size, self.budget.one_request - self.size)))
 
     def release(self) -> None:
         self.budget.release(self.size)

@@ -148,17 +148,20 @@ def test_a_decode_past_its_deadline_is_killed_answered_503_and_the_pool_goes_on(
         pool.close()
 
 
-def test_what_decoding_costs_comes_out_of_the_budget_but_never_more_than_all_of_it():
+def test_what_decoding_costs_comes_out_of_the_budget_but_never_all_of_it():
     budget = Budget(100)
     hold = budget.hold()
     hold.take(30)  # the body
-    hold.take_capped(8 * 30)  # its decoding: capped at what the whole budget holds
-    assert budget.used == 100
-    other = budget.hold()
+    hold.take_capped(8 * 30)  # its decoding: capped at one request's share, 7/8 of it all
+    assert budget.used == 88
+    small = budget.hold()
+    small.take(12)  # a small request still fits beside it
     with pytest.raises(Unavailable):
-        other.take(1)  # everyone else waits for it (503 + Retry-After)
+        budget.hold().take(1)  # anything more waits for it (503 + Retry-After)
     hold.release()
+    small.release()
     assert budget.used == 0
+    other = budget.hold()
     other.take(60)
     with pytest.raises(Unavailable):
         budget.hold().take_capped(50)  # 50 does not fit beside 60, capped or not
