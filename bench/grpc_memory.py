@@ -12,16 +12,22 @@ every 100 ms. Reports:
 - the probe's answer times (p50, p99, max) and refusals;
 - the spans in the lake after a SIGTERM (which drains the WAL) against those acknowledged,
   and what the collector's log holds of errors and partitions expired.
-Writes bench/out/grpc_memory.json, and the collector's log to bench/out/grpc_memory.log.
-Run: `.venv/bin/python bench/grpc_memory.py` (4 minutes on a 2-core machine at load 5–10,
-far longer under load, most of it exports waiting out lake-lag back-pressure).
+With `--json`, the big requests are OTLP/JSON over HTTP instead (the same spans, each
+sender on a connection of its own, retrying 503 after its Retry-After; the issue's case
+was 16 × 60 MiB); the probe stays gRPC.
+Writes bench/out/grpc_memory.json (json_memory.json with `--json`), and the collector's log
+beside it. Run: `.venv/bin/python bench/grpc_memory.py [--json]` (about a minute on a quiet
+2-core machine; far longer under load).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import http.client
 import json
+import math
 import os
 import re
 import signal
@@ -34,19 +40,22 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ingest import lake_count
 from bench.machine import machine
 from bench.payload import trace_request
 from flagscope.collector.decode import prepare
-from flagscope.collector.otlp import PROTOBUF, TRACES
+from flagscope.collector.otlp import JSON, PROTOBUF, TRACES
 from flagscope.collector.server import DRAIN_TIMEOUT_S
-from tests.grpc_load import PeakRss, Probe, send_concurrently
+from tests.grpc_load import Outcome, PeakRss, Probe, send_concurrently
 
 CHUNK_SPANS = 512
 PROBE_SPANS = 32
-READY = re.compile(r"ready grpc=[\d.]+:(\d+)")
+JSON_OVER_PROTOBUF = 2.09  # bytes of OTLP/JSON per byte of protobuf, for bench/payload.py's spans
+READY = re.compile(r"ready (?:http=[\d.]+:(\d+) )?grpc=[\d.]+:(\d+)")
 
 
 def big_request(mib: float) -> tuple[bytes, int]:
@@ -57,11 +66,69 @@ def big_request(mib: float) -> tuple[bytes, int]:
     return b"".join(chunks), len(chunks) * CHUNK_SPANS
 
 
-def engine_seconds(payload: bytes, times: int) -> float:
+def as_json(payload: bytes) -> bytes:
+    """The OTLP/JSON encoding of a serialized ExportTraceServiceRequest (ids in hex, not
+    protobuf's JSON base64)."""
+    request = json_format.MessageToDict(ExportTraceServiceRequest.FromString(payload))
+    for resource in request["resourceSpans"]:
+        for scope in resource["scopeSpans"]:
+            for span in scope["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    return json.dumps(request, separators=(",", ":")).encode()
+
+
+def engine_seconds(payload: bytes, content_type: str, times: int) -> float:
     start = time.perf_counter()
     for _ in range(times):
-        prepare(TRACES, payload, PROTOBUF)
+        prepare(TRACES, payload, content_type)
     return time.perf_counter() - start
+
+
+def post_until_acked(port: int, body: bytes, deadline_s: float) -> Outcome:
+    """POST an OTLP/JSON body until it is answered 200, waiting out each 503's Retry-After,
+    for at most `deadline_s`; one connection, kept."""
+    outcome = Outcome()
+    start = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=deadline_s)
+    headers = {"Content-Type": JSON}
+    try:
+        while True:
+            connection.request("POST", "/v1/traces", body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status == 200:
+                outcome.ok = True
+                break
+            delay = float(response.getheader("Retry-After") or "nan")
+            if (
+                response.status != 503
+                or math.isnan(delay)
+                or time.monotonic() + delay >= start + deadline_s
+            ):
+                outcome.failure = f"{response.status}: {answer[:200]!r}"
+                break
+            outcome.refusals += 1
+            time.sleep(delay)
+    finally:
+        connection.close()
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def post_concurrently(port: int, body: bytes, senders: int, deadline_s: float) -> list[Outcome]:
+    outcomes = [Outcome() for _ in range(senders)]
+
+    def send(index: int) -> None:
+        outcomes[index] = post_until_acked(port, body, deadline_s)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -98,9 +165,10 @@ def run(
         # deleted the hour partitions they were written to (the lake held 0 rows at the end)
         "FLAGSCOPE_RETENTION_DAYS": "0",
     }
-    cmd = [sys.executable, "-m", "flagscope", "serve", "--data-dir", data_dir, "--http", ""]
+    http_endpoint = "127.0.0.1:0" if args.json else ""
+    cmd = [sys.executable, "-m", "flagscope", "serve", "--data-dir", data_dir]
     proc = subprocess.Popen(
-        [*cmd, "--grpc", "127.0.0.1:0"],
+        [*cmd, "--http", http_endpoint, "--grpc", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -115,7 +183,7 @@ def run(
             if not line:
                 raise RuntimeError("the collector did not start")
             match = READY.search(line)
-        target = f"127.0.0.1:{match[1]}"
+        target = f"127.0.0.1:{match[2]}"
         front = psutil.Process(proc.pid)
         probe_payloads = [trace_request(PROBE_SPANS, seed=10_000 + i) for i in range(2000)]
         peak_tree = 0
@@ -131,7 +199,10 @@ def run(
 
             watcher = threading.Thread(target=watch_tree, daemon=True)
             watcher.start()
-            outcomes = send_concurrently(target, [payload] * args.senders, args.deadline_s)
+            if args.json:
+                outcomes = post_concurrently(int(match[1]), payload, args.senders, args.deadline_s)
+            else:
+                outcomes = send_concurrently(target, [payload] * args.senders, args.deadline_s)
             wall = time.monotonic() - start
             probes = probe.stop()
             done.set()
@@ -185,22 +256,28 @@ def main() -> None:
     parser.add_argument("--inflight-mib", type=int, default=256)
     parser.add_argument("--deadline-s", type=float, default=300, help="each export's")
     parser.add_argument("--max-lag-s", type=float, default=30, help="the collector's max_lag_s")
+    parser.add_argument("--json", action="store_true", help="big requests as OTLP/JSON (HTTP)")
     args = parser.parse_args()
     payload, spans = big_request(args.mib)
-    engine = engine_seconds(payload, 2) / 2 * args.senders
+    if args.json:  # JSON of about `--mib` MiB (the issue's case: 60)
+        proto, spans = big_request(args.mib / JSON_OVER_PROTOBUF)
+        payload = as_json(proto)
+    content_type = JSON if args.json else PROTOBUF
+    engine = engine_seconds(payload, content_type, 2) / 2 * args.senders
     out_dir = Path(__file__).resolve().parent / "out"
     out_dir.mkdir(exist_ok=True)
+    name = "json_memory" if args.json else "grpc_memory"
     with (
         tempfile.TemporaryDirectory(prefix="flagscope-bench-") as data_dir,
-        open(out_dir / "grpc_memory.log", "w") as log,
+        open(out_dir / f"{name}.log", "w") as log,
     ):
         figures = run(args, payload, spans, data_dir, log)
-    figures |= log_findings(out_dir / "grpc_memory.log")
+    figures |= log_findings(out_dir / f"{name}.log")
     figures["engine_s"] = round(engine, 1)
     figures["wall_over_engine"] = round(figures["wall_s"] / engine, 2)
     out = {"machine": machine(), "figures": figures}
     print(json.dumps(out, indent=2))
-    path = out_dir / "grpc_memory.json"
+    path = out_dir / f"{name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -26,11 +26,13 @@ from flagscope.collector.caps import AttributeCaps
 from flagscope.collector.children import child_process_init
 from flagscope.collector.decode import Prepared, prepare
 from flagscope.collector.errors import Unavailable
+from flagscope.collector.malloc import give_back
 from flagscope.collector.otlp import SIGNALS, Signal
 
 log = logging.getLogger("flagscope.collector")
 # A 64 MiB body (the default size limit) decodes in ~6 s on the 2-core machine measured.
 DEFAULT_DEADLINE_S = 120.0
+TRIM_AFTER_BYTES = 4 * 1024 * 1024
 
 
 def prepare_in_worker(
@@ -46,6 +48,8 @@ def prepare_in_worker(
         return prepare(SIGNALS[signal_name], body, content_type, received_ns, caps)
     finally:
         gc.enable()
+        if len(body) >= TRIM_AFTER_BYTES:  # what it parsed is freed: give it back, so that an
+            give_back()  # idle worker does not keep its largest request's peak
 
 
 def _ready() -> bool:

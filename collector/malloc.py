@@ -34,3 +34,14 @@ def tune_malloc() -> bool:
             libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         )
     return False
+
+
+def give_back() -> bool:
+    """Return the heap's free memory to the system (glibc's malloc_trim). A decoder process
+    that parsed a 60 MiB OTLP/JSON body peaked ~565 MiB above its start and kept 60–150 MiB
+    of it afterwards; trimmed, ~45 MiB. True if trimmed; False without glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    return False
