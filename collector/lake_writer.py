@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import gc
 import hashlib
-import itertools
 import logging
 import os
 import shutil
@@ -34,7 +33,7 @@ from flagscope.collector.lake.durable import fsync_dir
 from flagscope.collector.lake.layout import file_stem
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.write import PartitionedWriter
-from flagscope.collector.quarantine import Quarantine, convert_chunk
+from flagscope.collector.quarantine import Quarantine, convert_chunk, pieces
 from flagscope.collector.tagging import Tagger
 from flagscope.collector.wal import SegmentReader, list_segments, quarantine_bytes
 
@@ -61,18 +60,17 @@ def convert_segment(settings: Settings, converter: Converter, seq: int, path: Pa
     size = 0
     writer = PartitionedWriter(settings.lake_path, file_stem(settings.writer, seq))
     try:
-        for record in itertools.chain(reader, [None]):  # None flushes the last chunk
-            if record is None or (chunk and size + len(record[1]) > CHUNK_BYTES):
-                if chunk:
-                    table = convert_chunk(converter, chunk, quarantine)
-                    writer.write(table)
-                    rows += table.num_rows
-                    news += _new_services(path.parent, table)
-                chunk, size = [], 0
-            if record is not None:
-                chunk.append(record)
-                size += len(record[1])
-                records += 1
+        for record in reader:
+            records += 1
+            # a record larger than a chunk is converted in pieces of about a chunk each
+            for piece in pieces(record, CHUNK_BYTES):
+                if chunk and size + len(piece[1]) > CHUNK_BYTES:
+                    rows += _write_chunk(converter, chunk, quarantine, writer, news, path.parent)
+                    chunk, size = [], 0
+                chunk.append(piece)
+                size += len(piece[1])
+        if chunk:
+            rows += _write_chunk(converter, chunk, quarantine, writer, news, path.parent)
         kept = quarantine.save()
     except BaseException:
         writer.abort()
@@ -149,6 +147,22 @@ def _new_services(wal_dir: Path, table: pa.Table) -> list[str]:
         if len(SERVICES_SEEN) == MAX_SERVICES_SEEN:
             lines.append(f"{MAX_SERVICES_SEEN} services seen: no more first-data lines this run")
     return lines
+
+
+def _write_chunk(
+    converter: Converter,
+    chunk: list[tuple[int, bytes]],
+    quarantine: Quarantine,
+    writer: PartitionedWriter,
+    news: list[str],
+    wal_dir: Path,
+) -> int:
+    """Convert `chunk` into `writer`'s files; returns its rows, adds its news."""
+    table = convert_chunk(converter, chunk, quarantine)
+    writer.write(table)
+    news += _new_services(wal_dir, table)
+    rows: int = table.num_rows
+    return rows
 
 
 def _report_damage(path: Path, reader: SegmentReader, records: int) -> None:

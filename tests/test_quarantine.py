@@ -17,7 +17,7 @@ from flagscope.collector import lake_writer, wal
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
 from flagscope.collector.otlp import SIGNAL_CODES
-from flagscope.collector.quarantine import split
+from flagscope.collector.quarantine import pieces, split
 from flagscope.collector.tagging import Tagger
 from flagscope.collector.wal import SegmentReader, encode_record
 from tests.helpers import make_settings, query
@@ -153,3 +153,70 @@ def test_flagscope_requeue_moves_items_back_and_refuses_while_a_collector_runs(s
     assert main(["requeue", "--data-dir", settings.data_dir]) == 0
     assert "1 quarantined item files requeued" in capsys.readouterr().out
     assert not items.exists() and len(wal.list_segments(settings.wal_path)) == 1
+
+
+def _large_requests() -> list[tuple[int, bytes]]:
+    """A trace request of two resources, 300 padded spans each, and a log request."""
+    request = traces(*[make_span(name=f"s{i}", attrs={"pad": "p" * 200}) for i in range(300)])
+    second = request.resource_spans.add()
+    second.CopyFrom(request.resource_spans[0])
+    second.resource.attributes[0].value.string_value = "second-service"
+    records = [
+        logs_pb2.LogRecord(time_unix_nano=time.time_ns(), severity_number=9) for _ in range(200)
+    ]
+    for i, record in enumerate(records):
+        record.body.string_value = f"line {i} " + "x" * 200
+    return [
+        (TRACES, request.SerializeToString()),
+        (LOGS, logs(*records).SerializeToString()),
+    ]
+
+
+def test_a_record_larger_than_a_chunk_is_converted_in_pieces_into_the_same_rows(
+    tmp_path, monkeypatch
+):
+    records = _large_requests()
+    for code, payload in records:
+        parts = list(pieces((code, payload), max_bytes=20_000))
+        assert len(parts) > 2  # items in order, under their resource and scope
+        assert all(len(part) < 20_000 + 1_000 for _, part in parts)  # + resource and scope
+        signal = split.__globals__["SIGNAL_BY_CODE"][code]
+        whole = [
+            item.SerializeToString()
+            for r in getattr(signal.request_type.FromString(payload), signal.resources)
+            for sc in getattr(r, signal.scopes)
+            for item in getattr(sc, signal.items)
+        ]
+        again = [
+            item.SerializeToString()
+            for _, part in parts
+            for r in getattr(signal.request_type.FromString(part), signal.resources)
+            for sc in getattr(r, signal.scopes)
+            for item in getattr(sc, signal.items)
+        ]
+        assert again == whole
+    assert list(pieces(records[0], max_bytes=len(records[0][1]))) == [records[0]]
+
+    converted: list[int] = []  # the bytes of each chunk the lake writer converts
+    convert_chunk = lake_writer.convert_chunk
+
+    def watched(converter, chunk, quarantine):
+        converted.append(sum(len(payload) for _, payload in chunk))
+        return convert_chunk(converter, chunk, quarantine)
+
+    monkeypatch.setattr(lake_writer, "convert_chunk", watched)
+    lakes = []
+    for name, chunk_bytes in (("whole", lake_writer.CHUNK_BYTES), ("pieces", 20_000)):
+        monkeypatch.setattr(lake_writer, "CHUNK_BYTES", chunk_bytes)
+        converted.clear()
+        settings = make_settings(tmp_path / name)
+        assert convert(settings, 1, [encode_record(*r) for r in records]) == 800
+        lakes.append(
+            query(
+                settings.lake_path,
+                "SELECT event_id, service_name, name, body, attributes FROM events_raw "
+                "ORDER BY event_id, service_name",
+            )
+        )
+    assert len(converted) > 10 and max(converted) < 20_000 + 1_000
+    assert lakes[0] == lakes[1] and len(lakes[0]) == 800
