@@ -7,6 +7,7 @@ from flagscope.collector.errors import ConfigError
 
 
 def test_defaults_bind_loopback_only(tmp_path, monkeypatch):
+    """OTLP-RECEIVER item 50: 127.0.0.1:4317 and 127.0.0.1:4318, nothing wider."""
     monkeypatch.chdir(tmp_path)
     settings = config.load(env={})
     assert settings.http_endpoint == "127.0.0.1:4318"
