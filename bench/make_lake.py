@@ -62,9 +62,10 @@ index, draw), so a seed gives the same rows whatever the file split or thread co
 - Logs (signal 'log', `event_id` a 32-hex digest as the collector's): an ERROR record
   (severity 17, `is_error`) on the root span of every failed request, an INFO record on
   5 % of traces, and the `POST /cart` evaluation records above.
-- Ids: lowercase hex, `trace_id` 32 and `span_id` 16 characters, unique; `event_id` null
-  for spans, as the collector leaves it (the views derive trace_id || span_id). Columns a signal does not fill are null as
-  in the collector's output (`flags` is an empty map, never null; `is_test` never null).
+- Ids: lowercase hex, `trace_id` 32 and `span_id` 16 characters, unique; in the files
+  `trace_id` and `span_id` null where the keys spell them and `event_id` null for spans,
+  as the collector leaves them (the views derive all three). Columns a signal does not
+  fill are null as in the collector's output (`flags` is an empty map, never null; `is_test` never null).
   Expected rows per trace ≈ 1.8 (the trace count is derived from `events`).
 """
 
@@ -88,6 +89,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flagscope.collector.lake.layout import temporary
 from flagscope.collector.lake.narrow import write_companions
 from flagscope.collector.lake.schema import NANOS, SCHEMA, derived_keys
+from flagscope.collector.lake.write import parquet_writer
 
 HOUR_NS = 3_600_000_000_000
 ROW_GROUP_ROWS = 128 * 1024
@@ -173,7 +175,14 @@ def _select(**columns: str) -> str:
     if unknown:
         raise KeyError(f"not in SCHEMA: {sorted(unknown)}")
     sources = ("trace_id", "span_id", "signal", "kind", "parent_span_id", "name")
-    columns = derived_keys(*(columns.get(name, "NULL") for name in sources)) | columns
+    keys = derived_keys(*(columns.get(name, "NULL") for name in sources))
+    for name, key in (("trace_id", keys["trace_key_hi"]), ("span_id", keys["span_key"])):
+        if name in columns:  # null where the key spells it, as the collector leaves it
+            hex_id = columns[name]
+            columns[name] = (
+                f"CASE WHEN {key} IS NULL OR {hex_id} <> lower({hex_id}) THEN {hex_id} END"
+            )
+    columns = keys | columns
     for stamp, nanos in NANOS.items():  # given as TIMESTAMP_NS: exact, and as UTC micros
         if stamp in columns:
             columns[nanos] = f"epoch_ns({columns[stamp]})"
@@ -571,14 +580,19 @@ def _write_file(job: tuple[str, str, int, bool]) -> int:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary(target)
-    result = _worker_con.execute(
-        f"COPY ({sql}) TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd, "
-        f"ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
-    ).fetchone()
+    # in time order through the collector's writer (its encodings), a row group at a time
+    batches = _worker_con.sql(f"{sql} ORDER BY time_unix_nano").to_arrow_reader(ROW_GROUP_ROWS)
+    rows = 0
+    with open(tmp, "wb") as handle, parquet_writer(handle) as parquet:
+        for batch in batches:
+            parquet.write_table(
+                pa.Table.from_batches([batch]).cast(SCHEMA), row_group_size=ROW_GROUP_ROWS
+            )
+            rows += batch.num_rows
     if narrow:
         write_companions(target, source=tmp, current=True)
     os.replace(tmp, target)
-    return int(result[0]) if result else 0
+    return rows
 
 
 def make_lake(

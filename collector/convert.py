@@ -20,6 +20,7 @@ from flagscope.collector.lake.schema import (
     NANOS,
     SCHEMA,
     SPAN_KIND_SERVER,
+    ids_left_to_keys,
     is_entry,
     lake_time,
     span_key,
@@ -277,6 +278,13 @@ def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) ->
             arrays.append(pa.array([signal] * n, type=field.type))
         else:
             arrays.append(pa.nulls(n, type=field.type))
+    at = SCHEMA.get_field_index
+    arrays[at("trace_id")], arrays[at("span_id")] = ids_left_to_keys(
+        arrays[at("trace_id")],
+        arrays[at("span_id")],
+        arrays[at("trace_key_hi")],
+        arrays[at("span_key")],
+    )
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
@@ -453,7 +461,7 @@ class Converter:
         return (
             start,
             end,
-            None,  # event_id: a span's is trace_id‖span_id, derived by the views (read.py)
+            None,  # event_id, and the ids below in the files: derived by the views (read.py)
             trace_id,
             span_id,
             _hex(raw_parent_id),

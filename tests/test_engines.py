@@ -93,8 +93,36 @@ def lake(request: pytest.FixtureRequest) -> Path:
 # -- each engine: the per-variant numbers, and every row's time as the engine reads it -----
 Numbers = dict[str, tuple[Any, ...]]  # variant → requests, errors, error rate, mean, p95
 Times = dict[str, tuple[int, int]]  # row identity → (µs since the epoch as read, time_unix_nano)
-# A row's identity as every engine can name it: the files leave event_id null for spans.
-IDENTITY = "coalesce(event_id, trace_id || span_id)"
+# A row's identity as every engine can name it: the files leave event_id null for spans,
+# whose identity is their keys.
+KEYS = ("trace_key_hi", "trace_key_lo", "span_key")
+IDENTITY = (
+    "coalesce(event_id, concat_ws(':', " + ", ".join(f"CAST({k} AS STRING)" for k in KEYS) + "))"
+)
+# README's spelling of the hex trace id from its keys, in DuckDB and in Spark SQL
+HEX_TRACE_ID = {
+    "duckdb": "printf('%016x%016x', trace_key_hi, trace_key_lo)",
+    "spark": "lower(concat(lpad(hex(trace_key_hi), 16, '0'), lpad(hex(trace_key_lo), 16, '0')))",
+}
+HEX_SPAN_ID = {
+    "duckdb": "printf('%016x', span_key)",
+    "spark": "lower(lpad(hex(span_key), 16, '0'))",
+}
+
+
+def spelled_ids(sql: Any, engine: str) -> set[tuple[str, str]]:
+    """(trace id, span id) of every span, spelled from the keys as README says."""
+    rows = sql(
+        f"SELECT DISTINCT {HEX_TRACE_ID[engine]}, {HEX_SPAN_ID[engine]} FROM events "
+        "WHERE signal = 'span'"
+    )
+    return {tuple(row) for row in rows}
+
+
+def ids_in_views(lake: Path) -> set[tuple[str, str]]:
+    return set(
+        fetch(lake, "SELECT DISTINCT trace_id, span_id FROM events WHERE signal = 'span'")[1]
+    )
 
 
 def _numbers(rows: list[tuple[Any, ...]]) -> Numbers:
@@ -114,7 +142,9 @@ def by_duckdb(lake: Path) -> tuple[Numbers, Times]:
         kinds = con.execute("SELECT DISTINCT typeof(time) FROM events").fetchall()
         assert kinds == [("TIMESTAMP WITH TIME ZONE",)]
         rows = con.execute(f"SELECT {IDENTITY}, epoch_us(time), time_unix_nano FROM events")
-        return numbers, {e: (us, ns) for e, us, ns in rows.fetchall()}
+        times = {e: (us, ns) for e, us, ns in rows.fetchall()}
+        assert spelled_ids(lambda q: con.execute(q).fetchall(), "duckdb") == ids_in_views(lake)
+        return numbers, times
     finally:
         con.close()
 
@@ -149,7 +179,7 @@ def by_polars(lake: Path) -> tuple[Numbers, Times]:
         .sort("variant")
         .collect()
     )
-    identity = pl.coalesce("event_id", pl.concat_str("trace_id", "span_id"))
+    identity = pl.coalesce("event_id", pl.concat_str(*KEYS, separator=":"))
     times = events.select(identity.alias("id"), "time", "time_unix_nano").collect()
     assert times.schema["time"] == pl.Datetime("us", "UTC")
     micros = times.with_columns(pl.col("time").dt.epoch("us"))
@@ -178,7 +208,8 @@ def by_pandas(lake: Path) -> tuple[Numbers, Times]:
     ]  # fmt: skip
     assert str(events["time"].dtype) == "datetime64[us, UTC]"
     micros = events["time"].astype("int64")  # the instant, whatever the machine's zone
-    identity = events["event_id"].fillna(events["trace_id"] + events["span_id"])
+    keys = events[list(KEYS)].astype("string").agg(":".join, axis=1)
+    identity = events["event_id"].fillna(keys)
     return _numbers(rows), dict(
         zip(identity, zip(micros, events["time_unix_nano"], strict=True), strict=True)
     )
@@ -261,6 +292,7 @@ def by_spark(spark: Any, lake: Path) -> tuple[Numbers, Times, list[str]]:
     events.createOrReplaceTempView("events")
     numbers = _numbers([tuple(row) for row in spark.sql(PER_VARIANT).collect()])
     rows = spark.sql(f"SELECT {IDENTITY}, unix_micros(time), time_unix_nano FROM events").collect()
+    assert spelled_ids(lambda q: spark.sql(q).collect(), "spark") == ids_in_views(lake)
     return numbers, {r[0]: (r[1], r[2]) for r in rows}, events.columns
 
 

@@ -428,20 +428,25 @@ def test_every_span_column_holds_its_own_field(server):
         assert_every_column(stored[span_id], want, NULL_FOR_SPANS)
 
 
-def test_a_span_file_row_leaves_event_id_to_the_views(server):
+def test_a_span_file_row_leaves_its_ids_to_the_views(server):
     """The files leave a span's event_id null (it is its ids: 20 % of a lake's bytes,
-    issue 12); every view shows trace_id‖span_id as before."""
+    issue 12), and its trace_id and span_id, which the keys hold; every view shows them,
+    and trace_id‖span_id as the event_id, as before."""
     trace_id, base = new_trace_id(), _base_ns()
     reply = post(server, "/v1/traces", _span_request(trace_id, base).SerializeToString())
     assert reply.status == 200, reply.body
     stored = _rows_by_span(server, trace_id, 3)
     assert all(row["event_id"] == trace_id.hex() + span for span, row in stored.items())
+    assert all(row["trace_id"] == trace_id.hex() for row in stored.values())
     files = f"{server.lake}/**/*.parquet"
+    hi, lo = (int.from_bytes(trace_id[i : i + 8], "big", signed=True) for i in (0, 8))
     in_files = duckdb.sql(
-        f"SELECT count(*), count(event_id) FROM read_parquet('{files}') WHERE trace_id = ?",
-        params=[trace_id.hex()],
+        "SELECT count(*), count(event_id), count(trace_id), count(span_id), "
+        f"list_sort(list(printf('%016x', span_key))) FROM read_parquet('{files}') "
+        "WHERE trace_key_hi = ? AND trace_key_lo = ?",
+        params=[hi, lo],
     ).fetchall()
-    assert in_files == [(3, 0)]
+    assert in_files == [(3, 0, 0, 0, sorted(stored))]
 
 
 # -- logs --------------------------------------------------------------------------------------

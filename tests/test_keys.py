@@ -21,6 +21,8 @@ from flagscope.collector.lake.schema import (
     KEY_COLUMNS,
     NANOS,
     SCHEMA,
+    SPAN_ID_SQL,
+    TRACE_ID_SQL,
     TRACE_KEY,
     complete,
     derived_keys,
@@ -66,10 +68,24 @@ def halves(trace_id: bytes) -> tuple[int, int]:
     return tuple(int.from_bytes(trace_id[i : i + 8], "big", signed=True) for i in (0, 8))
 
 
+def spelled(table: pa.Table) -> pa.Table:
+    """`table` (SCHEMA) with the hex ids the files leave to the keys filled in, as every
+    file held them before they were left null."""
+    con = duckdb.connect()
+    con.register("stored", table)
+    hexes = con.sql(
+        f"SELECT {TRACE_ID_SQL} AS trace_id, {SPAN_ID_SQL} AS span_id FROM stored"
+    ).to_arrow_table()
+    for name in ("trace_id", "span_id"):
+        table = table.set_column(SCHEMA.get_field_index(name), name, hexes[name])
+    return table
+
+
 def older(table: pa.Table, keys: bool) -> pa.Table:
     """`table` (SCHEMA) as files held it before issue 12: times as naive nanosecond
     timestamps, no `*_unix_nano` columns, and the trace key as a UUID (`keys`) or, as
-    before issue 10, no keys at all."""
+    before issue 10, no keys at all; the hex ids stored."""
+    table = spelled(table)
     columns = {}
     for field in SCHEMA:
         name = field.name
@@ -108,14 +124,17 @@ def test_the_collector_writes_the_ids_as_keys():
 
 def test_older_files_get_the_collectors_keys():
     table = _converted()
-    for form in (table.drop_columns(list(KEY_COLUMNS)), older(table, True), older(table, False)):
+    assert table["trace_id"].null_count == table["span_id"].null_count == 3  # left to the keys
+    assert spelled(table)["span_id"].to_pylist() == [ROOT.hex(), CHILD.hex(), "0" * 15 + "9"]
+    keyless = spelled(table).drop_columns(list(KEY_COLUMNS))
+    for form in (keyless, older(table, True), older(table, False)):
         assert complete(form).equals(table)
 
 
 def test_sql_derives_the_same_keys_from_the_hex_ids(tmp_path):
     table = _converted()
     path = tmp_path / "keys.parquet"
-    pq.write_table(table, path)
+    pq.write_table(spelled(table), path)
     derived = derived_keys()
     checks = ", ".join(f"{name} = {derived[name]}" for name in KEY_COLUMNS)
     rows = duckdb.sql(f"SELECT {checks} FROM read_parquet('{path}')").fetchall()

