@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import http.client
 import json
-import math
 import os
 import re
 import signal
@@ -50,7 +48,7 @@ from bench.payload import trace_request
 from flagscope.collector.decode import prepare
 from flagscope.collector.otlp import JSON, PROTOBUF, TRACES
 from flagscope.collector.server import DRAIN_TIMEOUT_S
-from tests.grpc_load import Outcome, PeakRss, Probe, send_concurrently
+from tests.grpc_load import PeakRss, Probe, post_concurrently, send_concurrently
 
 CHUNK_SPANS = 512
 PROBE_SPANS = 32
@@ -84,51 +82,6 @@ def engine_seconds(payload: bytes, content_type: str, times: int) -> float:
     for _ in range(times):
         prepare(TRACES, payload, content_type)
     return time.perf_counter() - start
-
-
-def post_until_acked(port: int, body: bytes, deadline_s: float) -> Outcome:
-    """POST an OTLP/JSON body until it is answered 200, waiting out each 503's Retry-After,
-    for at most `deadline_s`; one connection, kept."""
-    outcome = Outcome()
-    start = time.monotonic()
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=deadline_s)
-    headers = {"Content-Type": JSON}
-    try:
-        while True:
-            connection.request("POST", "/v1/traces", body=body, headers=headers)
-            response = connection.getresponse()
-            answer = response.read()
-            if response.status == 200:
-                outcome.ok = True
-                break
-            delay = float(response.getheader("Retry-After") or "nan")
-            if (
-                response.status != 503
-                or math.isnan(delay)
-                or time.monotonic() + delay >= start + deadline_s
-            ):
-                outcome.failure = f"{response.status}: {answer[:200]!r}"
-                break
-            outcome.refusals += 1
-            time.sleep(delay)
-    finally:
-        connection.close()
-    outcome.seconds = time.monotonic() - start
-    return outcome
-
-
-def post_concurrently(port: int, body: bytes, senders: int, deadline_s: float) -> list[Outcome]:
-    outcomes = [Outcome() for _ in range(senders)]
-
-    def send(index: int) -> None:
-        outcomes[index] = post_until_acked(port, body, deadline_s)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcomes
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -200,7 +153,8 @@ def run(
             watcher = threading.Thread(target=watch_tree, daemon=True)
             watcher.start()
             if args.json:
-                outcomes = post_concurrently(int(match[1]), payload, args.senders, args.deadline_s)
+                bodies = [payload] * args.senders
+                outcomes = post_concurrently(int(match[1]), bodies, args.deadline_s)
             else:
                 outcomes = send_concurrently(target, [payload] * args.senders, args.deadline_s)
             wall = time.monotonic() - start

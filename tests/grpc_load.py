@@ -1,5 +1,5 @@
-"""Concurrent large OTLP/gRPC exports and a small probe, as clients see them: shared by
-tests/test_grpc_memory.py and bench/grpc_memory.py.
+"""Concurrent large OTLP/gRPC exports (and OTLP/JSON posts) and a small probe, as clients
+see them: shared by tests/test_grpc_memory.py and bench/grpc_memory.py.
 
 Each big sender has a channel (a connection) of its own, as separate services would, and
 retries UNAVAILABLE after the RetryInfo delay the collector sends, as the OpenTelemetry
@@ -9,6 +9,8 @@ an exporter would not know how long to wait for), is recorded as a failure.
 
 from __future__ import annotations
 
+import http.client
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,6 +72,52 @@ def export(channel: grpc.Channel, payload: bytes, deadline_s: float) -> Outcome:
             time.sleep(delay)
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def post_until_acked(port: int, body: bytes, deadline_s: float) -> Outcome:
+    """POST an OTLP/JSON body until it is answered 200, waiting out each 503's Retry-After,
+    for at most `deadline_s`; one connection, kept."""
+    outcome = Outcome()
+    start = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=deadline_s)
+    headers = {"Content-Type": "application/json"}
+    try:
+        while True:
+            connection.request("POST", "/v1/traces", body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status == 200:
+                outcome.ok = True
+                break
+            delay = float(response.getheader("Retry-After") or "nan")
+            if (
+                response.status != 503
+                or math.isnan(delay)
+                or time.monotonic() + delay >= start + deadline_s
+            ):
+                outcome.failure = f"{response.status}: {answer[:200]!r}"
+                break
+            outcome.refusals += 1
+            time.sleep(delay)
+    finally:
+        connection.close()
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def post_concurrently(port: int, bodies: list[bytes], deadline_s: float) -> list[Outcome]:
+    """Every OTLP/JSON body at once, each on a connection of its own; their outcomes."""
+    outcomes = [Outcome() for _ in bodies]
+
+    def send(index: int) -> None:
+        outcomes[index] = post_until_acked(port, bodies[index], deadline_s)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
 
 
 def big_channel(target: str) -> grpc.Channel:
