@@ -22,7 +22,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from flagscope.collector.errors import Unavailable
 from flagscope.collector.grpc_server import forget_locals
 from flagscope.collector.server import DRAIN_TIMEOUT_S
-from tests.grpc_load import PeakRss, Probe, post_concurrently, send_concurrently, with_marker
+from tests.grpc_load import (
+    Outcome,
+    PeakRss,
+    Probe,
+    post_concurrently,
+    send_concurrently,
+    with_marker,
+)
 from tests.helpers import CollectorProcess, MiB, query
 from tests.otlp_requests import dumps, make_span, new_trace_id, otlp_json, traces
 
@@ -61,7 +68,7 @@ def collector(tmp_path):
     process.close()
 
 
-def test_concurrent_large_exports_stay_within_the_budget_and_all_arrive_once(collector, tmp_path):
+def test_concurrent_large_exports_stay_within_the_budget_and_all_arrive_once(collector):
     target = f"127.0.0.1:{collector.grpc_port}"
     bulk = request(BIG_SPANS, PADDING, "big").SerializeToString()
     assert 5 * MiB < len(bulk) < 7 * MiB
@@ -75,8 +82,21 @@ def test_concurrent_large_exports_stay_within_the_budget_and_all_arrive_once(col
         outcomes = send_concurrently(target, payloads, deadline_s=120)
         answered = probe.stop()
 
+    # every refusal was UNAVAILABLE with RetryInfo, retried
+    _all_answered_within_bounds_and_stored_once(collector, rss, outcomes, answered, markers)
+
+
+def _all_answered_within_bounds_and_stored_once(
+    collector: CollectorProcess,
+    rss: PeakRss,
+    outcomes: list[Outcome],
+    answered: list[Outcome],
+    markers: list[bytes],
+) -> None:
+    """No export failed (refusals were retried), the front end stayed within BOUND, the
+    probe within PROBE_BOUND_S, and after a stop every span is in the lake once."""
     failures = [o.failure for o in outcomes + answered if not o.ok]
-    assert not failures, failures  # every refusal was UNAVAILABLE with RetryInfo, retried
+    assert not failures, failures
     growth = rss.peak - rss.baseline
     assert growth < BOUND, f"front end grew {growth / MiB:.0f} MiB, bound {BOUND / MiB:.0f}"
     slowest = max(o.seconds for o in answered)
@@ -86,16 +106,14 @@ def test_concurrent_large_exports_stay_within_the_budget_and_all_arrive_once(col
     # A stop drains the WAL into the lake: no wait on the lake writers' pace, which on a
     # loaded machine may exceed any fixed timeout.
     assert collector.terminate(timeout=DRAIN_TIMEOUT_S + 60) == 0
-    lake = tmp_path / "lake"
+    lake = collector.data_dir / "lake"
     expected = SENDERS * (BIG_SPANS + 1) + len(answered) * PROBE_SPANS
     assert query(lake, "SELECT count(*) FROM events_raw") == [(expected,)]
     rows = query(lake, "SELECT trace_id, count(*) FROM events_raw WHERE name = 'marker' GROUP BY 1")
     assert sorted(rows) == sorted((m.hex(), 1) for m in markers)
 
 
-def test_concurrent_large_json_posts_stay_within_the_budget_and_all_arrive_once(
-    collector, tmp_path
-):
+def test_concurrent_large_json_posts_stay_within_the_budget_and_all_arrive_once(collector):
     """The issue's OTLP/JSON case at the test's scale: 16 × ~6 MiB bodies at once. They
     are decoded in the decoder processes, one large body at a time (the budget's 7/8 for
     one request), so the front end holds the bodies it admitted and not their decoding;
@@ -119,18 +137,8 @@ def test_concurrent_large_json_posts_stay_within_the_budget_and_all_arrive_once(
         outcomes = post_concurrently(collector.http_port, bodies, deadline_s=120)
         answered = probe.stop()
 
-    failures = [o.failure for o in outcomes + answered if not o.ok]
-    assert not failures, failures  # every refusal was 503 with Retry-After, retried
-    growth = rss.peak - rss.baseline
-    assert growth < BOUND, f"front end grew {growth / MiB:.0f} MiB, bound {BOUND / MiB:.0f}"
-    slowest = max(o.seconds for o in answered)
-    assert slowest < PROBE_BOUND_S, [(round(o.seconds, 2), o.reasons) for o in answered]
-    assert collector.terminate(timeout=DRAIN_TIMEOUT_S + 60) == 0
-    lake = tmp_path / "lake"
-    expected = SENDERS * (BIG_SPANS + 1) + len(answered) * PROBE_SPANS
-    assert query(lake, "SELECT count(*) FROM events_raw") == [(expected,)]
-    rows = query(lake, "SELECT trace_id, count(*) FROM events_raw WHERE name = 'marker' GROUP BY 1")
-    assert sorted(rows) == sorted((m.hex(), 1) for m in markers)
+    # every refusal was 503 with Retry-After, retried
+    _all_answered_within_bounds_and_stored_once(collector, rss, outcomes, answered, markers)
 
 
 # Eight threads, alive at once, each allocating: glibc gives each an arena of its own up to
