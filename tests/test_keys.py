@@ -215,6 +215,8 @@ def test_a_lake_from_before_the_keys_gives_the_same_diff(tmp_path):
             assert _rounded(got[key]) == _rounded(expected[key]), (directory.name, key)
         # every column as the collector writes it now, times to the nanosecond
         assert query(directory, "SELECT * FROM events_raw ORDER BY event_id, span_id") == want
+        # one row per span in `events`, the retried copy too when it is in the other form
+        assert query(directory, "SELECT count(*) FROM events") == [(len(want) - 1,)]
         # and through `fetch` (every reader's path), whose views are first defined quickly
         # (read.wide_rows) and, meeting the older file, again thoroughly
         rows = fetch(directory, "SELECT * FROM events_raw ORDER BY event_id, span_id")[1]

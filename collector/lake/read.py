@@ -77,6 +77,13 @@ DERIVED = {
 }
 
 
+# One row per identity in `events`: a span by its keys (which equal its ids), anything
+# else by its event_id. The same as by event_id, without spelling every span's ids.
+IDENTITY = (
+    "CASE WHEN signal = 'span' AND span_key IS NOT NULL THEN NULL ELSE event_id END, "
+    "trace_key_hi, trace_key_lo, span_key"
+)
+
 Window = tuple[datetime, datetime]  # [start, end), naive UTC
 
 
@@ -120,7 +127,7 @@ def define_views(
         f"{TRACE_KEY} FROM ({rows}) WHERE {where}"
     )
     con.execute(
-        "CREATE OR REPLACE TEMP VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw"
+        f"CREATE OR REPLACE TEMP VIEW events AS SELECT DISTINCT ON ({IDENTITY}) * FROM events_raw"
     )
     con.execute(f"CREATE OR REPLACE TEMP VIEW metrics AS {METRICS_VIEW}")
 

