@@ -278,14 +278,7 @@ def _table(fields: tuple[str, ...], rows: list[tuple[Any, ...]], signal: str) ->
             arrays.append(pa.array([signal] * n, type=field.type))
         else:
             arrays.append(pa.nulls(n, type=field.type))
-    at = SCHEMA.get_field_index
-    arrays[at("trace_id")], arrays[at("span_id")] = ids_left_to_keys(
-        arrays[at("trace_id")],
-        arrays[at("span_id")],
-        arrays[at("trace_key_hi")],
-        arrays[at("span_key")],
-    )
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    return ids_left_to_keys(pa.Table.from_arrays(arrays, schema=SCHEMA))
 
 
 def _link(link: Any, link_attributes: Any) -> dict[str, Any]:

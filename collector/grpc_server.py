@@ -218,7 +218,8 @@ class GrpcFrontEnd:
                 refusal = error
             except Exception as error:
                 log.exception("unexpected error in gRPC %s Export", signal.name)
-                refusal, error.__traceback__ = ProtocolError("internal error"), None
+                forget_locals(error)
+                refusal = ProtocolError("internal error")
             forget_locals(refusal)
             self.receiver.counts[f"refused.{refusal.http_status}"] += 1  # as HTTP would answer
             await _abort(context, refusal)

@@ -88,8 +88,9 @@ def split(record: Record) -> Iterator[Record]:
 
 def pieces(record: Record, max_bytes: int) -> Iterator[Record]:
     """A WAL record as records of at most about `max_bytes` each: runs of consecutive items
-    (spans, log records, metrics) with their resource and scope. A record within
-    `max_bytes`, and one that does not parse, is yielded whole.
+    (spans, log records, metrics) with their resource and scope; `max_bytes=0`, one item
+    each (`split`). A record within `max_bytes`, and one that does not parse, is yielded
+    whole.
 
     The lake writers convert one ~`max_bytes` chunk at a time; a single 28 MiB record (a
     60 MiB OTLP/JSON request, decoded) took one of them to ~1 GiB. Ids do not change: a

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from flagscope.collector.lake.layout import files_between, unix_nanos
+from flagscope.collector.lake.layout import files_between
 from flagscope.collector.lake.narrow import (
     EVALUATIONS,
     PROJECTIONS,
@@ -24,7 +24,7 @@ from flagscope.collector.lake.narrow import (
     companion,
     has_companions,
 )
-from flagscope.collector.lake.read import sql_list, wide_rows
+from flagscope.collector.lake.read import sql_list, wide_rows, window_sql
 from flagscope.collector.lake.schema import trace_key_sql
 
 
@@ -80,7 +80,6 @@ def define_views(
         ("fs_narrow_evaluations", EVALUATIONS, evaluations),
     ):
         relation = _relation(con, table, files_between(lake, start, end))
-        window = f"time_unix_nano >= {unix_nanos(start)} AND time_unix_nano < {unix_nanos(end)}"
-        con.execute(_view(name, table, relation, window))
+        con.execute(_view(name, table, relation, window_sql(start, end)))
     everything = _relation(con, EVALUATIONS, files_between(lake, *tests))
     con.execute(_view("fs_narrow_tests", EVALUATIONS, everything, "is_test"))

@@ -113,8 +113,7 @@ def define_views(
     else:
         chosen = files_between(lake, *window)
         files = sql_list(chosen) if chosen else None
-        start, end = (unix_nanos(moment) for moment in window)
-        where = f"time_unix_nano >= {start} AND time_unix_nano < {end}"
+        where = window_sql(*window)
     if files is not None:
         rows = wide_rows(con, files, thorough)
     else:
@@ -192,6 +191,11 @@ OLDER_ROWS = (
 
 def _sql_str(value: str) -> str:
     return value.replace("'", "''")
+
+
+def window_sql(start: datetime, end: datetime) -> str:
+    """SQL: a row's time is in [start, end) (naive UTC), on the stored nanoseconds."""
+    return f"time_unix_nano >= {unix_nanos(start)} AND time_unix_nano < {unix_nanos(end)}"
 
 
 def sql_list(paths: list[Path]) -> str:

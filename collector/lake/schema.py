@@ -273,46 +273,28 @@ def complete(table: pa.Table) -> pa.Table:
             columns[field.name] = (
                 table[field.name] if field.name in names else pa.nulls(n, field.type)
             )
-    completed = pa.table([columns[f.name].cast(f.type) for f in SCHEMA], schema=SCHEMA)
-    return _ids_left_to_keys(completed)
+    return ids_left_to_keys(pa.table([columns[f.name].cast(f.type) for f in SCHEMA], schema=SCHEMA))
 
 
-# The hex ids as the keys spell them: the files leave `trace_id` and `span_id` null where
-# these give them back exactly (28 bytes an event at 10 M, issue 12), and the views show
-# them (`read.define_views`). An id the keys cannot hold (not 16 or 8 bytes) stays stored.
-# Spelled through DuckDB's UUID text, 2.5× faster than printf('%016x%016x', …) over 10 M
-# keys (the same text: README gives printf to readers of the files).
-TRACE_ID_FROM_KEYS = f"replace(({trace_key_sql()})::VARCHAR, '-', '')"
-SPAN_ID_FROM_KEYS = (
-    "replace(right(((span_key::HUGEINT & 18446744073709551615)::UHUGEINT)::UUID::VARCHAR, 17), "
-    "'-', '')"
+# The files leave `trace_id` and `span_id` null where the keys give them back exactly (28
+# bytes an event at 10 M, issue 12); the views spell them (`read.define_views`), through
+# DuckDB's UUID text: 2.5× faster than printf('%016x%016x', …) over 10 M keys, and the
+# same text (README gives printf to readers of the files).
+TRACE_ID_SQL = f"coalesce(trace_id, replace(({trace_key_sql()})::VARCHAR, '-', ''))"
+SPAN_ID_SQL = (
+    "coalesce(span_id, replace(right("
+    "((span_key::HUGEINT & 18446744073709551615)::UHUGEINT)::UUID::VARCHAR, 17), '-', ''))"
 )
-TRACE_ID_SQL = f"coalesce(trace_id, {TRACE_ID_FROM_KEYS})"
-SPAN_ID_SQL = f"coalesce(span_id, {SPAN_ID_FROM_KEYS})"
 
 
-def ids_left_to_keys(
-    trace_id: pa.Array, span_id: pa.Array, trace_hi: pa.Array, span_key: pa.Array
-) -> tuple[pa.Array, pa.Array]:
-    """The converter's `trace_id` and `span_id` as the files store them: null where the
-    keys hold the id (the converter's hex is the keys' own spelling, lowercase)."""
-    return (
-        pc.if_else(pc.is_valid(trace_hi), pa.scalar(None, pa.string()), trace_id),
-        pc.if_else(pc.is_valid(span_key), pa.scalar(None, pa.string()), span_id),
-    )
-
-
-def _ids_left_to_keys(table: pa.Table) -> pa.Table:
-    """`table` (in SCHEMA) with the ids its keys spell exactly left null; any other
-    spelling (upper case, from a builder or an old file) is kept as stored."""
-    con = duckdb.connect()
-    try:
-        con.register("t", table)
-        ids = con.sql(
-            f"SELECT CASE WHEN trace_id = {TRACE_ID_FROM_KEYS} THEN NULL ELSE trace_id END, "
-            f"CASE WHEN span_id = {SPAN_ID_FROM_KEYS} THEN NULL ELSE span_id END FROM t"
-        ).to_arrow_table()
-    finally:
-        con.close()
-    table = table.set_column(SCHEMA.get_field_index("trace_id"), "trace_id", ids.column(0))
-    return table.set_column(SCHEMA.get_field_index("span_id"), "span_id", ids.column(1))
+def ids_left_to_keys(table: pa.Table) -> pa.Table:
+    """`table` (in SCHEMA) with `trace_id` and `span_id` null where its keys hold them: a
+    key derived from (or stored beside) a lowercase hex id spells it exactly. An id the
+    keys cannot hold (not 16 or 8 bytes), or spelled otherwise (upper case, from a builder
+    or an old file), stays stored."""
+    for name, key in (("trace_id", "trace_key_hi"), ("span_id", "span_key")):
+        ids = table[name]
+        spelled = pc.and_(pc.is_valid(table[key]), pc.equal(ids, pc.utf8_lower(ids)))
+        kept = pc.if_else(pc.fill_null(spelled, False), pa.scalar(None, pa.string()), ids)
+        table = table.set_column(SCHEMA.get_field_index(name), name, kept)
+    return table
