@@ -28,6 +28,7 @@ import pytest
 from flagscope.analysis.cohorts import (
     BASELINE,
     QUANTILES,
+    STRATA_SQL,
     TREATMENT,
     CohortQuery,
     CohortSums,
@@ -545,7 +546,8 @@ def query(**kw: Any) -> CohortQuery:
 
 def compared_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     return con.execute(
-        "SELECT cohort, unit, stratum, service_name, route, duration_ms, err FROM fs_requests"
+        "SELECT r.cohort, r.unit, r.stratum, s.service_name, s.route, r.duration_ms, r.err "
+        f"FROM fs_requests r JOIN ({STRATA_SQL}) s USING (stratum)"
     ).fetchall()
 
 
