@@ -35,12 +35,12 @@ from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, TrafficFilter
 from flagscope.collector.lake.layout import GLOB, files_between, partitions
 from flagscope.collector.lake.maintain import compact, expire
-from flagscope.collector.lake.narrow import companion, companions, has_companions
+from flagscope.collector.lake.narrow import SCHEMAS, companion, companions, has_companions
 from flagscope.collector.lake.read import connect, fetch
 from flagscope.collector.lake.resources import MEMORY_ENV, memory_limit
 from tests.helpers import RunningCollector, make_settings
 from tests.otlp_requests import post
-from tests.synthetic import write
+from tests.synthetic import request, write
 from tests.test_cohort_stages import END, FLAG, START, production_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
@@ -161,6 +161,42 @@ def test_a_lake_without_narrow_tables_gives_the_same_answers(production, tmp_pat
     assert_same(expected, stages(old, "narrow", query()), "old")
 
 
+def test_testers_marked_long_before_the_window_come_from_their_own_tables(production, tmp_path):
+    """A user marked as a tester once, days before the window, is excluded on both paths.
+    The narrow path learns it from that hour's testers table, not its evaluations (damaged
+    here: reading every partition's evaluations made a diff cost more as the lake aged),
+    and a file from before the testers tables gets its testers from its evaluations."""
+    lake = tmp_path / "lake"
+    shutil.copytree(production, lake)
+    _, rows = fetch(  # a user the flag's evaluations name on a request in the window
+        lake,
+        "SELECT min(e.user_id) FROM events_raw e JOIN events_raw r USING (trace_id) "
+        "WHERE r.is_entry AND r.time >= $start AND r.time < $end AND e.flags[$flag] = 'on' "
+        "AND e.user_id NOT IN (SELECT user_id FROM events_raw WHERE is_test AND user_id "
+        "IS NOT NULL)",
+        {"flag": FLAG, "start": START, "end": END},
+    )
+    (user,) = rows[0]
+    before = stages(lake, "wide", query())[1]
+    far = write(
+        lake,
+        request(user, None, test_root="staff", at=START - timedelta(days=3)),
+        name="syn-000000000050-000",
+    )
+    (old,) = [f for f in far.glob(GLOB) if f.name.startswith("syn-000000000050")]
+    assert has_companions(old) and old.parent not in {
+        f.parent for f in files_between(lake, START - timedelta(days=1), END)
+    }
+    expected = stages(lake, "wide", query())
+    assert expected[1].test_users == before.test_users + 1
+    companion(old, "evaluations").write_bytes(b"damaged")
+    assert_same(expected, stages(lake, "narrow", query()), "testers table")
+    companion(old, "evaluations").unlink()
+    for path in sorted(lake.glob(GLOB)):
+        companion(path, "testers").unlink()  # written before the testers tables
+    assert_same(expected, stages(lake, "narrow", query()), "from the evaluations")
+
+
 def test_the_diff_gives_the_same_verdict_and_numbers_on_both_paths(production, monkeypatch):
     options = DiffOptions(flag=FLAG, start=START, end=END, expected_split={"on": 0.5, "off": 0.5})
     monkeypatch.setenv(TABLES_ENV, "wide")
@@ -178,6 +214,21 @@ def test_a_tables_setting_that_is_neither_path_is_refused(production, monkeypatc
 
 
 # -- in step with their files ---------------------------------------------------------------
+def test_compaction_writes_only_the_tables_a_file_lacks(production, tmp_path):
+    """A lake from before the testers tables gets them at the next compaction; its files'
+    other tables stay as they are (rewriting every table of a 30-day lake would stall it)."""
+    lake = tmp_path / "lake"
+    shutil.copytree(production, lake)
+    files = sorted(lake.glob(GLOB))
+    for path in files:
+        companion(path, "testers").unlink()
+    kept = {f: companion(f, "requests").stat().st_mtime_ns for f in files}
+    compact(lake, min_files=10**6, target_rows=10**6, writer="syn")  # merges nothing
+    assert all(has_companions(f) for f in files)
+    assert kept == {f: companion(f, "requests").stat().st_mtime_ns for f in files}
+    assert_same(stages(lake, "wide", query()), stages(lake, "narrow", query()), "completed")
+
+
 def test_compaction_keeps_the_narrow_tables_in_step(production, tmp_path):
     """Merged files get their tables and the inputs' go with them; a file without tables
     gets them, a table without its file is removed; the answers do not change."""
@@ -205,7 +256,9 @@ def test_replay_rewrites_and_retention_removes_the_narrow_tables(tmp_path):
     before = {p: p.read_bytes() for p in tmp_path.glob("**/_*.pq")}
     write(tmp_path, rows, name="w-000000000001-000")  # a WAL replay
     after = {p: p.read_bytes() for p in tmp_path.glob("**/_*.pq")}
-    assert before.keys() == after.keys() and len(before) == 2 * len(list(tmp_path.glob(GLOB)))
+    assert before.keys() == after.keys() and len(before) == len(SCHEMAS) * len(
+        list(tmp_path.glob(GLOB))
+    )
     assert not list(tmp_path.glob("**/*.tmp"))
     assert expire(tmp_path, retention_days=1, now=datetime.now(UTC).timestamp() + 30 * 86400)
     assert not list(tmp_path.glob("**/_*.pq")) and not partitions(tmp_path)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
 from flagscope.collector.lake.layout import covered_seq, partitions, temporary
 from flagscope.collector.lake.narrow import (
-    has_companions,
+    missing_companions,
     orphans,
     remove_companions,
     write_companions,
@@ -72,10 +72,11 @@ def _complete_companions(partition: Path, writer: str, below_seq: int | None) ->
         if settled(wide):
             path.unlink(missing_ok=True)
     for path in sorted(partition.glob("*.parquet")):
-        if not settled(path) or has_companions(path):
+        missing = missing_companions(path)
+        if not settled(path) or not missing:
             continue
         try:
-            write_companions(path)
+            write_companions(path, tables=missing)  # a lake's older files: the new tables only
         except (OSError, duckdb.Error) as exc:
             log.warning("could not write the narrow tables of lake file %s: %s", path, exc)
 

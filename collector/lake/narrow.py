@@ -7,7 +7,11 @@ companions in its partition, derived from it row by row:
 - `_<stem>.requests.pq`: its entry spans (`is_entry`), with just what cohorts need;
 - `_<stem>.evaluations.pq`: one row per (row, flag) of its rows that carry flags, and one
   for each test-marked row without flags: what labels a trace and what excludes it (a
-  trace or user marked as test traffic anywhere).
+  trace or user marked as test traffic anywhere);
+- `_<stem>.testers.pq`: the users its test-marked rows name, once each. A diff excludes
+  every user ever marked as a tester, so it reads these of the whole lake: reading the
+  evaluations of every partition for them made each diff cost more as the lake aged
+  (30 days of retention: 30 days of evaluations, for a 1-hour guard look).
 
 Why companions, named after their file, in its partition: the leading `_` and the `.pq`
 suffix keep them out of every engine's reading of the wide lake (`**/*.parquet` globs do
@@ -38,7 +42,7 @@ from flagscope.collector.lake.durable import write_atomically
 from flagscope.collector.lake.layout import temporary
 from flagscope.collector.lake.read import wide_rows
 
-REQUESTS, EVALUATIONS = "requests", "evaluations"
+REQUESTS, EVALUATIONS, TESTERS = "requests", "evaluations", "testers"
 SUFFIX = ".pq"
 COMPANION_GLOB = "_*" + SUFFIX
 
@@ -69,7 +73,8 @@ EVALUATIONS_SCHEMA = pa.schema(
         ("is_test", pa.bool_()),
     ]
 )
-SCHEMAS = {REQUESTS: REQUESTS_SCHEMA, EVALUATIONS: EVALUATIONS_SCHEMA}
+TESTERS_SCHEMA = pa.schema([("user_id", pa.string())])
+SCHEMAS = {REQUESTS: REQUESTS_SCHEMA, EVALUATIONS: EVALUATIONS_SCHEMA, TESTERS: TESTERS_SCHEMA}
 _DICTIONARY = ["service_name", "http_method", "http_route", "name", "user_id", "flag", "variant"]
 
 # Projections of wide rows (`{source}`: SCHEMA's columns) into each narrow table: the one
@@ -88,6 +93,8 @@ PROJECTIONS = {
         "SELECT time_unix_nano, trace_key_hi, trace_key_lo, user_id, NULL, NULL, true "
         "FROM {source} WHERE is_test AND coalesce(cardinality(flags), 0) = 0"
     ),
+    # (the same users as the evaluations' test-marked rows name: those hold every one)
+    TESTERS: "SELECT DISTINCT user_id FROM {source} WHERE is_test AND user_id IS NOT NULL",
 }
 
 
@@ -101,7 +108,12 @@ def companions(wide: Path) -> list[Path]:
 
 
 def has_companions(wide: Path) -> bool:
-    return all(path.exists() for path in companions(wide))
+    return not missing_companions(wide)
+
+
+def missing_companions(wide: Path) -> list[str]:
+    """The tables `wide` has no companion of (the testers, in a file written before them)."""
+    return [table for table in SCHEMAS if not companion(wide, table).exists()]
 
 
 def wide_file_of(path: Path) -> Path | None:
@@ -139,17 +151,22 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return cached[1]
 
 
-def write_companions(wide: Path, source: Path | None = None, current: bool = False) -> list[Path]:
-    """Derive and publish `wide`'s companions from the lake file at `source` (default
-    `wide` itself; a writer passes the temporary file it is about to rename to `wide`).
-    `current`: the file is in SCHEMA (just written), so nothing needs deriving. Each is
-    written under a temporary name, fsynced and renamed, as lake files are."""
+def write_companions(
+    wide: Path, source: Path | None = None, current: bool = False, tables: list[str] | None = None
+) -> list[Path]:
+    """Derive and publish `wide`'s companions (of `tables`, default all) from the lake file
+    at `source` (default `wide` itself; a writer passes the temporary file it is about to
+    rename to `wide`). `current`: the file is in SCHEMA (just written), so nothing needs
+    deriving. Each is written under a temporary name, fsynced and renamed, as lake files
+    are."""
     con = _connection()
     path = _sql_str(str(source or wide))
     # any form a file has had, unless it is known to be current
     rows_sql = f"(SELECT * FROM read_parquet({path}))" if current else f"({wide_rows(con, path)})"
     written = []
     for table, schema in SCHEMAS.items():
+        if tables is not None and table not in tables:
+            continue
         rows = con.sql(PROJECTIONS[table].replace("{source}", rows_sql)).to_arrow_table()
         target = companion(wide, table)
 

@@ -21,22 +21,31 @@ from flagscope.collector.lake.narrow import (
     PROJECTIONS,
     REQUESTS,
     SCHEMAS,
+    TESTERS,
     companion,
-    has_companions,
 )
 from flagscope.collector.lake.read import sql_list, wide_rows, window_sql
 from flagscope.collector.lake.schema import trace_key_sql
 
 
 def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
-    """SQL for `table`'s rows of `files`: their companions, and the projection of the file
-    itself for each file without them."""
-    ready = [f for f in files if has_companions(f)]
-    missing = [f for f in files if not has_companions(f)]
+    """SQL for `table`'s rows of `files`: their companions, and for each file without its
+    `table` the same projection of its evaluations (testers, in a file from before they
+    were written) or of the file itself."""
+    ready = [f for f in files if companion(f, table).exists()]
+    missing = [f for f in files if not companion(f, table).exists()]
+    evaluated: list[Path] = []
+    if table == TESTERS:
+        evaluated = [f for f in missing if companion(f, EVALUATIONS).exists()]
+        missing = [f for f in missing if f not in evaluated]
     parts = []
     if ready:
         companions = sql_list([companion(f, table) for f in ready])
         parts.append(f"SELECT * FROM read_parquet({companions}, hive_partitioning = false)")
+    if evaluated:
+        rows = sql_list([companion(f, EVALUATIONS) for f in evaluated])
+        source = f"read_parquet({rows}, hive_partitioning = false)"
+        parts.append(PROJECTIONS[TESTERS].replace("{source}", source))
     if missing:
         rows = f"({wide_rows(con, sql_list(missing))})"
         parts.append(PROJECTIONS[table].replace("{source}", rows))
@@ -72,8 +81,8 @@ def define_views(
       http_route, name, duration_ms, is_error, user_id): entry spans in `requests`;
     - `fs_narrow_evaluations` (time, trace_key, user_id, flag, variant, is_test): in
       `evaluations`;
-    - `fs_narrow_tests` (the same columns): every test-marked row in the lake, for the
-      users ever marked as testers (or in the partitions overlapping `tests`).
+    - `fs_narrow_tests` (user_id, is_test): the users ever marked as testers, once per
+      lake file (of the partitions overlapping `tests`, if given).
     """
     for name, table, (start, end) in (
         ("fs_narrow_requests", REQUESTS, requests),
@@ -81,5 +90,7 @@ def define_views(
     ):
         relation = _relation(con, table, files_between(lake, start, end))
         con.execute(_view(name, table, relation, window_sql(start, end)))
-    everything = _relation(con, EVALUATIONS, files_between(lake, *tests))
-    con.execute(_view("fs_narrow_tests", EVALUATIONS, everything, "is_test"))
+    testers = _relation(con, TESTERS, files_between(lake, *tests))
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW fs_narrow_tests AS SELECT user_id, true AS is_test FROM ({testers})"
+    )
