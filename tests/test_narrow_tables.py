@@ -26,6 +26,8 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from bench.make_lake import make_lake
@@ -33,6 +35,7 @@ from flagscope.analysis.cli import main
 from flagscope.analysis.cohorts import TABLES_ENV, CohortQuery, Evaluations
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, TrafficFilter
+from flagscope.collector.lake import testers
 from flagscope.collector.lake.layout import GLOB, files_between, partitions
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.narrow import SCHEMAS, companion, companions, has_companions
@@ -195,6 +198,35 @@ def test_testers_marked_long_before_the_window_come_from_their_own_tables(produc
     for path in sorted(lake.glob(GLOB)):
         companion(path, "testers").unlink()  # written before the testers tables
     assert_same(expected, stages(lake, "narrow", query()), "from the evaluations")
+
+
+def test_a_long_running_reader_keeps_each_files_testers_until_the_file_changes(
+    production, tmp_path
+):
+    """Testers read once are kept (the guard's looks, the web view), by the file's identity:
+    a testers table rewritten under its name (as a replay does) is read again."""
+    lake = tmp_path / "lake"
+    shutil.copytree(production, lake)
+    first = stages(lake, "narrow", query())
+    assert_same(stages(lake, "wide", query()), first, "first")
+    tables = [companion(f, "testers") for f in sorted(lake.glob(GLOB))]
+    assert all(str(t) in testers._kept for t in tables)
+    _, rows = fetch(
+        lake,
+        "SELECT min(e.user_id) FROM events_raw e JOIN events_raw r USING (trace_id) "
+        "WHERE r.is_entry AND r.time >= $start AND r.time < $end AND e.flags[$flag] = 'on' "
+        "AND e.user_id NOT IN (SELECT user_id FROM events_raw WHERE is_test AND user_id "
+        "IS NOT NULL)",
+        {"flag": FLAG, "start": START, "end": END},
+    )
+    kept = pq.read_table(tables[0]).column("user_id").to_pylist()
+    marked = pa.table({"user_id": pa.array([*kept, rows[0][0]], pa.string())})
+    replaced = tables[0].with_name("replacement")
+    pq.write_table(marked, replaced)
+    replaced.rename(tables[0])  # a new file under the same name, one more tester in it
+    again = stages(lake, "narrow", query())
+    assert again[1].test_users == first[1].test_users + 1
+    assert testers._kept[str(tables[0])][1] == {*kept, rows[0][0]}
 
 
 def test_the_diff_gives_the_same_verdict_and_numbers_on_both_paths(production, monkeypatch):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import os
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 HOUR_NS = 3_600_000_000_000
@@ -50,9 +51,20 @@ def covered_seq(stem: str, writer: str) -> int | None:
 
 
 def partitions(lake: Path) -> list[Path]:
-    if not lake.exists():
+    """The `date=*/hour=*` directories (os.scandir: a 30-day lake has 720 of them, and
+    every reader lists them)."""
+    found = []
+    for day in _directories(lake, "date="):
+        found += _directories(day, "hour=")
+    return sorted(found)
+
+
+def _directories(parent: Path, prefix: str) -> list[Path]:
+    try:
+        with os.scandir(parent) as entries:
+            return [parent / e.name for e in entries if e.name.startswith(prefix) and e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):  # no lake yet, or expired meanwhile
         return []
-    return sorted(p for d in lake.glob("date=*") for p in d.glob("hour=*") if p.is_dir())
 
 
 def changed_at(directory: Path) -> float:
@@ -80,16 +92,20 @@ def has_files(lake: Path) -> bool:
 
 
 _EPOCH = datetime(1970, 1, 1)  # naive UTC, as the readers' windows
+_EPOCH_DAY = _EPOCH.date()
 
 
 def partition_hour(partition: Path) -> int | None:
     """The hour (since the epoch) of a `date=YYYY-MM-DD/hour=HH` directory, or None."""
     try:
-        day = datetime.strptime(partition.parent.name.split("=", 1)[1], "%Y-%m-%d")
+        day = partition.parent.name.split("=", 1)[1]
+        if len(day) != 10 or day[4] != "-" or day[7] != "-":  # YYYY-MM-DD only
+            return None
+        days = (date.fromisoformat(day) - _EPOCH_DAY).days
         hour = int(partition.name.split("=", 1)[1])
     except (IndexError, ValueError):
         return None
-    return (day - _EPOCH).days * 24 + hour if 0 <= hour < 24 else None
+    return days * 24 + hour if 0 <= hour < 24 else None
 
 
 def unix_nanos(moment: datetime) -> int:
@@ -113,5 +129,15 @@ def files_between(lake: Path, start: datetime | None, end: datetime | None) -> l
             or (start is not None and hour + 1 <= _hours(start))
         ):
             continue
-        chosen += sorted(partition.glob("*.parquet"))
+        chosen += _lake_files_in(partition)
     return chosen
+
+
+def _lake_files_in(partition: Path) -> list[Path]:
+    """`*.parquet` in one partition, sorted (os.scandir, as `partitions`)."""
+    try:
+        with os.scandir(partition) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".parquet"))
+    except FileNotFoundError:  # expired meanwhile
+        return []
+    return [partition / name for name in names]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from flagscope.collector.lake import testers
 from flagscope.collector.lake.layout import files_between
 from flagscope.collector.lake.narrow import (
     EVALUATIONS,
@@ -32,14 +33,19 @@ def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> 
     """SQL for `table`'s rows of `files`: their companions, and for each file without its
     `table` the same projection of its evaluations (testers, in a file from before they
     were written) or of the file itself."""
-    ready = [f for f in files if companion(f, table).exists()]
-    missing = [f for f in files if not companion(f, table).exists()]
+    has = {f: companion(f, table).exists() for f in files}
+    ready = [f for f in files if has[f]]
+    missing = [f for f in files if not has[f]]
     evaluated: list[Path] = []
     if table == TESTERS:
         evaluated = [f for f in missing if companion(f, EVALUATIONS).exists()]
-        missing = [f for f in missing if f not in evaluated]
+        missing = [f for f in missing if f not in set(evaluated)]
     parts = []
-    if ready:
+    if ready and table == TESTERS:  # kept across diffs by a long-running reader
+        parts.append(
+            f"SELECT user_id FROM {testers.cached(con, [companion(f, table) for f in ready])}"
+        )
+    elif ready:
         companions = sql_list([companion(f, table) for f in ready])
         parts.append(f"SELECT * FROM read_parquet({companions}, hive_partitioning = false)")
     if evaluated:
