@@ -54,7 +54,12 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import machine
 from bench.make_lake import Effect, make_lake, read_manifest
 from flagscope.analysis.cohorts import TABLES_ENV
-from flagscope.collector.lake.narrow import SCHEMAS, has_companions, write_companions
+from flagscope.collector.lake.narrow import (
+    SCHEMAS,
+    has_companions,
+    missing_companions,
+    write_companions,
+)
 from flagscope.collector.lake.schema import SCHEMA, trace_key_sql
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lakes"
@@ -216,8 +221,8 @@ def build_narrow(lake_dir: Path) -> dict[str, float]:
     do (one DuckDB thread per file): wall and CPU seconds."""
     wall, cpu = time.perf_counter(), time.process_time()
     for path in sorted(lake_dir.glob("**/*.parquet")):
-        if not has_companions(path):
-            write_companions(path)
+        if missing := missing_companions(path):
+            write_companions(path, tables=missing)
     return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
 
 

@@ -164,14 +164,9 @@ def test_a_lake_without_narrow_tables_gives_the_same_answers(production, tmp_pat
     assert_same(expected, stages(old, "narrow", query()), "old")
 
 
-def test_testers_marked_long_before_the_window_come_from_their_own_tables(production, tmp_path):
-    """A user marked as a tester once, days before the window, is excluded on both paths.
-    The narrow path learns it from that hour's testers table, not its evaluations (damaged
-    here: reading every partition's evaluations made a diff cost more as the lake aged),
-    and a file from before the testers tables gets its testers from its evaluations."""
-    lake = tmp_path / "lake"
-    shutil.copytree(production, lake)
-    _, rows = fetch(  # a user the flag's evaluations name on a request in the window
+def unmarked_user(lake: Path) -> str:
+    """A user the flag's evaluations name on a request in the window, never marked a tester."""
+    _, rows = fetch(
         lake,
         "SELECT min(e.user_id) FROM events_raw e JOIN events_raw r USING (trace_id) "
         "WHERE r.is_entry AND r.time >= $start AND r.time < $end AND e.flags[$flag] = 'on' "
@@ -179,7 +174,17 @@ def test_testers_marked_long_before_the_window_come_from_their_own_tables(produc
         "IS NOT NULL)",
         {"flag": FLAG, "start": START, "end": END},
     )
-    (user,) = rows[0]
+    return str(rows[0][0])
+
+
+def test_testers_marked_long_before_the_window_come_from_their_own_tables(production, tmp_path):
+    """A user marked as a tester once, days before the window, is excluded on both paths.
+    The narrow path learns it from that hour's testers table, not its evaluations (damaged
+    here: reading every partition's evaluations made a diff cost more as the lake aged),
+    and a file from before the testers tables gets its testers from its evaluations."""
+    lake = tmp_path / "lake"
+    shutil.copytree(production, lake)
+    user = unmarked_user(lake)
     before = stages(lake, "wide", query())[1]
     far = write(
         lake,
@@ -211,22 +216,15 @@ def test_a_long_running_reader_keeps_each_files_testers_until_the_file_changes(
     assert_same(stages(lake, "wide", query()), first, "first")
     tables = [companion(f, "testers") for f in sorted(lake.glob(GLOB))]
     assert all(str(t) in testers._kept for t in tables)
-    _, rows = fetch(
-        lake,
-        "SELECT min(e.user_id) FROM events_raw e JOIN events_raw r USING (trace_id) "
-        "WHERE r.is_entry AND r.time >= $start AND r.time < $end AND e.flags[$flag] = 'on' "
-        "AND e.user_id NOT IN (SELECT user_id FROM events_raw WHERE is_test AND user_id "
-        "IS NOT NULL)",
-        {"flag": FLAG, "start": START, "end": END},
-    )
+    user = unmarked_user(lake)
     kept = pq.read_table(tables[0]).column("user_id").to_pylist()
-    marked = pa.table({"user_id": pa.array([*kept, rows[0][0]], pa.string())})
+    marked = pa.table({"user_id": pa.array([*kept, user], pa.string())})
     replaced = tables[0].with_name("replacement")
     pq.write_table(marked, replaced)
     replaced.rename(tables[0])  # a new file under the same name, one more tester in it
     again = stages(lake, "narrow", query())
     assert again[1].test_users == first[1].test_users + 1
-    assert testers._kept[str(tables[0])][1] == {*kept, rows[0][0]}
+    assert testers._kept[str(tables[0])][1] == {*kept, user}
 
 
 def test_the_diff_gives_the_same_verdict_and_numbers_on_both_paths(production, monkeypatch):
