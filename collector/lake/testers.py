@@ -10,7 +10,6 @@ by the file's identity, and only files not seen before are read.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from pathlib import Path
@@ -21,7 +20,7 @@ _LIMIT = 100_000  # files kept; past it the cache starts again (a lake rarely ho
 Identity = tuple[int, int, int]
 _kept: dict[str, tuple[Identity, frozenset[str]]] = {}
 _lock = threading.Lock()
-_names = itertools.count()
+TABLE = "_fs_testers"
 
 
 def _identity(path: str) -> Identity | None:
@@ -67,9 +66,10 @@ def cached(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> str:
                 identity = unseen[path]
                 if identity is not None:
                     _kept[path] = (identity, found)
-    name = f"_fs_testers_{next(_names)}"
+    # one table a connection: a reader defining its views again (the incremental stage,
+    # hour by hour) replaces it with the views
     con.execute(
-        f"CREATE TEMP TABLE {name} AS SELECT unnest($users::VARCHAR[]) AS user_id",
+        f"CREATE OR REPLACE TEMP TABLE {TABLE} AS SELECT unnest($users::VARCHAR[]) AS user_id",
         {"users": sorted(users)},
     )
-    return name
+    return TABLE
