@@ -35,8 +35,8 @@ from flagscope.analysis.cli import main
 from flagscope.analysis.cohorts import TABLES_ENV, CohortQuery, Evaluations
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, TrafficFilter
-from flagscope.collector.lake import testers
-from flagscope.collector.lake.layout import GLOB, files_between, partitions
+from flagscope.collector.lake import narrow_views, testers
+from flagscope.collector.lake.layout import GLOB, files_between, partition_hour, partitions
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.narrow import SCHEMAS, companion, companions, has_companions
 from flagscope.collector.lake.read import connect, fetch
@@ -236,6 +236,32 @@ def test_the_diff_gives_the_same_verdict_and_numbers_on_both_paths(production, m
     assert_same(wide, narrow, "diff")
 
 
+def test_a_diff_that_raced_compaction_lists_the_files_again(production, tmp_path, monkeypatch):
+    """A file merged away between listing its tables and reading them (DuckDB: "No files
+    found that match the pattern") sends the diff back to list the lake again."""
+    lake = tmp_path / "lake"
+    shutil.copytree(production, lake)
+    options = DiffOptions(flag=FLAG, start=START, end=END)
+    expected = run_diff(production, options).to_dict()
+    define, raced = narrow_views.define_views, []
+
+    def define_then_compact(con: Any, lake_dir: Path, *args: Any) -> None:
+        define(con, lake_dir, *args)
+        if not raced:  # as compaction: the merged file and its tables, then the old gone
+            old = sorted(lake.glob(GLOB))[-1]  # not the first listed: DuckDB holds that open
+            merged = old.with_name("syn-000000000090-000.parquet")
+            for table in SCHEMAS:
+                shutil.copy(companion(old, table), companion(merged, table))
+            shutil.copy(old, merged)
+            for path in [*companions(old), old]:
+                path.unlink()
+            raced.append(old)
+
+    monkeypatch.setattr(narrow_views, "define_views", define_then_compact)
+    assert_same(expected, run_diff(lake, options).to_dict(), "after the race")
+    assert raced
+
+
 def test_a_tables_setting_that_is_neither_path_is_refused(production, monkeypatch):
     monkeypatch.setenv(TABLES_ENV, "narow")
     options = DiffOptions(flag=FLAG, start=START, end=END)
@@ -320,6 +346,23 @@ def test_a_window_reads_only_the_hour_partitions_it_needs(bench_lake):
     chosen = {p.parent for p in files_between(bench_lake, start, end)}
     assert chosen == {bench_lake / "date=2026-11-30" / f"hour={h}" for h in ("08", "09")}
     assert len(files_between(bench_lake, None, None)) == len(list(bench_lake.glob(GLOB)))
+
+
+def test_partition_names_parse_as_retention_parses_them(tmp_path):
+    """The fast parse of the writers' names, and strptime's forms for any other (so the
+    readers and retention agree on an hour); a name neither reads is always listed."""
+    for day, hour in (("2026-11-30", "08"), ("2024-1-5", "3"), ("2026-W49-1", "01")):
+        path = tmp_path / f"date={day}" / f"hour={hour}"
+        try:
+            expected = int(
+                (
+                    datetime.strptime(f"{day} {hour}", "%Y-%m-%d %H") - datetime(1970, 1, 1)
+                ).total_seconds()
+                // 3600
+            )
+        except ValueError:
+            expected = None
+        assert partition_hour(path) == expected, path
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def _directories(parent: Path, prefix: str) -> list[Path]:
     try:
         with os.scandir(parent) as entries:
             return [parent / e.name for e in entries if e.name.startswith(prefix) and e.is_dir()]
-    except (FileNotFoundError, NotADirectoryError):  # no lake yet, or expired meanwhile
+    except OSError:  # no lake yet, expired meanwhile, or unreadable: as a glob skips it
         return []
 
 
@@ -99,9 +99,12 @@ def partition_hour(partition: Path) -> int | None:
     """The hour (since the epoch) of a `date=YYYY-MM-DD/hour=HH` directory, or None."""
     try:
         day = partition.parent.name.split("=", 1)[1]
-        if len(day) != 10 or day[4] != "-" or day[7] != "-":  # YYYY-MM-DD only
-            return None
-        days = (date.fromisoformat(day) - _EPOCH_DAY).days
+        # the writers' YYYY-MM-DD fast (a reader parses every partition's name); any
+        # other form strptime reads, as retention does
+        if len(day) == 10 and day[4] == "-" and day[7] == "-" and day.isascii():
+            days = (date.fromisoformat(day) - _EPOCH_DAY).days
+        else:
+            days = (datetime.strptime(day, "%Y-%m-%d") - _EPOCH).days
         hour = int(partition.name.split("=", 1)[1])
     except (IndexError, ValueError):
         return None
@@ -138,6 +141,6 @@ def _lake_files_in(partition: Path) -> list[Path]:
     try:
         with os.scandir(partition) as entries:
             names = sorted(e.name for e in entries if e.name.endswith(".parquet"))
-    except FileNotFoundError:  # expired meanwhile
+    except OSError:  # expired meanwhile, or unreadable: as a glob skips it
         return []
     return [partition / name for name in names]

@@ -1,7 +1,7 @@
 """Narrow tables beside each lake file: the requests and flag evaluations a cohort diff reads.
 
 Most of a diff's time went into reading wide rows to find, per trace, its entry spans and
-its flag evaluations (issue 12 point 2). So every lake file `<stem>.parquet` has two
+its flag evaluations (issue 12 point 2). So every lake file `<stem>.parquet` has three
 companions in its partition, derived from it row by row:
 
 - `_<stem>.requests.pq`: its entry spans (`is_entry`), with just what cohorts need;
@@ -17,14 +17,15 @@ Why companions, named after their file, in its partition: the leading `_` and th
 suffix keep them out of every engine's reading of the wide lake (`**/*.parquet` globs do
 not match them; Spark, pyarrow and pandas skip names starting with `_`); retention removes
 them with their partition; a WAL replay rewrites them by name with their file; and
-because they are derivable from their file, a file without them (written before they
-existed, or by a crash between the two) is read through the same projection from the wide
-file instead (`narrow_views`). Readers go by the wide files: a companion whose file is
+because they are derivable from their file, a file without one (written before it
+existed, or by a crash between the file and it) is read through the same projection from
+the wide file instead — its testers from its evaluations table, where it has one
+(`narrow_views`). Readers go by the wide files: a companion whose file is
 gone is ignored, so the narrow path reads exactly the rows the wide one does.
 
 The lake writers publish a file's companions right after the file (its rows are
 readable at once; a reader derives the tables until they are there); compaction writes a
-merged file's before it, and those of any of its writer's files that lack them.
+merged file's before it, and those any of its writer's files lack.
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> 
     missing = [f for f in files if not has[f]]
     evaluated: list[Path] = []
     if table == TESTERS:
-        evaluated = [f for f in missing if companion(f, EVALUATIONS).exists()]
-        missing = [f for f in missing if f not in set(evaluated)]
+        has_evaluations = {f: companion(f, EVALUATIONS).exists() for f in missing}
+        evaluated = [f for f in missing if has_evaluations[f]]
+        missing = [f for f in missing if not has_evaluations[f]]
     parts = []
     if ready and table == TESTERS:  # kept across diffs by a long-running reader
         parts.append(

@@ -210,7 +210,11 @@ def mixed_schemas(exc: BaseException) -> bool:
 
 def raced_compaction(exc: BaseException) -> bool:
     """A reader listed a file that compaction merged away before it was read: list again."""
-    return isinstance(exc, duckdb.IOException) and "No such file" in str(exc)
+    # (a list of files names the missing one "No files found that match the pattern")
+    message = str(exc)
+    return isinstance(exc, duckdb.IOException) and (
+        "No such file" in message or "No files found that match the pattern" in message
+    )
 
 
 def translate(exc: duckdb.Error, lake: Path) -> LakeError:

@@ -5,7 +5,9 @@ lake file (`narrow`). A long-running reader — the guard's looks each minute, t
 opened all of them at every diff: 720 files for a 30-day lake compacted to one an hour,
 thousands before compaction. A table never changes under its name (a replay or compaction
 writes a new file and renames it into place: a new inode), so what was read is kept, keyed
-by the file's identity, and only files not seen before are read.
+by the file's identity (device, inode, times, size), and only files not seen before are
+read. Entries of files since removed stay until the cache holds `_LIMIT` files, when it
+starts again: a few bytes each.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 _LIMIT = 100_000  # files kept; past it the cache starts again (a lake rarely holds more)
-Identity = tuple[int, int, int]
+Identity = tuple[int, int, int, int, int]
 _kept: dict[str, tuple[Identity, frozenset[str]]] = {}
 _lock = threading.Lock()
 TABLE = "_fs_testers"
@@ -28,7 +30,7 @@ def _identity(path: str) -> Identity | None:
         status = os.stat(path)
     except OSError:  # gone: DuckDB, reading it, raises what the readers retry or report
         return None
-    return status.st_ino, status.st_mtime_ns, status.st_size
+    return status.st_dev, status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size
 
 
 def _read(con: duckdb.DuckDBPyConnection, paths: list[str]) -> dict[str, frozenset[str]]:
