@@ -48,7 +48,7 @@ from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.result import TrafficFilter
 from flagscope.analysis.stats import RatioStats
 from flagscope.collector.lake import narrow_views
-from flagscope.collector.lake.read import lake_of
+from flagscope.collector.lake.read import lake_of, sql_literal
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # Probabilities around each quantile at which the empirical quantile function is read,
@@ -264,14 +264,10 @@ def _scope_sql(service: str | None, route: str | None) -> str:
     """The --service / --route condition on an `fs_entries` row `e`, values as literals."""
     conditions = ["true"]
     if service is not None:
-        conditions.append(f"e.service_name = {_literal(service)}")
+        conditions.append(f"e.service_name = {sql_literal(service)}")
     if route is not None:
-        conditions.append(f"(e.path = {_literal(route)} OR e.route = {_literal(route)})")
+        conditions.append(f"(e.path = {sql_literal(route)} OR e.route = {sql_literal(route)})")
     return " AND ".join(conditions)
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 # Each stratum's service and route: the compared requests carry only its hash (strings

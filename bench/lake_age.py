@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine, write_figures
+from bench.machine import write_runs
 from bench.make_lake import make_lake, read_manifest
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions
@@ -86,17 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         figures |= {"files": manifest["files"]} | measure(lake, manifest, args.repeat)
         runs.append(figures)
         print(figures, flush=True)
-    for run in runs:
-        for key in [k for k in run if k.endswith("_s")]:
-            run[key.removesuffix("_s") + "_ratio"] = run[key] / runs[0][key]
-    write_figures(
-        "lake_age",
-        {
-            "machine": machine(),
-            "command": " ".join(["bench/lake_age.py", *sys.argv[1:]]),
-            "runs": runs,
-        },
-    )
+    write_runs("lake_age", runs, sys.argv[1:])
     return 0
 
 

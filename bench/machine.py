@@ -31,6 +31,17 @@ def machine() -> dict[str, str]:
     }
 
 
+def write_runs(name: str, runs: list[dict[str, Any]], argv: list[str]) -> Path:
+    """`runs` (dicts of figures, seconds named `*_s`) with each time also as a ratio to the
+    first run's (`*_ratio`: the flat line is 1.0), written as `write_figures` does with the
+    machine and the command (`bench/<name>.py` and `argv`)."""
+    for run in runs:
+        for key in [k for k in run if k.endswith("_s")]:
+            run[key.removesuffix("_s") + "_ratio"] = run[key] / runs[0][key]
+    command = " ".join([f"bench/{name}.py", *argv])
+    return write_figures(name, {"machine": machine(), "command": command, "runs": runs})
+
+
 def write_figures(name: str, figures: dict[str, Any]) -> Path:
     """Print `figures` and keep them in bench/out/<name>.json (git-ignored)."""
     out = Path(__file__).resolve().parent / "out"

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine, write_figures
+from bench.machine import write_runs
 from bench.make_lake import make_lake, read_manifest
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.query import run as run_query
@@ -103,18 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         figures |= measure(lake, manifest, args.repeat)
         runs.append(figures)
         print(figures, flush=True)
-    base = runs[0]
-    for run in runs:
-        for key in [k for k in run if k.endswith("_s")]:
-            run[key.removesuffix("_s") + "_ratio"] = run[key] / base[key]
-    write_figures(
-        "many_files",
-        {
-            "machine": machine(),
-            "command": " ".join(["bench/many_files.py", *sys.argv[1:]]),
-            "runs": runs,
-        },
-    )
+    write_runs("many_files", runs, sys.argv[1:])
     return 0
 
 

@@ -20,6 +20,7 @@ from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.example_query import EXAMPLES, SLACK
 from flagscope.analysis.examples import Examples as Examples  # re-exported for the pages
 from flagscope.analysis.ui.work import bounded
+from flagscope.collector.lake.schema import trace_key_of
 
 MAX_SPANS = 500
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -130,12 +131,8 @@ def trace(lake: Path, trace_id: str, near: datetime | None = None) -> Trace | No
             rows = con.execute(_TRACE_SQL.format(when=""), known).fetchall()
         return rows
 
-    raw = bytes.fromhex(trace_id)  # checked: 32 hex digits (check_trace_id)
-    known = {
-        "hi": int.from_bytes(raw[:8], "big", signed=True),
-        "lo": int.from_bytes(raw[8:], "big", signed=True),
-        "limit": MAX_SPANS + 1,
-    }
+    hi, lo = trace_key_of(bytes.fromhex(trace_id))  # checked: 32 hex digits (check_trace_id)
+    known = {"hi": hi, "lo": lo, "limit": MAX_SPANS + 1}
     rows = bounded(lake, query)
     if not rows:
         return None

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from flagscope.collector.lake.durable import write_atomically
 from flagscope.collector.lake.layout import temporary
-from flagscope.collector.lake.read import wide_rows
+from flagscope.collector.lake.read import sql_literal, wide_rows
 
 REQUESTS, EVALUATIONS, TESTERS = "requests", "evaluations", "testers"
 SUFFIX = ".pq"
@@ -127,10 +127,6 @@ def wide_file_of(path: Path) -> Path | None:
     return None
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 # One DuckDB connection per thread (and process: a forked child makes its own): opening one
 # cost ~0.1 s of the ~0.3 s a small file's companions took on a busy machine, and a
 # replay after a crash publishes many small files.
@@ -161,7 +157,7 @@ def write_companions(
     deriving. Each is written under a temporary name, fsynced and renamed, as lake files
     are."""
     con = _connection()
-    path = _sql_str(str(source or wide))
+    path = sql_literal(str(source or wide))
     # any form a file has had, unless it is known to be current
     rows_sql = f"(SELECT * FROM read_parquet({path}))" if current else f"({wide_rows(con, path)})"
     written = []

@@ -30,29 +30,15 @@ from flagscope.collector.lake.schema import trace_key_sql
 
 
 def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
-    """SQL for `table`'s rows of `files`: their companions, and for each file without its
-    `table` the same projection of its evaluations (testers, in a file from before they
-    were written) or of the file itself."""
+    """SQL for `table`'s rows of `files`: their companions, and the projection of the file
+    itself for each file without one."""
     has = {f: companion(f, table).exists() for f in files}
     ready = [f for f in files if has[f]]
     missing = [f for f in files if not has[f]]
-    evaluated: list[Path] = []
-    if table == TESTERS:
-        has_evaluations = {f: companion(f, EVALUATIONS).exists() for f in missing}
-        evaluated = [f for f in missing if has_evaluations[f]]
-        missing = [f for f in missing if not has_evaluations[f]]
     parts = []
-    if ready and table == TESTERS:  # kept across diffs by a long-running reader
-        parts.append(
-            f"SELECT user_id FROM {testers.cached(con, [companion(f, table) for f in ready])}"
-        )
-    elif ready:
+    if ready:
         companions = sql_list([companion(f, table) for f in ready])
         parts.append(f"SELECT * FROM read_parquet({companions}, hive_partitioning = false)")
-    if evaluated:
-        rows = sql_list([companion(f, EVALUATIONS) for f in evaluated])
-        source = f"read_parquet({rows}, hive_partitioning = false)"
-        parts.append(PROJECTIONS[TESTERS].replace("{source}", source))
     if missing:
         rows = f"({wide_rows(con, sql_list(missing))})"
         parts.append(PROJECTIONS[table].replace("{source}", rows))
@@ -60,6 +46,20 @@ def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> 
         empty = f"_fs_empty_{table}"
         con.register(empty, SCHEMAS[table].empty_table())
         parts.append(f"SELECT * FROM {empty}")
+    return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+
+
+def _testers_relation(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
+    """SQL for the users `files` mark as testers: their testers tables, as a long-running
+    reader keeps them (`testers`); for a file without one (written before them), the
+    same projection of its evaluations (`_relation`: its table, or the file itself)."""
+    has = {f: companion(f, TESTERS).exists() for f in files}
+    kept = testers.cached(con, [companion(f, TESTERS) for f in files if has[f]])
+    parts = [f"SELECT user_id FROM {kept}"]
+    older = [f for f in files if not has[f]]
+    if older:
+        evaluations = f"({_relation(con, EVALUATIONS, older)})"
+        parts.append(PROJECTIONS[TESTERS].replace("{source}", evaluations))
     return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
 
 
@@ -97,7 +97,7 @@ def define_views(
     ):
         relation = _relation(con, table, files_between(lake, start, end))
         con.execute(_view(name, table, relation, window_sql(start, end)))
-    testers = _relation(con, TESTERS, files_between(lake, *tests))
+    users = _testers_relation(con, files_between(lake, *tests))
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW fs_narrow_tests AS SELECT user_id, true AS is_test FROM ({testers})"
+        f"CREATE OR REPLACE TEMP VIEW fs_narrow_tests AS SELECT user_id, true AS is_test FROM ({users})"
     )

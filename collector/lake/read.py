@@ -193,6 +193,11 @@ def _sql_str(value: str) -> str:
     return value.replace("'", "''")
 
 
+def sql_literal(value: str) -> str:
+    """`value` as a quoted SQL string literal."""
+    return f"'{_sql_str(value)}'"
+
+
 def window_sql(start: datetime, end: datetime) -> str:
     """SQL: a row's time is in [start, end) (naive UTC), on the stored nanoseconds."""
     return f"time_unix_nano >= {unix_nanos(start)} AND time_unix_nano < {unix_nanos(end)}"
@@ -200,7 +205,7 @@ def window_sql(start: datetime, end: datetime) -> str:
 
 def sql_list(paths: list[Path]) -> str:
     """`paths` as a DuckDB list literal of strings, for `read_parquet`."""
-    return "[" + ", ".join(f"'{_sql_str(str(p))}'" for p in paths) + "]"
+    return "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
 
 
 def mixed_schemas(exc: BaseException) -> bool:

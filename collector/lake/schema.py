@@ -135,6 +135,14 @@ def span_key(span_id: bytes) -> int | None:
     return int.from_bytes(span_id, "big", signed=True) if len(span_id) == 8 else None
 
 
+def trace_key_of(trace_id: bytes) -> tuple[int, int]:
+    """(trace_key_hi, trace_key_lo) of one 16-byte trace id, as `trace_key_halves`."""
+    return (
+        int.from_bytes(trace_id[:8], "big", signed=True),
+        int.from_bytes(trace_id[8:], "big", signed=True),
+    )
+
+
 def trace_key_halves(ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """(trace_key_hi, trace_key_lo) of 16-byte trace ids (fixed_size_binary(16), or a UUID
     array as files before issue 12 held them): big-endian signed halves, null where the

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import duckdb
 
+from flagscope.collector.lake.read import sql_list
+
 _LIMIT = 100_000  # files kept; past it the cache starts again (a lake rarely holds more)
 Identity = tuple[int, int, int, int, int]
 _kept: dict[str, tuple[Identity, frozenset[str]]] = {}
@@ -35,9 +37,9 @@ def _identity(path: str) -> Identity | None:
 
 def _read(con: duckdb.DuckDBPyConnection, paths: list[str]) -> dict[str, frozenset[str]]:
     """The user ids of each of `paths` (one DuckDB scan of them all)."""
-    listed = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+    files = sql_list([Path(p) for p in paths])
     rows = con.execute(
-        f"SELECT filename, list(user_id) FROM read_parquet({listed}, filename = true, "
+        f"SELECT filename, list(user_id) FROM read_parquet({files}, filename = true, "
         "hive_partitioning = false) GROUP BY filename"
     ).fetchall()
     found = dict.fromkeys(paths, frozenset[str]())
