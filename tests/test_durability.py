@@ -530,8 +530,11 @@ def test_each_of_five_quick_crashes_converts_what_the_previous_run_acked(tmp_pat
     expected: dict[str, int] = {}
     for cycle in range(5):
         collector = collectors(tmp_path, env=HOLD)  # its own acks stay in its open segment
-        time.sleep(0.3)  # the restart's replay has this long
-        assert span_counts(tmp_path / "lake", "events_raw") == expected, f"cycle {cycle}"
+        # the restart's replay converts the previous run's acks (a loaded machine once
+        # needed more than the 0.3 s this gave it)
+        assert wait_until(lambda: span_counts(tmp_path / "lake", "events_raw") == expected), (
+            f"cycle {cycle}"
+        )
         traces = [rng.randbytes(16) for _ in range(10)]
         send_all(collector, [spans_request(t, 2) for t in traces])
         expected.update({t.hex(): 2 for t in traces})
