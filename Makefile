@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 # Two workers, a test file each at a time; then the timed and memory-bound tests alone.
 test: check browser java $(NODE_MODULES)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
 
 # The edit-run loop (well under a minute): no collector on a socket, no subprocess, crash

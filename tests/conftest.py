@@ -39,7 +39,7 @@ _SOCKET_NAMES = ("RunningCollector", "CollectorProcess", "running(", "record_reg
 
 
 # Tests that measure time or memory against a bound, or race a signal against load: `make
-# test` runs them on their own after the rest, which runs on two workers (a neighbour's
+# test` runs them on their own after the rest, which runs on three workers (a neighbour's
 # DuckDB scan on the same two cores would stretch a deadline they check).
 SERIAL_FILES = {
     "test_budget.py",
@@ -53,7 +53,24 @@ SERIAL_FILES = {
 }
 
 
+# The longest files (a minute or more of one worker each), started first: xdist hands out
+# files in collection order, and one of these begun last would leave the other workers
+# idle while it runs.
+LONGEST_FILES = (
+    "test_production_simulation.py",
+    "test_spark_engine.py",
+    "test_unbalanced_cohorts.py",
+    "test_cuped.py",
+    "test_several_collectors.py",
+    "test_otlp_json.py",
+    "test_guard_detection.py",
+    "test_ui_different.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = {name: place for place, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(Path(str(item.fspath)).name, len(first)))
     sources: dict[Path, bool] = {}
     for item in items:
         path = Path(str(item.fspath))

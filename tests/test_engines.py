@@ -277,6 +277,7 @@ def spark() -> Iterator[Any]:
         .appName("flagscope-test-engines")
         .config("spark.ui.enabled", "false")  # no web UI port; speed, not how files are read
         .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")  # JIT: quick tier
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

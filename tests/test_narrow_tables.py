@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import shutil
 import sys
@@ -40,7 +41,7 @@ from flagscope.collector.lake.layout import GLOB, files_between, partition_hour,
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.narrow import SCHEMAS, companion, companions, has_companions
 from flagscope.collector.lake.read import connect, fetch
-from flagscope.collector.lake.resources import MEMORY_ENV, memory_limit
+from flagscope.collector.lake.resources import MEMORY_ENV, THREADS_ENV, memory_limit
 from tests.helpers import RunningCollector, make_settings
 from tests.otlp_requests import post
 from tests.synthetic import request, write
@@ -460,4 +461,16 @@ def test_a_memory_limit_that_is_no_size_is_a_usage_error(production, monkeypatch
     assert main(["query", "--lake", str(production), "SELECT 1"]) == 2
     err = capsys.readouterr().err
     assert "FLAGSCOPE_MEMORY_LIMIT='lots' is not a memory size" in err and "4GB" in err
+    assert "Traceback" not in err
+
+
+def test_lake_queries_run_on_the_threads_set(production, monkeypatch, capsys):
+    monkeypatch.setenv(THREADS_ENV, "1")
+    assert fetch(production, "SELECT current_setting('threads')")[1][0][0] == 1
+    monkeypatch.delenv(THREADS_ENV)
+    assert fetch(production, "SELECT current_setting('threads')")[1][0][0] == os.cpu_count()
+    monkeypatch.setenv(THREADS_ENV, "0")
+    assert main(["query", "--lake", str(production), "SELECT 1"]) == 2
+    err = capsys.readouterr().err
+    assert "FLAGSCOPE_THREADS='0' is not a number of threads: set it to 1 or more" in err
     assert "Traceback" not in err

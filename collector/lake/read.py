@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from flagscope.collector.errors import LakeError, LakeQueryError
 from flagscope.collector.lake.layout import GLOB, files_between, has_files, unix_nanos
-from flagscope.collector.lake.resources import memory_limit, spill_directory
+from flagscope.collector.lake.resources import memory_limit, spill_directory, thread_limit
 from flagscope.collector.lake.schema import (
     NANOS,
     SCHEMA,
@@ -252,6 +252,7 @@ def _open(
         con.execute(f"SET enable_progress_bar = {'true' if _progress else 'false'}")
         con.execute(f"SET memory_limit = '{limit}'")
         con.execute(f"SET temp_directory = '{_sql_str(str(spill))}'")
+        threads = threads or thread_limit()
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         define_views(con, lake, thorough, window)

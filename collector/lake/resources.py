@@ -11,6 +11,11 @@ limit on a 100 M diff spilled and finished, at +27 % CPU (issue 12's measurement
 Why 25 %: the lake is read through the page cache, and memory DuckDB takes is memory the
 cache loses. The 100 M-event diff over an 18 GB lake on a 24 GiB machine took 52.8 s and
 6.15 GiB at 25 %, 60.3 s and 9.48 GiB at 40 % (page cache warm; bench/RESULTS.md).
+
+`FLAGSCOPE_THREADS` caps the threads of each connection (DuckDB's default: one per core),
+for a box shared with other work, or many small diffs run side by side in processes of
+their own (the test suite's simulations: on their ~30 k-row lakes one thread took ~10 %
+less CPU per diff than two).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from flagscope.collector.errors import ConfigError
 
 MEMORY_ENV = "FLAGSCOPE_MEMORY_LIMIT"
 SPILL_ENV = "FLAGSCOPE_SPILL_DIR"
+THREADS_ENV = "FLAGSCOPE_THREADS"
 DEFAULT_SHARE = 0.25
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)", re.IGNORECASE)
 _SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
@@ -49,6 +55,16 @@ def memory_limit(text: str | None = None) -> str:
         f"{MEMORY_ENV}={text!r} is not a memory size: set it to a size such as 4GB or 512MB, "
         "or a share of RAM such as 25%"
     )
+
+
+def thread_limit() -> int | None:
+    """The environment's cap on a connection's threads, or None (DuckDB's default)."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ConfigError(f"{THREADS_ENV}={text!r} is not a number of threads: set it to 1 or more")
 
 
 def spill_directory() -> Path:
