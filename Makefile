@@ -92,6 +92,7 @@ $(NODE_MODULES): $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
 # the lake's age (1 and 30 days), then the UI's pages over the 10 M lake.
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/lake_write.py
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/lake_age.py
 	$(BIN)/python bench/ui.py
