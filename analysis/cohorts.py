@@ -260,13 +260,15 @@ WHERE {scope}
 """
 
 
-def _scope_sql(service: str | None, route: str | None) -> str:
-    """The --service / --route condition on an `fs_entries` row `e`, values as literals."""
+def scope_sql(service: str | None, route: str | None, row: str = "e.") -> str:
+    """The --service / --route condition on a row with `service_name`, `route` and `path`
+    (`row`: its qualifier, an `fs_entries` row `e` by default), values as literals."""
     conditions = ["true"]
     if service is not None:
-        conditions.append(f"e.service_name = {sql_literal(service)}")
+        conditions.append(f"{row}service_name = {sql_literal(service)}")
     if route is not None:
-        conditions.append(f"(e.path = {sql_literal(route)} OR e.route = {sql_literal(route)})")
+        value = sql_literal(route)
+        conditions.append(f"({row}path = {value} OR {row}route = {value})")
     return " AND ".join(conditions)
 
 
@@ -420,7 +422,7 @@ class Evaluations:
         con.execute(_TRACE_USER_SQL)
         con.execute(_USER_FIRST_SQL, arms)
         con.execute(_USER_MARKS_SQL)
-        scope = _scope_sql(q.service, q.route)
+        scope = scope_sql(q.service, q.route)
         con.execute(_LABELLED_SQL.format(entries="fs_entries", scope=scope))
         excluded, duplicates = _exclusions(con)
         if duplicates:

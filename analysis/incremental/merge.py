@@ -28,11 +28,11 @@ from flagscope.analysis.cohorts import (
     cohort_name,
     latency_histogram,
     quantile_grid,
+    scope_sql,
     unit_sums_from_tables,
 )
 from flagscope.analysis.incremental import bins
 from flagscope.analysis.incremental.plan import Piece, floor_hour
-from flagscope.collector.lake.read import sql_literal
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,6 @@ WHERE c.stratum IN (SELECT stratum FROM inc_strata WHERE {scope})
 """
 
 
-def _scope_sql(service: str | None, route: str | None) -> str:
-    """--service / --route on an `inc_strata` row, values as literals."""
-    conditions = ["true"]
-    if service is not None:
-        conditions.append(f"service_name = {sql_literal(service)}")
-    if route is not None:
-        conditions.append(f"(path = {sql_literal(route)} OR route = {sql_literal(route)})")
-    return " AND ".join(conditions)
-
-
 class MergedRequests:
     """`cohorts.LabelledRequests`' answers from merged pieces (`inc_requests`)."""
 
@@ -115,7 +105,9 @@ class MergedRequests:
         con.execute(f"CREATE OR REPLACE TEMP VIEW inc_testers AS SELECT * FROM {testers}")
         scoped = query.service is not None or query.route is not None
         edge = "true" if scoped else "((c.edges >> c.pos) & 1) = 1"
-        con.execute(_LABELLED_SQL.format(edge=edge, scope=_scope_sql(query.service, query.route)))
+        con.execute(
+            _LABELLED_SQL.format(edge=edge, scope=scope_sql(query.service, query.route, row=""))
+        )
         counts = con.execute("""
             SELECT coalesce(sum(n) FILTER (WHERE is_test), 0),
                    count(DISTINCT unit) FILTER (WHERE is_test),
