@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python sample_data/demo.py$(if $(GUARD), --guard $(GUARD))$(if $(UI), --ui)
 
-# Two workers, a test file each at a time; then the timed and memory-bound tests alone.
+# Three workers, a test file each at a time; then the timed and memory-bound tests alone.
 test: check browser java $(NODE_MODULES)
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m "not serial"
 	$(BIN)/python -m pytest -q -m serial

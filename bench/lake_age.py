@@ -14,18 +14,16 @@ under bench/out/lakes/).
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import write_runs
+from bench.machine import best, write_runs
 from bench.make_lake import make_lake, read_manifest
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions
@@ -45,21 +43,6 @@ def lake_of_age(cache: Path, per_day: int, days: int) -> tuple[Path, dict[str, A
         manifest = read_manifest(lake)
         assert manifest is not None
     return lake, manifest
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def best(work: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """The fastest of `repeat` runs: (wall, CPU) seconds."""
-    runs = []
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), _cpu()
-        work()
-        runs.append((time.perf_counter() - wall, _cpu() - cpu))
-    return min(runs)
 
 
 def measure(lake: Path, manifest: dict[str, Any], repeat: int) -> dict[str, float]:

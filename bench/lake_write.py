@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine, write_figures
+from bench.machine import best, machine, write_figures
 from bench.payload import trace_request
 from flagscope.collector.config import Settings
 from flagscope.collector.convert import Converter
@@ -47,19 +46,9 @@ REQUEST_SPANS = 512
 CHUNK_REQUESTS = 25  # ~8 MiB of protobuf: the lake writers' chunk (lake_writer.CHUNK_BYTES)
 
 
-def cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def best(work: Callable[[], Any], repeat: int) -> float:
-    """The least CPU seconds of `repeat` runs of `work`."""
-    times = []
-    for _ in range(repeat):
-        began = cpu()
-        work()
-        times.append(cpu() - began)
-    return min(times)
+def cpu_best(work: Callable[[], Any], repeat: int) -> float:
+    """The least CPU seconds of `repeat` runs of `work` (`machine.best`)."""
+    return min(best(work, 1)[1] for _ in range(repeat))
 
 
 def main() -> None:
@@ -75,7 +64,7 @@ def main() -> None:
     ]
     converter = Converter(Tagger.from_settings(Settings()))
     chunks = [requests[i : i + CHUNK_REQUESTS] for i in range(0, len(requests), CHUNK_REQUESTS)]
-    convert_s = best(lambda: [converter.table(chunk) for chunk in chunks], args.repeat)
+    convert_s = cpu_best(lambda: [converter.table(chunk) for chunk in chunks], args.repeat)
     tables = [converter.table(chunk) for chunk in chunks]
     spans = sum(t.num_rows for t in tables)
     work = Path(tempfile.mkdtemp(prefix="lake-write-"))
@@ -96,10 +85,12 @@ def main() -> None:
                 out.write(table)
             return out.close()
 
-        bare_s = best(bare, args.repeat)
-        writer_s = best(writer, args.repeat)
+        bare_s = cpu_best(bare, args.repeat)
+        writer_s = cpu_best(writer, args.repeat)
         (published,) = writer()
-        read_back_s = best(lambda: narrow.write_companions(published, current=True), args.repeat)
+        read_back_s = cpu_best(
+            lambda: narrow.write_companions(published, current=True), args.repeat
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

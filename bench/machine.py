@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,22 @@ def machine() -> dict[str, str]:
         "duckdb": duckdb.__version__,
         "platform": platform.platform(),
     }
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time so far, its threads (DuckDB's) included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def best(work: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """The fastest of `repeat` runs of `work`: (wall, CPU) seconds."""
+    runs = []
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        work()
+        runs.append((time.perf_counter() - wall, cpu_seconds() - cpu))
+    return min(runs)
 
 
 def write_runs(name: str, runs: list[dict[str, Any]], argv: list[str]) -> Path:

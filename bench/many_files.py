@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import write_runs
+from bench.machine import best, write_runs
 from bench.make_lake import make_lake, read_manifest
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.query import run as run_query
@@ -58,13 +58,9 @@ def lake_with(cache: Path, events: int, files: int) -> tuple[Path, dict[str, Any
     return lake, manifest
 
 
-def best(work: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - began)
-    return min(times)
+def fastest(work: Callable[[], object], repeat: int) -> float:
+    """The least wall time of `repeat` runs of `work`."""
+    return best(work, repeat)[0]
 
 
 def measure(lake: Path, manifest: dict[str, Any], repeat: int) -> dict[str, float]:
@@ -79,12 +75,12 @@ def measure(lake: Path, manifest: dict[str, Any], repeat: int) -> dict[str, floa
         read._open(lake, None, thorough=False).close()  # as `read.run` first tries
 
     return {
-        "open_s": best(open_close, repeat),
-        "query_whole_lake_s": best(lambda: run_query(lake, count), repeat),
-        "query_last_hour_s": best(lambda: run_query(lake, recent), repeat),
-        "query_since_1h_s": best(lambda: run_query(lake, count, (last_hour, end)), repeat),
-        "diff_last_hour_s": best(lambda: run_diff(lake, hour), repeat),
-        "diff_whole_day_s": best(lambda: run_diff(lake, whole), repeat),
+        "open_s": fastest(open_close, repeat),
+        "query_whole_lake_s": fastest(lambda: run_query(lake, count), repeat),
+        "query_last_hour_s": fastest(lambda: run_query(lake, recent), repeat),
+        "query_since_1h_s": fastest(lambda: run_query(lake, count, (last_hour, end)), repeat),
+        "diff_last_hour_s": fastest(lambda: run_diff(lake, hour), repeat),
+        "diff_whole_day_s": fastest(lambda: run_diff(lake, whole), repeat),
     }
 
 

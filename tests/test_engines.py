@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from flagscope.collector.lake.layout import partitions, temporary
 from flagscope.collector.lake.read import fetch
-from tests.helpers import RunningCollector, make_settings
+from tests.helpers import SHORT_LIVED_JVM, RunningCollector, make_settings
 from tests.otlp_requests import kv, new_span_id, new_trace_id, post
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
@@ -277,8 +277,7 @@ def spark() -> Iterator[Any]:
         .appName("flagscope-test-engines")
         .config("spark.ui.enabled", "false")  # no web UI port; speed, not how files are read
         .config("spark.sql.shuffle.partitions", "1")
-        # a short-lived JVM: the JIT's quick tier only, one GC thread (about half the CPU)
-        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+        .config("spark.driver.extraJavaOptions", SHORT_LIVED_JVM)  # speed, not reading
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

@@ -32,6 +32,7 @@ from flagscope.analysis.stats import RatioStats
 from flagscope.collector.errors import FlagscopeError
 from flagscope.collector.lake.read import connect, fetch
 from tests import synthetic
+from tests.helpers import SHORT_LIVED_JVM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from make_lake import make_lake
@@ -56,9 +57,7 @@ def spark() -> Iterator[Any]:
         "spark.sql.shuffle.partitions": "2",
         "spark.sql.adaptive.enabled": "false",
         "spark.sql.codegen.wholeStage": "false",
-        # a short-lived JVM on a busy machine: the JIT's quick tier only, one GC thread
-        # (three diffs of the sample lake: 50 CPU-s against 98, 39 s against 54)
-        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+        "spark.driver.extraJavaOptions": SHORT_LIVED_JVM,
     }
     session = spark_session.session("local[2]", **tuning)
     session.sparkContext.setLogLevel("ERROR")

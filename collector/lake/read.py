@@ -247,12 +247,12 @@ def _open(
     """A fresh connection with the lake's views (DuckDB's errors come out raw), within the
     memory limit (`resources`); `thorough`, `window`: as `define_views`."""
     limit, spill = memory_limit(), spill_directory()
+    threads = threads or thread_limit()
     con = duckdb.connect()
     try:
         con.execute(f"SET enable_progress_bar = {'true' if _progress else 'false'}")
         con.execute(f"SET memory_limit = '{limit}'")
         con.execute(f"SET temp_directory = '{_sql_str(str(spill))}'")
-        threads = threads or thread_limit()
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         define_views(con, lake, thorough, window)

@@ -14,8 +14,8 @@ cache loses. The 100 M-event diff over an 18 GB lake on a 24 GiB machine took 52
 
 `FLAGSCOPE_THREADS` caps the threads of each connection (DuckDB's default: one per core),
 for a box shared with other work, or many small diffs run side by side in processes of
-their own (the test suite's simulations: on their ~30 k-row lakes one thread took ~10 %
-less CPU per diff than two).
+their own (the test suite's simulations: on their ~30 k-row lakes a replicate, its lake
+written and its diff run, took ~10 % less CPU on one thread than on two).
 """
 
 from __future__ import annotations
