@@ -36,7 +36,7 @@ from flagscope.analysis.cli import main
 from flagscope.analysis.cohorts import TABLES_ENV, CohortQuery, Evaluations
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, TrafficFilter
-from flagscope.collector.lake import narrow_views, testers
+from flagscope.collector.lake import narrow, narrow_views, testers
 from flagscope.collector.lake.layout import GLOB, files_between, partition_hour, partitions
 from flagscope.collector.lake.maintain import compact, expire
 from flagscope.collector.lake.narrow import SCHEMAS, companion, companions, has_companions
@@ -268,6 +268,37 @@ def test_a_tables_setting_that_is_neither_path_is_refused(production, monkeypatc
     options = DiffOptions(flag=FLAG, start=START, end=END)
     with pytest.raises(Exception, match="expected 'narrow' \\(the default\\) or 'wide'"):
         run_diff(production, options)
+
+
+def test_each_flags_evaluations_are_row_groups_of_their_own(production, tmp_path, monkeypatch):
+    """A diff reads one flag's evaluations and the test marks: the evaluations table keeps
+    each flag (and the test-marked rows) in row groups of their own, so the engines skip
+    the rest by the row groups' statistics; the rows are the file's, unchanged."""
+    monkeypatch.setattr(narrow, "FLAG_GROUP_ROWS", 1)  # a row group at every change
+    wide = max(
+        production.glob(GLOB), key=lambda f: pq.read_metadata(companion(f, "evaluations")).num_rows
+    )
+    before = pq.read_table(companion(wide, "evaluations"))
+    copy = tmp_path / wide.parent.relative_to(production) / wide.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(wide, copy)
+    narrow.write_companions(copy)
+    written = pq.ParquetFile(companion(copy, "evaluations"))
+    after = written.read()
+    order = [("flag", "ascending"), ("is_test", "ascending"), ("time_unix_nano", "ascending")]
+    order += [("trace_key_lo", "ascending"), ("user_id", "ascending"), ("variant", "ascending")]
+    assert after.sort_by(order).equals(before.sort_by(order))
+    columns = written.schema_arrow.names
+    seen = set()
+    for index in range(written.metadata.num_row_groups):
+        group = written.metadata.row_group(index)
+        stats = {n: group.column(columns.index(n)).statistics for n in ("flag", "is_test")}
+        assert stats["is_test"].min == stats["is_test"].max
+        flag = stats["flag"]
+        assert not flag.has_min_max or flag.min == flag.max
+        seen.add((stats["is_test"].min, flag.min if flag.has_min_max else None))
+    flags = set(zip(after["is_test"].to_pylist(), after["flag"].to_pylist(), strict=True))
+    assert seen == flags and len(seen) >= 3  # several flags, and test marks
 
 
 # -- in step with their files ---------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import BinaryIO
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flagscope.collector.lake.durable import write_atomically
@@ -97,6 +98,41 @@ PROJECTIONS = {
     # (the same users as the evaluations' test-marked rows name: those hold every one)
     TESTERS: "SELECT DISTINCT user_id FROM {source} WHERE is_test AND user_id IS NOT NULL",
 }
+
+
+# An evaluations table's rows in row groups by flag, the test-marked rows in their own: a
+# diff reads one flag's evaluations and every test mark (`flag = …`, `is_test`), and the
+# row groups' min/max statistics let the engines skip the rest of the file. (A flag with
+# fewer rows shares its row group with the next, so that many rare flags do not make
+# many tiny row groups.)
+EVALUATIONS_ORDER = "is_test, flag NULLS LAST, time_unix_nano"
+FLAG_GROUP_ROWS = 16 * 1024
+ROW_GROUP_ROWS = 1024 * 1024
+
+
+def row_groups(table: str, rows: pa.Table) -> list[tuple[int, int]]:
+    """(offset, length) of each row group to write `rows` (of `table`) in: by flag and test
+    mark for the evaluations (in EVALUATIONS_ORDER), by ROW_GROUP_ROWS otherwise."""
+    n = rows.num_rows
+    starts = [0]
+    if table == EVALUATIONS and n > 1:
+        test_changes = set(_changes(rows.column("is_test")))
+        for i in sorted(test_changes | set(_changes(rows.column("flag")))):
+            if i in test_changes or i - starts[-1] >= FLAG_GROUP_ROWS:
+                starts.append(i)
+    groups = []
+    for offset, stop in zip(starts, [*starts[1:], n], strict=True):
+        groups += [(o, min(ROW_GROUP_ROWS, stop - o)) for o in range(offset, stop, ROW_GROUP_ROWS)]
+    return groups or [(0, 0)]
+
+
+def _changes(column: pa.ChunkedArray) -> list[int]:
+    """The places i where column[i] differs from column[i - 1] (null from non-null too)."""
+    after, before = column[1:], column[:-1]
+    differs = pc.or_kleene(
+        pc.not_equal(after, before), pc.not_equal(pc.is_null(after), pc.is_null(before))
+    )
+    return [i + 1 for i in pc.indices_nonzero(pc.fill_null(differs, False)).to_pylist()]
 
 
 def companion(wide: Path, table: str) -> Path:
@@ -164,17 +200,18 @@ def write_companions(
     for table, schema in SCHEMAS.items():
         if tables is not None and table not in tables:
             continue
-        rows = con.sql(PROJECTIONS[table].replace("{source}", rows_sql)).to_arrow_table()
+        projection = PROJECTIONS[table].replace("{source}", rows_sql)
+        if table == EVALUATIONS:
+            projection = f"SELECT * FROM ({projection}) ORDER BY {EVALUATIONS_ORDER}"
+        rows = con.sql(projection).to_arrow_table().cast(schema)
         target = companion(wide, table)
 
-        def write(handle: BinaryIO, rows: pa.Table = rows, schema: pa.Schema = schema) -> None:
-            pq.write_table(
-                rows.cast(schema),
-                handle,
-                compression="zstd",
-                use_dictionary=_DICTIONARY,
-                row_group_size=1024 * 1024,
-            )
+        def write(handle: BinaryIO, rows: pa.Table = rows, table: str = table) -> None:
+            with pq.ParquetWriter(
+                handle, rows.schema, compression="zstd", use_dictionary=_DICTIONARY
+            ) as writer:
+                for offset, length in row_groups(table, rows):
+                    writer.write_table(rows.slice(offset, length), row_group_size=ROW_GROUP_ROWS)
 
         write_atomically(target, write, temporary(target))
         written.append(target)
