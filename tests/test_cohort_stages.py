@@ -869,3 +869,55 @@ def test_a_downstream_entry_span_without_a_user_id_is_counted_under_the_traces_u
     assert excluded.requests_without_user == 0
     units = {(row[3], row[1]) for row in got}  # (service, unit)
     assert len({u for _, u in units}) == 8  # one unit per user, across both services
+
+
+@pytest.mark.parametrize(
+    "rootless", [0, 3, 12], ids=["all-rooted", "a-few-rootless", "all-rootless"]
+)
+def test_each_traces_edge_is_its_root_else_its_earliest_request(tmp_path, rootless):
+    """The edge (the overall numbers' one request per trace) is the trace's root entry
+    span, else its earliest; with every trace rooted, a few not (a caller outside the lake,
+    a trace with two roots) and none rooted, as the SQL takes a different path for each."""
+    rows, expected = [], {"on": 0.0, "off": 0.0}
+    for i in range(12):
+        for variant in ("on", "off"):
+            trace = f"{(i * 2 + (variant == 'on')) + 1:032x}"
+            at = NOW - timedelta(minutes=40 - i)
+            # the downstream span starts first when the caller is outside the lake
+            times = [at + timedelta(milliseconds=ms) for ms in (5, 0, 9)]
+            outside = i < rootless
+            parents = [f"{9:016x}" if outside else None, f"{1:016x}", f"{2:016x}"]
+            if not outside and i == 11:
+                parents[1] = None  # two roots: the earlier one is the edge
+            for k, (service, ms) in enumerate(
+                (("frontend", 300.0), ("cart", 120.0), ("pay", 80.0))
+            ):
+                rows.append(
+                    span(
+                        trace,
+                        service=service,
+                        ms=ms + i,
+                        user=f"{variant}-{i}",
+                        flags={"f": variant} if k == 0 else None,
+                        parent=parents[k],
+                        span_id=f"{k + 1:016x}",
+                        at=times[k],
+                    )
+                )
+            rooted = [k for k in range(3) if parents[k] is None]
+            edge = min(rooted or range(3), key=lambda k: times[k])
+            expected[variant] += (300.0, 120.0, 80.0)[edge] + i
+    con = connect(write(tmp_path, rows))
+    try:
+        labelled = Evaluations.collect(con, "f", START, END).label(
+            CohortQuery("f", "on", "off", START, END)
+        )
+        odd = con.execute("SELECT count(*) FROM fs_odd_traces").fetchall()[0][0]
+        sums = labelled.unit_sums()
+    finally:
+        con.close()
+    assert odd == 2 * (rootless + (rootless < 12))  # the traces without exactly one root
+    for variant, cohort in (("on", "treatment"), ("off", "baseline")):
+        overall = sums.overall[cohort]
+        assert overall.requests == 12
+        assert overall.latency.sum_x == pytest.approx(expected[variant])
