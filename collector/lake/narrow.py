@@ -107,23 +107,21 @@ PROJECTIONS = {
 # many tiny row groups.)
 EVALUATIONS_ORDER = "is_test, flag NULLS LAST, time_unix_nano"
 FLAG_GROUP_ROWS = 16 * 1024
-ROW_GROUP_ROWS = 1024 * 1024
+_ROW_GROUP_ROWS = 1024 * 1024  # at most, in every narrow table
 
 
-def row_groups(table: str, rows: pa.Table) -> list[tuple[int, int]]:
-    """(offset, length) of each row group to write `rows` (of `table`) in: by flag and test
-    mark for the evaluations (in EVALUATIONS_ORDER), by ROW_GROUP_ROWS otherwise."""
-    n = rows.num_rows
+def flag_row_groups(rows: pa.Table) -> list[tuple[int, int]]:
+    """(offset, length) of each part of an evaluations table (`rows`, in
+    EVALUATIONS_ORDER) to begin a row group: at each change of test mark, and of flag once
+    FLAG_GROUP_ROWS are in the current one."""
     starts = [0]
-    if table == EVALUATIONS and n > 1:
+    if rows.num_rows > 1:
         test_changes = set(_changes(rows.column("is_test")))
         for i in sorted(test_changes | set(_changes(rows.column("flag")))):
             if i in test_changes or i - starts[-1] >= FLAG_GROUP_ROWS:
                 starts.append(i)
-    groups = []
-    for offset, stop in zip(starts, [*starts[1:], n], strict=True):
-        groups += [(o, min(ROW_GROUP_ROWS, stop - o)) for o in range(offset, stop, ROW_GROUP_ROWS)]
-    return groups or [(0, 0)]
+    stops = [*starts[1:], rows.num_rows]
+    return [(start, stop - start) for start, stop in zip(starts, stops, strict=True)]
 
 
 def _changes(column: pa.ChunkedArray) -> list[int]:
@@ -207,11 +205,12 @@ def write_companions(
         target = companion(wide, table)
 
         def write(handle: BinaryIO, rows: pa.Table = rows, table: str = table) -> None:
+            parts = flag_row_groups(rows) if table == EVALUATIONS else [(0, rows.num_rows)]
             with pq.ParquetWriter(
                 handle, rows.schema, compression="zstd", use_dictionary=_DICTIONARY
             ) as writer:
-                for offset, length in row_groups(table, rows):
-                    writer.write_table(rows.slice(offset, length), row_group_size=ROW_GROUP_ROWS)
+                for offset, length in parts:
+                    writer.write_table(rows.slice(offset, length), row_group_size=_ROW_GROUP_ROWS)
 
         write_atomically(target, write, temporary(target))
         written.append(target)
