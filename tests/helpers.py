@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flagscope.collector.config import Settings
-from flagscope.collector.lake.read import connect
+from flagscope.collector.lake.read import fetch
 from flagscope.collector.server import Collector
 
 # The tests' Spark JVMs live a minute on a busy machine: the JIT's quick tier only and one
@@ -82,11 +82,9 @@ class RunningCollector:
 
 
 def query(lake_dir: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    con = connect(lake_dir)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
+    """`sql`'s rows, read as the product reads a live lake (`read.fetch`: listed again when
+    a running collector's compaction merged a file away mid-read)."""
+    return fetch(lake_dir, sql, params)[1]
 
 
 def wait_for_count(
