@@ -25,6 +25,7 @@ from flagscope.analysis.stats.mix import (
     linearize,
     pooled_weights,
 )
+from flagscope.collector.lake.narrow import STRATUM_KEY
 
 METRICS = ("error_rate", "mean_latency")  # the adjusted metrics: err / req and lat / req
 
@@ -59,11 +60,9 @@ FROM compared c LEFT JOIN (
     WHERE map_contains(flags, $flag) AND user_id IS NOT NULL GROUP BY 1
 ) e USING (unit)
 """
-_PRE_SQL = """
+_PRE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_pre AS
-SELECT x.unit, hash(coalesce(r.service_name, 'unknown_service'),
-                    trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name)))
-           AS stratum,
+SELECT x.unit, {STRATUM_KEY} AS stratum,
        count(*) AS req, sum(r.is_error::INTEGER) AS err, sum(r.duration_ms) AS lat
 FROM events_raw r JOIN fs_exposure x ON hash(r.user_id) = x.unit
 WHERE r.is_entry AND coalesce(r.parent_span_id, '') = '' AND r.duration_ms IS NOT NULL

@@ -47,7 +47,7 @@ from flagscope.analysis.adjustment import AdjustedMoments, adjusted_moments, col
 from flagscope.analysis.errors import AnalysisError
 from flagscope.analysis.result import TrafficFilter
 from flagscope.analysis.stats import RatioStats
-from flagscope.collector.lake import narrow_views
+from flagscope.collector.lake import narrow, narrow_views
 from flagscope.collector.lake.read import lake_of, sql_literal
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -101,7 +101,9 @@ class Tables:
     variant: str  # the flag's variant in an evaluations row
     has_flag: str
     root: str  # a request without a parent
-    entry: str  # the filter that keeps entry spans, if the table has others
+    is_entry: str  # the filter that keeps entry spans, if the table has others
+    stratum: str  # a request's stratum key (narrow.STRATUM_KEY)
+    entry: str  # … and entry key (narrow.ENTRY_KEY)
 
     def sql(self, template: str) -> str:
         for name, value in asdict(self).items():
@@ -117,6 +119,8 @@ WIDE = Tables(
     "map_contains(flags, $flag) AND flags[$flag] IS NOT NULL",
     "coalesce(r.parent_span_id, '') = ''",
     "r.is_entry AND",
+    narrow.STRATUM_KEY,
+    narrow.ENTRY_KEY,
 )
 NARROW = Tables(
     "fs_narrow_evaluations",
@@ -126,6 +130,8 @@ NARROW = Tables(
     "flag = $flag AND variant IS NOT NULL",
     "r.root",
     "",
+    "r.stratum",
+    "r.entry",
 )
 # `wide` reads the wide rows (the path before issue 12, for comparison); default `narrow`.
 TABLES_ENV = "FLAGSCOPE_LAKE_TABLES"
@@ -194,21 +200,27 @@ FROM (SELECT trace_key, {ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTH
 """
 
 # Every entry span of the window in a traced, compared variant: its arm, unit (the
-# evaluation's user, else the request's own user id) and whether it is the trace's root.
-# (--service and --route apply in _LABELLED_SQL.)
-_SERVICE = "coalesce(r.service_name, 'unknown_service')"
-_ROUTE = "trim(coalesce(r.http_method, '') || ' ' || coalesce(r.http_route, r.name))"
+# evaluation's user, else the request's own user id), whether it is the trace's root, and
+# its stratum's and entry's keys (their names in fs_entry_names). (--service and --route
+# apply in _LABELLED_SQL.)
 _ENTRIES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_entries AS
 SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
        coalesce(t.eval_user, {user_hash_sql("r.user_id")}) AS user_hash,
        t.eval_user IS NULL AND r.user_id IS NOT NULL AS request_user,
-       {{root}} AS root, {_SERVICE} AS service_name, {_ROUTE} AS route,
-       hash({_SERVICE}, {_ROUTE}) AS stratum,
-       coalesce(r.http_route, r.name) AS path, r.time, r.duration_ms, r.is_error
+       {{root}} AS root, {{stratum}} AS stratum, {{entry}} AS entry,
+       r.time, r.duration_ms, r.is_error
 FROM {{requests}} r JOIN fs_traces t USING (trace_key)
-WHERE {{entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
+WHERE {{is_entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
 """
+# The names of the window's strata and entries: the narrow tables' (a few rows a file), or
+# worked out from the wide rows.
+_NARROW_NAMES_SQL = (
+    "CREATE OR REPLACE TEMP TABLE fs_entry_names AS SELECT DISTINCT * FROM fs_narrow_entries"
+)
+_WIDE_NAMES_SQL = "CREATE OR REPLACE TEMP TABLE fs_entry_names AS " + narrow.PROJECTIONS[
+    narrow.ENTRIES
+].replace("{source}", "(SELECT * FROM events_raw WHERE time >= $start AND time < $end)")
 # A trace whose evaluation names nobody is the user of its request: the entry spans of
 # services that do not see the user id (a downstream SERVER span) take the trace's first
 # one, instead of each becoming a unit of its own.
@@ -250,9 +262,9 @@ SELECT user_hash, max(first_arm) AS first_arm, bool_or(tester) AS tester FROM (
 _LABELLED_SQL = """
 CREATE OR REPLACE TEMP VIEW fs_labelled AS
 SELECT e.arm AS cohort, coalesce(e.user_hash, hash(e.trace_key)) AS unit,
-       e.user_hash IS NULL AS no_user, e.stratum,
-       e.service_name, e.route, e.time, e.duration_ms, e.is_error::UTINYINT AS err,
-       e.trace_key, e.span_key, e.root, e.path, e.test_trace,
+       e.user_hash IS NULL AS no_user, e.stratum, e.entry,
+       e.time, e.duration_ms, e.is_error::UTINYINT AS err,
+       e.trace_key, e.span_key, e.root, e.test_trace,
        e.test_trace OR coalesce(um.tester, false) AS is_test,
        coalesce(e.arm <> um.first_arm, false) AS crossed
 FROM {entries} e LEFT JOIN fs_user_marks um USING (user_hash)
@@ -260,9 +272,9 @@ WHERE {scope}
 """
 
 
-def scope_sql(service: str | None, route: str | None, row: str = "e.") -> str:
+def scope_sql(service: str | None, route: str | None, row: str = "") -> str:
     """The --service / --route condition on a row with `service_name`, `route` and `path`
-    (`row`: its qualifier, an `fs_entries` row `e` by default), values as literals."""
+    (`row`: its qualifier), values as literals."""
     conditions = ["true"]
     if service is not None:
         conditions.append(f"{row}service_name = {sql_literal(service)}")
@@ -272,11 +284,18 @@ def scope_sql(service: str | None, route: str | None, row: str = "e.") -> str:
     return " AND ".join(conditions)
 
 
-# Each stratum's service and route: the compared requests carry only its hash (strings
-# carried through the edge window took ~40 % of its time).
+def entry_scope_sql(service: str | None, route: str | None) -> str:
+    """`scope_sql` on an `fs_entries` row `e`, by its entry key."""
+    if service is None and route is None:
+        return "true"
+    return f"e.entry IN (SELECT entry FROM fs_entry_names WHERE {scope_sql(service, route)})"
+
+
+# Each stratum's service and route: the requests carry only its key (strings carried
+# through the edge window took ~40 % of its time; through the join that labels them, 35 %).
 STRATA_SQL = (
     "SELECT stratum, any_value(service_name) AS service_name, any_value(route) AS route "
-    "FROM fs_labelled GROUP BY stratum"
+    "FROM fs_entry_names GROUP BY stratum"
 )
 
 # A client that retried may have delivered a span twice. Checking is cheap; removing
@@ -421,7 +440,7 @@ class Evaluations:
         con.execute(_TRACE_USER_SQL)
         con.execute(_USER_FIRST_SQL, arms)
         con.execute(_USER_MARKS_SQL)
-        scope = scope_sql(q.service, q.route)
+        scope = entry_scope_sql(q.service, q.route)
         con.execute(_LABELLED_SQL.format(entries="fs_entries", scope=scope))
         excluded, duplicates = _exclusions(con)
         if duplicates:
@@ -514,11 +533,16 @@ def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> 
     scanned are the more. DuckDB cannot estimate a window over the view's `time` (computed
     from `time_unix_nano`, issue 12) and built on the lake's side instead, which took the
     10 M bench diff's statement from 1.8 to 3.0 s and its memory up by 0.8 GiB."""
+    window = {"start": q.start, "end": q.end}
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     try:
-        con.execute(tables.sql(_ENTRIES_SQL), {"start": q.start, "end": q.end})
+        con.execute(tables.sql(_ENTRIES_SQL), window)
     finally:
         con.execute("RESET disabled_optimizers")
+    if tables == NARROW:
+        con.execute(_NARROW_NAMES_SQL)
+    else:
+        con.execute(_WIDE_NAMES_SQL, window)
 
 
 KEEP = {

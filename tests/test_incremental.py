@@ -18,7 +18,7 @@ from flagscope.analysis.diff import DuckDBStage, diff_with, run_diff
 from flagscope.analysis.incremental import bins
 from flagscope.analysis.incremental.plan import REACH, pieces
 from flagscope.analysis.incremental.stage import IncrementalStage
-from flagscope.analysis.incremental.store import Store
+from flagscope.analysis.incremental.store import VERSION, Store
 from flagscope.analysis.result import DiffOptions, DiffResult, TrafficFilter
 from flagscope.analysis.schedule.config import parse_config
 from flagscope.analysis.schedule.runner import SUMMARIES_NAME, Scheduler
@@ -360,7 +360,7 @@ def parse_config_text(text: str, where: Path) -> Any:
 def test_hours_before_the_window_and_its_slack_are_forgotten(lake: Path, tmp_path: Path) -> None:
     store = tmp_path / "summaries"
     _pair(lake, _options(DAY, DAY + timedelta(hours=HOURS)), store)
-    flag_dir = next((store / "v1" / "flags").iterdir())
+    flag_dir = next((store / f"v{VERSION}" / "flags").iterdir())
     assert sorted(d.name for d in flag_dir.iterdir()) == [f"20261120T{h:02d}" for h in range(6)]
     later = _options(DAY + timedelta(hours=3), DAY + timedelta(hours=HOURS))
     full, merged, stage = _pair(lake, later, store)

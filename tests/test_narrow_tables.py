@@ -39,8 +39,8 @@ from flagscope.analysis.result import DiffOptions, TrafficFilter
 from flagscope.collector.lake import narrow, narrow_views, testers
 from flagscope.collector.lake.layout import GLOB, files_between, partition_hour, partitions
 from flagscope.collector.lake.maintain import compact, expire
-from flagscope.collector.lake.narrow import SCHEMAS, companion, companions, has_companions
-from flagscope.collector.lake.read import connect, fetch
+from flagscope.collector.lake.narrow import REQUESTS, SCHEMAS, companion, companions, has_companions
+from flagscope.collector.lake.read import connect, fetch, sql_literal
 from flagscope.collector.lake.resources import MEMORY_ENV, THREADS_ENV, memory_limit
 from tests.helpers import RunningCollector, make_settings
 from tests.otlp_requests import post
@@ -163,6 +163,45 @@ def test_a_lake_without_narrow_tables_gives_the_same_answers(production, tmp_pat
             table.unlink()
     assert not any(has_companions(f) for f in files)
     assert_same(expected, stages(old, "narrow", query()), "old")
+
+
+# The requests table as written before it held the strata's keys (`narrow.LEGACY_REQUESTS`).
+LEGACY_REQUESTS_SQL = (
+    "COPY (SELECT time_unix_nano, trace_key_hi, trace_key_lo, span_key, "
+    "coalesce(parent_span_id, '') = '' AS root, service_name, http_method, http_route, name, "
+    "duration_ms, is_error, user_id FROM read_parquet({wide}) WHERE is_entry) TO {legacy} "
+    "(FORMAT parquet)"
+)
+
+
+def test_requests_tables_from_before_their_keys_are_read_then_replaced(production, tmp_path):
+    """A file whose requests table holds the strings (no keys, no entries table) is read
+    through that table, not its wide file, with the same answers; compaction writes the new
+    tables for it and removes the old one."""
+    expected = stages(production, "wide", query())
+    lake = tmp_path / "lake"
+    shutil.copytree(production, lake)
+    files = sorted(lake.glob(GLOB))
+    con = duckdb.connect()
+    for path in files[::2]:
+        companion(path, REQUESTS).unlink()
+        companion(path, narrow.ENTRIES).unlink()
+        legacy = companion(path, narrow.LEGACY_REQUESTS)
+        con.execute(
+            LEGACY_REQUESTS_SQL.format(wide=sql_literal(str(path)), legacy=sql_literal(str(legacy)))
+        )
+    legacy_tables = [companion(f, narrow.LEGACY_REQUESTS) for f in files[::2]]
+    assert_same(expected, stages(lake, "narrow", query()), "half legacy")
+    in_window = set(files_between(lake, START, END))
+    (damaged, *_) = [companion(f, narrow.LEGACY_REQUESTS) for f in files[::2] if f in in_window]
+    kept = damaged.read_bytes()
+    damaged.write_bytes(b"damaged")  # read, not the wide file
+    with pytest.raises(duckdb.Error):
+        stages(lake, "narrow", query())
+    damaged.write_bytes(kept)
+    compact(lake, min_files=10**6, target_rows=10**6, writer="syn")  # merges nothing
+    assert all(has_companions(f) for f in files) and not any(p.exists() for p in legacy_tables)
+    assert_same(expected, stages(lake, "narrow", query()), "replaced")
 
 
 def unmarked_user(lake: Path) -> str:
@@ -313,10 +352,10 @@ def test_compaction_writes_only_the_tables_a_file_lacks(production, tmp_path):
     files = sorted(lake.glob(GLOB))
     for path in files:
         companion(path, "testers").unlink()
-    kept = {f: companion(f, "requests").stat().st_mtime_ns for f in files}
+    kept = {f: companion(f, REQUESTS).stat().st_mtime_ns for f in files}
     compact(lake, min_files=10**6, target_rows=10**6, writer="syn")  # merges nothing
     assert all(has_companions(f) for f in files)
-    assert kept == {f: companion(f, "requests").stat().st_mtime_ns for f in files}
+    assert kept == {f: companion(f, REQUESTS).stat().st_mtime_ns for f in files}
     assert_same(stages(lake, "wide", query()), stages(lake, "narrow", query()), "completed")
 
 
@@ -329,8 +368,8 @@ def test_compaction_keeps_the_narrow_tables_in_step(production, tmp_path):
     first, second, *_ = sorted(lake.glob(GLOB))
     for table in companions(second):
         table.unlink()  # a file from before the narrow tables
-    orphan = companion(first.parent / "syn-000000000099-000.parquet", "requests")
-    shutil.copy(companion(first, "requests"), orphan)  # a crash between deleting the two
+    orphan = companion(first.parent / "syn-000000000099-000.parquet", REQUESTS)
+    shutil.copy(companion(first, REQUESTS), orphan)  # a crash between deleting the two
 
     assert compact(lake, min_files=2, target_rows=10**6, writer="syn") > 0
     files = sorted(lake.glob(GLOB))

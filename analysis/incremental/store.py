@@ -27,7 +27,7 @@ from flagscope.collector.lake.layout import partition_of
 
 # Bumped whenever what a summary holds or how it is computed changes: older entries are
 # then recomputed, never misread.
-VERSION = 1
+VERSION = 2
 _EPOCH = datetime(1970, 1, 1)
 _MANIFEST = "manifest.json"
 

@@ -54,13 +54,12 @@ def _edges() -> str:
 _PIECE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE inc_piece AS
 WITH crossing AS (SELECT DISTINCT trace_key FROM fs_labelled WHERE time < $ps OR time >= $pe)
-SELECT cohort, unit, no_user, stratum, service_name, route, path, test_trace, duration_ms, err,
+SELECT cohort, unit, no_user, stratum, entry, test_trace, duration_ms, err,
        15 * ({edge_sql()})::UTINYINT AS edges
 FROM fs_labelled ANTI JOIN crossing USING (trace_key)
 UNION ALL
 SELECT * EXCLUDE (time) FROM (
-    SELECT cohort, unit, no_user, stratum, service_name, route, path, test_trace, duration_ms,
-           err, ({_edges()})::UTINYINT AS edges, time
+    SELECT cohort, unit, no_user, stratum, entry, test_trace, duration_ms, err, ({_edges()})::UTINYINT AS edges, time
     FROM fs_labelled SEMI JOIN crossing USING (trace_key))
 WHERE time >= $ps AND time < $pe
 """
@@ -69,7 +68,10 @@ SELECT cohort, unit, no_user, stratum, test_trace, edges, {bin_sql("duration_ms"
        count(*) AS n, sum(err)::BIGINT AS err, sum(duration_ms) AS lat
 FROM inc_piece GROUP BY ALL
 """
-_STRATA_SQL = "SELECT DISTINCT stratum, service_name, route, path FROM inc_piece"
+_STRATA_SQL = (
+    "SELECT DISTINCT stratum, service_name, route, path FROM fs_entry_names "
+    "WHERE entry IN (SELECT entry FROM inc_piece)"
+)
 _FIRSTS_SQL = f"""
 SELECT unit, arm, from_request, min(time) AS first FROM (
     SELECT user_hash AS unit, {ARM} AS arm, false AS from_request, time FROM fs_evals

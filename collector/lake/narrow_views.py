@@ -4,8 +4,9 @@ needs (issue 12 point 2), for the cohort diff.
 Which files: the lake files (`*.parquet`) of the partitions that overlap the window — a row
 lives in the partition of its own time's hour (`write.PartitionedWriter`), so no other
 can hold one of the window's rows; each file's companions (`narrow`), or, for a file
-without them, the same projection of the file itself (`read.wide_rows`), so every lake
-gives the answers the wide rows give.
+without them, the same projection of its legacy requests table (the requests and entries,
+from before their keys) or of the file itself (`read.wide_rows`), so every lake gives the
+answers the wide rows give.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import duckdb
 from flagscope.collector.lake import testers
 from flagscope.collector.lake.layout import files_between
 from flagscope.collector.lake.narrow import (
+    ENTRIES,
     EVALUATIONS,
+    LEGACY_PROJECTIONS,
+    LEGACY_REQUESTS,
     PROJECTIONS,
     REQUESTS,
     SCHEMAS,
@@ -30,23 +34,34 @@ from flagscope.collector.lake.schema import trace_key_sql
 
 
 def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
-    """SQL for `table`'s rows of `files`: their companions, and the projection of the file
-    itself for each file without one."""
+    """SQL for `table`'s rows of `files`: their companions, and the projection of the legacy
+    requests table or of the file itself for each file without one."""
     has = {f: companion(f, table).exists() for f in files}
     ready = [f for f in files if has[f]]
     missing = [f for f in files if not has[f]]
     parts = []
     if ready:
-        companions = sql_list([companion(f, table) for f in ready])
-        parts.append(f"SELECT * FROM read_parquet({companions}, hive_partitioning = false)")
+        parts.append(_read(ready, table))
+    legacy = [f for f in missing if table in LEGACY_PROJECTIONS]
+    legacy = [f for f in legacy if companion(f, LEGACY_REQUESTS).exists()]
+    if legacy:
+        parts.append(
+            LEGACY_PROJECTIONS[table].replace("{source}", f"({_read(legacy, LEGACY_REQUESTS)})")
+        )
+        missing = [f for f in missing if f not in set(legacy)]
     if missing:
         rows = f"({wide_rows(con, sql_list(missing))})"
         parts.append(PROJECTIONS[table].replace("{source}", rows))
     if not parts:
-        empty = f"_fs_empty_{table}"
+        empty = f"_fs_empty_{table.replace('.', '_')}"
         con.register(empty, SCHEMAS[table].empty_table())
         parts.append(f"SELECT * FROM {empty}")
     return " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+
+
+def _read(files: list[Path], table: str) -> str:
+    companions = sql_list([companion(f, table) for f in files])
+    return f"SELECT * FROM read_parquet({companions}, hive_partitioning = false)"
 
 
 def _testers_relation(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
@@ -84,8 +99,10 @@ def define_views(
     """The views a cohort diff reads, each over the partitions its window ([start, end),
     naive UTC) needs:
 
-    - `fs_narrow_requests` (time, trace_key, span_key, root, service_name, http_method,
-      http_route, name, duration_ms, is_error, user_id): entry spans in `requests`;
+    - `fs_narrow_requests` (time, trace_key, span_key, root, stratum, entry, duration_ms,
+      is_error, user_id): entry spans in `requests`;
+    - `fs_narrow_entries` (entry, stratum, service_name, route, path): the names of their
+      keys, of the same files (a name may be listed once per file);
     - `fs_narrow_evaluations` (time, trace_key, user_id, flag, variant, is_test): in
       `evaluations`;
     - `fs_narrow_tests` (user_id, is_test): the users ever marked as testers, once per
@@ -97,6 +114,8 @@ def define_views(
     ):
         relation = _relation(con, table, files_between(lake, start, end))
         con.execute(_view(name, table, relation, window_sql(start, end)))
+    names = _relation(con, ENTRIES, files_between(lake, *requests))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fs_narrow_entries AS {names}")
     users = _testers_relation(con, files_between(lake, *tests))
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW fs_narrow_tests AS SELECT user_id, true AS is_test FROM ({users})"
