@@ -25,7 +25,7 @@ from flagscope.analysis.stats.mix import (
     linearize,
     pooled_weights,
 )
-from flagscope.collector.lake.narrow import STRATUM_KEY
+from flagscope.collector.lake.narrow import NAME_COLUMNS, keys_sql, same_names
 
 METRICS = ("error_rate", "mean_latency")  # the adjusted metrics: err / req and lat / req
 
@@ -60,14 +60,19 @@ FROM compared c LEFT JOIN (
     WHERE map_contains(flags, $flag) AND user_id IS NOT NULL GROUP BY 1
 ) e USING (unit)
 """
+_NAMES = ", ".join(f"r.{c}" for c in NAME_COLUMNS)
 _PRE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE fs_pre AS
-SELECT x.unit, {STRATUM_KEY} AS stratum,
-       count(*) AS req, sum(r.is_error::INTEGER) AS err, sum(r.duration_ms) AS lat
-FROM events_raw r JOIN fs_exposure x ON hash(r.user_id) = x.unit
-WHERE r.is_entry AND coalesce(r.parent_span_id, '') = '' AND r.duration_ms IS NOT NULL
-  AND r.time >= $from AND r.time < $to
-  AND r.time >= x.first - to_microseconds($lookback) AND r.time < x.first
+WITH pre AS MATERIALIZED (
+    SELECT x.unit, {_NAMES}, count(*) AS req, sum(r.is_error::INTEGER) AS err,
+           sum(r.duration_ms) AS lat
+    FROM events_raw r JOIN fs_exposure x ON hash(r.user_id) = x.unit
+    WHERE r.is_entry AND coalesce(r.parent_span_id, '') = '' AND r.duration_ms IS NOT NULL
+      AND r.time >= $from AND r.time < $to
+      AND r.time >= x.first - to_microseconds($lookback) AND r.time < x.first
+    GROUP BY ALL)
+SELECT p.unit, k.stratum, sum(p.req)::BIGINT AS req, sum(p.err)::BIGINT AS err, sum(p.lat) AS lat
+FROM pre p JOIN ({keys_sql("pre")}) k ON {same_names("p", "k")}
 GROUP BY ALL
 """
 

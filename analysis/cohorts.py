@@ -97,7 +97,7 @@ class Tables:
 
     evaluations: str
     tests: str  # the test marks of the whole lake (users ever marked)
-    requests: str
+    requests: str  # as `r`, with its names' keys (`k`) where it has no keys of its own
     variant: str  # the flag's variant in an evaluations row
     has_flag: str
     root: str  # a request without a parent
@@ -114,18 +114,18 @@ class Tables:
 WIDE = Tables(
     "events_raw",
     "events_raw",
-    "events_raw",
+    f"events_raw r JOIN fs_entry_keys k ON {narrow.same_names('r', 'k')}",
     "flags[$flag]",
     "map_contains(flags, $flag) AND flags[$flag] IS NOT NULL",
     "coalesce(r.parent_span_id, '') = ''",
     "r.is_entry AND",
-    narrow.STRATUM_KEY,
-    narrow.ENTRY_KEY,
+    "k.stratum",
+    "k.entry",
 )
 NARROW = Tables(
     "fs_narrow_evaluations",
     "fs_narrow_tests",
-    "fs_narrow_requests",
+    "fs_narrow_requests r",
     "variant",
     "flag = $flag AND variant IS NOT NULL",
     "r.root",
@@ -210,17 +210,20 @@ SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
        t.eval_user IS NULL AND r.user_id IS NOT NULL AS request_user,
        {{root}} AS root, {{stratum}} AS stratum, {{entry}} AS entry,
        r.time, r.duration_ms, r.is_error
-FROM {{requests}} r JOIN fs_traces t USING (trace_key)
+FROM {{requests}} JOIN fs_traces t USING (trace_key)
 WHERE {{is_entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
 """
 # The names of the window's strata and entries: the narrow tables' (a few rows a file), or
-# worked out from the wide rows.
+# worked out from the wide rows (whose requests take their keys from `fs_entry_keys`).
 _NARROW_NAMES_SQL = (
     "CREATE OR REPLACE TEMP TABLE fs_entry_names AS SELECT DISTINCT * FROM fs_narrow_entries"
 )
-_WIDE_NAMES_SQL = "CREATE OR REPLACE TEMP TABLE fs_entry_names AS " + narrow.PROJECTIONS[
-    narrow.ENTRIES
-].replace("{source}", "(SELECT * FROM events_raw WHERE time >= $start AND time < $end)")
+_WIDE_KEYS_SQL = "CREATE OR REPLACE TEMP TABLE fs_entry_keys AS " + narrow.keys_sql(
+    "events_raw WHERE is_entry AND time >= $start AND time < $end"
+)
+_WIDE_NAMES_SQL = "CREATE OR REPLACE TEMP TABLE fs_entry_names AS " + narrow.names_sql(
+    "fs_entry_keys"
+)
 # A trace whose evaluation names nobody is the user of its request: the entry spans of
 # services that do not see the user id (a downstream SERVER span) take the trace's first
 # one, instead of each becoming a unit of its own.
@@ -534,15 +537,14 @@ def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> 
     from `time_unix_nano`, issue 12) and built on the lake's side instead, which took the
     10 M bench diff's statement from 1.8 to 3.0 s and its memory up by 0.8 GiB."""
     window = {"start": q.start, "end": q.end}
+    if tables != NARROW:
+        con.execute(_WIDE_KEYS_SQL, window)
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     try:
         con.execute(tables.sql(_ENTRIES_SQL), window)
     finally:
         con.execute("RESET disabled_optimizers")
-    if tables == NARROW:
-        con.execute(_NARROW_NAMES_SQL)
-    else:
-        con.execute(_WIDE_NAMES_SQL, window)
+    con.execute(_NARROW_NAMES_SQL if tables == NARROW else _WIDE_NAMES_SQL)
 
 
 KEEP = {

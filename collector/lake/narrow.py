@@ -108,28 +108,64 @@ ROUTE_SQL = f"trim(coalesce(http_method, '') || ' ' || {PATH_SQL})"
 def key_sql(*values: str) -> str:
     """SQL for a 64-bit key of `values` (SQL strings): the first 8 bytes of the MD5 of
     them joined by chr(0) (a null as chr(1)). Stored, so a function that does not change
-    between versions (DuckDB's `hash` may)."""
+    between versions (DuckDB's `hash` may); ~0.2 µs a value, so worked out once per
+    distinct name (`keys_sql`), not per row."""
     joined = ", ".join(f"coalesce({v}, chr(1))" for v in values)
     return f"md5_number_upper(concat_ws(chr(0), {joined}))"
 
 
 STRATUM_KEY = key_sql(SERVICE_SQL, ROUTE_SQL)
 ENTRY_KEY = key_sql(SERVICE_SQL, ROUTE_SQL, PATH_SQL)
-_KEYS = f"{STRATUM_KEY} AS stratum, {ENTRY_KEY} AS entry"
-_NAMES = (
-    f"SELECT DISTINCT {ENTRY_KEY} AS entry, {STRATUM_KEY} AS stratum, {SERVICE_SQL} AS "
-    f"service_name, {ROUTE_SQL} AS route, {PATH_SQL} AS path FROM {{source}}"
-)
+NAME_COLUMNS = ("service_name", "http_method", "http_route", "name")
 
+
+def keys_sql(rows: str) -> str:
+    """The distinct names (NAME_COLUMNS) of `rows` (a relation), each with its keys."""
+    names = ", ".join(NAME_COLUMNS)
+    return (
+        f"SELECT {names}, {STRATUM_KEY} AS stratum, {ENTRY_KEY} AS entry "
+        f"FROM (SELECT DISTINCT {names} FROM {rows})"
+    )
+
+
+def same_names(left: str, right: str) -> str:
+    """The join condition of a row `left` with its names' keys `right` (nulls match)."""
+    return " AND ".join(f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}" for c in NAME_COLUMNS)
+
+
+def _keyed_requests(rows: str) -> str:
+    """A requests table from `rows` (its columns with the names instead of the keys)."""
+    return (
+        f"WITH fs_rows AS MATERIALIZED ({rows}) "
+        "SELECT r.time_unix_nano, r.trace_key_hi, r.trace_key_lo, r.span_key, r.root, "
+        "k.stratum, k.entry, r.duration_ms, r.is_error, r.user_id "
+        f"FROM fs_rows r JOIN ({keys_sql('fs_rows')}) k ON {same_names('r', 'k')}"
+    )
+
+
+def names_sql(keys: str) -> str:
+    """An entries table from `keys` (a relation as `keys_sql` gives)."""
+    return (
+        f"SELECT DISTINCT entry, stratum, {SERVICE_SQL} AS service_name, {ROUTE_SQL} AS route, "
+        f"{PATH_SQL} AS path FROM {keys}"
+    )
+
+
+def _entry_names(rows: str) -> str:
+    """An entries table from `rows` (with NAME_COLUMNS)."""
+    return names_sql(f"({keys_sql(f'({rows})')})")
+
+
+_NAMES = ", ".join(NAME_COLUMNS)
 # Projections of wide rows (`{source}`: SCHEMA's columns) into each narrow table: the one
 # definition the writers, compaction and the readers' fallback share.
 PROJECTIONS = {
-    REQUESTS: (
+    REQUESTS: _keyed_requests(
         "SELECT time_unix_nano, trace_key_hi, trace_key_lo, span_key, "
-        f"coalesce(parent_span_id, '') = '' AS root, {_KEYS}, duration_ms, is_error, user_id "
+        f"coalesce(parent_span_id, '') = '' AS root, {_NAMES}, duration_ms, is_error, user_id "
         "FROM {source} WHERE is_entry"
     ),
-    ENTRIES: f"{_NAMES} WHERE is_entry",
+    ENTRIES: _entry_names(f"SELECT {_NAMES} FROM {{source}} WHERE is_entry"),
     EVALUATIONS: (
         "SELECT time_unix_nano, trace_key_hi, trace_key_lo, user_id, e.key AS flag, "
         "e.value AS variant, coalesce(is_test, false) AS is_test FROM ("
@@ -143,11 +179,16 @@ PROJECTIONS = {
 }
 # The same from a LEGACY_REQUESTS table (`{source}`), for the tables it can give.
 LEGACY_PROJECTIONS = {
-    REQUESTS: (
-        f"SELECT time_unix_nano, trace_key_hi, trace_key_lo, span_key, root, {_KEYS}, "
-        "duration_ms, is_error, user_id FROM {source}"
+    REQUESTS: _keyed_requests(
+        "SELECT time_unix_nano, trace_key_hi, trace_key_lo, span_key, root, "
+        f"{_NAMES}, duration_ms, is_error, user_id FROM {{source}}"
     ),
-    ENTRIES: _NAMES,
+    ENTRIES: _entry_names(f"SELECT {_NAMES} FROM {{source}}"),
+}
+# The order each table is written in (a join puts the requests' rows in no order).
+ORDER = {
+    REQUESTS: "time_unix_nano, span_key",
+    EVALUATIONS: "is_test, flag NULLS LAST, time_unix_nano",
 }
 
 
@@ -156,14 +197,13 @@ LEGACY_PROJECTIONS = {
 # row groups' min/max statistics let the engines skip the rest of the file. (A flag with
 # fewer rows shares its row group with the next, so that many rare flags do not make
 # many tiny row groups.)
-EVALUATIONS_ORDER = "is_test, flag NULLS LAST, time_unix_nano"
 FLAG_GROUP_ROWS = 16 * 1024
 _ROW_GROUP_ROWS = 1024 * 1024  # at most, in every narrow table
 
 
 def flag_row_groups(rows: pa.Table) -> list[tuple[int, int]]:
-    """(offset, length) of each part of an evaluations table (`rows`, in
-    EVALUATIONS_ORDER) to begin a row group: at each change of test mark, and of flag once
+    """(offset, length) of each part of an evaluations table (`rows`, in its
+    ORDER) to begin a row group: at each change of test mark, and of flag once
     FLAG_GROUP_ROWS are in the current one."""
     starts = [0]
     if rows.num_rows > 1:
@@ -250,8 +290,8 @@ def write_companions(
         if tables is not None and table not in tables:
             continue
         projection = PROJECTIONS[table].replace("{source}", rows_sql)
-        if table == EVALUATIONS:
-            projection = f"SELECT * FROM ({projection}) ORDER BY {EVALUATIONS_ORDER}"
+        if table in ORDER:
+            projection = f"SELECT * FROM ({projection}) ORDER BY {ORDER[table]}"
         rows = con.sql(projection).to_arrow_table().cast(schema)
         target = companion(wide, table)
 
