@@ -146,6 +146,29 @@ def test_narrow_tables_give_the_wide_rows_answers(production, q):
         assert all(excluded.as_dict().values())  # the traffic has every kind of exclusion
 
 
+def test_a_route_filter_matches_each_requests_own_path(tmp_path):
+    """Two kinds of request share a stratum (service frontend, route 'GET /x') but not a
+    path: one with method GET and route /x, one with its name 'GET /x' alone. --route /x
+    counts the first kind only, --route 'GET /x' both, on either path: the requests carry
+    an entry key (service, route, path) besides the stratum's."""
+    rows = []
+    for i in range(30):
+        for variant in ("on", "off"):
+            at = START + timedelta(minutes=i, seconds=1)
+            rows += request(f"u{i}-{variant}", variant, flag=FLAG, route="/x", at=at)
+            named = request(f"v{i}-{variant}", variant, flag=FLAG, route="/x", at=at)
+            named[0].update(http_method=None, http_route=None)  # its name: "GET /x"
+            rows += named
+    write(tmp_path, rows)
+    for route, requests in (("/x", 30), ("GET /x", 60)):
+        _, _, sums = assert_paths_agree(tmp_path, query(route=route))
+        assert {c: s.requests for c, s in sums.overall.items()} == {
+            "treatment": requests,
+            "baseline": requests,
+        }, route
+        assert {(s.service_name, s.route) for s in sums.strata} == {("frontend", "GET /x")}
+
+
 def test_a_lake_without_narrow_tables_gives_the_same_answers(production, tmp_path):
     """Files written before the narrow tables (or by a crash between a file and its
     tables) are read through the same projection from the wide rows: an old lake, and a
