@@ -84,7 +84,8 @@ def collect_pre_exposure(con: duckdb.DuckDBPyConnection, flag: str, lookback: ti
     span = int(lookback.total_seconds() * 1_000_000)
     if first is None:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE fs_pre (unit UBIGINT, req BIGINT, err BIGINT, lat DOUBLE)"
+            "CREATE OR REPLACE TEMP TABLE fs_pre "
+            "(unit UBIGINT, stratum UBIGINT, req BIGINT, err BIGINT, lat DOUBLE)"
         )
         return
     # constant bounds let DuckDB skip files and row groups outside every look-back

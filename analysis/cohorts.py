@@ -114,13 +114,14 @@ class Tables:
 WIDE = Tables(
     "events_raw",
     "events_raw",
-    f"events_raw r JOIN fs_entry_keys k ON {narrow.same_names('r', 'k')}",
+    f"events_raw r LEFT JOIN fs_entry_keys k ON {narrow.same_names('r', 'k')}",
     "flags[$flag]",
     "map_contains(flags, $flag) AND flags[$flag] IS NOT NULL",
     "coalesce(r.parent_span_id, '') = ''",
     "r.is_entry AND",
-    "k.stratum",
-    "k.entry",
+    # (a name first seen in a file published after fs_entry_keys: its key worked out here)
+    f"coalesce(k.stratum, {narrow.stratum_key('r.')})",
+    f"coalesce(k.entry, {narrow.entry_key('r.')})",
 )
 NARROW = Tables(
     "fs_narrow_evaluations",
@@ -214,15 +215,16 @@ FROM {{requests}} JOIN fs_traces t USING (trace_key)
 WHERE {{is_entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
 """
 # The names of the window's strata and entries: the narrow tables' (a few rows a file), or
-# worked out from the wide rows (whose requests take their keys from `fs_entry_keys`).
+# worked out from the wide rows, whose requests take their keys from `fs_entry_keys`. (The
+# wide rows' names are read again after the requests: a file published in between may
+# name a new entry; every name a request had is still there.)
 _NARROW_NAMES_SQL = (
     "CREATE OR REPLACE TEMP TABLE fs_entry_names AS SELECT DISTINCT * FROM fs_narrow_entries"
 )
-_WIDE_KEYS_SQL = "CREATE OR REPLACE TEMP TABLE fs_entry_keys AS " + narrow.keys_sql(
-    "events_raw WHERE is_entry AND time >= $start AND time < $end"
-)
+_WIDE_KEYS = narrow.keys_sql("events_raw WHERE is_entry AND time >= $start AND time < $end")
+_WIDE_KEYS_SQL = f"CREATE OR REPLACE TEMP TABLE fs_entry_keys AS {_WIDE_KEYS}"
 _WIDE_NAMES_SQL = "CREATE OR REPLACE TEMP TABLE fs_entry_names AS " + narrow.names_sql(
-    "fs_entry_keys"
+    f"({_WIDE_KEYS})"
 )
 # A trace whose evaluation names nobody is the user of its request: the entry spans of
 # services that do not see the user id (a downstream SERVER span) take the trace's first
@@ -544,7 +546,10 @@ def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> 
         con.execute(tables.sql(_ENTRIES_SQL), window)
     finally:
         con.execute("RESET disabled_optimizers")
-    con.execute(_NARROW_NAMES_SQL if tables == NARROW else _WIDE_NAMES_SQL)
+    if tables == NARROW:
+        con.execute(_NARROW_NAMES_SQL)
+    else:
+        con.execute(_WIDE_NAMES_SQL, window)
 
 
 KEEP = {

@@ -260,3 +260,17 @@ def test_the_covariate_is_re_weighted_to_the_same_route_mix(tmp_path) -> None:
     )
     assert got.se**2 == pytest.approx(sum(floored), rel=1e-9)
     assert result.cuped["mean_latency"]["variance_reduction"] > 0.3
+
+
+def test_a_window_without_users_gets_the_unadjusted_answer(tmp_path) -> None:
+    """No compared request names a user (each trace is its own unit): there is no one to
+    look back on, and the diff answers as without CUPED instead of failing."""
+    rows = []
+    for i in range(60):
+        at = START + timedelta(minutes=i, seconds=1)
+        rows += request(None, "on" if i % 2 else "off", at=at, ms=100.0 + i)
+    lake = write(tmp_path / "lake", rows)
+    plain = run_diff(lake, DiffOptions("f", START, END))
+    cuped = run_diff(lake, DiffOptions("f", START, END, pre_exposure=LOOKBACK))
+    assert cuped.treatment.requests == plain.treatment.requests == 30
+    assert cuped.verdict == plain.verdict

@@ -149,8 +149,9 @@ def test_narrow_tables_give_the_wide_rows_answers(production, q):
 def test_a_route_filter_matches_each_requests_own_path(tmp_path):
     """Two kinds of request share a stratum (service frontend, route 'GET /x') but not a
     path: one with method GET and route /x, one with its name 'GET /x' alone. --route /x
-    counts the first kind only, --route 'GET /x' both, on either path: the requests carry
-    an entry key (service, route, path) besides the stratum's."""
+    counts the first kind only, --route 'GET /x' both, on either path and from kept
+    summaries: the requests carry an entry key (service, route, path) besides the
+    stratum's."""
     rows = []
     for i in range(30):
         for variant in ("on", "off"):
@@ -167,6 +168,10 @@ def test_a_route_filter_matches_each_requests_own_path(tmp_path):
             "baseline": requests,
         }, route
         assert {(s.service_name, s.route) for s in sums.strata} == {("frontend", "GET /x")}
+        kept = tmp_path / "summaries"  # the same from kept per-hour summaries
+        options = DiffOptions(FLAG, START, END, route=route)
+        for result in (run_diff(tmp_path, options, summaries=kept), run_diff(tmp_path, options)):
+            assert (result.treatment.requests, result.baseline.requests) == (requests, requests)
 
 
 def test_a_lake_without_narrow_tables_gives_the_same_answers(production, tmp_path):
@@ -200,7 +205,7 @@ LEGACY_REQUESTS_SQL = (
 def test_requests_tables_from_before_their_keys_are_read_then_replaced(production, tmp_path):
     """A file whose requests table holds the strings (no keys, no entries table) is read
     through that table, not its wide file, with the same answers; compaction writes the new
-    tables for it and removes the old one."""
+    tables for it and removes the old one (also where a crash left both)."""
     expected = stages(production, "wide", query())
     lake = tmp_path / "lake"
     shutil.copytree(production, lake)
@@ -222,6 +227,11 @@ def test_requests_tables_from_before_their_keys_are_read_then_replaced(productio
     with pytest.raises(duckdb.Error):
         stages(lake, "narrow", query())
     damaged.write_bytes(kept)
+    # a crash after the new requests table, before the old one was removed and the entries
+    crashed = files[1]
+    shutil.copy(legacy_tables[0], companion(crashed, narrow.LEGACY_REQUESTS))
+    companion(crashed, narrow.ENTRIES).unlink()
+    legacy_tables.append(companion(crashed, narrow.LEGACY_REQUESTS))
     compact(lake, min_files=10**6, target_rows=10**6, writer="syn")  # merges nothing
     assert all(has_companions(f) for f in files) and not any(p.exists() for p in legacy_tables)
     assert_same(expected, stages(lake, "narrow", query()), "replaced")

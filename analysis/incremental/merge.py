@@ -5,7 +5,7 @@ here from per-piece cells of binned latencies (`bins`).
 What only the whole window knows is decided here, as `cohorts` decides it: a user's
 first compared variant and so the crossover (from every piece's `firsts` and the
 evaluations of the hour around the window), the test users (marked anywhere in the
-lake), --service / --route (by stratum), and which entry span is a trace's edge (the
+lake), --service / --route (by entry), and which entry span is a trace's edge (the
 piece's bit for its place in the window).
 """
 
@@ -70,7 +70,7 @@ SELECT c.cohort, c.unit, c.no_user, c.stratum, c.bin, c.n, c.err, c.lat, c.bucke
 FROM inc_cells c
 LEFT JOIN inc_testers t ON t.user_hash = c.unit AND NOT c.no_user
 LEFT JOIN fs_user_first f ON f.user_hash = c.unit AND NOT c.no_user
-WHERE c.stratum IN (SELECT stratum FROM inc_strata WHERE {scope})
+WHERE c.entry IN (SELECT entry FROM inc_strata WHERE {scope})
 """
 
 

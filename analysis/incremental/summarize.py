@@ -4,10 +4,10 @@ For the piece [ps, pe), the flag's evaluations and entry spans are read over
 [ps - REACH, pe + REACH) and labelled (`Evaluations.label_entries`: a trace's variant
 and user as a whole window labels them), then only the piece's own entry spans kept:
 
-- `cells`: per (cohort, unit, no_user, stratum, test_trace, edges, latency bin) the
+- `cells`: per (cohort, unit, no_user, stratum, entry, test_trace, edges, latency bin) the
   requests `n`, errors `err` and exact latency sum `lat` — what every later step needs,
   since crossover and test users are only known across the whole window (or lake);
-- `strata`: each stratum's service, route and path (for --service / --route);
+- `strata`: each entry's stratum, service, route and path (for --service / --route);
 - `firsts`: per (user, arm, from_request) the first time the user was seen in the arm —
   in an evaluation naming them, or on a request carrying their id (crossover);
 - `variant_units`: per variant, the units that evaluated it (pair-independent).
@@ -64,12 +64,12 @@ SELECT * EXCLUDE (time) FROM (
 WHERE time >= $ps AND time < $pe
 """
 _CELLS_SQL = f"""
-SELECT cohort, unit, no_user, stratum, test_trace, edges, {bin_sql("duration_ms")} AS bin,
+SELECT cohort, unit, no_user, stratum, entry, test_trace, edges, {bin_sql("duration_ms")} AS bin,
        count(*) AS n, sum(err)::BIGINT AS err, sum(duration_ms) AS lat
 FROM inc_piece GROUP BY ALL
 """
 _STRATA_SQL = (
-    "SELECT DISTINCT stratum, service_name, route, path FROM fs_entry_names "
+    "SELECT DISTINCT entry, stratum, service_name, route, path FROM fs_entry_names "
     "WHERE entry IN (SELECT entry FROM inc_piece)"
 )
 _FIRSTS_SQL = f"""

@@ -16,6 +16,9 @@ import pyarrow.parquet as pq
 from flagscope.collector.lake.durable import fsync_dir, write_atomically
 from flagscope.collector.lake.layout import covered_seq, partitions, temporary
 from flagscope.collector.lake.narrow import (
+    LEGACY_REQUESTS,
+    REQUESTS,
+    companion,
     missing_companions,
     orphans,
     remove_companions,
@@ -73,6 +76,8 @@ def _complete_companions(partition: Path, writer: str, below_seq: int | None) ->
             path.unlink(missing_ok=True)
     for path in sorted(partition.glob("*.parquet")):
         missing = missing_companions(path)
+        if settled(path) and REQUESTS not in missing:  # a crash may have left it
+            companion(path, LEGACY_REQUESTS).unlink(missing_ok=True)
         if not settled(path) or not missing:
             continue
         try:

@@ -98,24 +98,41 @@ SCHEMAS = {
 }
 _DICTIONARY = ["stratum", "entry", "user_id", "flag", "variant"]
 
-# A request's service, route (the per-route breakdown's stratum: method and route) and path
-# (what --route also matches), from a row's columns.
-SERVICE_SQL = "coalesce(service_name, 'unknown_service')"
-PATH_SQL = "coalesce(http_route, name)"
-ROUTE_SQL = f"trim(coalesce(http_method, '') || ' ' || {PATH_SQL})"
+
+def name_sql(row: str = "") -> tuple[str, str, str]:
+    """SQL for a request's service, route (the per-route breakdown's stratum: method and
+    route) and path (what --route also matches), from the columns of a row `row` (its
+    qualifier, e.g. 'r.')."""
+    path = f"coalesce({row}http_route, {row}name)"
+    route = f"trim(coalesce({row}http_method, '') || ' ' || {path})"
+    return f"coalesce({row}service_name, 'unknown_service')", route, path
+
+
+SERVICE_SQL, ROUTE_SQL, PATH_SQL = name_sql()
 
 
 def key_sql(*values: str) -> str:
     """SQL for a 64-bit key of `values` (SQL strings): the first 8 bytes of the MD5 of
-    them joined by chr(0) (a null as chr(1)). Stored, so a function that does not change
-    between versions (DuckDB's `hash` may); ~0.2 µs a value, so worked out once per
-    distinct name (`keys_sql`), not per row."""
-    joined = ", ".join(f"coalesce({v}, chr(1))" for v in values)
-    return f"md5_number_upper(concat_ws(chr(0), {joined}))"
+    them, each written as its length, ':' and itself (a null as chr(1)), so that no two
+    lists of values read the same. Stored, so a function that does not change between
+    versions (DuckDB's `hash` may); ~0.2 µs a value, so worked out once per distinct name
+    (`keys_sql`), not per row."""
+    joined = " || ".join(f"coalesce(length({v}) || ':' || {v}, chr(1))" for v in values)
+    return f"md5_number_upper({joined})"
 
 
-STRATUM_KEY = key_sql(SERVICE_SQL, ROUTE_SQL)
-ENTRY_KEY = key_sql(SERVICE_SQL, ROUTE_SQL, PATH_SQL)
+def stratum_key(row: str = "") -> str:
+    """SQL for a row's stratum key (`name_sql`)."""
+    service, route, _ = name_sql(row)
+    return key_sql(service, route)
+
+
+def entry_key(row: str = "") -> str:
+    """SQL for a row's entry key."""
+    return key_sql(*name_sql(row))
+
+
+STRATUM_KEY, ENTRY_KEY = stratum_key(), entry_key()
 NAME_COLUMNS = ("service_name", "http_method", "http_route", "name")
 
 
