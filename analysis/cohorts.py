@@ -214,13 +214,10 @@ SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
 FROM {{requests}} JOIN fs_traces t USING (trace_key)
 WHERE {{is_entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT NULL
 """
-# The names of the window's strata and entries: the narrow tables' (a few rows a file), or
+# The names of the window's strata and entries: the narrow tables' (`name_entries`), or
 # worked out from the wide rows, whose requests take their keys from `fs_entry_keys`. (The
 # wide rows' names are read again after the requests: a file published in between may
 # name a new entry; every name a request had is still there.)
-_NARROW_NAMES_SQL = (
-    "CREATE OR REPLACE TEMP TABLE fs_entry_names AS SELECT DISTINCT * FROM fs_narrow_entries"
-)
 _WIDE_KEYS = narrow.keys_sql("events_raw WHERE is_entry AND time >= $start AND time < $end")
 _WIDE_KEYS_SQL = f"CREATE OR REPLACE TEMP TABLE fs_entry_keys AS {_WIDE_KEYS}"
 _WIDE_NAMES_SQL = "CREATE OR REPLACE TEMP TABLE fs_entry_names AS " + narrow.names_sql(
@@ -546,8 +543,9 @@ def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> 
         con.execute(tables.sql(_ENTRIES_SQL), window)
     finally:
         con.execute("RESET disabled_optimizers")
-    if tables == NARROW:
-        con.execute(_NARROW_NAMES_SQL)
+    lake = lake_of(con)
+    if tables == NARROW and lake is not None:
+        narrow_views.name_entries(con, lake, (q.start, q.end), "fs_entries")
     else:
         con.execute(_WIDE_NAMES_SQL, window)
 

@@ -36,6 +36,7 @@ from flagscope.analysis.cli import main
 from flagscope.analysis.cohorts import TABLES_ENV, CohortQuery, Evaluations
 from flagscope.analysis.diff import run_diff
 from flagscope.analysis.result import DiffOptions, TrafficFilter
+from flagscope.collector.errors import LakeQueryError
 from flagscope.collector.lake import narrow, narrow_views, testers
 from flagscope.collector.lake.layout import GLOB, files_between, partition_hour, partitions
 from flagscope.collector.lake.maintain import compact, expire
@@ -172,6 +173,35 @@ def test_a_route_filter_matches_each_requests_own_path(tmp_path):
         options = DiffOptions(FLAG, START, END, route=route)
         for result in (run_diff(tmp_path, options, summaries=kept), run_diff(tmp_path, options)):
             assert (result.treatment.requests, result.baseline.requests) == (requests, requests)
+
+
+def test_entries_are_named_from_the_files_that_name_them(tmp_path, monkeypatch):
+    """The names of the window's entries are read a few files at a time until each has
+    one: a route only one file has is named, a damaged entries table of a file after every
+    name was found is never opened, and a key no table names is an error."""
+    monkeypatch.setattr(narrow_views, "_FIRST_BATCH", 1)  # batches of 1, 4, 16 files
+    hour = START.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    for i in range(7):  # 7 files of one hour partition
+        rows = []
+        for n in range(6):
+            at = hour + timedelta(minutes=i, seconds=n)
+            rows += request(f"u{i}-{n}", ("on", "off")[n % 2], flag=FLAG, at=at)
+            if i == 3:  # in the 4th file only: the second batch
+                rows += request(f"r{n}", ("on", "off")[n % 2], flag=FLAG, route="/rare", at=at)
+        write(tmp_path, rows, name=f"syn-{i + 1:012d}-000")
+    files = sorted(tmp_path.glob(GLOB))
+    assert len(files) == 7 and files == files_between(tmp_path, START, END)
+    expected = stages(tmp_path, "wide", query())
+    kept = companion(files[-1], narrow.ENTRIES).read_bytes()
+    companion(files[-1], narrow.ENTRIES).write_bytes(b"damaged")  # the third batch's
+    variants, excluded, sums = stages(tmp_path, "narrow", query())
+    assert_same(expected, (variants, excluded, sums))
+    assert {s.route for s in sums.strata} == {"GET /checkout", "GET /rare"}
+    # a key that no entries table names would drop its requests: an error, not a diff
+    companion(files[-1], narrow.ENTRIES).write_bytes(kept)
+    pq.write_table(narrow.ENTRIES_SCHEMA.empty_table(), companion(files[3], narrow.ENTRIES))
+    with pytest.raises(LakeQueryError, match="no entries table"):
+        stages(tmp_path, "narrow", query())
 
 
 def test_a_lake_without_narrow_tables_gives_the_same_answers(production, tmp_path):
