@@ -294,7 +294,8 @@ def entry_scope_sql(service: str | None, route: str | None) -> str:
 
 
 # Each stratum's service and route: the requests carry only its key (strings carried
-# through the edge window took ~40 % of its time; through the join that labels them, 35 %).
+# through the edge window took ~40 % of its time; the join that labels the requests took
+# 0.85 s with them at 10 M events, 0.61 s with the keys).
 STRATA_SQL = (
     "SELECT stratum, any_value(service_name) AS service_name, any_value(route) AS route "
     "FROM fs_entry_names GROUP BY stratum"

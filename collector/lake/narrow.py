@@ -1,7 +1,7 @@
 """Narrow tables beside each lake file: the requests and flag evaluations a cohort diff reads.
 
 Most of a diff's time went into reading wide rows to find, per trace, its entry spans and
-its flag evaluations (issue 12 point 2). So every lake file `<stem>.parquet` has three
+its flag evaluations (issue 12 point 2). So every lake file `<stem>.parquet` has four
 companions in its partition, derived from it row by row:
 
 - `_<stem>.requests.v2.pq`: its entry spans (`is_entry`), with just what cohorts need —
