@@ -535,20 +535,21 @@ def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> 
     """`fs_entries`, with the flagged traces as the hash join's build side: the entry spans
     scanned are the more. DuckDB cannot estimate a window over the view's `time` (computed
     from `time_unix_nano`, issue 12) and built on the lake's side instead, which took the
-    10 M bench diff's statement from 1.8 to 3.0 s and its memory up by 0.8 GiB."""
+    10 M bench diff's statement from 1.8 to 3.0 s and its memory up by 0.8 GiB. Then
+    `fs_entry_names`, the names of their keys."""
     window = {"start": q.start, "end": q.end}
-    if tables != NARROW:
+    lake = lake_of(con) if tables == NARROW else None  # (narrow tables have a lake)
+    if lake is None:
         con.execute(_WIDE_KEYS_SQL, window)
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     try:
         con.execute(tables.sql(_ENTRIES_SQL), window)
     finally:
         con.execute("RESET disabled_optimizers")
-    lake = lake_of(con)
-    if tables == NARROW and lake is not None:
-        narrow_views.name_entries(con, lake, (q.start, q.end), "fs_entries")
-    else:
+    if lake is None:
         con.execute(_WIDE_NAMES_SQL, window)
+    else:
+        narrow_views.name_entries(con, lake, (q.start, q.end), "fs_entries")
 
 
 KEEP = {

@@ -59,7 +59,8 @@ SELECT cohort, unit, no_user, stratum, entry, test_trace, duration_ms, err,
 FROM fs_labelled ANTI JOIN crossing USING (trace_key)
 UNION ALL
 SELECT * EXCLUDE (time) FROM (
-    SELECT cohort, unit, no_user, stratum, entry, test_trace, duration_ms, err, ({_edges()})::UTINYINT AS edges, time
+    SELECT cohort, unit, no_user, stratum, entry, test_trace, duration_ms, err,
+           ({_edges()})::UTINYINT AS edges, time
     FROM fs_labelled SEMI JOIN crossing USING (trace_key))
 WHERE time >= $ps AND time < $pe
 """

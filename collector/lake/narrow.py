@@ -6,7 +6,7 @@ companions in its partition, derived from it row by row:
 
 - `_<stem>.requests.v2.pq`: its entry spans (`is_entry`), with just what cohorts need —
   the (service, route) stratum and the entry (service, route, path) as 64-bit keys, not
-  their strings: at 10 M events the strings took the diff's largest statement from 0.55
+  their strings: at 10 M events the strings took the diff's largest statement from 0.61
   to 0.85 s (bench/RESULTS.md);
 - `_<stem>.entries.pq`: those keys' names, once each (a few rows);
 - `_<stem>.evaluations.pq`: one row per (row, flag) of its rows that carry flags, and one
@@ -97,6 +97,7 @@ SCHEMAS = {
     TESTERS: TESTERS_SCHEMA,
 }
 _DICTIONARY = ["stratum", "entry", "user_id", "flag", "variant"]
+_EVERY_TABLE = (*SCHEMAS, LEGACY_REQUESTS)  # every companion name a file may have
 
 
 def name_sql(row: str = "") -> tuple[str, str, str]:
@@ -115,7 +116,7 @@ def key_sql(*values: str) -> str:
     """SQL for a 64-bit key of `values` (SQL strings): the first 8 bytes of the MD5 of
     them, each written as its length, ':' and itself (a null as chr(1)), so that no two
     lists of values read the same. Stored, so a function that does not change between
-    versions (DuckDB's `hash` may); ~0.2 µs a value, so worked out once per distinct name
+    versions (DuckDB's `hash` may); ~0.23 µs a row, so worked out once per distinct name
     (`keys_sql`), not per row."""
     joined = " || ".join(f"coalesce(length({v}) || ':' || {v}, chr(1))" for v in values)
     return f"md5_number_upper({joined})"
@@ -262,7 +263,7 @@ def missing_companions(wide: Path) -> list[str]:
 def wide_file_of(path: Path) -> Path | None:
     """The lake file a companion belongs to (None if `path` is not a companion's name)."""
     name = path.name
-    for table in (*SCHEMAS, LEGACY_REQUESTS):
+    for table in _EVERY_TABLE:
         ending = f".{table}{SUFFIX}"
         if name.startswith("_") and name.endswith(ending):
             return path.with_name(name[1 : -len(ending)] + ".parquet")
@@ -330,8 +331,8 @@ def write_companions(
 def remove_companions(wide: Path) -> None:
     """Delete `wide`'s companions (before `wide` itself: a crash between the two leaves a
     file without companions, which readers derive, never companions without a file)."""
-    for path in [*companions(wide), companion(wide, LEGACY_REQUESTS)]:
-        path.unlink(missing_ok=True)
+    for table in _EVERY_TABLE:
+        companion(wide, table).unlink(missing_ok=True)
 
 
 def orphans(partition: Path) -> list[tuple[Path, Path]]:

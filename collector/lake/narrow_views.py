@@ -43,13 +43,12 @@ def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> 
     parts = []
     if ready:
         parts.append(_read(ready, table))
-    legacy = [f for f in missing if table in LEGACY_PROJECTIONS]
-    legacy = [f for f in legacy if companion(f, LEGACY_REQUESTS).exists()]
-    if legacy:
-        parts.append(
-            LEGACY_PROJECTIONS[table].replace("{source}", f"({_read(legacy, LEGACY_REQUESTS)})")
-        )
-        missing = [f for f in missing if f not in set(legacy)]
+    if table in LEGACY_PROJECTIONS:
+        legacy = [f for f in missing if companion(f, LEGACY_REQUESTS).exists()]
+        if legacy:
+            source = f"({_read(legacy, LEGACY_REQUESTS)})"
+            parts.append(LEGACY_PROJECTIONS[table].replace("{source}", source))
+            missing = [f for f in missing if f not in legacy]
     if missing:
         rows = f"({wide_rows(con, sql_list(missing))})"
         parts.append(PROJECTIONS[table].replace("{source}", rows))
@@ -135,21 +134,25 @@ def name_entries(
         f"CREATE OR REPLACE TEMP TABLE fs_entries_to_name AS SELECT DISTINCT entry FROM {keys} "
         "WHERE entry IS NOT NULL"
     )
-    empty = "_fs_empty_entries"
-    con.register(empty, SCHEMAS[ENTRIES].empty_table())
-    con.execute(f"CREATE OR REPLACE TEMP TABLE fs_entry_names AS SELECT * FROM {empty}")
-    files, size = files_between(lake, *window), _FIRST_BATCH
+    none = _relation(con, ENTRIES, [])  # the table's columns, no rows
+    con.execute(f"CREATE OR REPLACE TEMP TABLE fs_entry_names AS SELECT * FROM ({none})")
     unnamed = "FROM fs_entries_to_name WHERE entry NOT IN (SELECT entry FROM fs_entry_names)"
-    while files and con.execute(f"SELECT count(*) {unnamed}").fetchall()[0][0]:
+
+    def left() -> int:
+        return int(con.execute(f"SELECT count(*) {unnamed}").fetchall()[0][0])
+
+    files, size, missing = files_between(lake, *window), _FIRST_BATCH, left()
+    while missing and files:
         batch, files, size = files[:size], files[size:], size * 4
         con.execute(
             f"INSERT INTO fs_entry_names SELECT DISTINCT * FROM ({_relation(con, ENTRIES, batch)}) "
             f"WHERE entry IN (SELECT entry {unnamed})"
         )
+        missing = left()
     # A key no file names would drop its requests from every stratum and total: never silently.
-    if left := con.execute(f"SELECT count(*) {unnamed}").fetchall()[0][0]:
+    if missing:
         raise LakeQueryError(
-            f"{left} request key(s) of the lake's narrow requests tables are in no entries "
+            f"{missing} request key(s) of the lake's narrow requests tables are in no entries "
             f"table of {lake}: delete the narrow tables (`_*.pq`) of the window's partitions, "
             "and compaction (or the reader) derives them again from the lake files"
         )
