@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,6 +37,10 @@ _RESERVED = frozenset(
     }
 )
 _TRUE = frozenset({"true", "1", "yes"})
+# Attribute names are few and repeat from span to span; those known to name no flag are
+# remembered (up to this many: the names are the sender's to choose), so most spans skip
+# the per-name prefix checks.
+_PLAIN_NAMES_LIMIT = 4096
 
 
 def variant_of(value: Any) -> str | None:
@@ -89,6 +93,12 @@ class Tagger:
     test_user_regex: re.Pattern[str] | None
     test_user_patterns: tuple[str, ...]
     marker_keys: frozenset[str]
+    user_id_names: frozenset[str] = field(init=False, compare=False, repr=False)
+    # names seen to name no flag (`_flag_key`): a cache, not configuration
+    _plain_names: set[str] = field(default_factory=set, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_id_names", frozenset(self.user_id_attributes))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tagger:
@@ -113,21 +123,40 @@ class Tagger:
         found = evaluation(attrs)
         if found:
             flags[found[0]] = found[1]
-        prefixes = self.prefixes
+        plain = self._plain_names
+        if plain.issuperset(attrs):  # the usual span: no name it has names a flag
+            return
         for name, value in attrs.items():
-            if not name.startswith(prefixes):
+            if name in plain:
                 continue
-            for prefix in prefixes:
-                if name.startswith(prefix):
-                    key = name[len(prefix) :]
-                    if prefix == FLAG_PREFIX and key.split(".", 1)[0] in _RESERVED:
-                        break
-                    variant = value if isinstance(value, str) else variant_of(value)
-                    if key and variant is not None:
-                        flags[key] = variant
-                    break
+            key = self._flag_key(name)
+            if key is None:
+                if len(plain) >= _PLAIN_NAMES_LIMIT:
+                    plain.clear()
+                plain.add(name)
+                continue
+            variant = value if isinstance(value, str) else variant_of(value)
+            if variant is not None:
+                flags[key] = variant
+
+    def _flag_key(self, name: str) -> str | None:
+        """The flag an attribute `name` carries the variant of (`<prefix><key>`), if any:
+        the first configured prefix it starts with decides."""
+        for prefix in self.prefixes:
+            if name.startswith(prefix):
+                key = name[len(prefix) :]
+                if prefix == FLAG_PREFIX and key.split(".", 1)[0] in _RESERVED:
+                    return None
+                return key or None
+        return None
 
     def user_id(self, *sources: Mapping[str, Any]) -> str | None:
+        names = self.user_id_names
+        for attrs in sources:
+            if not names.isdisjoint(attrs):  # (checked in C: most have none of the names)
+                break
+        else:
+            return None
         for name in self.user_id_attributes:
             for attrs in sources:
                 value = attrs.get(name)

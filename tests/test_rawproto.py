@@ -2,13 +2,14 @@
 
 import math
 
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from flagscope.collector.convert import any_value, attributes
-from flagscope.collector.rawproto import AttributeCache, TraceRequest
+from flagscope.collector.rawproto import AttributeCache, TraceRequest, string_pair
 
 scalars = st.one_of(
     st.text(max_size=20).map(lambda s: AnyValue(string_value=s)),
@@ -60,3 +61,44 @@ def test_the_cache_starts_over_at_its_limit():
     raw = [KeyValue(key=f"k{i}", value=AnyValue(int_value=i)).SerializeToString() for i in range(5)]
     assert cache.attributes(raw) == {f"k{i}": i for i in range(5)}
     assert len(cache) <= 3
+
+
+def _kv_bytes(key: str, value: str) -> bytes:
+    return KeyValue(key=key, value=AnyValue(string_value=value)).SerializeToString()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(st.text(max_size=140), st.text(max_size=140)).map(lambda kv: _kv_bytes(*kv)),
+        st.tuples(st.text(max_size=8), st.text(max_size=8), st.binary(max_size=3)).map(
+            lambda t: _kv_bytes(t[0], t[1]) + t[2]  # a field after the usual layout
+        ),
+        st.binary(max_size=40),
+        values.map(lambda v: KeyValue(key="k", value=v).SerializeToString()),
+    )
+)
+def test_a_string_pair_is_read_as_the_parser_reads_it(data):
+    """`string_pair` reads the usual layout of a string attribute, and leaves everything
+    else (other values, other layouts, long or invalid text) to the parser."""
+    found = string_pair(data)
+    try:
+        kv = KeyValue.FromString(data)
+    except DecodeError:
+        assert found is None
+        return
+    if found is not None:
+        assert kv.value.WhichOneof("value") == "string_value"
+        assert found == (kv.key, kv.value.string_value)
+
+
+def test_string_pairs_of_every_short_length_take_the_quick_path():
+    for size in (1, 60, 123):
+        assert string_pair(_kv_bytes("k" * size, "v" * size)) == ("k" * size, "v" * size)
+    assert string_pair(_kv_bytes("k", "")) == ("k", "")
+    assert string_pair(_kv_bytes("", "v")) is None  # no key field at all: parsed
+    # a value holding a string and then a bool: the oneof's last field wins, a bool
+    assert KeyValue.FromString(b"\x0a\x01k\x12\x05\x0a\x01a\x10\x01").value.bool_value
+    assert string_pair(b"\x0a\x01k\x12\x05\x0a\x01a\x10\x01") is None
+    assert string_pair(_kv_bytes("k", "v" * 130)) is None  # two-byte length: parsed
+    assert string_pair(_kv_bytes("k", "é")[:-1] + b"\xff") is None  # invalid UTF-8: parsed

@@ -67,6 +67,28 @@ def test_per_flag_attributes_and_configured_prefix():
     assert flags == {"new-checkout": "on", "dark-mode": "true"}
 
 
+def test_names_remembered_as_plain_never_hide_a_flag():
+    """The names known to name no flag are a cache: a span whose names are all known
+    skips the prefix checks, one with a new name is read in full, and a full cache
+    starts over (the names are the sender's)."""
+    tagger = Tagger.from_settings(Settings())
+    plain = {"http.route": "/", "feature_flag.provider.name": "x"}
+    for _ in range(2):  # cold, then every name known
+        flags: dict[str, str] = {}
+        tagger.attribute_flags(plain, flags)
+        assert flags == {}
+    for _ in range(2):  # a flag's name is read every time, never remembered as plain
+        flags = {}
+        tagger.attribute_flags({**plain, "app.flag.dark-mode": "on", "app.flag.": "x"}, flags)
+        assert flags == {"dark-mode": "on"}
+    many = {f"attr.{i}": i for i in range(5000)}
+    tagger.attribute_flags(many, {})
+    flags = {}
+    tagger.attribute_flags({**many, "feature_flag.new-checkout": "on"}, flags)
+    assert flags == {"new-checkout": "on"}
+    assert len(tagger._plain_names) <= 4096
+
+
 def test_user_id_follows_configured_precedence():
     assert TAGGER.user_id({"user.id": "b", "enduser.id": "a"}) == "a"
     assert TAGGER.user_id({"user.id": "b"}, {"feature_flag.context.id": "c"}) == "c"
