@@ -416,18 +416,20 @@ class Converter:
         tagger.attribute_flags(attrs, flags)
         events_json = None
         event_context: dict[str, Any] = {}
-        if span.events:
+        span_events = span.events  # (each access to a repeated field builds a wrapper)
+        if span_events:
             events = []
-            for event in span.events:
+            for event in span_events:
                 event_attrs = span_attributes(event.attributes)
-                if event.name in FLAG_EVENT_NAMES:
+                event_name = event.name
+                if event_name in FLAG_EVENT_NAMES:
                     found = evaluation(event_attrs)
                     if found:
                         flags[found[0]] = found[1]
                     if not event_context:  # the first evaluation's context names the user
                         event_context = event_attrs
                 entry = {
-                    "name": event.name,
+                    "name": event_name,
                     "time_unix_nano": event.time_unix_nano,
                     "attributes": event_attrs,
                 }
@@ -436,8 +438,9 @@ class Converter:
                 events.append(entry)
             events_json = _json(events)
         links_json = None
-        if span.links:
-            links_json = _json([_link(link, span_attributes) for link in span.links])
+        span_links = span.links
+        if span_links:
+            links_json = _json([_link(link, span_attributes) for link in span_links])
         user_id = tagger.user_id(attrs, event_context)
         reason = tagger.test_reason(attrs, resource_reason, user_id)
         raw_trace_id = span.trace_id
@@ -449,6 +452,7 @@ class Converter:
         start = span.start_time_unix_nano  # in range: checked at decode time
         end = _nanos(span.end_time_unix_nano)
         kind = span.kind
+        name = span.name
         status = span.status
         status_code = status.code
         http_status = _http_status(attrs)
@@ -463,7 +467,7 @@ class Converter:
             service,
             scope[0],
             scope[1],
-            span.name,
+            name,
             kind,
             (end - start) / 1e6 if end is not None and end >= start else None,
             status_code,
@@ -490,7 +494,7 @@ class Converter:
             scope[3],
             raw_trace_id,
             span_key(raw_span_id),
-            is_entry(kind, raw_parent_id, span.name),
+            is_entry(kind, raw_parent_id, name),
         )
 
     # -- metrics --------------------------------------------------------------------
