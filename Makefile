@@ -89,10 +89,12 @@ $(NODE_MODULES): $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
 
 # Ingest (~1 min), then the analysis at 1 M, 10 M and 100 M events (the 100 M lake takes
 # ~5 min and ~12 GB to generate once; it is cached in bench/out/lakes), a day's diff against
-# the lake's age (1 and 30 days), then the UI's pages over the 10 M lake.
+# the lake's age (1 and 30 days), then the UI's pages over the 10 M lake; a live lake's
+# file count and reader latency with compaction on and off (~11 min).
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/lake_write.py
+	$(BIN)/python bench/live_files.py
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/lake_age.py
 	$(BIN)/python bench/ui.py

@@ -1,0 +1,158 @@
+"""Reader latency against a live lake's file count, with compaction on and off (issue 12:
+"measure how query latency grows with the number of files before compaction … and keep
+it flat").
+
+Each phase starts `flagscope serve` (a subprocess, loopback, port 0) on an empty data
+directory, and `--senders` processes post 256-span requests (bench/payload.py) paced to
+`--rate` spans/s in all, for `--seconds`. Every `--every` s a reader in this process
+lists the lake's files and times `SELECT count(*) FROM events_raw` on a new connection
+(`read.run`: the views defined afresh, as each `flagscope query` does; the count is read
+from the files' footers, so its time is what the files cost). Two phases:
+
+- `compaction on`: the collector's default interval (`compact_interval_s`, 60 s);
+- `compaction off`: an interval longer than the phase, so the lake writers' files pile up
+  as they do when compaction is behind.
+
+Prints, per phase, the files and the query's time in the first and the last minute and
+their ratio (flat is 1.0); writes every sample to bench/out/live_files.json.
+
+    .venv/bin/python bench/live_files.py [--seconds 300] [--rate 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.freshness import SPANS, sender
+from bench.machine import machine, write_figures
+from bench.payload import trace_request
+from flagscope.collector.config import Settings
+from flagscope.collector.errors import LakeError
+from flagscope.collector.lake.read import run
+
+
+def lake_files(lake: Path) -> int:
+    """The lake files a reader's views list (not the companions or temporary files)."""
+    return sum(1 for f in lake.glob("date=*/hour=*/*.parquet") if not f.name.startswith(("_", ".")))
+
+
+def phase(args: argparse.Namespace, compact_interval_s: float) -> list[dict[str, Any]]:
+    """One collector under load for `args.seconds`; the reader's samples."""
+    payloads = [trace_request(SPANS, seed=s, start_ns=time.time_ns()) for s in range(64)]
+    data_dir = Path(tempfile.mkdtemp(prefix="flagscope-live-"))
+    lake = data_dir / "lake"
+    env = {
+        **os.environ,
+        "FLAGSCOPE_RETENTION_DAYS": "0",
+        "FLAGSCOPE_COMPACT_INTERVAL_S": str(compact_interval_s),
+    }
+    samples: list[dict[str, Any]] = []
+    with (data_dir / "collector.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
+             "--http", "127.0.0.1:0", "--grpc", ""],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+        )  # fmt: skip
+        try:
+            line = proc.stdout.readline() if proc.stdout else ""
+            port = int(re.search(r"http=[\d.]+:(\d+)", line)[1])
+            time.sleep(2.0)  # the lake writers start
+            start = time.monotonic()
+            stop_at = start + args.seconds
+            per_sender = args.rate / SPANS / args.senders
+            senders = [
+                multiprocessing.Process(target=sender, args=(port, payloads, per_sender, stop_at))
+                for _ in range(args.senders)
+            ]
+            for p in senders:
+                p.start()
+            due = start + args.every
+            while time.monotonic() < stop_at:
+                time.sleep(max(0.0, due - time.monotonic()))
+                due += args.every
+                files = lake_files(lake)
+                began = time.perf_counter()
+                try:
+                    (rows,) = run(
+                        lake, lambda c: c.execute("SELECT count(*) FROM events_raw").fetchone()
+                    )
+                except LakeError:  # no file yet
+                    continue
+                samples.append(
+                    {
+                        "t_s": round(time.monotonic() - start, 1),
+                        "files": files,
+                        "rows": rows,
+                        "count_s": round(time.perf_counter() - began, 4),
+                    }
+                )
+            for p in senders:
+                p.join()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+    subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+    return samples
+
+
+def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Files and query time in the first and the last minute of a phase."""
+    end = samples[-1]
+    last = end["t_s"]
+    first_minute = [s for s in samples if s["t_s"] <= 60]
+    last_minute = [s for s in samples if s["t_s"] > last - 60]
+    early = statistics.median(s["count_s"] for s in first_minute)
+    late = statistics.median(s["count_s"] for s in last_minute)
+    return {
+        "files_first_minute_max": max(s["files"] for s in first_minute),
+        "files_last_minute_max": max(s["files"] for s in last_minute),
+        "files_max": max(s["files"] for s in samples),
+        "rows_at_end": end["rows"],
+        "count_s_first_minute_median": early,
+        "count_s_last_minute_median": late,
+        "count_s_max": max(s["count_s"] for s in samples),
+        "last_over_first": round(late / early, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--rate", type=float, default=20_000, help="load, spans/s in all")
+    parser.add_argument("--senders", type=int, default=2)
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between reads")
+    args = parser.parse_args()
+    phases = {
+        "compaction on": Settings().compact_interval_s,
+        "compaction off": args.seconds * 10,
+    }
+    figures: dict[str, Any] = {
+        "machine": machine(),
+        "command": "python bench/live_files.py " + " ".join(sys.argv[1:]),
+        "seconds": args.seconds,
+        "load_spans_per_s": args.rate,
+    }
+    for name, interval in phases.items():
+        samples = phase(args, interval)
+        figures[name] = {"compact_interval_s": interval, **summary(samples), "samples": samples}
+        print(name, {k: v for k, v in figures[name].items() if k != "samples"}, flush=True)
+    figures["load_average_1m"] = os.getloadavg()[0]
+    write_figures("live_files", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
