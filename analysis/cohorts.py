@@ -204,7 +204,7 @@ FROM (SELECT trace_key, {ARM} AS arm, user_hash FROM fs_evals) WHERE arm <> {OTH
 # evaluation's user, else the request's own user id), whether it is the trace's root, and
 # its stratum's and entry's keys (their names in fs_entry_names). (--service and --route
 # apply in _LABELLED_SQL.)
-_ENTRIES_SQL = """
+_ENTRIES_TEMPLATE = """
 CREATE OR REPLACE TEMP TABLE fs_entries AS
 SELECT r.trace_key, r.span_key, t.arm, t.test_trace,
        {user_hash} AS user_hash, {request_user} AS request_user,
@@ -215,13 +215,13 @@ WHERE {{is_entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT N
 """
 # Where every flagged trace's evaluation names its user (OpenFeature's Python hook sends
 # the targeting key; JS's TracingHook does not), the requests' own user ids are never
-# used, and not reading them took the statement from 0.56–0.61 to 0.40–0.41 s at 10 M
-# events (a scratch script: the string column is most of the scan).
-_ENTRIES_WITH_USERS_SQL = _ENTRIES_SQL.format(
+# used; not reading them took the statement from 0.68 to 0.55–0.57 s at 10 M events
+# (bench/RESULTS.md: the string column is most of the requests scan).
+_ENTRIES_WITH_USERS_SQL = _ENTRIES_TEMPLATE.format(
     user_hash=f"coalesce(t.eval_user, {user_hash_sql('r.user_id')})",
     request_user="t.eval_user IS NULL AND r.user_id IS NOT NULL",
 )
-_ENTRIES_NAMED_SQL = _ENTRIES_SQL.format(user_hash="t.eval_user", request_user="false")
+_ENTRIES_NAMED_SQL = _ENTRIES_TEMPLATE.format(user_hash="t.eval_user", request_user="false")
 # The names of the window's strata and entries: the narrow tables' (`name_entries`), or
 # worked out from the wide rows, whose requests take their keys from `fs_entry_keys`. (The
 # wide rows' names are read again after the requests: a file published in between may
@@ -550,8 +550,10 @@ def _entries(con: duckdb.DuckDBPyConnection, q: CohortQuery, tables: Tables) -> 
     lake = lake_of(con) if tables == NARROW else None  # (narrow tables have a lake)
     if lake is None:
         con.execute(_WIDE_KEYS_SQL, window)
-    unnamed = con.execute("SELECT count(*) FROM fs_traces WHERE eval_user IS NULL").fetchall()
-    entries = _ENTRIES_WITH_USERS_SQL if unnamed[0][0] else _ENTRIES_NAMED_SQL
+    unnamed = con.execute(
+        "SELECT EXISTS (SELECT 1 FROM fs_traces WHERE eval_user IS NULL)"
+    ).fetchall()[0][0]
+    entries = _ENTRIES_WITH_USERS_SQL if unnamed else _ENTRIES_NAMED_SQL
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     try:
         con.execute(tables.sql(entries), window)

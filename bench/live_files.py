@@ -25,6 +25,7 @@ import argparse
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -49,8 +50,9 @@ def lake_files(lake: Path) -> int:
     return sum(1 for f in lake.glob("date=*/hour=*/*.parquet") if not f.name.startswith(("_", ".")))
 
 
-def phase(args: argparse.Namespace, compact_interval_s: float) -> list[dict[str, Any]]:
-    """One collector under load for `args.seconds`; the reader's samples."""
+def phase(args: argparse.Namespace, compact_interval_s: float) -> tuple[list[dict[str, Any]], int]:
+    """One collector under load for `args.seconds`: the reader's samples, and how many of
+    its reads failed."""
     payloads = [trace_request(SPANS, seed=s, start_ns=time.time_ns()) for s in range(64)]
     data_dir = Path(tempfile.mkdtemp(prefix="flagscope-live-"))
     lake = data_dir / "lake"
@@ -60,6 +62,8 @@ def phase(args: argparse.Namespace, compact_interval_s: float) -> list[dict[str,
         "FLAGSCOPE_COMPACT_INTERVAL_S": str(compact_interval_s),
     }
     samples: list[dict[str, Any]] = []
+    senders: list[multiprocessing.Process] = []
+    failed = 0
     with (data_dir / "collector.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
@@ -84,12 +88,16 @@ def phase(args: argparse.Namespace, compact_interval_s: float) -> list[dict[str,
                 time.sleep(max(0.0, due - time.monotonic()))
                 due += args.every
                 files = lake_files(lake)
+                if not files:
+                    continue
                 began = time.perf_counter()
                 try:
                     (rows,) = run(
                         lake, lambda c: c.execute("SELECT count(*) FROM events_raw").fetchone()
                     )
-                except LakeError:  # no file yet
+                except LakeError as exc:  # counted, and said: a reader would have seen it
+                    failed += 1
+                    print(f"read failed at {time.monotonic() - start:.0f} s: {exc}", flush=True)
                     continue
                 samples.append(
                     {
@@ -102,18 +110,24 @@ def phase(args: argparse.Namespace, compact_interval_s: float) -> list[dict[str,
             for p in senders:
                 p.join()
         finally:
+            for p in senders:
+                if p.is_alive():
+                    p.terminate()
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
-    subprocess.run(["rm", "-rf", str(data_dir)], check=False)
-    return samples
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return samples, failed
 
 
 def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Files and query time in the first and the last minute of a phase."""
+    """Files and query time in the first and the last minute of a phase (`--seconds` of
+    at least 120: the two minutes do not overlap)."""
     end = samples[-1]
     last = end["t_s"]
     first_minute = [s for s in samples if s["t_s"] <= 60]
     last_minute = [s for s in samples if s["t_s"] > last - 60]
+    if not first_minute or not last_minute:
+        raise SystemExit("no reads in the first or the last minute: a longer --seconds?")
     early = statistics.median(s["count_s"] for s in first_minute)
     late = statistics.median(s["count_s"] for s in last_minute)
     return {
@@ -135,6 +149,8 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=2)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between reads")
     args = parser.parse_args()
+    if args.seconds < 120:
+        parser.error("--seconds: at least 120 (a first and a last minute)")
     phases = {
         "compaction on": Settings().compact_interval_s,
         "compaction off": args.seconds * 10,
@@ -146,8 +162,13 @@ def main() -> int:
         "load_spans_per_s": args.rate,
     }
     for name, interval in phases.items():
-        samples = phase(args, interval)
-        figures[name] = {"compact_interval_s": interval, **summary(samples), "samples": samples}
+        samples, failed = phase(args, interval)
+        figures[name] = {
+            "compact_interval_s": interval,
+            "failed_reads": failed,
+            **summary(samples),
+            "samples": samples,
+        }
         print(name, {k: v for k, v in figures[name].items() if k != "samples"}, flush=True)
     figures["load_average_1m"] = os.getloadavg()[0]
     write_figures("live_files", figures)

@@ -446,7 +446,9 @@ class Converter:
         raw_trace_id = span.trace_id
         raw_span_id = span.span_id
         raw_parent_id = span.parent_span_id
-        # The keys hold ids of the usual lengths (`ids_left_to_keys` would drop their hex)
+        # The keys hold ids of the usual lengths (`ids_left_to_keys` would drop their hex).
+        # (Decoding refuses spans with other lengths; a span id of another length from an
+        # older WAL keeps its hex, a trace id could not be stored in any case.)
         trace_id = None if len(raw_trace_id) == 16 else raw_trace_id.hex()
         span_id = None if len(raw_span_id) == 8 else raw_span_id.hex()
         start = span.start_time_unix_nano  # in range: checked at decode time

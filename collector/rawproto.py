@@ -57,7 +57,8 @@ TraceRequest = _trace_request_class()
 
 
 class AttributeCache:
-    """Raw KeyValue bytes → (key, value), decoded once per distinct pair.
+    """Raw KeyValue bytes → (key, value), decoded once per distinct pair: a string value
+    as it is (`string_pair`), any other by `decode_value` of its AnyValue.
 
     Bounded: when it holds `limit` pairs it starts over, so high-cardinality values (ids,
     paths) cannot grow it without end while the repeating ones are soon back in.
@@ -91,10 +92,11 @@ class AttributeCache:
 
 def string_pair(data: bytes) -> tuple[str, str] | None:
     """(key, value) of a serialized KeyValue whose value is a string, when it is laid out
-    as every encoder writes one — key, then value, each shorter than 128 bytes — else None
-    (the caller parses it). A new value (a user id, a path) is a miss of the cache: read
-    this way it costs about a third of a parse. Invalid UTF-8 is left to the parser, which
-    refuses it as before."""
+    as every encoder writes one — the key, then an AnyValue holding only `string_value` —
+    with a key under 128 bytes and a value under 126 (one-byte lengths); else None, and
+    the caller parses it. A new value (a user id, a path) is a miss of the cache: read
+    this way, 0.41 µs against 0.80 µs for a parse and `any_value` (`timeit`, a 10-character
+    id). Invalid UTF-8 is left to the parser, which refuses it as before."""
     size = len(data)
     if size < 6 or data[0] != 0x0A:  # field 1 (key), length-delimited
         return None

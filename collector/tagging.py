@@ -153,7 +153,7 @@ class Tagger:
     def user_id(self, *sources: Mapping[str, Any]) -> str | None:
         names = self.user_id_names
         for attrs in sources:
-            if not names.isdisjoint(attrs):  # (checked in C: most have none of the names)
+            if not names.isdisjoint(attrs):  # (in C: a span without any, a downstream one)
                 break
         else:
             return None

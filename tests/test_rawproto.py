@@ -92,6 +92,18 @@ def test_a_string_pair_is_read_as_the_parser_reads_it(data):
         assert found == (kv.key, kv.value.string_value)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=130), st.text(max_size=130))
+def test_every_short_string_pair_takes_the_quick_path(key, value):
+    """The converse: a key under 128 bytes and a value under 126 (one-byte lengths, the
+    AnyValue's own two bytes included) are read without the parser."""
+    found = string_pair(_kv_bytes(key, value))
+    if len(key.encode()) < 128 and len(value.encode()) < 126:
+        assert found == (key, value)
+    else:
+        assert found is None
+
+
 def test_string_pairs_of_every_short_length_take_the_quick_path():
     for size in (1, 60, 123):
         assert string_pair(_kv_bytes("k" * size, "v" * size)) == ("k" * size, "v" * size)
