@@ -70,7 +70,7 @@ SELECT c.cohort, c.unit, c.no_user, c.stratum, c.bin, c.n, c.err, c.lat, c.bucke
 FROM inc_cells c
 LEFT JOIN inc_testers t ON t.user_hash = c.unit AND NOT c.no_user
 LEFT JOIN fs_user_first f ON f.user_hash = c.unit AND NOT c.no_user
-WHERE c.entry IN (SELECT entry FROM inc_strata WHERE {scope})
+WHERE {scope}
 """
 
 
@@ -105,9 +105,14 @@ class MergedRequests:
         con.execute(f"CREATE OR REPLACE TEMP VIEW inc_testers AS SELECT * FROM {testers}")
         scoped = query.service is not None or query.route is not None
         edge = "true" if scoped else "((c.edges >> c.pos) & 1) = 1"
-        con.execute(
-            _LABELLED_SQL.format(edge=edge, scope=scope_sql(query.service, query.route, row=""))
+        # (Without --service / --route every cell is in scope: no lookup of its entry.)
+        scope = (
+            f"c.entry IN (SELECT entry FROM inc_strata WHERE "
+            f"{scope_sql(query.service, query.route, row='')})"
+            if scoped
+            else "true"
         )
+        con.execute(_LABELLED_SQL.format(edge=edge, scope=scope))
         counts = con.execute("""
             SELECT coalesce(sum(n) FILTER (WHERE is_test), 0),
                    count(DISTINCT unit) FILTER (WHERE is_test),
