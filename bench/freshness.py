@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -60,6 +61,37 @@ def sender(port: int, payloads: list[bytes], per_s: float, stop_at: float) -> No
         i += 1
         due += gap
         time.sleep(max(0.0, due - time.monotonic()))
+
+
+def start_collector(
+    data_dir: Path, env: dict[str, str], log: Any
+) -> tuple[subprocess.Popen[str], int]:
+    """`flagscope serve` on loopback (OTLP/HTTP only, port 0), its stderr to `log`: the
+    process and its port, once its lake writers have had time to start."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
+         "--http", "127.0.0.1:0", "--grpc", ""],
+        stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+    )  # fmt: skip
+    line = proc.stdout.readline() if proc.stdout else ""
+    port = int(re.search(r"http=[\d.]+:(\d+)", line)[1])
+    time.sleep(2.0)  # the lake writers start
+    return proc, port
+
+
+def start_senders(
+    port: int, payloads: list[bytes], rate: float, count: int, stop_at: float
+) -> list[multiprocessing.Process]:
+    """`count` sender processes posting `payloads` (SPANS spans each) at `rate` spans/s in
+    all until `stop_at`."""
+    per_sender = rate / SPANS / count
+    senders = [
+        multiprocessing.Process(target=sender, args=(port, payloads, per_sender, stop_at))
+        for _ in range(count)
+    ]
+    for p in senders:
+        p.start()
+    return senders
 
 
 def probe_request(number: int) -> tuple[bytes, str]:
@@ -97,22 +129,9 @@ def main() -> int:
     }
     log_path = data_dir / "collector.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
-             "--http", "127.0.0.1:0", "--grpc", ""],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-        )  # fmt: skip
-        line = proc.stdout.readline() if proc.stdout else ""
-        port = int(re.search(r"http=[\d.]+:(\d+)", line)[1])
-        time.sleep(2.0)  # the lake writers start
+        proc, port = start_collector(data_dir, env, log)
         stop_at = time.monotonic() + args.seconds
-        per_sender = args.rate / SPANS / args.senders
-        senders = [
-            multiprocessing.Process(target=sender, args=(port, payloads, per_sender, stop_at))
-            for _ in range(args.senders)
-        ]
-        for p in senders:
-            p.start()
+        senders = start_senders(port, payloads, args.rate, args.senders, stop_at)
 
         acked: dict[str, float] = {}
         seen: dict[str, float] = {}

@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.freshness import SPANS, sender
+from bench.freshness import SPANS, start_collector, start_senders
 from bench.machine import machine, write_figures
 from bench.payload import trace_request
 from flagscope.collector.config import Settings
@@ -65,24 +63,11 @@ def phase(args: argparse.Namespace, compact_interval_s: float) -> tuple[list[dic
     senders: list[multiprocessing.Process] = []
     failed = 0
     with (data_dir / "collector.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flagscope", "serve", "--data-dir", str(data_dir),
-             "--http", "127.0.0.1:0", "--grpc", ""],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-        )  # fmt: skip
+        proc, port = start_collector(data_dir, env, log)
         try:
-            line = proc.stdout.readline() if proc.stdout else ""
-            port = int(re.search(r"http=[\d.]+:(\d+)", line)[1])
-            time.sleep(2.0)  # the lake writers start
             start = time.monotonic()
             stop_at = start + args.seconds
-            per_sender = args.rate / SPANS / args.senders
-            senders = [
-                multiprocessing.Process(target=sender, args=(port, payloads, per_sender, stop_at))
-                for _ in range(args.senders)
-            ]
-            for p in senders:
-                p.start()
+            senders = start_senders(port, payloads, args.rate, args.senders, stop_at)
             due = start + args.every
             while time.monotonic() < stop_at:
                 time.sleep(max(0.0, due - time.monotonic()))
