@@ -216,7 +216,7 @@ WHERE {{is_entry}} r.time >= $start AND r.time < $end AND r.duration_ms IS NOT N
 # Where every flagged trace's evaluation names its user (OpenFeature's Python hook sends
 # the targeting key; JS's TracingHook does not), the requests' own user ids are never
 # used; not reading them took the statement from 0.68 to 0.55–0.57 s at 10 M events
-# (bench/RESULTS.md: the string column is most of the requests scan).
+# (bench/RESULTS.md: the string column is the costliest of the requests scan).
 _ENTRIES_WITH_USERS_SQL = _ENTRIES_TEMPLATE.format(
     user_hash=f"coalesce(t.eval_user, {user_hash_sql('r.user_id')})",
     request_user="t.eval_user IS NULL AND r.user_id IS NOT NULL",
@@ -294,11 +294,14 @@ def scope_sql(service: str | None, route: str | None, row: str = "") -> str:
     return " AND ".join(conditions)
 
 
-def entry_scope_sql(service: str | None, route: str | None) -> str:
-    """`scope_sql` on an `fs_entries` row `e`, by its entry key."""
+def entry_scope_sql(
+    service: str | None, route: str | None, row: str = "e", names: str = "fs_entry_names"
+) -> str:
+    """`scope_sql` on a row `row` with an entry key, by that entry's names in `names`
+    (`true` without --service / --route: no lookup)."""
     if service is None and route is None:
         return "true"
-    return f"e.entry IN (SELECT entry FROM fs_entry_names WHERE {scope_sql(service, route)})"
+    return f"{row}.entry IN (SELECT entry FROM {names} WHERE {scope_sql(service, route)})"
 
 
 # Each stratum's service and route: the requests carry only its key (strings carried

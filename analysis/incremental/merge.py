@@ -26,9 +26,9 @@ from flagscope.analysis.cohorts import (
     Exclusions,
     UnitSums,
     cohort_name,
+    entry_scope_sql,
     latency_histogram,
     quantile_grid,
-    scope_sql,
     unit_sums_from_tables,
 )
 from flagscope.analysis.incremental import bins
@@ -105,13 +105,7 @@ class MergedRequests:
         con.execute(f"CREATE OR REPLACE TEMP VIEW inc_testers AS SELECT * FROM {testers}")
         scoped = query.service is not None or query.route is not None
         edge = "true" if scoped else "((c.edges >> c.pos) & 1) = 1"
-        # (Without --service / --route every cell is in scope: no lookup of its entry.)
-        scope = (
-            f"c.entry IN (SELECT entry FROM inc_strata WHERE "
-            f"{scope_sql(query.service, query.route, row='')})"
-            if scoped
-            else "true"
-        )
+        scope = entry_scope_sql(query.service, query.route, row="c", names="inc_strata")
         con.execute(_LABELLED_SQL.format(edge=edge, scope=scope))
         counts = con.execute("""
             SELECT coalesce(sum(n) FILTER (WHERE is_test), 0),
