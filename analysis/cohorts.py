@@ -42,9 +42,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from flagscope.analysis.adjustment import AdjustedMoments, adjusted_moments, collect_pre_exposure
 from flagscope.analysis.errors import AnalysisError
+from flagscope.analysis.exact_quantiles import Group, duckdb_grids
 from flagscope.analysis.result import TrafficFilter
 from flagscope.analysis.stats import RatioStats
 from flagscope.collector.lake import narrow, narrow_views
@@ -425,7 +427,7 @@ class Evaluations:
         (`fs_requests`). Without `test_users`, only test-marked traces are test traffic,
         not the requests of users marked elsewhere in the lake (`incremental` adds those
         when it merges hours)."""
-        excluded = self.label_entries(q, test_users)
+        excluded = self.label_entries(q, test_users, release=True)
         con = self._con
         # The overall numbers count what the end user experienced: one request per trace,
         # its edge (the root entry span, else the earliest); a service or route filter
@@ -435,11 +437,16 @@ class Evaluations:
             con.execute(_REQUESTS_SQL.format(edge="true", keep=keep))
         else:
             _edge_requests(con, keep)
+        if q.pre_exposure is None:  # (CUPED reads each compared user's first request)
+            _release_entries(con)
         return LabelledRequests(con, q, excluded)
 
-    def label_entries(self, q: CohortQuery, test_users: bool = True) -> Exclusions:
+    def label_entries(
+        self, q: CohortQuery, test_users: bool = True, release: bool = False
+    ) -> Exclusions:
         """`fs_labelled` (and `fs_entries`, `fs_evals`' arms) without the compared subset:
-        `label`'s first part, which `incremental` summarises per hour."""
+        `label`'s first part, which `incremental` summarises per hour. `release`: drop
+        `fs_evals` once read (`label`: nothing after it reads the evaluations)."""
         con = self._con
         bounds = {"lower": q.start - self.slack, "upper": q.end + self.slack}
         con.execute(self.tables.sql(_TESTS_SQL), bounds)
@@ -453,6 +460,8 @@ class Evaluations:
         _entries(con, q, self.tables)
         con.execute(_TRACE_USER_SQL)
         con.execute(_USER_FIRST_SQL, arms)
+        if release:
+            con.execute("DROP TABLE fs_evals")
         con.execute(_USER_MARKS_SQL)
         scope = entry_scope_sql(q.service, q.route)
         con.execute(_LABELLED_SQL.format(entries="fs_entries", scope=scope))
@@ -506,6 +515,19 @@ def _edge_requests(con: duckdb.DuckDBPyConnection, keep: str) -> None:
         con.execute(_SPLIT_REQUESTS_SQL.format(edge=edge_sql(), keep=keep))
     else:
         con.execute(_REQUESTS_SQL.format(edge=edge_sql(), keep=keep))
+
+
+# Stage 2's largest tables, not read once `fs_requests` holds the compared requests (and
+# `fs_evals` once the users' first arms are known). Holding ~3 GB of them at 100 M events
+# while stage 3 aggregated took the per-unit sums from 4.6 to 7.0-7.7 s under the default
+# memory limit, which spilled (bench/RESULTS.md).
+_STAGE_2_TABLES = ("fs_traces", "fs_entries", "fs_unique_entries")
+
+
+def _release_entries(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DROP VIEW IF EXISTS fs_labelled")
+    for table in _STAGE_2_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def edge_sql(among: str | None = None) -> str:
@@ -625,6 +647,31 @@ def ratio_stats(row: dict[str, Any], x: str) -> RatioStats:
     )
 
 
+_QUANTILES_SCHEMA = pa.schema(
+    [("cohort", pa.int32()), ("stratum", pa.uint64()), ("qs", pa.list_(pa.float64()))]
+)
+
+
+def quantile_table(con: duckdb.DuckDBPyConnection, grids: dict[Group, list[float]]) -> None:
+    """`fs_quantiles` (cohort, stratum: NULL for the whole cohort, qs, and the stratum's
+    service_name and route) from `exact_quantiles.duckdb_grids`' groups."""
+    rows = [
+        {"cohort": cohort, "stratum": None if whole else stratum, "qs": qs}
+        for (cohort, whole, stratum), qs in grids.items()
+    ]
+    con.register("fs_quantile_rows", pa.Table.from_pylist(rows, schema=_QUANTILES_SCHEMA))
+    try:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE fs_quantiles AS
+            SELECT cohort, stratum, qs, NULL AS service_name, NULL AS route
+            FROM fs_quantile_rows WHERE stratum IS NULL
+            UNION ALL
+            SELECT cohort, stratum, qs, service_name, route
+            FROM fs_quantile_rows JOIN ({STRATA_SQL}) USING (stratum)""")
+    finally:
+        con.unregister("fs_quantile_rows")
+
+
 def cuts_from_quantiles(con: duckdb.DuckDBPyConnection) -> None:
     """`fs_cuts`: per cohort and stratum, the stratum's (cut{k}) and the whole cohort's
     (ocut{k}) estimate of each reported quantile, from `fs_quantiles`."""
@@ -727,7 +774,9 @@ class LabelledRequests:
         route; over every entry span), the sufficient statistics of the delta method and
         of the cluster-aware quantile intervals; and the route-mix adjusted moments.
 
-        Pass 1 reads the empirical quantile functions on `quantile_grid()`. Pass 2 sums per
+        Pass 1 reads the empirical quantile functions on `quantile_grid()`
+        (`exact_quantiles`: DuckDB's `quantile_cont`, counted by latency bin and ranked
+        in the few bins it reads). Pass 2 sums per
         unit (user) and stratum in one scan (`fs_per_unit`): req, err, lat, and b{k} / o{k}
         = requests at or below the k-th quantile estimate of the stratum / of the whole
         cohort, and the same sums over edge requests only; then across units — for strata
@@ -738,17 +787,7 @@ class LabelledRequests:
         con = self._con
         grid = list(quantile_grid())
         ks = range(len(QUANTILES))
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE fs_quantiles AS "
-            "SELECT cohort, NULL::UBIGINT AS stratum, quantile_cont(duration_ms, $grid::DOUBLE[]) "
-            "AS qs, NULL AS service_name, NULL AS route FROM fs_requests WHERE edge GROUP BY ALL "
-            "UNION ALL "
-            "SELECT cohort, stratum, qs, service_name, route FROM ("
-            "SELECT cohort, stratum, quantile_cont(duration_ms, $grid::DOUBLE[]) AS qs "
-            "FROM fs_requests GROUP BY cohort, stratum) "
-            f"JOIN ({STRATA_SQL}) USING (stratum)",
-            {"grid": grid},
-        )
+        quantile_table(con, duckdb_grids(con, "fs_requests", grid))
         cuts_from_quantiles(con)
         below = ", ".join(
             f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "

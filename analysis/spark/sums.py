@@ -2,18 +2,12 @@
 `cohorts.LabelledRequests.unit_sums` computes them in DuckDB (its doc has the passes).
 
 The quantile grid is read as DuckDB's `quantile_cont` reads it, to the last bit, not with
-Spark's `percentile`: at p over n sorted values RN = (n - 1) p, d = RN - ⌊RN⌋ and the value
-is v[⌊RN⌋] (1 - d) + v[⌈RN⌉] d (Hyndman & Fan 1996, type 7), which DuckDB's build
-evaluates as one fused multiply-add, fma(v[⌊RN⌋], 1 - d, v[⌈RN⌉] d) (checked against
-DuckDB on random samples with ties). A cut a last bit off moves a run of equal latencies
-across it and changes the "at or below the quantile" counts. Spark ranks the requests;
-the two values around each grid point are fetched and interpolated here.
+Spark's `percentile` (`exact_quantiles.read_grid`): Spark ranks the requests; the two
+values around each grid point are fetched and interpolated here.
 """
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from flagscope.analysis.cohorts import (
@@ -25,13 +19,13 @@ from flagscope.analysis.cohorts import (
     quantile_grid,
     ratio_stats,
 )
+from flagscope.analysis.exact_quantiles import Group, positions, read_grid
 from flagscope.analysis.spark.adjustment import adjusted_moments
 from flagscope.analysis.spark.session import cache, rows, values_view
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-Group = tuple[int, bool, int]  # (cohort, whole cohort?, stratum; 0 for the whole cohort)
 _KS = range(len(QUANTILES))
 NAMES = {TREATMENT: "treatment", BASELINE: "baseline"}
 
@@ -55,20 +49,6 @@ JOIN fs_wanted w ON w.cohort = r.cohort AND w.whole = r.whole AND w.stratum = r.
 """
 
 
-def _positions(n: int, grid: list[float]) -> list[tuple[float, int, int]]:
-    """(RN, ⌊RN⌋, ⌈RN⌉) at each grid probability, as DuckDB's Interpolator computes them."""
-    out = []
-    for p in grid:
-        rn = float(n - 1) * p
-        out.append((rn, math.floor(rn), math.ceil(rn)))
-    return out
-
-
-def _interpolate(low: float, d: float, high: float) -> float:
-    """fma(low, 1 - d, high d), rounded once as DuckDB's fused multiply-add rounds it."""
-    return float(Fraction(low) * Fraction(1.0 - d) + Fraction(high * d))
-
-
 def _grids(
     spark: SparkSession, grid: list[float]
 ) -> tuple[dict[Group, list[float]], dict[tuple[int, int], tuple[str, str | None]]]:
@@ -78,7 +58,7 @@ def _grids(
     wanted = {
         ((cohort, whole, stratum), pos)
         for cohort, whole, stratum, n, _, _ in counts
-        for _, lo, hi in _positions(n, grid)
+        for _, lo, hi in positions(n, grid)
         for pos in (lo, hi)
     }
     values_view(
@@ -87,15 +67,13 @@ def _grids(
         "cohort INT, whole BOOLEAN, stratum BIGINT, pos BIGINT",
         [(*g, pos) for g, pos in sorted(wanted)],
     )
-    values = {((c, w, s), pos): v for c, w, s, pos, v in rows(spark, _RANKED_SQL)}
-    grids: dict[Group, list[float]] = {}
-    for cohort, whole, stratum, n, _, _ in counts:
-        g = (cohort, whole, stratum)
-        read = []
-        for rn, lo, hi in _positions(n, grid):
-            low = values[g, lo]
-            read.append(low if hi == lo else _interpolate(low, rn - lo, values[g, hi]))
-        grids[g] = read
+    values: dict[Group, dict[int, float]] = {}
+    for c, w, s, pos, v in rows(spark, _RANKED_SQL):
+        values.setdefault((c, w, s), {})[pos] = v
+    grids = {
+        (cohort, whole, stratum): read_grid(n, grid, values[cohort, whole, stratum].__getitem__)
+        for cohort, whole, stratum, n, _, _ in counts
+    }
     names = {(c, s): (service, route) for c, w, s, _, service, route in counts if not w}
     return grids, names
 
