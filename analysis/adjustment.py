@@ -130,16 +130,16 @@ def adjusted_moments(
     )
     if not pre_exposure:
         out: dict[str, dict[int, AdjustedMoments]] = {}
-        sums = (
-            "SELECT metric, cohort, count(*), sum(value), sum(value * value) FROM fs_phi "
-            "GROUP BY ALL"
-        )
-        for metric, cohort, units, phi, phi2 in con.execute(sums).fetchall():
-            variance = jackknife_variance(int(units), float(phi), float(phi2))
-            estimate = estimates[metric, cohort]
-            out.setdefault(metric, {})[cohort] = AdjustedMoments(
-                estimate, variance, int(units), estimate
-            )
+        sums = ", ".join(f"sum({m}), sum({m} * {m})" for m in METRICS)
+        for cohort, units, *moments in con.execute(
+            f"SELECT cohort, count(*), {sums} FROM fs_phi GROUP BY cohort"
+        ).fetchall():
+            for metric, phi, phi2 in zip(METRICS, moments[::2], moments[1::2], strict=True):
+                variance = jackknife_variance(int(units), float(phi), float(phi2))
+                estimate = estimates[metric, cohort]
+                out.setdefault(metric, {})[cohort] = AdjustedMoments(
+                    estimate, variance, int(units), estimate
+                )
         return out
     return _regression_adjusted(con, estimates, weights, treatment, baseline)
 
@@ -150,37 +150,58 @@ def _influence(
     rows: str,
     lins: dict[tuple[str, int], Linearization[int]],
 ) -> None:
-    """`table` (metric, cohort, unit, value): each unit's leave-one-out change of its
-    cohort's post-stratified ratio (`stats.mix.Linearization.influence` in SQL), from
-    `rows` = (cohort, stratum, unit, err, lat, req) per unit and stratum."""
-    strata = [(m, c, k, *p) for (m, c), lin in lins.items() for k, p in lin.strata.items()]
-    cohorts = [(m, c, lin.missing, lin.overall, lin.total_y) for (m, c), lin in lins.items()]
+    """`table` (cohort, unit, and a column per metric): each unit's leave-one-out change
+    of its cohort's post-stratified ratio of that metric
+    (`stats.mix.Linearization.influence` in SQL), from `rows` = (cohort, stratum, unit,
+    err, lat, req) per unit and stratum. (A column per metric, not a row: a row per metric
+    and unit doubled the rows grouped, 1.6-2.0 s of a 100 M diff; bench/RESULTS.md.)"""
+    arms = sorted({cohort for _, cohort in lins})
+    for cohort in arms:  # (both metrics' strata are the same rows' strata)
+        if len({frozenset(lins[metric, cohort].strata) for metric in METRICS}) != 1:
+            raise AssertionError("the metrics' linearisations cover different strata")
+    strata = [
+        (cohort, k, *(v for metric in METRICS for v in lins[metric, cohort].strata[k]))
+        for cohort in arms
+        for k in lins[METRICS[0], cohort].strata
+    ]
+    cohorts = [
+        (cohort, *(v for metric in METRICS for v in _overall(lins[metric, cohort])))
+        for cohort in arms
+    ]
+    per_metric = ", ".join(
+        f"{x}_{metric} DOUBLE" for metric in METRICS for x in ("w", "ratio", "total")
+    )
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {table}_strata (metric VARCHAR, cohort UTINYINT, "
-        "stratum UBIGINT, w DOUBLE, ratio DOUBLE, total DOUBLE)"
+        f"CREATE OR REPLACE TEMP TABLE {table}_strata (cohort UTINYINT, stratum UBIGINT, "
+        f"{per_metric})"
     )
     if strata:
-        con.executemany(f"INSERT INTO {table}_strata VALUES (?, ?, ?, ?, ?, ?)", strata)
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {table}_cohorts (metric VARCHAR, cohort UTINYINT, "
-        "missing DOUBLE, overall DOUBLE, total_y DOUBLE)"
+        con.executemany(f"INSERT INTO {table}_strata VALUES (?, ?, ?, ?, ?, ?, ?, ?)", strata)
+    per_cohort = ", ".join(
+        f"{x}_{metric} DOUBLE" for metric in METRICS for x in ("missing", "overall", "total_y")
     )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_cohorts (cohort UTINYINT, {per_cohort})")
     if cohorts:
-        con.executemany(f"INSERT INTO {table}_cohorts VALUES (?, ?, ?, ?, ?)", cohorts)
+        con.executemany(f"INSERT INTO {table}_cohorts VALUES (?, ?, ?, ?, ?, ?, ?)", cohorts)
+    values = ", ".join(
+        f"sum(k.w_{metric} * (u.{x} - k.ratio_{metric} * u.req) / CASE WHEN k.total_{metric} "
+        f"> u.req THEN k.total_{metric} - u.req ELSE k.total_{metric} END) "
+        f"+ any_value(c.missing_{metric}) * (sum(u.{x}) - any_value(c.overall_{metric}) "
+        f"* sum(u.req)) / CASE WHEN any_value(c.total_y_{metric}) > sum(u.req) "
+        f"THEN any_value(c.total_y_{metric}) - sum(u.req) ELSE any_value(c.total_y_{metric}) "
+        f"END AS {metric}"
+        for metric, x in zip(METRICS, ("err", "lat"), strict=True)
+    )
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT metric, cohort, unit,
-               sum(w * (x - ratio * y) / CASE WHEN total > y THEN total - y ELSE total END)
-               + any_value(missing) * (sum(x) - any_value(overall) * sum(y))
-                 / CASE WHEN any_value(total_y) > sum(y) THEN any_value(total_y) - sum(y)
-                        ELSE any_value(total_y) END AS value
-        FROM (
-            SELECT k.metric, u.cohort, u.unit, u.req AS y, k.w, k.ratio, k.total,
-                   CASE k.metric WHEN 'error_rate' THEN u.err ELSE u.lat END AS x,
-                   c.missing, c.overall, c.total_y
-            FROM ({rows}) u JOIN {table}_strata k USING (cohort, stratum)
-            JOIN {table}_cohorts c USING (metric, cohort))
-        GROUP BY metric, cohort, unit""")
+        SELECT u.cohort, u.unit, {values}
+        FROM ({rows}) u JOIN {table}_strata k USING (cohort, stratum)
+        JOIN {table}_cohorts c USING (cohort)
+        GROUP BY u.cohort, u.unit""")
+
+
+def _overall(lin: Linearization[int]) -> tuple[float, float, float]:
+    return lin.missing, lin.overall, lin.total_y
 
 
 def _regression_adjusted(
@@ -194,7 +215,7 @@ def _regression_adjusted(
     pre-exposure ratio re-weighted to the same route mix (ψ its leave-one-out changes)."""
     pre_rows = (
         "SELECT u.cohort, p.stratum, p.unit, p.err, p.lat, p.req "
-        "FROM (SELECT DISTINCT cohort, unit FROM fs_phi) u JOIN fs_pre p USING (unit)"
+        "FROM (SELECT cohort, unit FROM fs_phi) u JOIN fs_pre p USING (unit)"
     )
     own: dict[tuple[str, int], dict[int, Totals]] = {}
     for cohort, stratum, err, lat, req in con.execute(
@@ -208,13 +229,20 @@ def _regression_adjusted(
         for cohort in (treatment, baseline)
     }
     _influence(con, "fs_psi", pre_rows, lins)
-    rows = con.execute("""
-        SELECT f.metric, f.cohort, count(*), sum(f.value), sum(coalesce(p.value, 0)),
-               sum(f.value * f.value), sum(f.value * coalesce(p.value, 0)),
-               sum(coalesce(p.value, 0) ** 2)
-        FROM fs_phi f LEFT JOIN fs_psi p USING (metric, cohort, unit)
-        GROUP BY ALL""").fetchall()
-    moments = {(m, c): (int(n), *(float(v) for v in sums)) for m, c, n, *sums in rows}
+    # per metric: Σφ, Σψ, Σφ², Σφψ, Σψ² (a unit without pre-exposure requests: ψ = 0)
+    sums = ", ".join(
+        f"sum(f.{m}), sum(coalesce(p.{m}, 0)), sum(f.{m} * f.{m}), "
+        f"sum(f.{m} * coalesce(p.{m}, 0)), sum(coalesce(p.{m}, 0) ** 2)"
+        for m in METRICS
+    )
+    moments: dict[tuple[str, int], tuple[int, float, float, float, float, float]] = {}
+    for cohort, n, *values in con.execute(
+        f"SELECT f.cohort, count(*), {sums} FROM fs_phi f LEFT JOIN fs_psi p "
+        "USING (cohort, unit) GROUP BY f.cohort"
+    ).fetchall():
+        for i, metric in enumerate(METRICS):
+            phi, psi, phi2, cross, psi2 = (float(v) for v in values[5 * i : 5 * i + 5])
+            moments[metric, cohort] = (int(n), phi, psi, phi2, cross, psi2)
     out: dict[str, dict[int, AdjustedMoments]] = {}
     for metric in METRICS:
         req = {c: lins[metric, c].total_y for c in (treatment, baseline)}
