@@ -426,7 +426,8 @@ class Evaluations:
         unit, stratum, test and crossover marks (`fs_labelled`), and the ones compared
         (`fs_requests`). Without `test_users`, only test-marked traces are test traffic,
         not the requests of users marked elsewhere in the lake (`incremental` adds those
-        when it merges hours)."""
+        when it merges hours). Once per `Evaluations`: it lets go of the evaluations it
+        read (`_release_entries`)."""
         excluded = self.label_entries(q, test_users, release=True)
         con = self._con
         # The overall numbers count what the end user experienced: one request per trace,
@@ -518,9 +519,9 @@ def _edge_requests(con: duckdb.DuckDBPyConnection, keep: str) -> None:
 
 
 # Stage 2's largest tables, not read once `fs_requests` holds the compared requests (and
-# `fs_evals` once the users' first arms are known). Holding ~3 GB of them at 100 M events
-# while stage 3 aggregated took the per-unit sums from 4.6 to 7.0-7.7 s under the default
-# memory limit, which spilled (bench/RESULTS.md).
+# `fs_evals` once the users' first arms are known). Beside ~3.3 GB of them at 100 M
+# events, stage 3's per-unit sums took 7.0-7.7 s instead of 4.6 s under the default
+# memory limit (one of two runs spilled 425 MiB; bench/RESULTS.md).
 _STAGE_2_TABLES = ("fs_traces", "fs_entries", "fs_unique_entries")
 
 
