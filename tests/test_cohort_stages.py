@@ -646,6 +646,30 @@ def test_stage_2_service_and_route_narrow_the_compared_set(lake, con, narrow):
     assert got
 
 
+def _temp_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+        "AND table_catalog = 'temp'"
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def test_stage_2_lets_go_of_what_stage_3_does_not_read(lake, con):
+    """The evaluations, traces and entry spans (~3 GB at 100 M events, which pushed stage
+    3 to spill) are gone once the compared requests are; with CUPED, which reads each
+    compared user's first request, the labelled entry spans stay."""
+    labelled = Evaluations.collect(con, FLAG, START, END).label(query())
+    names = _temp_names(con)
+    assert "fs_requests" in names
+    assert not names & {"fs_evals", "fs_traces", "fs_entries", "fs_labelled"}
+    assert set(labelled.unit_sums().overall) == {"treatment", "baseline"}
+    cuped = replace(query(), pre_exposure=timedelta(hours=1))
+    Evaluations.collect(con, FLAG, START, END).label(cuped)
+    names = _temp_names(con)
+    assert {"fs_entries", "fs_labelled"} <= names and "fs_evals" not in names
+    assert con.execute("SELECT count(*) FROM fs_labelled").fetchall()[0][0] > 0
+
+
 # -- stage 3 ------------------------------------------------------------------------------------
 
 
