@@ -156,18 +156,19 @@ def _influence(
     err, lat, req) per unit and stratum. (A column per metric, not a row: a row per metric
     and unit doubled the rows grouped, 1.6-2.0 s of a 100 M diff; bench/RESULTS.md.)"""
     arms = sorted({cohort for _, cohort in lins})
-    for cohort in arms:  # (both metrics' strata are the same rows' strata)
-        if len({frozenset(lins[metric, cohort].strata) for metric in METRICS}) != 1:
-            raise AssertionError("the metrics' linearisations cover different strata")
+    # (both metrics are linearised over the same rows, so over the same strata)
     strata = [
         (cohort, k, *(v for metric in METRICS for v in lins[metric, cohort].strata[k]))
         for cohort in arms
         for k in lins[METRICS[0], cohort].strata
     ]
-    cohorts = [
-        (cohort, *(v for metric in METRICS for v in _overall(lins[metric, cohort])))
-        for cohort in arms
-    ]
+    cohorts = []
+    for cohort in arms:
+        row: list[float] = [cohort]
+        for metric in METRICS:
+            lin = lins[metric, cohort]
+            row += [lin.missing, lin.overall, lin.total_y]
+        cohorts.append(tuple(row))
     per_metric = ", ".join(
         f"{x}_{metric} DOUBLE" for metric in METRICS for x in ("w", "ratio", "total")
     )
@@ -200,10 +201,6 @@ def _influence(
         GROUP BY u.cohort, u.unit""")
 
 
-def _overall(lin: Linearization[int]) -> tuple[float, float, float]:
-    return lin.missing, lin.overall, lin.total_y
-
-
 def _regression_adjusted(
     con: duckdb.DuckDBPyConnection,
     estimates: dict[tuple[str, int], float],
@@ -215,7 +212,7 @@ def _regression_adjusted(
     pre-exposure ratio re-weighted to the same route mix (ψ its leave-one-out changes)."""
     pre_rows = (
         "SELECT u.cohort, p.stratum, p.unit, p.err, p.lat, p.req "
-        "FROM (SELECT cohort, unit FROM fs_phi) u JOIN fs_pre p USING (unit)"
+        "FROM fs_phi u JOIN fs_pre p USING (unit)"
     )
     own: dict[tuple[str, int], dict[int, Totals]] = {}
     for cohort, stratum, err, lat, req in con.execute(

@@ -653,7 +653,7 @@ _QUANTILES_SCHEMA = pa.schema(
 )
 
 
-def quantile_table(con: duckdb.DuckDBPyConnection, grids: dict[Group, list[float]]) -> None:
+def _quantile_table(con: duckdb.DuckDBPyConnection, grids: dict[Group, list[float]]) -> None:
     """`fs_quantiles` (cohort, stratum: NULL for the whole cohort, qs, and the stratum's
     service_name and route) from `exact_quantiles.duckdb_grids`' groups."""
     rows = [
@@ -776,9 +776,8 @@ class LabelledRequests:
         of the cluster-aware quantile intervals; and the route-mix adjusted moments.
 
         Pass 1 reads the empirical quantile functions on `quantile_grid()`
-        (`exact_quantiles`: DuckDB's `quantile_cont`, counted by latency bin and ranked
-        in the few bins it reads). Pass 2 sums per
-        unit (user) and stratum in one scan (`fs_per_unit`): req, err, lat, and b{k} / o{k}
+        (`exact_quantiles`: DuckDB's `quantile_cont`, counted by latency bin and ranked in
+        the few bins it reads). Pass 2 sums per unit (user) and stratum in one scan (`fs_per_unit`): req, err, lat, and b{k} / o{k}
         = requests at or below the k-th quantile estimate of the stratum / of the whole
         cohort, and the same sums over edge requests only; then across units — for strata
         from those rows, for cohorts after adding each unit's strata up. Pass 3
@@ -788,7 +787,7 @@ class LabelledRequests:
         con = self._con
         grid = list(quantile_grid())
         ks = range(len(QUANTILES))
-        quantile_table(con, duckdb_grids(con, "fs_requests", grid))
+        _quantile_table(con, duckdb_grids(con, "fs_requests", grid))
         cuts_from_quantiles(con)
         below = ", ".join(
             f"count(*) FILTER (WHERE r.duration_ms <= c.cut{k}) AS b{k}, "

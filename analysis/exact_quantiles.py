@@ -37,8 +37,9 @@ Group = tuple[int, bool, int]  # (cohort, whole cohort?, stratum; 0 for the whol
 # constant and floor never reverse the order of two doubles, and each decade's bins lie
 # above the last's, so the bins are in the latencies' order; everything under 1 µs (zero,
 # a negative clock difference) shares bin 0, everything from 10^7 ms the top one (and NaN,
-# which DuckDB sorts last; the collector writes none: a duration is end - start or null). Finer bins made the counting pass slower than the
-# ranking pass saved (1.07-1.27 s against 0.85-1.00 s at 100 M; coarser: 2.0-2.4 s).
+# which DuckDB sorts last; the collector writes none: a duration is end - start or null).
+# Finer bins made the counting pass slower than the ranking pass saved (1.07-1.27 s
+# against 0.85-1.00 s at 100 M; coarser: 2.0-2.4 s).
 _DECADES = range(-3, 7)
 _SPAN = 10**5
 
